@@ -1,1 +1,71 @@
-fn main() {}
+//! The `cdn` binary: a thin command line over the node crates.
+//!
+//! `cdn lab` (the default) runs a whole multi-region CDN on this machine; `cdn origin`,
+//! `cdn edge` and `cdn router` run one node each; `cdn geo` builds the lab's MaxMind database;
+//! `cdn bench` runs the benchmarks.
+
+use clap::{Parser, Subcommand};
+
+mod lab;
+
+#[derive(Parser)]
+#[command(
+    name = "cdn",
+    version,
+    about = "A video CDN: origin, geo-routed edge caches, geo-router"
+)]
+struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. `info,cdn_edge=debug`.
+    #[arg(long, global = true, env = "CDN_LOG", default_value = "info")]
+    log: String,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run origin, edges in several simulated regions and the router on this machine (default).
+    Lab(lab::LabArgs),
+    /// Run an origin server.
+    Origin(cdn_origin::OriginArgs),
+    /// Run an edge cache node.
+    Edge(cdn_edge::EdgeArgs),
+    /// Run the geo-router.
+    Router(cdn_geo_router::RouterArgs),
+    /// Geo database tools.
+    #[command(subcommand)]
+    Geo(cdn_geo_router::GeoCommand),
+}
+
+fn init_logging(filter: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(&cli.log, cli.log_json);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command.unwrap_or(Command::Lab(lab::LabArgs::default())) {
+            Command::Lab(args) => lab::run(args).await,
+            Command::Origin(args) => cdn_origin::run(args).await,
+            Command::Edge(args) => cdn_edge::run(args).await,
+            Command::Router(args) => cdn_geo_router::run(args).await,
+            Command::Geo(cmd) => cdn_geo_router::geo_command(cmd),
+        }
+    })
+}

@@ -139,7 +139,10 @@ mod tests {
             evaluate(&get, &h(&[("if-match", "W/\"abc\"")]), &v()),
             Precondition::Failed
         );
-        assert_eq!(evaluate(&get, &h(&[("if-match", "*")]), &v()), Precondition::Proceed);
+        assert_eq!(
+            evaluate(&get, &h(&[("if-match", "*")]), &v()),
+            Precondition::Proceed
+        );
         let lm = httpdate::fmt_http_date(v().last_modified.unwrap());
         let earlier = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(1_600_000_000));
         assert_eq!(

@@ -4,6 +4,7 @@
 //! a per-node Prometheus registry, and the hardened accept loop every node runs.
 
 pub mod conditional;
+pub mod config;
 pub mod digest;
 pub mod metrics;
 pub mod mime;

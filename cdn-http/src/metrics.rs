@@ -47,12 +47,10 @@ impl NodeMetrics {
 /// Reads one sample from a Prometheus text exposition: `name{labels}` must match the series
 /// exactly as rendered (labels in the order given). Used by tests, benches and the lab.
 pub fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok())?
-        })
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok())?
+    })
 }
 
 /// Sums every sample of a metric name, whatever its labels.

@@ -89,11 +89,26 @@ mod tests {
 
     #[test]
     fn forms() {
-        assert_eq!(evaluate_str("bytes=0-9", 100), RangeRequest::Ranges(vec![0..=9]));
-        assert_eq!(evaluate_str("bytes=-10", 100), RangeRequest::Ranges(vec![90..=99]));
-        assert_eq!(evaluate_str("bytes=90-", 100), RangeRequest::Ranges(vec![90..=99]));
-        assert_eq!(evaluate_str("bytes=90-500", 100), RangeRequest::Ranges(vec![90..=99]));
-        assert_eq!(evaluate_str("bytes=-500", 100), RangeRequest::Ranges(vec![0..=99]));
+        assert_eq!(
+            evaluate_str("bytes=0-9", 100),
+            RangeRequest::Ranges(vec![0..=9])
+        );
+        assert_eq!(
+            evaluate_str("bytes=-10", 100),
+            RangeRequest::Ranges(vec![90..=99])
+        );
+        assert_eq!(
+            evaluate_str("bytes=90-", 100),
+            RangeRequest::Ranges(vec![90..=99])
+        );
+        assert_eq!(
+            evaluate_str("bytes=90-500", 100),
+            RangeRequest::Ranges(vec![90..=99])
+        );
+        assert_eq!(
+            evaluate_str("bytes=-500", 100),
+            RangeRequest::Ranges(vec![0..=99])
+        );
         assert_eq!(
             evaluate_str("bytes=0-0,50-59", 100),
             RangeRequest::Ranges(vec![0..=0, 50..=59])

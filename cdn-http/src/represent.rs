@@ -124,14 +124,13 @@ pub fn respond(
                 header::CONTENT_LENGTH,
                 HeaderValue::from(r.end() - r.start() + 1),
             );
-            with_headers(
-                StatusCode::PARTIAL_CONTENT,
-                h,
-                Body::from_stream(source(r)),
-            )
+            with_headers(StatusCode::PARTIAL_CONTENT, h, Body::from_stream(source(r)))
         }
         RangeRequest::Ranges(ranges) => {
-            let part_type = rep.content_type.to_str().unwrap_or("application/octet-stream");
+            let part_type = rep
+                .content_type
+                .to_str()
+                .unwrap_or("application/octet-stream");
             let mp = Multipart::plan(&ranges, len, part_type);
             h.insert(
                 header::CONTENT_TYPE,
@@ -146,4 +145,38 @@ pub fn respond(
             )
         }
     }
+}
+
+/// Makes a body stream fail unless it yields exactly `len` bytes, so that a source that ends
+/// early (a file truncated under us, an origin that closed mid-body) aborts the response
+/// instead of passing for complete.
+pub fn exact_len(inner: ByteStream, len: u64) -> ByteStream {
+    use futures::StreamExt;
+    let mut seen = 0u64;
+    inner
+        .map(Some)
+        .chain(futures::stream::once(async { None }))
+        .filter_map(move |item| {
+            let out = match item {
+                Some(Ok(b)) => {
+                    seen += b.len() as u64;
+                    if seen > len {
+                        Some(Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("body longer than the expected {len} bytes"),
+                        )))
+                    } else {
+                        Some(Ok(b))
+                    }
+                }
+                Some(Err(e)) => Some(Err(e)),
+                None if seen != len => Some(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("body ended after {seen} of {len} bytes"),
+                ))),
+                None => None,
+            };
+            futures::future::ready(out)
+        })
+        .boxed()
 }

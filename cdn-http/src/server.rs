@@ -130,9 +130,9 @@ pub async fn shutdown_signal() {
 
 /// Binds a TCP listener with a clear error naming the address.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| {
-        std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
-    })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }
 
 /// A node serving in a background task; used by tests, the benches and `cdn lab`.

@@ -98,7 +98,8 @@ avcc_off="${avcc_off%%$'\n'*}"   # first match only
 [[ -n "$avcc_off" ]] || { echo "error: avcC box not found in init.mp4" >&2; exit 1; }
 # avcC payload: configurationVersion(1) profile(1) compat(1) level(1)
 avc_hex=$(od -An -tx1 -j $((avcc_off + 5)) -N3 "$HLS_DIR/init.mp4" | tr -d ' \n')
-aac_profile=$(ffprobe -v error -select_streams a:0 -show_entries stream=profile -of csv=p=0 "$HLS_DIR/init.mp4")
+aac_profile=$(ffprobe -v error -select_streams a:0 -show_entries stream=profile -of csv=p=0 "$HLS_DIR/index.m3u8")
+aac_profile="${aac_profile%%$'\n'*}"   # hls demuxer lists each stream twice (program + streams)
 [[ "$aac_profile" == "LC" ]] || { echo "error: unexpected AAC profile '$aac_profile'" >&2; exit 1; }
 CODECS="avc1.${avc_hex},mp4a.40.2"
 

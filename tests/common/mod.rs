@@ -1,0 +1,123 @@
+//! Helpers shared by the end-to-end tests: start real nodes on 127.0.0.1:0, raw HTTP/1.1
+//! requests (for paths a URL library would normalise), multipart parsing, metric reading.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use cdn_http::server::NodeHandle;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub fn media_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/media")
+}
+
+pub async fn listener() -> tokio::net::TcpListener {
+    tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0")
+}
+
+/// A real origin on 127.0.0.1:0 serving `root`.
+pub async fn start_origin(root: &Path, cfg: &cdn_origin::OriginConfig) -> NodeHandle {
+    cdn_origin::spawn(listener().await, root.to_path_buf(), cfg).expect("origin starts")
+}
+
+pub async fn start_origin_with(root: &Path, toml: &str) -> NodeHandle {
+    let cfg = cdn_origin::OriginConfig::parse(toml, "test.toml").expect("test config");
+    start_origin(root, &cfg).await
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// Fetches `/metrics` of a node.
+pub async fn metrics_text(base: &str) -> String {
+    client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body")
+}
+
+pub async fn metric_sum(base: &str, name: &str) -> f64 {
+    cdn_http::metrics::sum(&metrics_text(base).await, name)
+}
+
+/// A raw HTTP/1.1 request with `Connection: close`; returns status, head and body.
+pub async fn raw_request(addr: SocketAddr, request_head: &str) -> (u16, String, Vec<u8>) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request_head.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("response in time")
+        .expect("read");
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&out[..split]).to_string();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
+    (status, head, out[split + 4..].to_vec())
+}
+
+/// Parses a multipart/byteranges body into (Content-Range, bytes) parts.
+pub fn parse_multipart(content_type: &str, body: &[u8]) -> Vec<(String, Bytes)> {
+    let boundary = content_type
+        .split("boundary=")
+        .nth(1)
+        .expect("boundary parameter")
+        .trim_matches('"');
+    let delim = format!("--{boundary}");
+    let mut parts = Vec::new();
+    let mut rest = body;
+    loop {
+        let at = find(rest, delim.as_bytes()).expect("delimiter");
+        rest = &rest[at + delim.len()..];
+        if rest.starts_with(b"--") {
+            break;
+        }
+        let head_end = find(rest, b"\r\n\r\n").expect("part head");
+        let head = String::from_utf8_lossy(&rest[..head_end]).to_string();
+        let content_range = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-range")
+                    .then(|| v.trim().to_string())
+            })
+            .expect("content-range in part");
+        let body_start = head_end + 4;
+        let next = find(&rest[body_start..], format!("\r\n{delim}").as_bytes()).expect("next");
+        parts.push((
+            content_range,
+            Bytes::copy_from_slice(&rest[body_start..body_start + next]),
+        ));
+        rest = &rest[body_start + next..];
+    }
+    parts
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+pub fn sha256(b: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(b).into()
+}
