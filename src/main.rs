@@ -6,6 +6,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod lab;
 
 #[derive(Parser)]
@@ -38,6 +39,9 @@ enum Command {
     /// Geo database tools.
     #[command(subcommand)]
     Geo(cdn_geo_router::GeoCommand),
+    /// Benchmarks: cache hit ratio, load, comparison with nginx.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 fn init_logging(filter: &str, json: bool) {
@@ -66,6 +70,7 @@ fn main() -> anyhow::Result<()> {
             Command::Edge(args) => cdn_edge::run(args).await,
             Command::Router(args) => cdn_geo_router::run(args).await,
             Command::Geo(cmd) => cdn_geo_router::geo_command(cmd),
+            Command::Bench(cmd) => bench::run(cmd).await,
         }
     })
 }
