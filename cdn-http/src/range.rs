@@ -83,6 +83,22 @@ pub fn parse_content_range(value: &str) -> Option<(RangeInclusive<u64>, Option<u
     Some((first..=last, complete))
 }
 
+/// The first byte a Range header asks for, when that is known without the representation's
+/// length (a suffix range is not): lets a cache fetch the right chunk first.
+pub fn first_byte_hint(headers: &HeaderMap) -> u64 {
+    use http_range_header::SyntacticallyCorrectRange as R;
+    headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| http_range_header::parse_range_header(v).ok())
+        .and_then(|p| p.into_ranges().into_iter().next())
+        .map(|r| match r {
+            R::FromStart(s) | R::Indexed(s, _) => s,
+            R::FromLast(_) => 0,
+        })
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,6 +134,16 @@ mod tests {
         assert_eq!(evaluate_str("bytes=9-1", 100), RangeRequest::Full);
         assert_eq!(evaluate_str("items=0-1", 100), RangeRequest::Full);
         assert_eq!(evaluate_str("bytes=abc", 100), RangeRequest::Full);
+    }
+
+    #[test]
+    fn hints() {
+        let mut h = HeaderMap::new();
+        assert_eq!(first_byte_hint(&h), 0);
+        h.insert(header::RANGE, "bytes=500-600, 0-1".parse().unwrap());
+        assert_eq!(first_byte_hint(&h), 500);
+        h.insert(header::RANGE, "bytes=-5".parse().unwrap());
+        assert_eq!(first_byte_hint(&h), 0);
     }
 
     #[test]

@@ -121,3 +121,30 @@ pub fn sha256(b: &[u8]) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(b).into()
 }
+
+/// A real edge on 127.0.0.1:0 in front of `origin`, with test-friendly settings changed by
+/// `tweak`.
+pub async fn start_edge(
+    origin: &str,
+    tweak: impl FnOnce(&mut cdn_edge::EdgeConfig),
+) -> (NodeHandle, std::sync::Arc<cdn_edge::Edge>) {
+    let mut cfg = cdn_edge::EdgeConfig {
+        name: "edge-test".into(),
+        origin: origin.to_string(),
+        capacity: 64 << 20,
+        ..Default::default()
+    };
+    tweak(&mut cfg);
+    let cfg = cfg.check("test").expect("valid edge config");
+    cdn_edge::spawn(listener().await, cfg).expect("edge starts")
+}
+
+/// Sum of the origin's request counter over all statuses.
+pub async fn origin_requests(origin: &str) -> f64 {
+    metric_sum(origin, "cdn_origin_requests_total").await
+}
+
+/// The expected bytes of a synthetic object (the same generator the origin uses).
+pub fn synthetic(id: &str, range: std::ops::RangeInclusive<u64>) -> Bytes {
+    cdn_origin::synthetic::fill(cdn_origin::synthetic::seed(id), range)
+}

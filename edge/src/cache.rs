@@ -1,0 +1,706 @@
+//! Cache semantics: for each GET or HEAD, decide between serving from the store, revalidating,
+//! serving stale, filling a miss, or passing through (RFC 9111 as a shared cache, RFC 5861).
+//!
+//! A miss sends one *probe* to the origin: a Range request for the chunk the client needs
+//! first, so a small range of a huge object never pulls the whole object. Its answer yields
+//! the object's metadata and that chunk. Probes and revalidations are coalesced per object,
+//! like chunk fills are per chunk.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::BytesMut;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+
+use cdn_http::metrics::NodeMetrics;
+
+use crate::coalesce::Coalescer;
+use crate::config::EdgeConfig;
+use crate::fill::{FillError, FillSource, Filler, PendingChunks};
+use crate::freshness::{self, CacheControl, Timing, Usability};
+use crate::origin::{OriginClient, strip_hop_by_hop};
+use crate::store::{self, ObjectMeta, PrimaryEntry, Store, VersionId};
+
+/// The edge's shared state.
+pub struct Edge {
+    pub cfg: EdgeConfig,
+    pub store: Store,
+    pub origin: Arc<OriginClient>,
+    pub filler: Arc<Filler>,
+    probes: Arc<Coalescer<String, ProbeOutcome, FillError>>,
+    pub metrics: Arc<NodeMetrics>,
+    /// Requests being answered (head or body) right now.
+    pub inflight: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// The answer of a probe or revalidation, shared by everyone who waited for it.
+#[derive(Clone)]
+pub enum ProbeOutcome {
+    Stored {
+        meta: Arc<ObjectMeta>,
+        revalidated: bool,
+    },
+    NotStorable,
+    /// A status the cache does not store; the first taker streams the response as it is.
+    Upstream {
+        status: u16,
+        resp: Arc<Mutex<Option<reqwest::Response>>>,
+    },
+}
+
+/// Coarse result, the `cache` label of `cdn_edge_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Hit,
+    Miss,
+    Stale,
+    Pass,
+}
+
+impl Kind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Hit => "hit",
+            Kind::Miss => "miss",
+            Kind::Stale => "stale",
+            Kind::Pass => "pass",
+        }
+    }
+}
+
+/// What the Cache-Status field (RFC 9211) will say.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub kind: Kind,
+    pub fwd: Option<&'static str>,
+    pub fwd_status: Option<u16>,
+    pub stored: bool,
+    pub collapsed: bool,
+    pub detail: Option<&'static str>,
+}
+
+impl Verdict {
+    pub fn new(kind: Kind, fwd: Option<&'static str>) -> Self {
+        Verdict {
+            kind,
+            fwd,
+            fwd_status: None,
+            stored: false,
+            collapsed: false,
+            detail: None,
+        }
+    }
+
+    /// The Cache-Status member for this node; `ttl` is the remaining freshness in seconds.
+    pub fn header(&self, node: &str, ttl: Option<i64>) -> String {
+        let mut s = node.to_string();
+        match self.fwd {
+            None => s.push_str("; hit"),
+            Some(f) => {
+                s.push_str("; fwd=");
+                s.push_str(f);
+            }
+        }
+        if let Some(st) = self.fwd_status {
+            s.push_str(&format!("; fwd-status={st}"));
+        }
+        if let Some(t) = ttl {
+            s.push_str(&format!("; ttl={t}"));
+        }
+        if self.stored {
+            s.push_str("; stored");
+        }
+        if self.collapsed {
+            s.push_str("; collapsed");
+        }
+        if let Some(d) = self.detail {
+            s.push_str(&format!("; detail={d}"));
+        }
+        s
+    }
+}
+
+/// What the HTTP layer must do with a request.
+pub enum Decision {
+    Serve {
+        meta: Arc<ObjectMeta>,
+        verdict: Verdict,
+    },
+    Pass {
+        verdict: Verdict,
+    },
+    Upstream {
+        resp: reqwest::Response,
+        verdict: Verdict,
+    },
+    Fail {
+        status: StatusCode,
+        verdict: Verdict,
+        why: String,
+    },
+}
+
+/// Response fields not replayed from the store (the responder sets them from metadata).
+const NOT_STORED: &[header::HeaderName] = &[
+    header::CONTENT_LENGTH,
+    header::CONTENT_RANGE,
+    header::CONTENT_TYPE,
+    header::ETAG,
+    header::LAST_MODIFIED,
+    header::ACCEPT_RANGES,
+    header::AGE,
+    header::SET_COOKIE,
+];
+
+fn stored_headers(resp: &HeaderMap) -> HeaderMap {
+    let mut h = resp.clone();
+    strip_hop_by_hop(&mut h);
+    for n in NOT_STORED {
+        h.remove(n);
+    }
+    h.remove("content-digest");
+    h
+}
+
+impl Edge {
+    pub fn new(cfg: EdgeConfig, metrics: Arc<NodeMetrics>) -> Result<Arc<Self>, reqwest::Error> {
+        let store = Store::new(cfg.capacity, cfg.policy);
+        let origin = Arc::new(OriginClient::new(
+            &cfg.origin,
+            &cfg.name,
+            Duration::from_millis(cfg.origin_connect_timeout_ms),
+            Duration::from_millis(cfg.origin_read_timeout_ms),
+            metrics.clone(),
+        )?);
+        let m = metrics.clone();
+        let sources: Vec<Arc<dyn FillSource>> = vec![Arc::new(origin.clone())];
+        let filler = Arc::new(Filler::new(
+            store.clone(),
+            sources,
+            cfg.coalesce_wait(),
+            Box::new(move || {
+                m.with(|| metrics::counter!("cdn_edge_coalesced_waits_total").increment(1))
+            }),
+        ));
+        Ok(Arc::new(Edge {
+            cfg,
+            store,
+            origin,
+            filler,
+            probes: Arc::default(),
+            metrics,
+            inflight: Arc::default(),
+        }))
+    }
+
+    /// The primary cache key of a request: origin scheme and authority, path, and the query
+    /// when configured.
+    pub fn primary_key(&self, uri: &Uri) -> String {
+        let path = uri.path();
+        match (self.cfg.cache_query, uri.query()) {
+            (true, Some(q)) => format!("{}{path}?{q}", self.origin.base()),
+            _ => format!("{}{path}", self.origin.base()),
+        }
+    }
+
+    /// Decides how to answer a GET or HEAD.
+    pub async fn decide(self: &Arc<Self>, method: &Method, uri: &Uri, req: &HeaderMap) -> Decision {
+        let req_cc = CacheControl::parse(req);
+        if req.contains_key(header::AUTHORIZATION) || req_cc.no_store {
+            return Decision::Pass {
+                verdict: Verdict::new(Kind::Pass, Some("request")),
+            };
+        }
+        let primary = self.primary_key(uri);
+        let entry = self.store.primaries.get(&primary).await;
+        if let Some(e) = &entry
+            && e.pass_until.is_some_and(|t| t > Instant::now())
+        {
+            let mut v = Verdict::new(Kind::Pass, Some("bypass"));
+            v.detail = Some("hit-for-pass");
+            return Decision::Pass { verdict: v };
+        }
+        let vary = entry.map(|e| e.vary.clone()).unwrap_or_default();
+        let variant = store::variant_key(&primary, &vary, req);
+        let hint = cdn_http::range::first_byte_hint(req);
+        let pq = uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_string();
+
+        if let Some(meta) = self.store.metas.get(&variant).await {
+            let now = SystemTime::now();
+            let age = meta.age(now);
+            match freshness::usability(&meta.cc, meta.lifetime, age, &req_cc) {
+                Usability::Fresh => {
+                    return Decision::Serve {
+                        meta,
+                        verdict: Verdict::new(Kind::Hit, None),
+                    };
+                }
+                Usability::StaleWhileRevalidate => {
+                    // One background refresh per object; this request does not wait.
+                    let _ = self.probe(&primary, &variant, &pq, req, Some(meta.clone()), 0);
+                    let mut v = Verdict::new(Kind::Stale, None);
+                    v.detail = Some("stale-while-revalidate");
+                    return Decision::Serve { meta, verdict: v };
+                }
+                Usability::MustRevalidate => {}
+            }
+            if req_cc.only_if_cached {
+                return gateway_timeout();
+            }
+            let (fut, leader) = self.probe(&primary, &variant, &pq, req, Some(meta.clone()), hint);
+            let outcome = self.wait(fut, leader).await;
+            let sie = freshness::stale_if_error_allows(&meta.cc, &req_cc, meta.lifetime, age);
+            let stale_if_error = |status: Option<u16>| {
+                let mut v = Verdict::new(Kind::Stale, Some("stale"));
+                v.fwd_status = status;
+                v.detail = Some("stale-if-error");
+                Decision::Serve {
+                    meta: meta.clone(),
+                    verdict: v,
+                }
+            };
+            return match outcome {
+                Some(Ok(ProbeOutcome::Stored {
+                    meta: fresh,
+                    revalidated,
+                })) => {
+                    let mut v = Verdict::new(Kind::Stale, Some("stale"));
+                    v.fwd_status = Some(if revalidated { 304 } else { 200 });
+                    v.stored = true;
+                    v.collapsed = !leader;
+                    Decision::Serve {
+                        meta: fresh,
+                        verdict: v,
+                    }
+                }
+                Some(Ok(ProbeOutcome::Upstream { status, .. })) if status >= 500 && sie => {
+                    stale_if_error(Some(status))
+                }
+                Some(Err(_)) if sie => stale_if_error(None),
+                other => self.settle(other, leader),
+            };
+        }
+
+        if req_cc.only_if_cached {
+            return gateway_timeout();
+        }
+        if method == Method::HEAD {
+            return Decision::Pass {
+                verdict: Verdict::new(Kind::Pass, Some("miss")),
+            };
+        }
+        let (fut, leader) = self.probe(&primary, &variant, &pq, req, None, hint);
+        let outcome = self.wait(fut, leader).await;
+        if let Some(Ok(ProbeOutcome::Stored { meta, .. })) = &outcome {
+            // A waiter whose request selects another variant fetches on its own.
+            let names: Vec<_> = meta.selecting.iter().map(|(n, _)| n.clone()).collect();
+            if meta.version.key != store::variant_key(&primary, &names, req) {
+                let (fut, leader) = self.probe_alone(&primary, &pq, req, hint);
+                let outcome = self.wait(fut, leader).await;
+                return self.settle(outcome, leader);
+            }
+        }
+        self.settle(outcome, leader)
+    }
+
+    /// Turns a probe outcome into a decision for a miss.
+    fn settle(
+        &self,
+        outcome: Option<Result<ProbeOutcome, Arc<FillError>>>,
+        leader: bool,
+    ) -> Decision {
+        match outcome {
+            Some(Ok(ProbeOutcome::Stored { meta, .. })) => {
+                let mut v = Verdict::new(Kind::Miss, Some("miss"));
+                v.stored = true;
+                v.collapsed = !leader;
+                Decision::Serve { meta, verdict: v }
+            }
+            Some(Ok(ProbeOutcome::NotStorable)) => Decision::Pass {
+                verdict: Verdict::new(Kind::Pass, Some("miss")),
+            },
+            Some(Ok(ProbeOutcome::Upstream { status, resp })) => {
+                let taken = resp.lock().unwrap_or_else(|p| p.into_inner()).take();
+                let mut v = Verdict::new(Kind::Pass, Some("miss"));
+                v.fwd_status = Some(status);
+                match taken {
+                    Some(resp) => Decision::Upstream { resp, verdict: v },
+                    None => Decision::Pass { verdict: v },
+                }
+            }
+            Some(Err(e)) => Decision::Fail {
+                status: StatusCode::BAD_GATEWAY,
+                verdict: Verdict::new(Kind::Miss, Some("miss")),
+                why: e.to_string(),
+            },
+            // Waited too long for another request's probe: go alone, uncached.
+            None => Decision::Pass {
+                verdict: Verdict::new(Kind::Pass, Some("miss")),
+            },
+        }
+    }
+
+    /// Waits for a probe; a waiter (not the leader) waits at most the coalescing bound.
+    async fn wait(
+        &self,
+        fut: crate::coalesce::SharedResult<ProbeOutcome, FillError>,
+        leader: bool,
+    ) -> Option<Result<ProbeOutcome, Arc<FillError>>> {
+        if leader {
+            return Some(fut.await);
+        }
+        self.metrics
+            .with(|| metrics::counter!("cdn_edge_coalesced_waits_total").increment(1));
+        tokio::time::timeout(self.cfg.coalesce_wait(), fut)
+            .await
+            .ok()
+    }
+
+    /// Starts (or joins) the probe or revalidation of `variant`.
+    fn probe(
+        self: &Arc<Self>,
+        primary: &str,
+        variant: &str,
+        pq: &str,
+        req: &HeaderMap,
+        stale: Option<Arc<ObjectMeta>>,
+        hint: u64,
+    ) -> (crate::coalesce::SharedResult<ProbeOutcome, FillError>, bool) {
+        let this = self.clone();
+        let (primary, pq, req) = (primary.to_string(), pq.to_string(), req.clone());
+        self.probes
+            .join_or_start(variant.to_string(), move || async move {
+                this.run_probe(primary, pq, req, stale, hint)
+                    .await
+                    .map_err(Arc::new)
+            })
+    }
+
+    fn probe_alone(
+        self: &Arc<Self>,
+        primary: &str,
+        pq: &str,
+        req: &HeaderMap,
+        hint: u64,
+    ) -> (crate::coalesce::SharedResult<ProbeOutcome, FillError>, bool) {
+        use futures::FutureExt;
+        let this = self.clone();
+        let (primary, pq, req) = (primary.to_string(), pq.to_string(), req.clone());
+        let fut = async move {
+            this.run_probe(primary, pq, req, None, hint)
+                .await
+                .map_err(Arc::new)
+        }
+        .boxed()
+        .shared();
+        (fut, true)
+    }
+
+    /// One probe: a Range request for the chunk holding `hint` (conditional when a stale copy
+    /// is held). Stores the metadata and streams the body's chunks to the store and waiters.
+    async fn run_probe(
+        self: Arc<Self>,
+        primary: String,
+        pq: String,
+        req: HeaderMap,
+        stale: Option<Arc<ObjectMeta>>,
+        hint: u64,
+    ) -> Result<ProbeOutcome, FillError> {
+        let cs = self.cfg.chunk_size;
+        let mut first = hint / cs;
+        let req_cc = CacheControl::parse(&req);
+        loop {
+            let mut h = OriginClient::fill_headers(&req);
+            let range = format!("bytes={}-{}", first * cs, first * cs + cs - 1);
+            h.insert(header::RANGE, HeaderValue::from_str(&range).expect("ascii"));
+            if let Some(s) = &stale {
+                if let Some(etag) = s
+                    .etag
+                    .as_deref()
+                    .and_then(|e| HeaderValue::from_str(e).ok())
+                {
+                    h.insert(header::IF_NONE_MATCH, etag);
+                }
+                if let Some(lm) = s.last_modified
+                    && let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(lm))
+                {
+                    h.insert(header::IF_MODIFIED_SINCE, v);
+                }
+            }
+            let kind = if stale.is_some() {
+                "revalidate"
+            } else {
+                "probe"
+            };
+            let request_time = SystemTime::now();
+            let resp = self.origin.send(kind, Method::GET, &pq, h, None).await?;
+            let response_time = SystemTime::now();
+            let status = resp.status();
+            if status == StatusCode::NOT_MODIFIED
+                && let Some(s) = &stale
+            {
+                let meta = Arc::new(self.refreshed(s, resp.headers(), request_time, response_time));
+                self.store
+                    .metas
+                    .insert(meta.version.key.clone(), meta.clone())
+                    .await;
+                return Ok(ProbeOutcome::Stored {
+                    meta,
+                    revalidated: true,
+                });
+            }
+            if status == StatusCode::RANGE_NOT_SATISFIABLE && first > 0 {
+                // The client asked beyond the end: learn the object from its first chunk.
+                first = 0;
+                continue;
+            }
+            if status != StatusCode::OK && status != StatusCode::PARTIAL_CONTENT {
+                return Ok(ProbeOutcome::Upstream {
+                    status: status.as_u16(),
+                    resp: Arc::new(Mutex::new(Some(resp))),
+                });
+            }
+            let cc = CacheControl::parse(resp.headers());
+            let (len, ranges) = match object_length(&resp, first * cs) {
+                Some(x) => x,
+                None => {
+                    tracing::debug!(%pq, "origin response has no usable length: not stored");
+                    return Ok(ProbeOutcome::NotStorable);
+                }
+            };
+            if let Err(why) = freshness::storable(status, resp.headers(), &cc, &req, &req_cc) {
+                tracing::debug!(%pq, ?why, "not storable");
+                let pass_until = Instant::now() + Duration::from_secs(self.cfg.hit_for_pass_secs);
+                self.store
+                    .primaries
+                    .insert(
+                        primary.clone(),
+                        Arc::new(PrimaryEntry {
+                            vary: Vec::new(),
+                            pass_until: Some(pass_until),
+                        }),
+                    )
+                    .await;
+                return Ok(ProbeOutcome::NotStorable);
+            }
+            let vary = store::vary_names(resp.headers());
+            let key = store::variant_key(&primary, &vary, &req);
+            let etag = resp
+                .headers()
+                .get(header::ETAG)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let last_modified = resp
+                .headers()
+                .get(header::LAST_MODIFIED)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| httpdate::parse_http_date(v).ok());
+            let validator = match (&etag, last_modified) {
+                (Some(e), _) if !e.starts_with("W/") => format!("e:{e}:{len}"),
+                (_, Some(lm)) => format!("lm:{}:{len}", httpdate::fmt_http_date(lm)),
+                _ => format!(
+                    "t:{}:{len}",
+                    response_time
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_nanos()
+                ),
+            };
+            let meta = Arc::new(ObjectMeta {
+                version: Arc::new(VersionId { key, validator }),
+                primary: primary.clone(),
+                path_and_query: pq.clone(),
+                len,
+                chunk_size: cs,
+                content_type: resp
+                    .headers()
+                    .get(header::CONTENT_TYPE)
+                    .cloned()
+                    .unwrap_or(HeaderValue::from_static("application/octet-stream")),
+                etag,
+                last_modified,
+                headers: stored_headers(resp.headers()),
+                digest: if ranges {
+                    None
+                } else {
+                    resp.headers().get("content-digest").cloned()
+                },
+                lifetime: freshness::lifetime(
+                    resp.headers(),
+                    &cc,
+                    Duration::from_secs(self.cfg.heuristic_max_secs),
+                ),
+                cc,
+                timing: Timing::new(request_time, response_time, resp.headers()),
+                ranges,
+                selecting: vary
+                    .iter()
+                    .map(|n| (n.clone(), req.get(n).cloned()))
+                    .collect(),
+            });
+            self.store
+                .primaries
+                .insert(
+                    primary.clone(),
+                    Arc::new(PrimaryEntry {
+                        vary,
+                        pass_until: None,
+                    }),
+                )
+                .await;
+            // The body's chunks, promised to waiters before the metadata is visible.
+            let (start_index, end_index) = if ranges {
+                (first, (first + 1).min(meta.chunk_count()))
+            } else {
+                (0, meta.chunk_count())
+            };
+            let pending = self.filler.pending(&meta, start_index..end_index);
+            self.store
+                .metas
+                .insert(meta.version.key.clone(), meta.clone())
+                .await;
+            tokio::spawn(read_body(
+                self.clone(),
+                meta.clone(),
+                resp,
+                start_index,
+                end_index,
+                pending,
+            ));
+            return Ok(ProbeOutcome::Stored {
+                meta,
+                revalidated: false,
+            });
+        }
+    }
+
+    /// The stored metadata updated by a 304 (RFC 9111 §4.3.4).
+    fn refreshed(
+        &self,
+        old: &ObjectMeta,
+        not_modified: &HeaderMap,
+        request_time: SystemTime,
+        response_time: SystemTime,
+    ) -> ObjectMeta {
+        let mut headers = old.headers.clone();
+        let update = stored_headers(not_modified);
+        for name in update.keys() {
+            headers.remove(name);
+        }
+        for (name, value) in &update {
+            headers.append(name.clone(), value.clone());
+        }
+        let mut all = headers.clone();
+        if let Some(lm) = old.last_modified
+            && let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(lm))
+        {
+            all.insert(header::LAST_MODIFIED, v);
+        }
+        let cc = CacheControl::parse(&headers);
+        ObjectMeta {
+            lifetime: freshness::lifetime(
+                &all,
+                &cc,
+                Duration::from_secs(self.cfg.heuristic_max_secs),
+            ),
+            cc,
+            timing: Timing::new(request_time, response_time, not_modified),
+            headers,
+            ..old.clone()
+        }
+    }
+}
+
+fn gateway_timeout() -> Decision {
+    Decision::Fail {
+        status: StatusCode::GATEWAY_TIMEOUT,
+        verdict: Verdict::new(Kind::Miss, Some("miss")),
+        why: "only-if-cached and not in cache".into(),
+    }
+}
+
+/// The representation's length and whether the origin honoured the range: from the
+/// Content-Range of a 206 (which must start where asked), or the Content-Length of a 200.
+fn object_length(resp: &reqwest::Response, asked_start: u64) -> Option<(u64, bool)> {
+    let h = resp.headers();
+    if resp.status() == StatusCode::PARTIAL_CONTENT {
+        let (span, complete) = h
+            .get(header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(cdn_http::range::parse_content_range)?;
+        (*span.start() == asked_start).then_some(())?;
+        return complete.map(|len| (len, true));
+    }
+    h.get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .map(|len| (len, false))
+}
+
+/// Reads a probe's body, cutting it into chunks `start_index..end_index` and delivering each
+/// as it completes. A short, long or broken body fails the undelivered chunks and drops the
+/// metadata, so nothing of it passes for complete.
+async fn read_body(
+    edge: Arc<Edge>,
+    meta: Arc<ObjectMeta>,
+    mut resp: reqwest::Response,
+    start_index: u64,
+    end_index: u64,
+    mut pending: PendingChunks,
+) {
+    let want_total: u64 = (start_index..end_index)
+        .map(|i| {
+            let (s, e) = meta.chunk_span(i);
+            e - s + 1
+        })
+        .sum();
+    let mut index = start_index;
+    let mut buf = BytesMut::new();
+    let mut total = 0u64;
+    let failure = loop {
+        match resp.chunk().await {
+            Ok(Some(data)) => {
+                edge.origin.count_bytes(data.len());
+                total += data.len() as u64;
+                if total > want_total {
+                    break Some(FillError::Mismatch(format!(
+                        "body longer than the {want_total} bytes announced"
+                    )));
+                }
+                buf.extend_from_slice(&data);
+                while index < end_index {
+                    let (s, e) = meta.chunk_span(index);
+                    let need = (e - s + 1) as usize;
+                    if buf.len() < need {
+                        break;
+                    }
+                    let chunk = buf.split_to(need).freeze();
+                    pending.deliver(index, chunk).await;
+                    index += 1;
+                }
+            }
+            Ok(None) if total == want_total => break None,
+            Ok(None) => {
+                break Some(FillError::Truncated {
+                    got: total,
+                    want: want_total,
+                });
+            }
+            Err(e) => break Some(FillError::Request(crate::origin::error_chain(&e))),
+        }
+    };
+    if let Some(error) = failure {
+        tracing::warn!(key = %meta.version.key, %error, "origin body failed: nothing of it is kept");
+        edge.metrics
+            .with(|| metrics::counter!("cdn_edge_fill_errors_total").increment(1));
+        edge.store.metas.invalidate(&meta.version.key).await;
+        for i in start_index..index {
+            edge.store.chunks.invalidate(&meta.chunk_key(i)).await;
+        }
+        pending.fail(error);
+    }
+}

@@ -1,0 +1,197 @@
+//! The edge's configuration: a TOML file (`--config FILE`) whose every field has a default,
+//! overridden by command-line flags.
+
+use std::path::Path;
+use std::time::Duration;
+
+use cdn_http::config::{ConfigError, load_toml, parse_toml};
+use serde::{Deserialize, Deserializer};
+
+/// Which eviction policy the chunk store uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Policy {
+    /// moka's TinyLFU: admission by frequency, LRU eviction.
+    TinyLfu,
+    /// Plain LRU.
+    Lru,
+}
+
+/// Everything an edge needs to run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EdgeConfig {
+    /// Node name, shown in Via, Cache-Status and metrics.
+    pub name: String,
+    /// Region the node belongs to.
+    pub region: String,
+    /// Base URL of the origin, e.g. `http://127.0.0.1:8081`.
+    pub origin: String,
+    /// Memory budget of the cache (chunks plus metadata), bytes; accepts `512MiB`.
+    #[serde(deserialize_with = "de_bytes")]
+    pub capacity: u64,
+    /// Chunk size, bytes; accepts `1MiB`.
+    #[serde(deserialize_with = "de_bytes")]
+    pub chunk_size: u64,
+    /// Chunks fetched ahead of a sequential reader.
+    pub readahead: u64,
+    pub policy: Policy,
+    /// How long a request waits for another request's fill before fetching on its own.
+    pub coalesce_wait_ms: u64,
+    pub origin_connect_timeout_ms: u64,
+    /// Longest silence while reading an origin response (first byte included).
+    pub origin_read_timeout_ms: u64,
+    /// How long a URL whose response was not storable is passed straight to the origin.
+    pub hit_for_pass_secs: u64,
+    /// Cap of heuristic freshness (10% of the time since Last-Modified).
+    pub heuristic_max_secs: u64,
+    /// Whether the query string is part of the cache key.
+    pub cache_query: bool,
+    /// Bearer token for PURGE and /_admin/purge; purging is refused when unset.
+    pub purge_token: Option<String>,
+    /// In-flight requests at which /healthz reports load 1.0.
+    pub overload_inflight: u64,
+    pub max_header_bytes: usize,
+    pub header_read_timeout_secs: u64,
+    pub max_connections: usize,
+    /// Deadline for in-flight responses at shutdown.
+    pub drain_secs: u64,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig {
+            name: "edge".into(),
+            region: "local".into(),
+            origin: "http://127.0.0.1:8081".into(),
+            capacity: 512 * 1024 * 1024,
+            chunk_size: 1024 * 1024,
+            readahead: 1,
+            policy: Policy::TinyLfu,
+            coalesce_wait_ms: 5_000,
+            origin_connect_timeout_ms: 2_000,
+            origin_read_timeout_ms: 10_000,
+            hit_for_pass_secs: 30,
+            heuristic_max_secs: 86_400,
+            cache_query: true,
+            purge_token: None,
+            overload_inflight: 1_000,
+            max_header_bytes: 16 * 1024,
+            header_read_timeout_secs: 10,
+            max_connections: 10_000,
+            drain_secs: 10,
+        }
+    }
+}
+
+impl EdgeConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let c: Self = load_toml(path)?;
+        c.check(&path.display().to_string())
+    }
+
+    pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+        let c: Self = parse_toml(text, file)?;
+        c.check(file)
+    }
+
+    /// Checks values serde cannot; `file` names the source in errors.
+    pub fn check(self, file: &str) -> Result<Self, ConfigError> {
+        let bad = |field: &str, message: &str| ConfigError::Invalid {
+            file: file.into(),
+            line: 0,
+            column: 0,
+            field: field.into(),
+            message: message.into(),
+        };
+        if self.chunk_size < 4096 || self.chunk_size > 64 * 1024 * 1024 {
+            return Err(bad("chunk_size", "must be between 4KiB and 64MiB"));
+        }
+        if self.capacity < 4 * self.chunk_size {
+            return Err(bad("capacity", "must hold at least 4 chunks"));
+        }
+        match reqwest::Url::parse(&self.origin) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+            _ => return Err(bad("origin", "must be an http:// or https:// URL")),
+        }
+        Ok(self)
+    }
+
+    pub fn coalesce_wait(&self) -> Duration {
+        Duration::from_millis(self.coalesce_wait_ms)
+    }
+
+    pub fn serve_options(&self) -> cdn_http::server::ServeOptions {
+        cdn_http::server::ServeOptions {
+            max_header_bytes: self.max_header_bytes,
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
+            max_connections: self.max_connections,
+            drain_deadline: Duration::from_secs(self.drain_secs),
+            ..Default::default()
+        }
+    }
+}
+
+/// Parses `1048576`, `512KiB`, `512MiB`, `2GiB`, `1MB` (powers of 1024 for `Ki/Mi/Gi`, of
+/// 1000 for `K/M/G` and `KB/MB/GB`).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a size"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "m" | "mb" => 1000 * 1000,
+        "g" | "gb" => 1000 * 1000 * 1000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        u => return Err(format!("unknown size unit `{u}` in `{s}`")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+fn de_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        N(u64),
+        S(String),
+    }
+    match Size::deserialize(d)? {
+        Size::N(n) => Ok(n),
+        Size::S(s) => parse_bytes(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        assert_eq!(parse_bytes("2 GiB"), Ok(2 << 30));
+        assert_eq!(parse_bytes("1MB"), Ok(1_000_000));
+        assert!(parse_bytes("12XB").is_err());
+        assert!(parse_bytes("").is_err());
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        let e = EdgeConfig::parse("name = \"a\"\ncapacity = \"lots\"\n", "edge.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("edge.toml:2:"), "{e}");
+        assert!(e.contains("capacity"), "{e}");
+        let e = EdgeConfig::parse("policy = \"arc\"\n", "edge.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("policy"), "{e}");
+        let c = EdgeConfig::parse("capacity = \"64MiB\"\npolicy = \"lru\"\n", "e").unwrap();
+        assert_eq!((c.capacity, c.policy), (64 << 20, Policy::Lru));
+    }
+}

@@ -1,0 +1,457 @@
+//! The router's configuration (TOML): the edges, trusted proxy networks, the geo-miss location,
+//! health-check settings, the origin fallback and the lab switch. Owns loading with errors that
+//! name the file, the line and the field, and the checks a config must pass before it is used.
+//!
+//! `testdata/geo/router.example.toml` documents every field.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::error::RouterError;
+
+/// The whole router configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterConfig {
+    /// Where viewers are sent when every edge is down (`http://host:port`, optional path prefix).
+    pub origin_url: String,
+    /// Networks whose `X-Forwarded-For` / `Forwarded` headers are believed. Empty (the default):
+    /// the socket peer address is the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNet>,
+    /// The location used for clients whose address has no geo record.
+    pub geo_miss: GeoMissConfig,
+    /// Active health checks.
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// Switches for the local lab only.
+    #[serde(default)]
+    pub lab: LabConfig,
+    /// Most geo lookups kept in the lookup cache (per loaded database).
+    #[serde(default = "default_lookup_cache_entries")]
+    pub lookup_cache_entries: u64,
+    /// How often the config and geo database files are checked for changes, milliseconds;
+    /// 0 turns the polling off (SIGHUP still reloads).
+    #[serde(default = "default_watch_interval_ms")]
+    pub watch_interval_ms: u64,
+    /// The edges, as `[[edge]]` tables.
+    #[serde(default, rename = "edge")]
+    pub edges: Vec<EdgeConfig>,
+}
+
+/// One edge cache node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// Unique name, e.g. `eu-1`; sent to clients in the `X-CDN-Edge` header.
+    pub name: String,
+    /// Region name, e.g. `europe`; edges of one region share the load by consistent hashing.
+    pub region: String,
+    /// Where the edge is, degrees.
+    pub latitude: f64,
+    pub longitude: f64,
+    /// The edge's public base URL that viewers are redirected to.
+    pub url: String,
+    /// Relative share of its region's paths (rendezvous-hashing weight), > 0.
+    #[serde(default = "default_weight")]
+    pub weight: f64,
+    /// Where the router checks health; default `{url}/healthz`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_url: Option<String>,
+}
+
+impl EdgeConfig {
+    /// The URL the router probes.
+    pub fn health_url(&self) -> String {
+        match &self.health_url {
+            Some(u) => u.clone(),
+            None => format!("{}/healthz", self.url.trim_end_matches('/')),
+        }
+    }
+}
+
+/// The location assumed for an address with no geo record. Pick a point that does not favour
+/// one crowded region (not a country centroid).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeoMissConfig {
+    pub latitude: f64,
+    pub longitude: f64,
+    /// A name for logs and `/_route` answers.
+    #[serde(default = "default_geo_miss_label")]
+    pub label: String,
+}
+
+/// Active health-check settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Time between two checks of one edge, milliseconds.
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u64,
+    /// Time allowed for one check, milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Consecutive failures that take an up edge down.
+    #[serde(default = "default_down_after")]
+    pub down_after: u32,
+    /// Consecutive successes that bring a down edge up.
+    #[serde(default = "default_up_after")]
+    pub up_after: u32,
+    /// An edge whose `/healthz` reports `load` at or above this is overloaded: skipped while any
+    /// other edge can take the request.
+    #[serde(default = "default_overload_threshold")]
+    pub overload_threshold: f64,
+}
+
+impl HealthConfig {
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms)
+    }
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval_ms: default_interval_ms(),
+            timeout_ms: default_timeout_ms(),
+            down_after: default_down_after(),
+            up_after: default_up_after(),
+            overload_threshold: default_overload_threshold(),
+        }
+    }
+}
+
+/// Lab-only switches. **Unsafe outside a lab**: they let any client choose where it is routed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabConfig {
+    /// When true, `?client_ip=IP` or `?region=NAME` on a request overrides the client's address
+    /// or region (the parameters are removed from the redirect). Off by default.
+    #[serde(default)]
+    pub allow_client_override: bool,
+}
+
+fn default_lookup_cache_entries() -> u64 {
+    100_000
+}
+fn default_watch_interval_ms() -> u64 {
+    1000
+}
+fn default_weight() -> f64 {
+    1.0
+}
+fn default_geo_miss_label() -> String {
+    "geo-miss".to_owned()
+}
+fn default_interval_ms() -> u64 {
+    1000
+}
+fn default_timeout_ms() -> u64 {
+    500
+}
+fn default_down_after() -> u32 {
+    3
+}
+fn default_up_after() -> u32 {
+    2
+}
+fn default_overload_threshold() -> f64 {
+    0.9
+}
+
+/// A failed check: the field (`edge[1].weight`) and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("field `{field}`: {message}")]
+pub struct ConfigIssue {
+    pub field: String,
+    pub message: String,
+}
+
+impl ConfigIssue {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigIssue {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl RouterConfig {
+    /// Reads and checks a config file. Errors name the file, the line and the field.
+    pub fn load(path: &Path) -> Result<Self, RouterError> {
+        let text = std::fs::read_to_string(path).map_err(|source| RouterError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| RouterError::Config {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses and checks TOML text; the error message names the line and the field.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let config: RouterConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        config
+            .validate()
+            .map_err(|issue| match line_of_field(text, &issue.field) {
+                Some(line) => format!("line {line}, {issue}"),
+                None => issue.to_string(),
+            })?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: ranges, URLs, unique names, sane health settings.
+    pub fn validate(&self) -> Result<(), ConfigIssue> {
+        check_url("origin_url", &self.origin_url)?;
+        check_coordinates("geo_miss", self.geo_miss.latitude, self.geo_miss.longitude)?;
+        let h = &self.health;
+        if h.interval_ms == 0 {
+            return Err(ConfigIssue::new("health.interval_ms", "must be at least 1"));
+        }
+        if h.timeout_ms == 0 {
+            return Err(ConfigIssue::new("health.timeout_ms", "must be at least 1"));
+        }
+        if h.down_after == 0 {
+            return Err(ConfigIssue::new("health.down_after", "must be at least 1"));
+        }
+        if h.up_after == 0 {
+            return Err(ConfigIssue::new("health.up_after", "must be at least 1"));
+        }
+        if !(h.overload_threshold.is_finite() && h.overload_threshold > 0.0) {
+            return Err(ConfigIssue::new(
+                "health.overload_threshold",
+                "must be a positive number",
+            ));
+        }
+        let mut names = HashSet::new();
+        for (i, e) in self.edges.iter().enumerate() {
+            let field = |f: &str| format!("edge[{i}].{f}");
+            if e.name.trim().is_empty() {
+                return Err(ConfigIssue::new(field("name"), "must not be empty"));
+            }
+            if !e
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                return Err(ConfigIssue::new(
+                    field("name"),
+                    format!("`{}`: use letters, digits, `-`, `_` or `.`", e.name),
+                ));
+            }
+            if !names.insert(e.name.as_str()) {
+                return Err(ConfigIssue::new(
+                    field("name"),
+                    format!("edge name `{}` is used twice", e.name),
+                ));
+            }
+            if e.region.trim().is_empty() {
+                return Err(ConfigIssue::new(field("region"), "must not be empty"));
+            }
+            if !(e.latitude.is_finite() && (-90.0..=90.0).contains(&e.latitude)) {
+                return Err(ConfigIssue::new(
+                    field("latitude"),
+                    "must be between -90 and 90",
+                ));
+            }
+            if !(e.longitude.is_finite() && (-180.0..=180.0).contains(&e.longitude)) {
+                return Err(ConfigIssue::new(
+                    field("longitude"),
+                    "must be between -180 and 180",
+                ));
+            }
+            if !(e.weight.is_finite() && e.weight > 0.0) {
+                return Err(ConfigIssue::new(
+                    field("weight"),
+                    "must be a positive number",
+                ));
+            }
+            check_url(&field("url"), &e.url)?;
+            if let Some(u) = &e.health_url {
+                check_url(&field("health_url"), u)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The distinct region names, in config order.
+    pub fn regions(&self) -> Vec<String> {
+        let mut seen = HashSet::new();
+        self.edges
+            .iter()
+            .filter(|e| seen.insert(e.region.as_str()))
+            .map(|e| e.region.clone())
+            .collect()
+    }
+}
+
+fn check_coordinates(field: &str, lat: f64, lon: f64) -> Result<(), ConfigIssue> {
+    if !(lat.is_finite() && (-90.0..=90.0).contains(&lat)) {
+        return Err(ConfigIssue::new(
+            format!("{field}.latitude"),
+            "must be between -90 and 90",
+        ));
+    }
+    if !(lon.is_finite() && (-180.0..=180.0).contains(&lon)) {
+        return Err(ConfigIssue::new(
+            format!("{field}.longitude"),
+            "must be between -180 and 180",
+        ));
+    }
+    Ok(())
+}
+
+fn check_url(field: &str, url: &str) -> Result<(), ConfigIssue> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| ConfigIssue::new(field, format!("`{url}` is not a URL: {e}")))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => {
+            return Err(ConfigIssue::new(
+                field,
+                format!("`{url}` must start with http:// or https://"),
+            ));
+        }
+    }
+    if uri.authority().is_none() {
+        return Err(ConfigIssue::new(field, format!("`{url}` has no host")));
+    }
+    if uri.query().is_some() {
+        return Err(ConfigIssue::new(
+            field,
+            format!("`{url}` must not have a query"),
+        ));
+    }
+    Ok(())
+}
+
+/// The 1-based line where a field such as `edge[1].weight` or `health.interval_ms` is written,
+/// or where its table starts when the field itself is absent.
+pub(crate) fn line_of_field(text: &str, field: &str) -> Option<usize> {
+    use toml::de::{DeTable, DeValue};
+    let doc = DeTable::parse(text).ok()?;
+    let mut table = doc.get_ref();
+    let mut best: Option<usize> = None;
+    let mut parts = field.split('.').peekable();
+    while let Some(part) = parts.next() {
+        let (key, index) = match part.split_once('[') {
+            Some((k, rest)) => (k, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        let value = table.get(key)?;
+        best = Some(value.span().start);
+        let value = match (value.get_ref(), index) {
+            (DeValue::Array(items), Some(i)) => {
+                let item = items.get(i)?;
+                best = Some(item.span().start);
+                item
+            }
+            _ => value,
+        };
+        match value.get_ref() {
+            DeValue::Table(t) if parts.peek().is_some() => table = t,
+            _ => break,
+        }
+    }
+    let offset = best?.min(text.len());
+    Some(text[..offset].matches('\n').count() + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+origin_url = "http://127.0.0.1:8081"
+trusted_proxies = ["127.0.0.1/32", "::1/128"]
+
+[geo_miss]
+latitude = 30.0
+longitude = -30.0
+
+[[edge]]
+name = "eu-1"
+region = "europe"
+latitude = 50.11
+longitude = 8.68
+url = "http://127.0.0.1:9101"
+
+[[edge]]
+name = "eu-2"
+region = "europe"
+latitude = 50.11
+longitude = 8.68
+url = "http://127.0.0.1:9102"
+weight = 2.0
+"#;
+
+    #[test]
+    fn parses_with_defaults() {
+        let c = RouterConfig::parse(GOOD).expect("valid");
+        assert_eq!(c.edges.len(), 2);
+        assert_eq!(c.edges[0].weight, 1.0);
+        assert_eq!(c.health, HealthConfig::default());
+        assert_eq!(c.health.down_after, 3);
+        assert_eq!(c.health.up_after, 2);
+        assert_eq!(c.health.interval_ms, 1000);
+        assert!(!c.lab.allow_client_override);
+        assert_eq!(c.edges[0].health_url(), "http://127.0.0.1:9101/healthz");
+        assert_eq!(c.regions(), vec!["europe".to_owned()]);
+    }
+
+    #[test]
+    fn unknown_field_names_line_and_field() {
+        let text = GOOD.replace("weight = 2.0", "wieght = 2.0");
+        let err = RouterConfig::parse(&text).expect_err("unknown field");
+        assert!(err.contains("wieght"), "{err}");
+        assert!(err.contains("line 22"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_line_and_field() {
+        let text = GOOD.replace("weight = 2.0", "weight = -2.0");
+        let err = RouterConfig::parse(&text).expect_err("negative weight");
+        assert!(err.contains("line 22"), "{err}");
+        assert!(err.contains("edge[1].weight"), "{err}");
+
+        let text = GOOD.replace("name = \"eu-2\"", "name = \"eu-1\"");
+        let err = RouterConfig::parse(&text).expect_err("duplicate");
+        assert!(err.contains("line 17"), "{err}");
+        assert!(err.contains("used twice"), "{err}");
+
+        let text = GOOD.replace("latitude = 30.0", "latitude = 300.0");
+        let err = RouterConfig::parse(&text).expect_err("latitude");
+        assert!(err.contains("line 6"), "{err}");
+        assert!(err.contains("geo_miss.latitude"), "{err}");
+
+        let text = GOOD.replace("http://127.0.0.1:9102", "ftp://x");
+        let err = RouterConfig::parse(&text).expect_err("url");
+        assert!(err.contains("edge[1].url"), "{err}");
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/geo/router.example.toml");
+        let c = RouterConfig::load(&path).expect("example config loads");
+        assert!(!c.edges.is_empty());
+        assert!(!c.lab.allow_client_override, "the example must be safe");
+    }
+
+    #[test]
+    fn round_trips_through_toml() {
+        let c = RouterConfig::parse(GOOD).expect("valid");
+        let text = toml::to_string(&c).expect("serialises");
+        assert_eq!(RouterConfig::parse(&text).expect("reparses"), c);
+    }
+}
