@@ -1020,3 +1020,76 @@ async fn cli_router_reports_bad_files_and_reloads_on_sighup() {
         .expect("wait");
     assert!(status.success(), "{status:?}");
 }
+
+mod common;
+
+/// The whole path with real nodes: a real origin, two real edges (Frankfurt, Singapore) and
+/// the router. A viewer in Asia is sent to the Asian edge, which serves the bytes; when that
+/// edge stops, viewers are sent to the European one within three health intervals, and back
+/// once it returns on the same address.
+#[tokio::test]
+async fn real_edges_serve_routed_viewers_and_fail_over() {
+    let interval = Duration::from_millis(200);
+    let origin = common::start_origin(&common::media_root(), &Default::default()).await;
+    let (eu, _) = common::start_edge(&origin.url(), |c| c.name = "eu-real".into()).await;
+    let (asia, _) = common::start_edge(&origin.url(), |c| c.name = "asia-real".into()).await;
+    let asia_addr = asia.addr;
+    let real_edge = |name: &str, region: &str, url: String, at: (f64, f64)| EdgeConfig {
+        name: name.into(),
+        region: region.into(),
+        latitude: at.0,
+        longitude: at.1,
+        url,
+        weight: 1.0,
+        health_url: None,
+    };
+    let edges = vec![
+        real_edge("eu-real", "europe", eu.url(), FRANKFURT),
+        real_edge("asia-real", "asia", asia.url(), SINGAPORE),
+    ];
+    let router = start_router(config(edges, interval.as_millis() as u64), &lab_db()).await;
+    let viewer = client_from("127.3.0.7");
+    let url = format!("{}/demo/seg_001.m4s", router.url());
+    let want = std::fs::read(common::media_root().join("demo/seg_001.m4s")).unwrap();
+
+    let r = get_redirect(&viewer, &url).await;
+    assert_eq!((r.status, r.edge.as_str()), (302, "asia-real"));
+    let resp = viewer.get(&r.location).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(header(&resp, "cache-status").starts_with("asia-real;"));
+    assert_eq!(&resp.bytes().await.unwrap()[..], &want[..]);
+
+    asia.stop().await;
+    let gone = wait_until(Duration::from_secs(5), || async {
+        get_redirect(&viewer, &url).await.edge == "eu-real"
+    })
+    .await
+    .expect("the stopped edge is taken out");
+    assert!(
+        gone <= interval * 3 + Duration::from_millis(150),
+        "{gone:?}"
+    );
+    let r = get_redirect(&viewer, &url).await;
+    assert_eq!(r.reason, "failover");
+    let resp = viewer.get(&r.location).send().await.unwrap();
+    assert!(header(&resp, "cache-status").starts_with("eu-real;"));
+    assert_eq!(&resp.bytes().await.unwrap()[..], &want[..]);
+
+    let listener = tokio::net::TcpListener::bind(asia_addr).await.unwrap();
+    let cfg = cdn_edge::EdgeConfig {
+        name: "asia-real".into(),
+        origin: origin.url(),
+        capacity: 64 << 20,
+        ..Default::default()
+    };
+    let (asia, _) = cdn_edge::spawn(listener, cfg).unwrap();
+    wait_until(Duration::from_secs(5), || async {
+        get_redirect(&viewer, &url).await.edge == "asia-real"
+    })
+    .await
+    .expect("the edge is routed to again after it returns");
+    router.stop().await;
+    asia.stop().await;
+    eu.stop().await;
+    origin.stop().await;
+}

@@ -405,7 +405,7 @@ mod tests {
         assert_eq!(lifetime(&h, &CacheControl::parse(&h), max), Duration::ZERO);
         let h = hm(&[
             ("date", "Sun, 11 Oct 2026 00:00:00 GMT"),
-            ("last-modified", "Sun, 01 Oct 2026 00:00:00 GMT"),
+            ("last-modified", "Thu, 01 Oct 2026 00:00:00 GMT"),
         ]);
         assert_eq!(
             lifetime(&h, &CacheControl::parse(&h), max),
