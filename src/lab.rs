@@ -123,7 +123,7 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
     println!("\nTry:");
     println!("  curl -sI -L \"{r}/demo.mp4?region=asia\"");
     println!("  ffplay \"{r}/demo/index.m3u8?region=europe\"");
-    println!("  curl -s \"{r}/_route?ip=81.2.69.142&path=/demo.mp4\"");
+    println!("  curl -s \"{r}/_route?ip=127.3.0.9&path=/demo.mp4\"");
     println!("\nCtrl-C stops the lab.");
 
     cdn_http::server::shutdown_signal().await;
