@@ -113,7 +113,7 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
         .with_context(|| format!("geo database {}", args.geo_db.display()))?;
 
     println!("\ncdn lab is up\n");
-    println!("  {:<10} {:<15} {}", "node", "region", "url");
+    println!("  {:<10} {:<15} url", "node", "region");
     println!("  {:<10} {:<15} {}", "router", "-", router.url());
     println!("  {:<10} {:<15} {}", "origin", "-", origin.url());
     for ((region, name, _, _), e) in REGIONS.iter().zip(&edges) {

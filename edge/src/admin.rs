@@ -76,7 +76,7 @@ async fn purge(edge: &Edge, path: &str, prefix: bool) -> Response {
     if !path.starts_with('/') {
         return (StatusCode::BAD_REQUEST, "path must start with /\n").into_response();
     }
-    let key = format!("{}{path}", edge.origin.base());
+    let key = format!("{}{path}", edge.key_base);
     match edge.store.invalidate(&key, prefix).await {
         Ok(()) => {
             edge.metrics

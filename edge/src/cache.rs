@@ -29,6 +29,10 @@ pub struct Edge {
     pub filler: Arc<Filler>,
     probes: Arc<Coalescer<String, ProbeOutcome, FillError>>,
     pub metrics: Arc<NodeMetrics>,
+    /// Peer replication, when this node has a peer endpoint.
+    pub peers: Option<Arc<crate::peer::Peers>>,
+    /// Scheme and authority that prefix every cache key.
+    pub key_base: String,
     /// Requests being answered (head or body) right now.
     pub inflight: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -163,7 +167,9 @@ fn stored_headers(resp: &HeaderMap) -> HeaderMap {
 }
 
 impl Edge {
-    pub fn new(cfg: EdgeConfig, metrics: Arc<NodeMetrics>) -> Result<Arc<Self>, reqwest::Error> {
+    /// Builds the edge; with `peer_listen` set, binds its QUIC endpoint and starts answering
+    /// peers (must run inside a tokio runtime).
+    pub fn new(cfg: EdgeConfig, metrics: Arc<NodeMetrics>) -> anyhow::Result<Arc<Self>> {
         let store = Store::new(cfg.capacity, cfg.policy);
         let origin = Arc::new(OriginClient::new(
             &cfg.origin,
@@ -173,7 +179,18 @@ impl Edge {
             metrics.clone(),
         )?);
         let m = metrics.clone();
-        let sources: Vec<Arc<dyn FillSource>> = vec![Arc::new(origin.clone())];
+        let peers = crate::peer::Peers::new(&cfg, metrics.clone())?;
+        let mut sources: Vec<Arc<dyn FillSource>> = Vec::new();
+        if let Some(p) = &peers {
+            sources.push(Arc::new(crate::peer::PeerSource(p.clone())));
+        }
+        sources.push(Arc::new(origin.clone()));
+        let key_base = cfg
+            .cache_key_base
+            .clone()
+            .unwrap_or_else(|| origin.base().to_string())
+            .trim_end_matches('/')
+            .to_string();
         let filler = Arc::new(Filler::new(
             store.clone(),
             sources,
@@ -182,15 +199,56 @@ impl Edge {
                 m.with(|| metrics::counter!("cdn_edge_coalesced_waits_total").increment(1))
             }),
         ));
-        Ok(Arc::new(Edge {
+        let edge = Arc::new(Edge {
             cfg,
             store,
             origin,
             filler,
             probes: Arc::default(),
             metrics,
+            peers,
+            key_base,
             inflight: Arc::default(),
-        }))
+        });
+        if let Some(p) = &edge.peers {
+            tokio::spawn(crate::peer::server::serve(
+                p.endpoint.clone(),
+                Arc::downgrade(&edge),
+            ));
+        }
+        Ok(edge)
+    }
+
+    /// Closes the peer endpoint (at shutdown, or to simulate a peer going away).
+    pub fn close_peers(&self) {
+        if let Some(p) = &self.peers {
+            p.endpoint.close(0u32.into(), b"shutting down");
+        }
+    }
+
+    /// Probes for a peer that asked this node as the chunk's owner: never via peers again.
+    pub async fn probe_for_peer(
+        self: &Arc<Self>,
+        key: &str,
+        pq: &str,
+        req: &HeaderMap,
+        index: u64,
+    ) -> Option<Arc<ObjectMeta>> {
+        let primary = key.split('\0').next().unwrap_or(key).to_string();
+        let this = self.clone();
+        let (pq, req) = (pq.to_string(), req.clone());
+        let hint = index * self.cfg.chunk_size;
+        let (fut, _) = self
+            .probes
+            .join_or_start(key.to_string(), move || async move {
+                this.run_probe(primary, pq, req, None, hint, false)
+                    .await
+                    .map_err(Arc::new)
+            });
+        match fut.await {
+            Ok(ProbeOutcome::Stored { meta, .. }) if meta.version.key == key => Some(meta),
+            _ => None,
+        }
     }
 
     /// The primary cache key of a request: origin scheme and authority, path, and the query
@@ -198,8 +256,8 @@ impl Edge {
     pub fn primary_key(&self, uri: &Uri) -> String {
         let path = uri.path();
         match (self.cfg.cache_query, uri.query()) {
-            (true, Some(q)) => format!("{}{path}?{q}", self.origin.base()),
-            _ => format!("{}{path}", self.origin.base()),
+            (true, Some(q)) => format!("{}{path}?{q}", self.key_base),
+            _ => format!("{}{path}", self.key_base),
         }
     }
 
@@ -374,7 +432,7 @@ impl Edge {
         let (primary, pq, req) = (primary.to_string(), pq.to_string(), req.clone());
         self.probes
             .join_or_start(variant.to_string(), move || async move {
-                this.run_probe(primary, pq, req, stale, hint)
+                this.run_probe(primary, pq, req, stale, hint, true)
                     .await
                     .map_err(Arc::new)
             })
@@ -391,7 +449,7 @@ impl Edge {
         let this = self.clone();
         let (primary, pq, req) = (primary.to_string(), pq.to_string(), req.clone());
         let fut = async move {
-            this.run_probe(primary, pq, req, None, hint)
+            this.run_probe(primary, pq, req, None, hint, true)
                 .await
                 .map_err(Arc::new)
         }
@@ -409,10 +467,36 @@ impl Edge {
         req: HeaderMap,
         stale: Option<Arc<ObjectMeta>>,
         hint: u64,
+        via_peers: bool,
     ) -> Result<ProbeOutcome, FillError> {
         let cs = self.cfg.chunk_size;
         let mut first = hint / cs;
         let req_cc = CacheControl::parse(&req);
+        if via_peers
+            && stale.is_none()
+            && let Some(peers) = &self.peers
+        {
+            let variant = store::variant_key(
+                &primary,
+                &self
+                    .store
+                    .primaries
+                    .get(&primary)
+                    .await
+                    .map(|e| e.vary.clone())
+                    .unwrap_or_default(),
+                &req,
+            );
+            if let Some((meta, chunk)) = peers.fetch_object(&variant, &pq, &req, first).await {
+                let meta = Arc::new(meta);
+                crate::peer::server::install(&self, &meta).await;
+                self.store.chunks.insert(meta.chunk_key(first), chunk).await;
+                return Ok(ProbeOutcome::Stored {
+                    meta,
+                    revalidated: false,
+                });
+            }
+        }
         loop {
             let mut h = OriginClient::fill_headers(&req);
             let range = format!("bytes={}-{}", first * cs, first * cs + cs - 1);

@@ -56,6 +56,53 @@ pub struct EdgeConfig {
     pub max_connections: usize,
     /// Deadline for in-flight responses at shutdown.
     pub drain_secs: u64,
+    /// Scheme and authority objects are keyed under; defaults to the origin URL's. Edges that
+    /// reach the same origin by different addresses (the lab's relays) must share it, or their
+    /// peers will not recognise each other's objects.
+    pub cache_key_base: Option<String>,
+    /// UDP address of this node's QUIC peer endpoint; no peering when unset.
+    pub peer_listen: Option<std::net::SocketAddr>,
+    /// Certificates for peer mutual TLS (PEM files).
+    pub peer_tls: Option<PeerTls>,
+    /// The other edges of the cluster.
+    #[serde(rename = "peers")]
+    pub peers: Vec<PeerConfig>,
+    /// Time a peer has to start answering before the next source is tried.
+    pub peer_first_byte_timeout_ms: u64,
+    /// Requests within `hot_window_secs` that make an object hot (pushed to peers).
+    pub hot_threshold: u32,
+    pub hot_window_secs: u64,
+    /// Push budget per peer, bytes per second.
+    #[serde(deserialize_with = "de_bytes")]
+    pub push_bytes_per_sec: u64,
+    /// Test hook: flip one byte of every chunk this node sends to a peer (after its digest is
+    /// computed), to show receivers reject it. Never set outside tests.
+    pub test_corrupt_peer_chunks: bool,
+}
+
+/// The cluster's TLS material for one node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerTls {
+    /// The cluster CA certificate: peers must present certificates it signed.
+    pub ca: std::path::PathBuf,
+    /// This node's certificate (its name as a DNS SAN) and private key.
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+/// Another edge this node cooperates with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Node name; must match the DNS name in its certificate.
+    pub name: String,
+    pub region: String,
+    /// UDP address of its QUIC endpoint.
+    pub addr: std::net::SocketAddr,
+    /// Whether hot objects are pushed to it. Default: the first listed peer of each other
+    /// region (peers are listed nearest first).
+    pub push: Option<bool>,
 }
 
 impl Default for EdgeConfig {
@@ -80,6 +127,15 @@ impl Default for EdgeConfig {
             header_read_timeout_secs: 10,
             max_connections: 10_000,
             drain_secs: 10,
+            cache_key_base: None,
+            peer_listen: None,
+            peer_tls: None,
+            peers: Vec::new(),
+            peer_first_byte_timeout_ms: 200,
+            hot_threshold: 20,
+            hot_window_secs: 10,
+            push_bytes_per_sec: 50 * 1024 * 1024,
+            test_corrupt_peer_chunks: false,
         }
     }
 }
@@ -113,6 +169,12 @@ impl EdgeConfig {
         match reqwest::Url::parse(&self.origin) {
             Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
             _ => return Err(bad("origin", "must be an http:// or https:// URL")),
+        }
+        if self.peer_listen.is_some() && self.peer_tls.is_none() {
+            return Err(bad("peer_tls", "peering needs the cluster's certificates"));
+        }
+        if self.peers.iter().any(|p| p.name == self.name) {
+            return Err(bad("peers", "a node cannot be its own peer"));
         }
         Ok(self)
     }

@@ -15,6 +15,7 @@ pub mod config;
 pub mod fill;
 pub mod freshness;
 pub mod origin;
+pub mod peer;
 pub mod proxy;
 pub mod store;
 
@@ -116,10 +117,14 @@ pub async fn run(args: EdgeArgs) -> anyhow::Result<()> {
     let cfg = args.resolve()?;
     let opts = cfg.serve_options();
     let (name, origin) = (cfg.name.clone(), cfg.origin.clone());
-    let (router, _) = app(cfg)?;
+    let (router, edge) = app(cfg)?;
+    if let Some(p) = &edge.peers {
+        tracing::info!(%name, peer_listen = %p.local_addr()?, peers = p.clients.len(), "peering");
+    }
     let listener = bind(args.listen).await?;
     tracing::info!(%name, listen = %listener.local_addr()?, %origin, "edge serving");
     serve(listener, router, opts, shutdown_signal()).await?;
+    edge.close_peers();
     tracing::info!(%name, "edge stopped");
     Ok(())
 }

@@ -86,6 +86,9 @@ fn serve(
         verdict.kind = Kind::Miss;
         verdict.fwd = Some("partial");
     }
+    if let Some(peers) = &edge.peers {
+        peers.note_request(&edge.store, &meta);
+    }
     let now = SystemTime::now();
     let age = meta.age(now);
     let ttl = meta.lifetime.as_secs() as i64 - age.as_secs() as i64;

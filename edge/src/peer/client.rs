@@ -1,0 +1,228 @@
+//! One peer as seen from this node: a lazily (re)connected QUIC connection and the three
+//! requests of the protocol. A peer that does not start answering within the first-byte
+//! timeout, or whose connection fails, is skipped for a short back-off so that a dead peer
+//! costs a fall-back, not a stall.
+
+use std::sync::Arc;
+use std::sync::Mutex as StdMutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use cdn_http::metrics::NodeMetrics;
+
+use super::wire::{self, GetRequest, WireError, WireMeta};
+use crate::config::PeerConfig;
+
+/// Status byte a peer sends first when it must fill from the origin before answering.
+pub const PENDING: u8 = 2;
+
+/// How long an unreachable peer is skipped.
+const BACKOFF: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PushHeader {
+    pub meta: WireMeta,
+    pub index: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Advertise {
+    pub from: String,
+    pub keys: Vec<String>,
+}
+
+pub struct PeerClient {
+    pub cfg: PeerConfig,
+    endpoint: quinn::Endpoint,
+    conn: tokio::sync::Mutex<Option<quinn::Connection>>,
+    down_until: StdMutex<Option<Instant>>,
+    first_byte: Duration,
+    fill_timeout: Duration,
+    max_chunk: u64,
+    metrics: Arc<NodeMetrics>,
+}
+
+impl PeerClient {
+    pub fn new(
+        cfg: PeerConfig,
+        endpoint: quinn::Endpoint,
+        first_byte: Duration,
+        fill_timeout: Duration,
+        max_chunk: u64,
+        metrics: Arc<NodeMetrics>,
+    ) -> Self {
+        PeerClient {
+            cfg,
+            endpoint,
+            conn: tokio::sync::Mutex::new(None),
+            down_until: StdMutex::new(None),
+            first_byte,
+            fill_timeout,
+            max_chunk,
+            metrics,
+        }
+    }
+
+    fn set_connected(&self, up: bool) {
+        let name = self.cfg.name.clone();
+        self.metrics.with(|| {
+            metrics::gauge!("cdn_edge_peer_connected", "peer" => name).set(if up {
+                1.0
+            } else {
+                0.0
+            })
+        });
+    }
+
+    fn backing_off(&self) -> bool {
+        let g = self.down_until.lock().unwrap_or_else(|p| p.into_inner());
+        g.is_some_and(|t| t > Instant::now())
+    }
+
+    fn mark_down(&self) {
+        *self.down_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + BACKOFF);
+        self.set_connected(false);
+    }
+
+    async fn connection(&self) -> Result<quinn::Connection, WireError> {
+        if self.backing_off() {
+            return Err(WireError::Io(format!(
+                "peer {} is backing off",
+                self.cfg.name
+            )));
+        }
+        let mut slot = self.conn.lock().await;
+        if let Some(c) = slot.as_ref()
+            && c.close_reason().is_none()
+        {
+            return Ok(c.clone());
+        }
+        let connecting = self
+            .endpoint
+            .connect(self.cfg.addr, &self.cfg.name)
+            .map_err(|e| WireError::Io(e.to_string()))?;
+        match tokio::time::timeout(self.first_byte.max(Duration::from_millis(500)), connecting)
+            .await
+        {
+            Ok(Ok(c)) => {
+                tracing::info!(peer = %self.cfg.name, addr = %self.cfg.addr, "peer connected");
+                self.set_connected(true);
+                *slot = Some(c.clone());
+                Ok(c)
+            }
+            Ok(Err(e)) => {
+                self.mark_down();
+                Err(WireError::Io(format!(
+                    "connecting to {}: {e}",
+                    self.cfg.name
+                )))
+            }
+            Err(_) => {
+                self.mark_down();
+                Err(WireError::Io(format!(
+                    "connecting to {}: timed out",
+                    self.cfg.name
+                )))
+            }
+        }
+    }
+
+    async fn open(&self) -> Result<(quinn::SendStream, quinn::RecvStream), WireError> {
+        let conn = self.connection().await?;
+        match conn.open_bi().await {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                // The connection died (peer restarted): forget it; the next call reconnects.
+                *self.conn.lock().await = None;
+                Err(WireError::Io(e.to_string()))
+            }
+        }
+    }
+
+    /// Asks for a chunk (and metadata). `Ok(None)` when the peer does not have it.
+    pub async fn get(&self, req: &GetRequest) -> Result<Option<(WireMeta, Bytes)>, WireError> {
+        let first = async {
+            let (mut send, mut recv) = self.open().await?;
+            wire::write_json(&mut send, wire::OP_GET, req).await?;
+            let _ = send.finish();
+            let (status, meta) = wire::read_json::<WireMeta>(&mut recv).await?;
+            Ok::<_, WireError>((status, meta, recv))
+        };
+        let (mut status, mut meta, mut recv) =
+            match tokio::time::timeout(self.first_byte, first).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    self.mark_down();
+                    return Err(WireError::Io(format!(
+                        "{}: no first byte in time",
+                        self.cfg.name
+                    )));
+                }
+            };
+        if status == PENDING {
+            // The owner is filling from the origin on our behalf.
+            let next =
+                tokio::time::timeout(self.fill_timeout, wire::read_json::<WireMeta>(&mut recv));
+            (status, meta) = next
+                .await
+                .map_err(|_| WireError::Io("peer fill timed out".into()))??;
+        }
+        if status != wire::FOUND {
+            return Ok(None);
+        }
+        let meta = meta.ok_or_else(|| WireError::Bad("found without metadata".into()))?;
+        let chunk = tokio::time::timeout(
+            self.fill_timeout,
+            wire::read_chunk(&mut recv, self.max_chunk),
+        )
+        .await
+        .map_err(|_| WireError::Io("peer body timed out".into()))??;
+        self.count_bytes("in", chunk.len());
+        Ok(Some((meta, chunk)))
+    }
+
+    /// Pushes one chunk; `Ok(true)` when the peer admitted it.
+    pub async fn push(
+        &self,
+        header: &PushHeader,
+        chunk: &Bytes,
+        corrupt: bool,
+    ) -> Result<bool, WireError> {
+        let exchange = async {
+            let (mut send, mut recv) = self.open().await?;
+            wire::write_json(&mut send, wire::OP_PUSH, header).await?;
+            wire::write_chunk(&mut send, chunk, corrupt).await?;
+            let _ = send.finish();
+            let (status, _) = wire::read_json::<serde_json::Value>(&mut recv).await?;
+            Ok::<_, WireError>(status == wire::FOUND)
+        };
+        let admitted = tokio::time::timeout(self.fill_timeout, exchange)
+            .await
+            .map_err(|_| WireError::Io("push timed out".into()))??;
+        self.count_bytes("out", chunk.len());
+        Ok(admitted)
+    }
+
+    /// Tells the peer which objects this node holds hot.
+    pub async fn advertise(&self, msg: &Advertise) -> Result<(), WireError> {
+        let exchange = async {
+            let (mut send, mut recv) = self.open().await?;
+            wire::write_json(&mut send, wire::OP_ADVERTISE, msg).await?;
+            let _ = send.finish();
+            let _ = wire::read_json::<serde_json::Value>(&mut recv).await?;
+            Ok::<_, WireError>(())
+        };
+        tokio::time::timeout(self.fill_timeout, exchange)
+            .await
+            .map_err(|_| WireError::Io("advertise timed out".into()))?
+    }
+
+    fn count_bytes(&self, direction: &'static str, n: usize) {
+        self.metrics.with(|| {
+            metrics::counter!("cdn_edge_peer_bytes_total", "direction" => direction)
+                .increment(n as u64)
+        });
+    }
+}

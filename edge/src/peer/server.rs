@@ -1,0 +1,214 @@
+//! The answering side of the peer protocol: accepts QUIC connections (the TLS handshake has
+//! already checked the peer's certificate against the cluster CA) and answers each stream.
+//! Answers come from the cache; only the owner of a chunk fills it from the origin, and a
+//! fill made for a peer never asks peers in turn.
+
+use std::sync::{Arc, Weak};
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use super::client::{Advertise, PENDING, PushHeader};
+use super::wire::{self, GetRequest, WireError, WireMeta};
+use crate::cache::Edge;
+use crate::store::{ObjectMeta, PrimaryEntry};
+
+/// Accepts peer connections until the endpoint is closed.
+pub async fn serve(endpoint: quinn::Endpoint, edge: Weak<Edge>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let edge = edge.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(%remote, error = %e, "peer connection refused");
+                    if let Some(edge) = edge.upgrade() {
+                        edge.metrics.with(|| {
+                            metrics::counter!("cdn_edge_peer_handshake_failures_total").increment(1)
+                        });
+                    }
+                    return;
+                }
+            };
+            loop {
+                let (send, recv) = match conn.accept_bi().await {
+                    Ok(s) => s,
+                    Err(_) => return,
+                };
+                let Some(edge) = edge.upgrade() else { return };
+                tokio::spawn(async move {
+                    if let Err(e) = answer(&edge, send, recv).await {
+                        tracing::debug!(%remote, error = %e, "peer stream failed");
+                    }
+                });
+            }
+        });
+    }
+}
+
+async fn answer(
+    edge: &Arc<Edge>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) -> Result<(), WireError> {
+    let mut head = [0u8; 1];
+    recv.read_exact(&mut head).await?;
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > wire::MAX_HEADER {
+        return Err(WireError::TooLarge(len as u64));
+    }
+    let mut json = vec![0u8; len];
+    recv.read_exact(&mut json).await?;
+    let bad = |e: serde_json::Error| WireError::Bad(e.to_string());
+    match head[0] {
+        wire::OP_GET => {
+            let req: GetRequest = serde_json::from_slice(&json).map_err(bad)?;
+            get(edge, req, &mut send).await?;
+        }
+        wire::OP_PUSH => {
+            let header: PushHeader = serde_json::from_slice(&json).map_err(bad)?;
+            let admitted = match wire::read_chunk(&mut recv, edge.cfg.chunk_size).await {
+                Ok(chunk) => admit(edge, header, chunk).await,
+                Err(WireError::Digest) => {
+                    tracing::warn!("pushed chunk failed its digest: dropped");
+                    edge.metrics.with(|| {
+                        metrics::counter!("cdn_edge_peer_digest_mismatches_total").increment(1)
+                    });
+                    false
+                }
+                Err(e) => return Err(e),
+            };
+            let status = if admitted { wire::FOUND } else { wire::MISS };
+            wire::write_tag(&mut send, status).await?;
+        }
+        wire::OP_ADVERTISE => {
+            let msg: Advertise = serde_json::from_slice(&json).map_err(bad)?;
+            if let Some(peers) = &edge.peers {
+                peers.advertised_by(&msg.from, msg.keys);
+            }
+            wire::write_tag(&mut send, wire::FOUND).await?;
+        }
+        op => return Err(WireError::Bad(format!("unknown op {op}"))),
+    }
+    let _ = send.finish();
+    let _ = send.stopped().await;
+    Ok(())
+}
+
+async fn get(
+    edge: &Arc<Edge>,
+    req: GetRequest,
+    send: &mut quinn::SendStream,
+) -> Result<(), WireError> {
+    let cached = edge.store.metas.get(&req.key).await.filter(|m| {
+        req.validator
+            .as_ref()
+            .is_none_or(|v| *v == m.version.validator)
+    });
+    let mut pending_sent = false;
+    let meta = match cached {
+        Some(m) => Some(m),
+        None if req.owner => {
+            wire::write_tag(send, PENDING).await?;
+            pending_sent = true;
+            let mut headers = HeaderMap::new();
+            for (k, v) in &req.selecting {
+                if let (Ok(k), Ok(v)) = (
+                    HeaderName::from_bytes(k.as_bytes()),
+                    HeaderValue::from_str(v),
+                ) {
+                    headers.append(k, v);
+                }
+            }
+            edge.probe_for_peer(&req.key, &req.path_and_query, &headers, req.index)
+                .await
+                .filter(|m| {
+                    req.validator
+                        .as_ref()
+                        .is_none_or(|v| *v == m.version.validator)
+                })
+        }
+        None => None,
+    };
+    let Some(meta) =
+        meta.filter(|m| m.chunk_size == edge.cfg.chunk_size && req.index < m.chunk_count())
+    else {
+        return wire::write_tag(send, wire::MISS).await;
+    };
+    let key = meta.chunk_key(req.index);
+    let chunk = match edge.store.chunks.get(&key).await {
+        Some(c) => Some(c),
+        None if req.owner => {
+            if !pending_sent {
+                wire::write_tag(send, PENDING).await?;
+            }
+            edge.filler
+                .chunk(&meta, req.index)
+                .await
+                .ok()
+                .map(|(c, _)| c)
+        }
+        None => None,
+    };
+    let Some(chunk) = chunk else {
+        return wire::write_tag(send, wire::MISS).await;
+    };
+    wire::write_json(send, wire::FOUND, &WireMeta::from_meta(&meta)).await?;
+    let corrupt = edge.peers.as_ref().is_some_and(|p| p.corrupt());
+    wire::write_chunk(send, &chunk, corrupt).await?;
+    edge.metrics.with(|| {
+        metrics::counter!("cdn_edge_peer_bytes_total", "direction" => "out")
+            .increment(chunk.len() as u64)
+    });
+    Ok(())
+}
+
+/// Admits a pushed chunk through the normal cache admission, keeping the origin's validators
+/// and freshness; a push of another version than the one held is refused.
+async fn admit(edge: &Arc<Edge>, header: PushHeader, chunk: bytes::Bytes) -> bool {
+    let Some(meta) = header.meta.into_meta() else {
+        return false;
+    };
+    if meta.chunk_size != edge.cfg.chunk_size || header.index >= meta.chunk_count() {
+        return false;
+    }
+    let (s, e) = meta.chunk_span(header.index);
+    if chunk.len() as u64 != e - s + 1 {
+        return false;
+    }
+    let meta = match edge.store.metas.get(&meta.version.key).await {
+        Some(held) if held.version.validator != meta.version.validator => return false,
+        Some(held) => held,
+        None => {
+            let meta = Arc::new(meta);
+            install(edge, &meta).await;
+            meta
+        }
+    };
+    edge.store
+        .chunks
+        .insert(meta.chunk_key(header.index), chunk)
+        .await;
+    true
+}
+
+/// Stores metadata that came from a peer, with its URL's Vary information.
+pub async fn install(edge: &Edge, meta: &Arc<ObjectMeta>) {
+    let vary = meta.selecting.iter().map(|(n, _)| n.clone()).collect();
+    edge.store
+        .primaries
+        .insert(
+            meta.primary.clone(),
+            Arc::new(PrimaryEntry {
+                vary,
+                pass_until: None,
+            }),
+        )
+        .await;
+    edge.store
+        .metas
+        .insert(meta.version.key.clone(), meta.clone())
+        .await;
+}

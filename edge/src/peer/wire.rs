@@ -1,0 +1,286 @@
+//! The peer protocol's frames. One request per bidirectional QUIC stream:
+//!
+//! ```text
+//! request:  op:u8  len:u32  json[len]                 (GET, PUSH, ADVERTISE)
+//!           PUSH only: chunk frame
+//! reply:    status:u8  len:u32  json[len]  chunk frame   (to GET; status 0 = found)
+//! chunk:    len:u64  sha256:[u8;32]  bytes[len]
+//! ```
+//! Every length is checked against a bound before anything is allocated: a JSON header is at
+//! most [`MAX_HEADER`] bytes and a chunk at most the receiver's own chunk size. A chunk whose
+//! digest does not match is an error, never data.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::freshness::{CacheControl, Timing};
+use crate::store::{ObjectMeta, VersionId};
+
+pub const MAX_HEADER: usize = 64 * 1024;
+
+pub const OP_GET: u8 = 1;
+pub const OP_PUSH: u8 = 2;
+pub const OP_ADVERTISE: u8 = 3;
+
+pub const FOUND: u8 = 0;
+pub const MISS: u8 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("stream: {0}")]
+    Io(String),
+    #[error("frame too large: {0} bytes")]
+    TooLarge(u64),
+    #[error("bad frame: {0}")]
+    Bad(String),
+    #[error("chunk digest mismatch")]
+    Digest,
+}
+
+impl From<quinn::ReadExactError> for WireError {
+    fn from(e: quinn::ReadExactError) -> Self {
+        WireError::Io(e.to_string())
+    }
+}
+
+impl From<quinn::WriteError> for WireError {
+    fn from(e: quinn::WriteError) -> Self {
+        WireError::Io(e.to_string())
+    }
+}
+
+/// Asks for chunk `index` of `key` (and its metadata).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GetRequest {
+    /// Variant key of the object.
+    pub key: String,
+    /// The version the asker holds; `None` when it has no metadata yet.
+    pub validator: Option<String>,
+    pub index: u64,
+    /// The asker believes the receiver owns this chunk: the receiver may fill it from the
+    /// origin. Never set on requests a peer makes on another peer's behalf.
+    pub owner: bool,
+    pub path_and_query: String,
+    /// Vary-selecting request headers of the asker.
+    pub selecting: Vec<(String, String)>,
+}
+
+/// Object metadata as it travels between peers: the origin's validators and freshness
+/// timing go along, so a peer copy is never fresher than the origin said.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireMeta {
+    pub key: String,
+    pub validator: String,
+    pub primary: String,
+    pub path_and_query: String,
+    pub len: u64,
+    pub chunk_size: u64,
+    pub content_type: String,
+    pub etag: Option<String>,
+    pub last_modified: Option<u64>,
+    pub headers: Vec<(String, String)>,
+    pub digest: Option<String>,
+    pub lifetime_ms: u64,
+    pub request_time_ms: u64,
+    pub response_time_ms: u64,
+    pub date_ms: u64,
+    pub age_value: u64,
+    pub ranges: bool,
+    pub selecting: Vec<(String, Option<String>)>,
+}
+
+fn ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
+fn time(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+impl WireMeta {
+    pub fn from_meta(m: &ObjectMeta) -> Self {
+        WireMeta {
+            key: m.version.key.clone(),
+            validator: m.version.validator.clone(),
+            primary: m.primary.clone(),
+            path_and_query: m.path_and_query.clone(),
+            len: m.len,
+            chunk_size: m.chunk_size,
+            content_type: m
+                .content_type
+                .to_str()
+                .unwrap_or("application/octet-stream")
+                .into(),
+            etag: m.etag.clone(),
+            last_modified: m.last_modified.map(|t| ms(t) / 1000),
+            headers: m
+                .headers
+                .iter()
+                .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+                .collect(),
+            digest: m
+                .digest
+                .as_ref()
+                .and_then(|d| d.to_str().ok())
+                .map(String::from),
+            lifetime_ms: m.lifetime.as_millis() as u64,
+            request_time_ms: ms(m.timing.request_time),
+            response_time_ms: ms(m.timing.response_time),
+            date_ms: ms(m.timing.date),
+            age_value: m.timing.age_value,
+            ranges: m.ranges,
+            selecting: m
+                .selecting
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        n.to_string(),
+                        v.as_ref().and_then(|v| v.to_str().ok()).map(String::from),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Rebuilds stored metadata; `None` when a field is not valid HTTP.
+    pub fn into_meta(self) -> Option<ObjectMeta> {
+        let mut headers = HeaderMap::new();
+        for (k, v) in &self.headers {
+            headers.append(
+                HeaderName::from_bytes(k.as_bytes()).ok()?,
+                HeaderValue::from_str(v).ok()?,
+            );
+        }
+        let selecting = self
+            .selecting
+            .iter()
+            .map(|(n, v)| {
+                Some((
+                    HeaderName::from_bytes(n.as_bytes()).ok()?,
+                    match v {
+                        Some(v) => Some(HeaderValue::from_str(v).ok()?),
+                        None => None,
+                    },
+                ))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        if self.chunk_size == 0 {
+            return None;
+        }
+        Some(ObjectMeta {
+            version: std::sync::Arc::new(VersionId {
+                key: self.key,
+                validator: self.validator,
+            }),
+            primary: self.primary,
+            path_and_query: self.path_and_query,
+            len: self.len,
+            chunk_size: self.chunk_size,
+            content_type: HeaderValue::from_str(&self.content_type).ok()?,
+            etag: self.etag,
+            last_modified: self.last_modified.map(|s| time(s * 1000)),
+            cc: CacheControl::parse(&headers),
+            headers,
+            digest: match self.digest {
+                Some(d) => Some(HeaderValue::from_str(&d).ok()?),
+                None => None,
+            },
+            lifetime: Duration::from_millis(self.lifetime_ms),
+            timing: Timing {
+                request_time: time(self.request_time_ms),
+                response_time: time(self.response_time_ms),
+                date: time(self.date_ms),
+                age_value: self.age_value,
+            },
+            ranges: self.ranges,
+            selecting,
+        })
+    }
+}
+
+/// Writes `tag`, then `value` as length-prefixed JSON.
+pub async fn write_json(
+    send: &mut quinn::SendStream,
+    tag: u8,
+    value: &impl Serialize,
+) -> Result<(), WireError> {
+    let json = serde_json::to_vec(value).map_err(|e| WireError::Bad(e.to_string()))?;
+    if json.len() > MAX_HEADER {
+        return Err(WireError::TooLarge(json.len() as u64));
+    }
+    let mut head = Vec::with_capacity(5 + json.len());
+    head.push(tag);
+    head.extend_from_slice(&(json.len() as u32).to_be_bytes());
+    head.extend_from_slice(&json);
+    send.write_all(&head).await?;
+    Ok(())
+}
+
+/// Reads a tag and its length-prefixed JSON, bounded by [`MAX_HEADER`].
+pub async fn read_json<T: for<'de> Deserialize<'de>>(
+    recv: &mut quinn::RecvStream,
+) -> Result<(u8, Option<T>), WireError> {
+    let mut head = [0u8; 5];
+    recv.read_exact(&mut head).await?;
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    if len > MAX_HEADER {
+        return Err(WireError::TooLarge(len as u64));
+    }
+    if len == 0 {
+        return Ok((head[0], None));
+    }
+    let mut buf = vec![0u8; len];
+    recv.read_exact(&mut buf).await?;
+    let value = serde_json::from_slice(&buf).map_err(|e| WireError::Bad(e.to_string()))?;
+    Ok((head[0], Some(value)))
+}
+
+/// Writes a tag with no JSON (e.g. MISS).
+pub async fn write_tag(send: &mut quinn::SendStream, tag: u8) -> Result<(), WireError> {
+    let mut head = vec![tag];
+    head.extend_from_slice(&0u32.to_be_bytes());
+    send.write_all(&head).await?;
+    Ok(())
+}
+
+/// Writes a chunk frame. `corrupt` flips a byte after the digest is taken (a test hook).
+pub async fn write_chunk(
+    send: &mut quinn::SendStream,
+    chunk: &Bytes,
+    corrupt: bool,
+) -> Result<(), WireError> {
+    let digest: [u8; 32] = Sha256::digest(chunk).into();
+    let mut head = Vec::with_capacity(40);
+    head.extend_from_slice(&(chunk.len() as u64).to_be_bytes());
+    head.extend_from_slice(&digest);
+    send.write_all(&head).await?;
+    if corrupt && !chunk.is_empty() {
+        let mut bad = chunk.to_vec();
+        bad[chunk.len() / 2] ^= 0xff;
+        send.write_all(&bad).await?;
+    } else {
+        send.write_all(chunk).await?;
+    }
+    Ok(())
+}
+
+/// Reads a chunk frame of at most `max` bytes and checks its digest.
+pub async fn read_chunk(recv: &mut quinn::RecvStream, max: u64) -> Result<Bytes, WireError> {
+    let mut head = [0u8; 40];
+    recv.read_exact(&mut head).await?;
+    let len = u64::from_be_bytes(head[..8].try_into().expect("8 bytes"));
+    if len > max {
+        return Err(WireError::TooLarge(len));
+    }
+    let mut buf = BytesMut::zeroed(len as usize);
+    recv.read_exact(&mut buf).await?;
+    let digest: [u8; 32] = Sha256::digest(&buf).into();
+    if digest[..] != head[8..] {
+        return Err(WireError::Digest);
+    }
+    Ok(buf.freeze())
+}
