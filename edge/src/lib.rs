@@ -6,7 +6,8 @@
 //! [`proxy`] (HTTP) → [`cache`] (RFC 9111 decisions, probes) → [`store`] (chunks and
 //! metadata) and [`fill`] (chunk fills from [`fill::FillSource`]s such as [`origin`]).
 //! [`freshness`] is the pure RFC 9111 arithmetic, [`coalesce`] the one-fill-per-key table,
-//! [`admin`] health, metrics and purge, [`config`] the settings.
+//! [`admin`] health, metrics and purge, [`config`] the settings, [`peer`] replication
+//! between edges over QUIC (another fill source, and hot-object push).
 
 pub mod admin;
 pub mod cache;
@@ -56,6 +57,9 @@ pub struct EdgeArgs {
     /// Eviction policy.
     #[arg(long, value_enum)]
     pub policy: Option<Policy>,
+    /// UDP address of the QUIC peer endpoint (peers and certificates come from the config).
+    #[arg(long)]
+    pub peer_listen: Option<SocketAddr>,
     /// Edge configuration file (TOML).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -85,6 +89,9 @@ impl EdgeArgs {
         }
         if let Some(v) = self.policy {
             cfg.policy = v;
+        }
+        if let Some(v) = self.peer_listen {
+            cfg.peer_listen = Some(v);
         }
         Ok(cfg.check("command line")?)
     }
