@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod lab;
+mod plan;
 
 #[derive(Parser)]
 #[command(
@@ -42,6 +43,8 @@ enum Command {
     /// Benchmarks: cache hit ratio, load, comparison with nginx.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Capacity planning: edges needed for a request rate, or for the running lab's.
+    Plan(plan::PlanArgs),
 }
 
 fn init_logging(filter: &str, json: bool) {
@@ -71,6 +74,7 @@ fn main() -> anyhow::Result<()> {
             Command::Router(args) => cdn_geo_router::run(args).await,
             Command::Geo(cmd) => cdn_geo_router::geo_command(cmd),
             Command::Bench(cmd) => bench::run(cmd).await,
+            Command::Plan(args) => plan::run(args).await,
         }
     })
 }
