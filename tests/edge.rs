@@ -514,29 +514,38 @@ async fn purge_needs_the_token() {
 async fn memory_stays_within_capacity_after_filling_four_times_over() {
     let origin = start_origin(&media_root(), &Default::default()).await;
     let capacity = 4 * MIB;
-    let (edge, state) = start_edge(&origin.url(), |c| {
-        c.capacity = capacity;
-        c.chunk_size = 256 * 1024;
-        c.policy = cdn_edge::Policy::Lru;
-    })
-    .await;
-    for i in 0..16 {
-        let url = format!("{}/synthetic/fill-{i}?size={MIB}", edge.url());
-        let body = client()
-            .get(&url)
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        assert_eq!(body.len() as u64, MIB);
+    for policy in [
+        cdn_edge::Policy::Lru,
+        cdn_edge::Policy::TinyLfu,
+        cdn_edge::Policy::S3Fifo,
+    ] {
+        let (edge, state) = start_edge(&origin.url(), |c| {
+            c.capacity = capacity;
+            c.chunk_size = 256 * 1024;
+            c.policy = policy;
+        })
+        .await;
+        for i in 0..16 {
+            let url = format!("{}/synthetic/fill-{i}?size={MIB}", edge.url());
+            let body = client()
+                .get(&url)
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            assert_eq!(body.len() as u64, MIB);
+        }
+        let held = state.store.weighted_size().await;
+        assert!(held <= capacity, "{policy:?}: {held} > {capacity}");
+        assert!(
+            held >= capacity / 2,
+            "{policy:?}: the cache is used: {held}"
+        );
+        let reported = metric_sum(&edge.url(), "cdn_edge_cache_bytes").await;
+        assert!(reported <= capacity as f64, "{policy:?}");
+        edge.stop().await;
     }
-    let held = state.store.weighted_size().await;
-    assert!(held <= capacity, "{held} > {capacity}");
-    assert!(held >= capacity / 2, "the cache is used: {held}");
-    let reported = metric_sum(&edge.url(), "cdn_edge_cache_bytes").await;
-    assert!(reported <= capacity as f64);
-    edge.stop().await;
     origin.stop().await;
 }

@@ -79,6 +79,7 @@ fn config(edges: Vec<EdgeConfig>, interval_ms: u64) -> RouterConfig {
         lookup_cache_entries: 1000,
         watch_interval_ms: 100,
         edges,
+        limits: Default::default(),
     }
 }
 

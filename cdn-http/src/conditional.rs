@@ -26,8 +26,53 @@ pub enum Precondition {
 
 impl Validators {
     fn etag(&self) -> Option<ETag> {
-        self.etag.as_deref().and_then(|e| e.parse().ok())
+        // An origin's malformed ETag (e.g. a space inside) is no validator at all.
+        self.etag
+            .as_deref()
+            .filter(|e| entity_tag_valid(e.as_bytes()))
+            .and_then(|e| e.parse().ok())
     }
+}
+
+/// Whether every line of an `If-Match` / `If-None-Match` field is `*` or a list of
+/// entity-tags (RFC 9110 §8.8.3: `[W/] DQUOTE *etagc DQUOTE`, separated by OWS "," OWS).
+/// The `headers` crate is only asked to parse well-formed lists: it assumes no space inside a
+/// tag and asserts so in debug builds.
+fn entity_tag_lists_valid(headers: &HeaderMap, name: &header::HeaderName) -> bool {
+    headers.get_all(name).iter().all(|value| {
+        let bytes = value.as_bytes().trim_ascii();
+        if bytes == b"*" {
+            return true;
+        }
+        bytes
+            .split(|b| *b == b',')
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| !t.is_empty())
+            .all(entity_tag_valid)
+    })
+}
+
+/// `[W/] DQUOTE *etagc DQUOTE`
+fn entity_tag_valid(tag: &[u8]) -> bool {
+    let tag = tag.strip_prefix(b"W/").unwrap_or(tag);
+    tag.len() >= 2
+        && tag[0] == b'"'
+        && tag[tag.len() - 1] == b'"'
+        && tag[1..tag.len() - 1]
+            .iter()
+            .all(|&c| c == 0x21 || (0x23..=0x7e).contains(&c) || c >= 0x80)
+}
+
+fn if_match(headers: &HeaderMap) -> Option<IfMatch> {
+    entity_tag_lists_valid(headers, &header::IF_MATCH)
+        .then(|| headers.typed_get::<IfMatch>())
+        .flatten()
+}
+
+fn if_none_match(headers: &HeaderMap) -> Option<IfNoneMatch> {
+    entity_tag_lists_valid(headers, &header::IF_NONE_MATCH)
+        .then(|| headers.typed_get::<IfNoneMatch>())
+        .flatten()
 }
 
 /// Evaluates preconditions per RFC 9110 §13.2.2.
@@ -36,7 +81,7 @@ pub fn evaluate(method: &Method, headers: &HeaderMap, v: &Validators) -> Precond
     let safe = method == Method::GET || method == Method::HEAD;
     // Step 1 and 2.
     if headers.contains_key(header::IF_MATCH) {
-        match headers.typed_get::<IfMatch>() {
+        match if_match(headers) {
             Some(im) if im.is_any() => {}
             Some(im) => {
                 let passes = etag.as_ref().is_some_and(|e| im.precondition_passes(e));
@@ -54,7 +99,7 @@ pub fn evaluate(method: &Method, headers: &HeaderMap, v: &Validators) -> Precond
     }
     // Step 3 and 4.
     if headers.contains_key(header::IF_NONE_MATCH) {
-        if let Some(inm) = headers.typed_get::<IfNoneMatch>() {
+        if let Some(inm) = if_none_match(headers) {
             let passes = match &etag {
                 Some(e) => inm.precondition_passes(e),
                 // Without an entity-tag only `*` can match.
@@ -184,5 +229,41 @@ mod tests {
             &h(&[("if-range", "Thu, 01 Jan 2015 00:00:00 GMT")]),
             &v()
         ));
+    }
+    #[test]
+    fn malformed_entity_tag_lists_do_not_panic() {
+        // Regression (fuzz/conditional): a space inside a quoted tag tripped a debug
+        // assertion of the `headers` crate. Malformed lists are treated as absent
+        // (If-None-Match) or as failing (If-Match), like any other unparsable value.
+        let bad = "W/\"abc W/\"ab\", \"x\"";
+        assert_eq!(
+            evaluate(&Method::GET, &h(&[("if-none-match", bad)]), &v()),
+            Precondition::Proceed
+        );
+        assert_eq!(
+            evaluate(&Method::GET, &h(&[("if-match", bad)]), &v()),
+            Precondition::Failed
+        );
+        assert_eq!(
+            evaluate(&Method::GET, &h(&[("if-none-match", "\"a b\"")]), &v()),
+            Precondition::Proceed
+        );
+        let odd = Validators {
+            etag: Some("\"a b\"".into()),
+            last_modified: None,
+        };
+        assert_eq!(
+            evaluate(&Method::GET, &h(&[("if-none-match", "\"x\"")]), &odd),
+            Precondition::Proceed
+        );
+        // Well-formed lists still work, with any spacing between members.
+        assert_eq!(
+            evaluate(
+                &Method::GET,
+                &h(&[("if-none-match", "\"x\" ,W/\"abc\"")]),
+                &v()
+            ),
+            Precondition::NotModified
+        );
     }
 }

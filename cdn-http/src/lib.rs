@@ -6,6 +6,7 @@
 pub mod conditional;
 pub mod config;
 pub mod digest;
+pub mod limits;
 pub mod metrics;
 pub mod mime;
 pub mod multipart;

@@ -38,8 +38,14 @@ impl NodeMetrics {
         metrics::with_local_recorder(&self.recorder, f)
     }
 
-    /// The Prometheus text exposition of every metric of this node.
+    /// The Prometheus text exposition of every metric of this node, with
+    /// `cdn_runtime_alive_tasks` (tasks alive in the process's tokio runtime: the node's own
+    /// when it runs alone, as in production; soak tests watch it return to its baseline).
     pub fn render(&self) -> String {
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let tasks = rt.metrics().num_alive_tasks();
+            self.with(|| metrics::gauge!("cdn_runtime_alive_tasks").set(tasks as f64));
+        }
         self.handle.render()
     }
 }

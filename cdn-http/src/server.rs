@@ -1,48 +1,84 @@
-//! The accept loop every node runs: HTTP/1.1 and h2c on one listener, bounded header size and
-//! count, a header-read timeout against slowloris, a connection cap, the peer address as
-//! axum's `ConnectInfo`, and graceful shutdown that lets in-flight responses finish within a
-//! deadline.
+//! The accept loop every node runs: HTTP/1.1 and h2c on one listener, the [`Limits`] of
+//! [`crate::limits`] (head size and field count, URI length, body size, head-read and idle
+//! timeouts, a connection cap answered with 503), the peer address as axum's `ConnectInfo`,
+//! and graceful shutdown that lets in-flight responses finish within a deadline.
+//!
+//! What a client sees when it crosses a limit:
+//! - head too large or too many fields: `431`; request target too long: `414`; body too large:
+//!   `413` (before the body is read when Content-Length announces it, else when the body passes
+//!   the limit; nothing past the limit reaches the application);
+//! - a head not complete within `header_read_timeout`: `408` and the connection closed, when
+//!   some of it had arrived; a silent close when nothing had (an idle kept-alive HTTP/1.1
+//!   connection included: a 408 there could be taken as the answer to a request in flight);
+//! - no byte moving in either direction for `idle_timeout`: the connection is closed;
+//! - a connection over `max_connections`: `503` with `Retry-After`, served by a minimal
+//!   responder that keeps nothing alive; when even those are too many (a flood), the
+//!   connection is closed at once.
 
+use std::convert::Infallible;
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::ConnectInfo;
-use hyper::body::Incoming;
+use axum::response::Response;
+use http::{HeaderValue, StatusCode, Version, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
 use tower::ServiceExt;
 
-/// Limits applied to every connection.
+pub use crate::limits::Limits;
+use crate::limits::{header_bytes, uri_len};
+
+/// How a node serves connections.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    /// Upper bound of the request head (request line plus headers), bytes.
-    pub max_header_bytes: usize,
-    /// Most header fields in one request.
-    pub max_headers: usize,
-    /// Time allowed to receive a request head.
-    pub header_read_timeout: Duration,
-    /// Most connections open at once; further ones wait in the listen backlog.
-    pub max_connections: usize,
-    /// How long in-flight responses may run after shutdown begins.
+    /// The limits of every connection and request.
+    pub limits: Limits,
+    /// How long in-flight responses may run after shutdown begins; then they are cut.
     pub drain_deadline: Duration,
 }
 
 impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
-            max_header_bytes: 16 * 1024,
-            max_headers: 100,
-            header_read_timeout: Duration::from_secs(10),
-            max_connections: 10_000,
+            limits: Limits::default(),
             drain_deadline: Duration::from_secs(10),
         }
     }
+}
+
+/// Connections beyond `max_connections` that still get their 503 (the rest are closed at once).
+fn overflow_cap(limits: &Limits) -> usize {
+    (limits.max_connections / 10).clamp(64, 1024)
+}
+
+fn builder(limits: &Limits, keep_alive: bool) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .keep_alive(keep_alive)
+        .header_read_timeout(limits.header_read_timeout())
+        .max_buf_size(limits.head_buffer_bytes())
+        .max_headers(limits.max_headers);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.head_buffer_bytes()).unwrap_or(u32::MAX));
+    b
 }
 
 /// Serves `app` on `listener` until `shutdown` completes, then drains.
@@ -51,22 +87,23 @@ pub async fn serve(
     app: Router,
     opts: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
-) -> std::io::Result<()> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(opts.header_read_timeout)
-        .max_buf_size(opts.max_header_bytes.max(8192))
-        .max_headers(opts.max_headers);
+) -> io::Result<()> {
+    let limits = Arc::new(opts.limits.clone());
+    let full = builder(&limits, true);
+    // Over the cap: a short-lived responder with tight timeouts.
+    let overflow_limits = Arc::new(Limits {
+        header_read_timeout_ms: limits.header_read_timeout_ms.min(2_000),
+        idle_timeout_ms: limits.idle_timeout_ms.min(2_000),
+        ..(*limits).clone()
+    });
+    let refuse = builder(&overflow_limits, false);
     let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(opts.max_connections.max(1)));
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let overflow = Arc::new(Semaphore::new(overflow_cap(&limits)));
+    // Owned here: when this future is dropped (NodeHandle::abort) every connection goes too.
+    let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
-            _ = &mut shutdown => break,
-        };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -77,62 +114,429 @@ pub async fn serve(
                     continue;
                 }
             },
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(peer));
-            app.clone().oneshot(req)
+        let (permit, admitted) = match permits.clone().try_acquire_owned() {
+            Ok(p) => (p, true),
+            Err(_) => match overflow.clone().try_acquire_owned() {
+                Ok(p) => (p, false),
+                Err(_) => {
+                    tracing::debug!(%peer, "connection flood: closed without an answer");
+                    continue;
+                }
+            },
+        };
+        let stream = Arc::new(stream);
+        let state = Arc::new(ConnState::new());
+        let io = TokioIo::new(SharedIo {
+            stream: stream.clone(),
+            state: state.clone(),
         });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-            drop(permit);
-        });
+        if admitted {
+            let (app, lim, st) = (app.clone(), limits.clone(), state.clone());
+            let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                st.on_request();
+                req.extensions_mut().insert(ConnectInfo(peer));
+                guarded(app.clone(), lim.clone(), req)
+            });
+            let conn = graceful.watch(full.serve_connection_with_upgrades(io, svc).into_owned());
+            conns.spawn(drive(conn, stream, state, limits.clone(), peer, permit));
+        } else {
+            tracing::debug!(%peer, "over max_connections: 503");
+            let (retry, st) = (limits.retry_after_secs, state.clone());
+            let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                st.on_request();
+                let r = refusal(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many connections\n",
+                    req.version(),
+                    Some(retry),
+                );
+                async move { Ok::<_, Infallible>(r) }
+            });
+            let conn = graceful.watch(refuse.serve_connection(io, svc).into_owned());
+            conns.spawn(drive(
+                conn,
+                stream,
+                state,
+                overflow_limits.clone(),
+                peer,
+                permit,
+            ));
+        }
     }
     drop(listener);
     tokio::select! {
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(opts.drain_deadline) => {
-            tracing::warn!("drain deadline passed with responses still in flight");
+            tracing::warn!("drain deadline passed with responses still in flight: cutting them");
+        }
+    }
+    conns.shutdown().await;
+    Ok(())
+}
+
+/// Runs `app` for a request within the limits, or answers the limit's status.
+async fn guarded(
+    app: Router,
+    limits: Arc<Limits>,
+    req: hyper::Request<Incoming>,
+) -> Result<Response, Infallible> {
+    let version = req.version();
+    let refused = if uri_len(req.uri()) > limits.max_uri_bytes {
+        Some((StatusCode::URI_TOO_LONG, "request target too long\n"))
+    } else if req.headers().len() > limits.max_headers
+        || header_bytes(req.headers()) > limits.max_header_bytes
+    {
+        Some((
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request header fields too large\n",
+        ))
+    } else if req.body().size_hint().lower() > limits.max_body_bytes {
+        Some((StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"))
+    } else {
+        None
+    };
+    if let Some((status, why)) = refused {
+        let peer = req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0);
+        tracing::info!(target: "cdn_http::limits", ?peer, status = status.as_u16(), "request refused");
+        return Ok(refusal(status, why, version, None));
+    }
+    let exceeded = Arc::new(AtomicBool::new(false));
+    let flag = exceeded.clone();
+    let max = usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX);
+    let (parts, body) = req.into_parts();
+    let body = Limited::new(body, max).map_err(move |e| {
+        if e.is::<LengthLimitError>() {
+            flag.store(true, Ordering::Relaxed);
+        }
+        e
+    });
+    let resp = app
+        .oneshot(http::Request::from_parts(parts, Body::new(body)))
+        .await?;
+    if exceeded.load(Ordering::Relaxed) {
+        // The application gave up on a body that passed the limit (an edge's pass-through
+        // fails its origin request): say why.
+        tracing::info!(target: "cdn_http::limits", status = 413, "request body over the limit");
+        return Ok(refusal(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large\n",
+            version,
+            None,
+        ));
+    }
+    Ok(resp)
+}
+
+/// A short plain-text answer that closes the connection.
+fn refusal(
+    status: StatusCode,
+    why: &'static str,
+    version: Version,
+    retry_after: Option<u64>,
+) -> Response {
+    let mut r = Response::new(Body::from(why));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(s) = retry_after {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(s));
+    }
+    if version < Version::HTTP_2 {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
+}
+
+/// Why a connection ended.
+enum End {
+    Done,
+    HeadTimeout,
+    Idle,
+}
+
+/// Drives one connection: hyper's future, raced against the first-request deadline (which
+/// also covers hyper's HTTP/2 preface sniffing, which has no timeout of its own) and the idle
+/// timeout. Sends the 408 itself, since hyper closes silently.
+async fn drive<C>(
+    conn: C,
+    stream: Arc<TcpStream>,
+    state: Arc<ConnState>,
+    limits: Arc<Limits>,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) where
+    C: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
+{
+    let head_timeout = limits.header_read_timeout();
+    let end = tokio::select! {
+        r = conn => match r {
+            Ok(()) => End::Done,
+            Err(e) if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout) => {
+                End::HeadTimeout
+            }
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                End::Done
+            }
+        },
+        _ = no_request_within(&state, head_timeout) => End::HeadTimeout,
+        _ = idle_for(&state, limits.idle_timeout()) => End::Idle,
+    };
+    match end {
+        End::HeadTimeout if state.partial_head() => {
+            tracing::info!(target: "cdn_http::limits", %peer, status = 408, "request head not received in time");
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                write_shared(
+                    &stream,
+                    b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+                )
+                .await?;
+                close_gently(&stream).await
+            })
+            .await;
+        }
+        End::HeadTimeout => tracing::debug!(%peer, "no request within the head timeout: closed"),
+        End::Idle => tracing::debug!(%peer, "idle timeout: closed"),
+        End::Done => {}
+    }
+    drop(stream);
+    drop(permit);
+}
+
+async fn no_request_within(state: &ConnState, limit: Duration) {
+    tokio::time::sleep(limit).await;
+    if state.requests.load(Ordering::Relaxed) > 0 {
+        // Later heads are hyper's to time (HTTP/1.1) or covered by the idle timeout.
+        std::future::pending::<()>().await;
+    }
+}
+
+async fn idle_for(state: &ConnState, limit: Duration) {
+    loop {
+        let quiet = state.quiet_for();
+        if quiet >= limit {
+            return;
+        }
+        tokio::time::sleep(limit - quiet).await;
+    }
+}
+
+async fn write_shared(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(buf) {
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(())
 }
 
-/// A future that completes on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Half-closes, then reads what the client still sends (briefly), so that closing with unread
+/// bytes does not reset the connection before the client has read our answer.
+async fn close_gently(stream: &TcpStream) -> io::Result<()> {
+    socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write)?;
+    let mut sink = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_millis(500);
+    let mut drained = 0usize;
+    while Instant::now() < deadline && drained < 256 * 1024 {
+        if tokio::time::timeout_at(deadline.into(), stream.readable())
+            .await
+            .is_err()
+        {
+            break;
         }
+        match stream.try_read(&mut sink) {
+            Ok(0) => break,
+            Ok(n) => drained += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => break,
+        }
+    }
+    Ok(())
+}
+
+/// What the connection's driver needs to know of its traffic.
+struct ConnState {
+    started: Instant,
+    /// Milliseconds after `started` of the last byte read or written.
+    last_activity_ms: AtomicU64,
+    bytes_read: AtomicU64,
+    /// `bytes_read` when the last request head was handed to the application.
+    read_at_request: AtomicU64,
+    requests: AtomicU64,
+}
+
+impl ConnState {
+    fn new() -> Self {
+        ConnState {
+            started: Instant::now(),
+            last_activity_ms: AtomicU64::new(0),
+            bytes_read: AtomicU64::new(0),
+            read_at_request: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last_activity_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn quiet_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last)
+    }
+
+    fn on_request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.read_at_request
+            .store(self.bytes_read.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// Whether bytes arrived since the last request began (part of a head is here).
+    fn partial_head(&self) -> bool {
+        self.bytes_read.load(Ordering::Relaxed) > self.read_at_request.load(Ordering::Relaxed)
+    }
+}
+
+/// The connection's socket, shared between hyper and the driver (which may still have to
+/// answer 408 after hyper gave up), counting traffic for the timeouts.
+struct SharedIo {
+    stream: Arc<TcpStream>,
+    state: Arc<ConnState>,
+}
+
+impl AsyncRead for SharedIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.stream.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            match self.stream.try_read(unfilled) {
+                Ok(n) => {
+                    buf.advance(n);
+                    self.state.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+                    self.state.touch();
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SharedIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.stream.poll_write_ready(cx))?;
+            match self.stream.try_write(buf) {
+                Ok(n) => {
+                    self.state.touch();
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.stream.poll_write_ready(cx))?;
+            match self.stream.try_write_vectored(bufs) {
+                Ok(n) => {
+                    self.state.touch();
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = socket2::SockRef::from(&*self.stream).shutdown(std::net::Shutdown::Write);
+        Poll::Ready(match r {
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+            other => other,
+        })
+    }
+}
+
+/// A future that completes on SIGTERM or Ctrl-C.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    // The handlers are installed now, not at the first poll: a node that has logged that it
+    // is listening must already survive a SIGTERM or SIGINT sent right after (the default
+    // action would kill it without draining).
+    #[cfg(unix)]
+    let (term, int) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::terminate()).ok(),
+            signal(SignalKind::interrupt()).ok(),
+        )
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+    async move {
+        #[cfg(unix)]
+        {
+            let recv = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = recv(term) => {}
+                _ = recv(int) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
 /// Binds a TCP listener with a clear error naming the address.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }
 
 /// A node serving in a background task; used by tests, the benches and `cdn lab`.
@@ -140,12 +544,12 @@ pub struct NodeHandle {
     /// The address the node listens on (the real port when bound to port 0).
     pub addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    task: tokio::task::JoinHandle<io::Result<()>>,
 }
 
 impl NodeHandle {
     /// Starts serving `app` on `listener` in a background task.
-    pub fn spawn(listener: TcpListener, app: Router, opts: ServeOptions) -> std::io::Result<Self> {
+    pub fn spawn(listener: TcpListener, app: Router, opts: ServeOptions) -> io::Result<Self> {
         let addr = listener.local_addr()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(serve(listener, app, opts, async move {
@@ -171,7 +575,8 @@ impl NodeHandle {
         let _ = (&mut self.task).await;
     }
 
-    /// Stops at once: open connections are dropped mid-response.
+    /// Stops at once, as a crash would: the listener closes and every open connection is
+    /// dropped, mid-response or not.
     pub fn abort(self) {
         self.task.abort();
     }

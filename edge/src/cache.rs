@@ -281,11 +281,12 @@ impl Edge {
         let vary = entry.map(|e| e.vary.clone()).unwrap_or_default();
         let variant = store::variant_key(&primary, &vary, req);
         let hint = cdn_http::range::first_byte_hint(req);
-        let pq = uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-            .to_string();
+        // The origin is asked for exactly what is keyed: without the query when the query is
+        // not part of the key, or a query could choose what is stored under the bare path.
+        let pq = match uri.path_and_query() {
+            Some(p) if self.cfg.cache_query => p.as_str().to_string(),
+            _ => uri.path().to_string(),
+        };
 
         if let Some(meta) = self.store.metas.get(&variant).await {
             let now = SystemTime::now();

@@ -220,9 +220,11 @@ impl Timing {
             .response_time
             .duration_since(self.request_time)
             .unwrap_or_default();
-        let corrected_age = Duration::from_secs(self.age_value) + delay;
+        // Saturating: Age and the request's min-fresh come from outside (u64::MAX overflowed
+        // Duration arithmetic and panicked; found by fuzz/cache_headers).
+        let corrected_age = Duration::from_secs(self.age_value).saturating_add(delay);
         let initial = apparent.max(corrected_age);
-        initial + now.duration_since(self.response_time).unwrap_or_default()
+        initial.saturating_add(now.duration_since(self.response_time).unwrap_or_default())
     }
 }
 
@@ -252,7 +254,7 @@ pub fn usability(
         fresh_for = fresh_for.min(Duration::from_secs(ma));
     }
     let min_fresh = Duration::from_secs(req_cc.min_fresh.unwrap_or(0));
-    if age + min_fresh < fresh_for {
+    if age.saturating_add(min_fresh) < fresh_for {
         return Usability::Fresh;
     }
     if !may_serve_stale(resp_cc) {
@@ -472,5 +474,29 @@ mod tests {
             l,
             Duration::from_secs(80)
         ));
+    }
+    #[test]
+    fn huge_values_do_not_overflow() {
+        // Regression (fuzz/cache_headers): Age and min-fresh of u64::MAX seconds.
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let resp = hm(&[
+            ("age", "18446744073709551615"),
+            (
+                "cache-control",
+                "max-age=18446744073709551615, stale-while-revalidate=18446744073709551615",
+            ),
+        ]);
+        let timing = Timing::new(t0, t0 + Duration::from_millis(5), &resp);
+        let age = timing.current_age(t0 + Duration::from_secs(10));
+        assert_eq!(age, Duration::MAX);
+        let cc = CacheControl::parse(&resp);
+        let req = CacheControl::parse(&hm(&[(
+            "cache-control",
+            "min-fresh=18446744073709551615, max-stale=18446744073709551615",
+        )]));
+        let lifetime = lifetime(&resp, &cc, Duration::from_secs(60));
+        let _ = usability(&cc, lifetime, Duration::from_secs(3), &req);
+        let _ = usability(&cc, lifetime, age, &req);
+        let _ = stale_if_error_allows(&cc, &req, lifetime, age);
     }
 }

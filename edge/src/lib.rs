@@ -1,6 +1,7 @@
 //! Edge cache node: an HTTP caching reverse proxy in front of one origin. Objects are cached
-//! in fixed-size chunks (moka, weighted by bytes), ranges are served from chunks, concurrent
-//! misses are coalesced into one origin fetch, and RFC 9111 is followed as a shared cache.
+//! in fixed-size chunks (weighted by bytes; S3-FIFO by default, or moka TinyLFU/LRU), ranges
+//! are served from chunks, concurrent misses are coalesced into one origin fetch, and RFC 9111
+//! is followed as a shared cache.
 //!
 //! Layers, outermost first (a request goes down, never back up):
 //! [`proxy`] (HTTP) → [`cache`] (RFC 9111 decisions, probes) → [`store`] (chunks and
@@ -18,6 +19,7 @@ pub mod freshness;
 pub mod origin;
 pub mod peer;
 pub mod proxy;
+pub mod s3fifo;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -121,6 +123,8 @@ pub fn spawn(
 
 /// `cdn edge`: serves until SIGTERM or Ctrl-C, then drains.
 pub async fn run(args: EdgeArgs) -> anyhow::Result<()> {
+    // Handlers first, so a signal right after the "serving" line still drains.
+    let shutdown = shutdown_signal();
     let cfg = args.resolve()?;
     let opts = cfg.serve_options();
     let (name, origin) = (cfg.name.clone(), cfg.origin.clone());
@@ -130,7 +134,7 @@ pub async fn run(args: EdgeArgs) -> anyhow::Result<()> {
     }
     let listener = bind(args.listen).await?;
     tracing::info!(%name, listen = %listener.local_addr()?, %origin, "edge serving");
-    serve(listener, router, opts, shutdown_signal()).await?;
+    serve(listener, router, opts, shutdown).await?;
     edge.close_peers();
     tracing::info!(%name, "edge stopped");
     Ok(())

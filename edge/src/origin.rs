@@ -65,6 +65,22 @@ const FILL_DROPPED: &[HeaderName] = &[
     header::CONTENT_LENGTH,
 ];
 
+/// Request fields that frameworks read to decide the host, scheme, path or method of a
+/// request, and that are not part of the cache key: forwarded on a cache fill, one client
+/// could make the origin build the response every other client then gets from the cache
+/// (cache poisoning). Every `x-forwarded-*` field is dropped too. Pass-through requests (never
+/// stored) keep them.
+const FILL_UNKEYED: &[&str] = &[
+    "forwarded",
+    "x-host",
+    "x-original-host",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
 impl OriginClient {
     pub fn new(
         base: &str,
@@ -99,6 +115,17 @@ impl OriginClient {
         let mut h = req.clone();
         strip_hop_by_hop(&mut h);
         for n in FILL_DROPPED {
+            h.remove(n);
+        }
+        for n in FILL_UNKEYED {
+            h.remove(*n);
+        }
+        let forwarded: Vec<HeaderName> = h
+            .keys()
+            .filter(|n| n.as_str().starts_with("x-forwarded-"))
+            .cloned()
+            .collect();
+        for n in forwarded {
             h.remove(n);
         }
         h

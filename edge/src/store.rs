@@ -1,5 +1,6 @@
-//! The chunk store: object metadata and fixed-size chunks in moka caches weighted by bytes.
-//! It knows nothing of HTTP beyond the stored headers it keeps; it never fetches.
+//! The chunk store: object metadata and fixed-size chunks in caches weighted by bytes. Chunks
+//! go to a [`ChunkCache`] (S3-FIFO, or moka with TinyLFU or LRU, per [`Policy`]); metadata to
+//! moka caches. It knows nothing of HTTP beyond the stored headers it keeps; it never fetches.
 //!
 //! Keys (see ARCHITECTURE.md): an object key is the origin's scheme and authority, the path,
 //! the query (per config) and, for responses with Vary, the selecting request headers. A
@@ -17,6 +18,7 @@ use moka::policy::EvictionPolicy;
 
 use crate::config::Policy;
 use crate::freshness::{CacheControl, Timing};
+use crate::s3fifo::S3FifoCache;
 
 /// Identifies one version of one object: the variant key plus its validator.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -102,10 +104,156 @@ pub struct PrimaryEntry {
     pub pass_until: Option<Instant>,
 }
 
+/// The chunk cache behind one interface, whatever the eviction policy. moka's caches apply
+/// writes and evictions lazily (`run_pending_tasks` settles them); S3-FIFO evicts within
+/// `insert`, so its weighted size never exceeds its capacity and `run_pending_tasks` is a
+/// no-op.
+#[derive(Clone)]
+pub struct ChunkCache {
+    inner: ChunkInner,
+}
+
+#[derive(Clone)]
+enum ChunkInner {
+    Moka(Cache<ChunkKey, Bytes>, Policy),
+    S3Fifo(Arc<S3FifoCache<ChunkKey, Bytes>>),
+}
+
+impl ChunkCache {
+    /// A chunk cache of `capacity` bytes; every chunk weighs `chunk_weight`.
+    pub fn new(capacity: u64, policy: Policy) -> Self {
+        let moka = |eviction: EvictionPolicy| {
+            ChunkInner::Moka(
+                Cache::builder()
+                    .max_capacity(capacity)
+                    .weigher(chunk_weight)
+                    .eviction_policy(eviction)
+                    .support_invalidation_closures()
+                    .build(),
+                policy,
+            )
+        };
+        let inner = match policy {
+            Policy::TinyLfu => moka(EvictionPolicy::tiny_lfu()),
+            Policy::Lru => moka(EvictionPolicy::lru()),
+            Policy::S3Fifo => {
+                ChunkInner::S3Fifo(Arc::new(S3FifoCache::new(capacity, Box::new(chunk_weight))))
+            }
+        };
+        ChunkCache { inner }
+    }
+
+    pub fn policy(&self) -> Policy {
+        match &self.inner {
+            ChunkInner::Moka(_, p) => *p,
+            ChunkInner::S3Fifo(_) => Policy::S3Fifo,
+        }
+    }
+
+    /// The chunk, counted as a hit.
+    pub async fn get(&self, key: &ChunkKey) -> Option<Bytes> {
+        match &self.inner {
+            ChunkInner::Moka(c, _) => c.get(key).await,
+            ChunkInner::S3Fifo(c) => c.get(key),
+        }
+    }
+
+    /// Whether the chunk is held (not counted as a hit).
+    pub fn contains_key(&self, key: &ChunkKey) -> bool {
+        match &self.inner {
+            ChunkInner::Moka(c, _) => c.contains_key(key),
+            ChunkInner::S3Fifo(c) => c.contains_key(key),
+        }
+    }
+
+    pub async fn insert(&self, key: ChunkKey, chunk: Bytes) {
+        match &self.inner {
+            ChunkInner::Moka(c, _) => c.insert(key, chunk).await,
+            ChunkInner::S3Fifo(c) => c.insert(key, chunk),
+        }
+    }
+
+    pub async fn invalidate(&self, key: &ChunkKey) {
+        match &self.inner {
+            ChunkInner::Moka(c, _) => c.invalidate(key).await,
+            ChunkInner::S3Fifo(c) => c.invalidate(key),
+        }
+    }
+
+    /// Drops every chunk `pred` selects: lazily with moka, at once with S3-FIFO (where `pred`
+    /// runs under the cache's locks).
+    pub fn invalidate_entries_if(
+        &self,
+        pred: impl Fn(&ChunkKey, &Bytes) -> bool + Send + Sync + 'static,
+    ) -> Result<(), String> {
+        match &self.inner {
+            ChunkInner::Moka(c, _) => c
+                .invalidate_entries_if(pred)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            ChunkInner::S3Fifo(c) => {
+                c.invalidate_entries_if(pred);
+                Ok(())
+            }
+        }
+    }
+
+    /// Applies moka's pending writes, evictions and invalidations.
+    pub async fn run_pending_tasks(&self) {
+        if let ChunkInner::Moka(c, _) = &self.inner {
+            c.run_pending_tasks().await;
+        }
+    }
+
+    /// Bytes held (by `chunk_weight`); moka's figure is exact after `run_pending_tasks`.
+    pub fn weighted_size(&self) -> u64 {
+        match &self.inner {
+            ChunkInner::Moka(c, _) => c.weighted_size(),
+            ChunkInner::S3Fifo(c) => c.weighted_size(),
+        }
+    }
+
+    /// Chunks held (moka: approximate until `run_pending_tasks`).
+    pub fn entry_count(&self) -> u64 {
+        match &self.inner {
+            ChunkInner::Moka(c, _) => c.entry_count(),
+            ChunkInner::S3Fifo(c) => c.entry_count(),
+        }
+    }
+
+    /// A snapshot of the chunks held (tests and diagnostics; clones every key).
+    pub fn iter(&self) -> std::vec::IntoIter<(ChunkKey, Bytes)> {
+        let entries: Vec<(ChunkKey, Bytes)> = match &self.inner {
+            ChunkInner::Moka(c, _) => c.iter().map(|(k, v)| ((*k).clone(), v)).collect(),
+            ChunkInner::S3Fifo(c) => c.snapshot(),
+        };
+        entries.into_iter()
+    }
+
+    /// Chunks held right now, counted one by one (what `iter().count()` gives).
+    pub fn len(&self) -> usize {
+        match &self.inner {
+            ChunkInner::Moka(c, _) => c.iter().count(),
+            ChunkInner::S3Fifo(c) => c.entry_count() as usize,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What a chunk costs the memory budget: its bytes plus the key and bookkeeping.
+pub fn chunk_weight(k: &ChunkKey, v: &Bytes) -> u32 {
+    (v.len() + k.version.key.len() + 96)
+        .try_into()
+        .unwrap_or(u32::MAX)
+}
+
 /// The cache proper.
 #[derive(Clone)]
 pub struct Store {
-    pub chunks: Cache<ChunkKey, Bytes>,
+    pub chunks: ChunkCache,
     pub metas: Cache<String, Arc<ObjectMeta>>,
     pub primaries: Cache<String, Arc<PrimaryEntry>>,
     capacity: u64,
@@ -114,24 +262,16 @@ pub struct Store {
 /// Share of the budget for metadata.
 const META_SHARE: u64 = 32;
 
+/// The part of a store's budget set aside for metadata (the rest holds chunks).
+pub fn meta_budget(capacity: u64) -> u64 {
+    (capacity / META_SHARE).clamp(64 * 1024, 64 * 1024 * 1024)
+}
+
 impl Store {
     /// A store holding at most `capacity` bytes of chunks and metadata together.
     pub fn new(capacity: u64, policy: Policy) -> Self {
-        let meta_budget = (capacity / META_SHARE).clamp(64 * 1024, 64 * 1024 * 1024);
-        let policy = match policy {
-            Policy::TinyLfu => EvictionPolicy::tiny_lfu(),
-            Policy::Lru => EvictionPolicy::lru(),
-        };
-        let chunks = Cache::builder()
-            .max_capacity(capacity.saturating_sub(meta_budget))
-            .weigher(|k: &ChunkKey, v: &Bytes| {
-                (v.len() + k.version.key.len() + 96)
-                    .try_into()
-                    .unwrap_or(u32::MAX)
-            })
-            .eviction_policy(policy)
-            .support_invalidation_closures()
-            .build();
+        let meta_budget = meta_budget(capacity);
+        let chunks = ChunkCache::new(capacity.saturating_sub(meta_budget), policy);
         let metas = Cache::builder()
             .max_capacity(meta_budget * 3 / 4)
             .weigher(|_: &String, m: &Arc<ObjectMeta>| m.weight())
@@ -163,7 +303,8 @@ impl Store {
     }
 
     /// Drops the stored responses of exact primary keys, or of every key under a prefix.
-    /// Returns whether anything matched right now (chunks go lazily).
+    /// Metadata (moka) goes lazily, and so do chunks under the moka policies; S3-FIFO drops
+    /// them at once. Errs only if moka refuses the invalidation predicate.
     pub async fn invalidate(&self, primary: &str, prefix: bool) -> Result<(), String> {
         let p = primary.to_string();
         let matches = move |k: &str| {
@@ -184,8 +325,7 @@ impl Store {
             .invalidate_entries_if(move |k, _| m(k))
             .map_err(|e| e.to_string())?;
         self.chunks
-            .invalidate_entries_if(move |k, _| matches(&k.version.key))
-            .map_err(|e| e.to_string())?;
+            .invalidate_entries_if(move |k, _| matches(&k.version.key))?;
         Ok(())
     }
 }
@@ -199,14 +339,18 @@ pub fn variant_key(primary: &str, vary: &[HeaderName], req: &HeaderMap) -> Strin
     for name in vary {
         key.push('\0');
         key.push_str(name.as_str());
-        key.push('=');
-        let values: Vec<&str> = req
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::trim)
-            .collect();
-        key.push_str(&values.join(","));
+        // Absent and empty differ; every byte of a value counts (non-text bytes escaped, not
+        // dropped), so no two requests the origin can tell apart share a variant.
+        for (i, v) in req.get_all(name).iter().enumerate() {
+            key.push(if i == 0 { '=' } else { ',' });
+            for &b in v.as_bytes().trim_ascii() {
+                if (0x20..0x7f).contains(&b) && b != b'%' {
+                    key.push(b as char);
+                } else {
+                    key.push_str(&format!("%{b:02X}"));
+                }
+            }
+        }
     }
     key
 }
@@ -251,21 +395,81 @@ mod tests {
         assert_eq!(vary_names(&resp).len(), 2);
     }
 
+    const POLICIES: [Policy; 3] = [Policy::TinyLfu, Policy::Lru, Policy::S3Fifo];
+
+    fn key(name: &str, index: u64) -> ChunkKey {
+        ChunkKey {
+            version: Arc::new(VersionId {
+                key: name.into(),
+                validator: "v".into(),
+            }),
+            index,
+        }
+    }
+
     #[tokio::test]
     async fn stays_within_capacity() {
-        let store = Store::new(8 << 20, Policy::TinyLfu);
-        let version = Arc::new(VersionId {
-            key: "k".into(),
-            validator: "v".into(),
-        });
-        let chunk = Bytes::from(vec![7u8; 1 << 20]);
-        for index in 0..32 {
-            let key = ChunkKey {
-                version: version.clone(),
-                index,
-            };
-            store.chunks.insert(key, chunk.clone()).await;
+        for policy in POLICIES {
+            let store = Store::new(8 << 20, policy);
+            assert_eq!(store.chunks.policy(), policy);
+            let chunk = Bytes::from(vec![7u8; 1 << 20]);
+            for index in 0..32 {
+                store.chunks.insert(key("k", index), chunk.clone()).await;
+                if policy == Policy::S3Fifo {
+                    // Evicted synchronously: within capacity after every insert.
+                    assert!(
+                        store.chunks.weighted_size() <= store.capacity() - meta_budget(8 << 20)
+                    );
+                }
+            }
+            let held = store.weighted_size().await;
+            assert!(held <= store.capacity(), "{policy:?}: {held}");
+            assert!(held >= 4 << 20, "{policy:?}: {held}");
         }
-        assert!(store.weighted_size().await <= store.capacity());
+    }
+
+    #[tokio::test]
+    async fn every_policy_serves_the_same_interface() {
+        for policy in POLICIES {
+            let store = Store::new(64 << 20, policy);
+            let chunk = Bytes::from_static(b"0123456789");
+            for name in [
+                "https://o/a",
+                "https://o/a/b",
+                "https://o/ab",
+                "https://o/c",
+            ] {
+                for index in 0..3 {
+                    store.chunks.insert(key(name, index), chunk.clone()).await;
+                }
+            }
+            store.chunks.run_pending_tasks().await;
+            assert_eq!(store.chunks.len(), 12, "{policy:?}");
+            assert_eq!(store.chunks.entry_count(), 12, "{policy:?}");
+            assert_eq!(store.chunks.iter().count(), 12, "{policy:?}");
+            assert!(!store.chunks.is_empty());
+            assert_eq!(
+                store.chunks.get(&key("https://o/c", 1)).await,
+                Some(chunk.clone())
+            );
+            assert!(store.chunks.contains_key(&key("https://o/c", 2)));
+            store.chunks.invalidate(&key("https://o/c", 2)).await;
+            assert!(!store.chunks.contains_key(&key("https://o/c", 2)));
+            // Exact key: only https://o/a; prefix: https://o/a and everything under it.
+            store.invalidate("https://o/a", false).await.unwrap();
+            store.chunks.run_pending_tasks().await;
+            assert_eq!(store.chunks.len(), 8, "{policy:?}");
+            store.invalidate("https://o/a", true).await.unwrap();
+            store.chunks.run_pending_tasks().await;
+            let left: Vec<String> = store
+                .chunks
+                .iter()
+                .map(|(k, _)| k.version.key.clone())
+                .collect();
+            assert_eq!(left.len(), 2, "{policy:?}: {left:?}");
+            assert!(left.iter().all(|k| k == "https://o/c"), "{policy:?}");
+            let weight = chunk_weight(&key("https://o/c", 0), &chunk) as u64;
+            assert_eq!(store.chunks.weighted_size(), 2 * weight, "{policy:?}");
+        }
     }
 }

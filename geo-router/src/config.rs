@@ -41,6 +41,10 @@ pub struct RouterConfig {
     /// The edges, as `[[edge]]` tables.
     #[serde(default, rename = "edge")]
     pub edges: Vec<EdgeConfig>,
+    /// Connection and request limits of the router's listener (`[limits]`, see
+    /// `cdn_http::limits`); read at start, not on reload.
+    #[serde(default)]
+    pub limits: cdn_http::limits::Limits,
 }
 
 /// One edge cache node.
@@ -137,6 +141,32 @@ pub struct LabConfig {
     /// or region (the parameters are removed from the redirect). Off by default.
     #[serde(default)]
     pub allow_client_override: bool,
+    /// The lab's web UI (player page and dashboard): `GET /` and everything under `/_lab/` are
+    /// forwarded to this base URL instead of being redirected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ui_url: Option<String>,
+    /// The lab's simulated links, as `[[lab.link]]` tables: a client of one of `networks` (or
+    /// placed in `region` by `?region=`) routed to `edge` is sent to `url` (the relay that
+    /// simulates that client region's path to the edge) instead of the edge's own `url`.
+    #[serde(default, rename = "link", skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<LabLink>,
+}
+
+/// One simulated link from a client region to an edge (see [`LabConfig::links`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabLink {
+    /// The edge's name.
+    pub edge: String,
+    /// The client region's name, matched against `?region=NAME`. A region without edges of
+    /// its own is looked up at the first address of its first network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Client networks (CIDR) this link is for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<IpNet>,
+    /// Where those clients are redirected to reach the edge.
+    pub url: String,
 }
 
 fn default_lookup_cache_entries() -> u64 {
@@ -279,6 +309,25 @@ impl RouterConfig {
             if let Some(u) = &e.health_url {
                 check_url(&field("health_url"), u)?;
             }
+        }
+        if let Some(u) = &self.lab.ui_url {
+            check_url("lab.ui_url", u)?;
+        }
+        for (i, l) in self.lab.links.iter().enumerate() {
+            let field = |f: &str| format!("lab.link[{i}].{f}");
+            if !names.contains(l.edge.as_str()) {
+                return Err(ConfigIssue::new(
+                    field("edge"),
+                    format!("no edge is named `{}`", l.edge),
+                ));
+            }
+            if l.region.is_none() && l.networks.is_empty() {
+                return Err(ConfigIssue::new(
+                    field("networks"),
+                    "a link needs a region or networks",
+                ));
+            }
+            check_url(&field("url"), &l.url)?;
         }
         Ok(())
     }
@@ -446,6 +495,35 @@ weight = 2.0
         let c = RouterConfig::load(&path).expect("example config loads");
         assert!(!c.edges.is_empty());
         assert!(!c.lab.allow_client_override, "the example must be safe");
+    }
+
+    #[test]
+    fn lab_links_are_checked() {
+        let lab = r#"
+[lab]
+ui_url = "http://127.0.0.1:8082"
+
+[[lab.link]]
+edge = "eu-1"
+region = "oceania"
+networks = ["127.4.0.0/16"]
+url = "http://127.0.0.1:8100"
+"#;
+        let text = format!("{GOOD}{lab}");
+        let c = RouterConfig::parse(&text).expect("valid");
+        assert_eq!(c.lab.links.len(), 1);
+        assert_eq!(c.lab.ui_url.as_deref(), Some("http://127.0.0.1:8082"));
+        let again = toml::to_string(&c).expect("serialises");
+        assert_eq!(RouterConfig::parse(&again).expect("reparses"), c);
+
+        let err = RouterConfig::parse(&text.replace("edge = \"eu-1\"", "edge = \"eu-9\""))
+            .expect_err("unknown edge");
+        assert!(err.contains("lab.link[0].edge"), "{err}");
+        assert!(err.contains("line 28"), "{err}");
+        let err =
+            RouterConfig::parse(&text.replace("url = \"http://127.0.0.1:8100\"", "url = \"x\""))
+                .expect_err("bad url");
+        assert!(err.contains("lab.link[0].url"), "{err}");
     }
 
     #[test]

@@ -32,7 +32,10 @@
 //! # Lab switch
 //! `[lab] allow_client_override = true` lets any request choose its client with
 //! `?client_ip=IP` or `?region=NAME` (both removed from the redirect). **Unsafe outside a lab**:
-//! it lets anyone pick any edge. Off by default.
+//! it lets anyone pick any edge. Off by default. `cdn lab` also sets `[lab] ui_url` (`/` and
+//! `/_lab/` are forwarded to the lab's player and dashboard) and `[[lab.link]]` entries: per
+//! client region (networks, or the `?region=` name) and edge, the relay URL that simulates that
+//! link, used in the redirect instead of the edge's own URL.
 //!
 //! # Operations
 //! `/healthz` (JSON with each edge's state), `/metrics` (Prometheus:
@@ -62,7 +65,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 pub use client::ClientSource;
-pub use config::{EdgeConfig, GeoMissConfig, HealthConfig, LabConfig, RouterConfig};
+pub use config::{EdgeConfig, GeoMissConfig, HealthConfig, LabConfig, LabLink, RouterConfig};
 pub use error::RouterError;
 pub use geo::{GeoDb, GeoRecord};
 pub use geosrc::GeoSource;
@@ -106,16 +109,19 @@ pub enum GeoCommand {
 pub async fn run(args: RouterArgs) -> anyhow::Result<()> {
     // Check both files before binding, so a bad file is the first thing reported.
     RouterConfig::load(&args.config)?;
+    // Signal handlers first: once "router listening" is logged, SIGHUP and SIGTERM must
+    // already be handled (their default action would kill the process).
+    let shutdown = cdn_http::server::shutdown_signal();
+    tokio::pin!(shutdown);
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot listen for SIGHUP")?;
     let listener = cdn_http::server::bind(args.listen).await?;
     let handle = spawn_from_files(&args.config, &args.geo_db, listener)
         .await
         .context("router did not start")?;
-    let shutdown = cdn_http::server::shutdown_signal();
-    tokio::pin!(shutdown);
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,

@@ -1,7 +1,8 @@
 //! The router's HTTP face: `GET /{path}` answers `302 Found` to the chosen edge (path and query
 //! kept, `Cache-Control: no-store`, `X-CDN-Edge` and `X-CDN-Route-Reason` headers);
 //! `GET /_route?ip=IP&path=P[&region=R]` explains a decision as JSON; `/healthz`; `/metrics`.
-//! Also the lab's `?client_ip=` / `?region=` overrides, honoured only when the config allows.
+//! Also the lab's `?client_ip=` / `?region=` overrides, honoured only when the config allows,
+//! and, with `[lab] ui_url`, `/` and `/_lab/*` forwarded to the lab's player and dashboard.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -109,7 +110,56 @@ fn split_overrides(query: Option<&str>) -> Result<(Option<String>, Option<Overri
     Ok((Some(kept.join("&")), ov))
 }
 
+/// Largest request body forwarded to the lab's UI.
+const UI_MAX_BODY: usize = 64 * 1024;
+
+/// Forwards a request to the lab's web UI (`[lab] ui_url`): method, path, query, content type
+/// and a small body; the answer's status, content type, cache control and body come back.
+async fn forward_to_ui(shared: &Shared, ui_url: &str, req: Request) -> Response {
+    let target = format!(
+        "{}{}",
+        ui_url.trim_end_matches('/'),
+        req.uri().path_and_query().map_or("/", |p| p.as_str())
+    );
+    let (parts, body) = req.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, UI_MAX_BODY).await else {
+        return text(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n");
+    };
+    let mut out = shared.ui_client.request(parts.method, &target).body(body);
+    if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
+        out = out.header(header::CONTENT_TYPE, ct.clone());
+    }
+    match out.send().await {
+        Ok(r) => {
+            let status = r.status();
+            let headers = r.headers().clone();
+            let mut resp = Response::new(Body::from_stream(r.bytes_stream()));
+            *resp.status_mut() = status;
+            for name in [
+                header::CONTENT_TYPE,
+                header::CACHE_CONTROL,
+                header::LOCATION,
+            ] {
+                if let Some(v) = headers.get(&name) {
+                    resp.headers_mut().insert(name, v.clone());
+                }
+            }
+            resp
+        }
+        Err(e) => text(
+            StatusCode::BAD_GATEWAY,
+            format!("the lab UI at {ui_url} does not answer: {e}\n"),
+        ),
+    }
+}
+
 async fn redirect(State(shared): State<Arc<Shared>>, req: Request) -> Response {
+    let ui_url = shared.snapshot.load().config.lab.ui_url.clone();
+    if let Some(ui) = ui_url
+        && (req.uri().path() == "/" || req.uri().path().starts_with("/_lab/"))
+    {
+        return forward_to_ui(&shared, &ui, req).await;
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
         r.headers_mut()

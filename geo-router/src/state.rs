@@ -48,6 +48,8 @@ pub(crate) struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub metrics: Arc<NodeMetrics>,
     pub health: HealthTable,
+    /// Forwards the lab's web UI requests (`[lab] ui_url`).
+    pub ui_client: reqwest::Client,
     health_config: watch::Sender<crate::config::HealthConfig>,
     config_path: Option<PathBuf>,
     geo_path: PathBuf,
@@ -100,8 +102,11 @@ pub struct RouteDecision {
     /// The chosen edge; `None` when routed to the origin.
     pub edge: Option<String>,
     pub region: Option<String>,
-    /// The base URL redirected to (the edge's or the origin's).
+    /// The base URL redirected to (the edge's, a lab link's or the origin's).
     pub base_url: String,
+    /// The lab client region named by a `?region=` override.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lab_region: Option<String>,
     /// Great-circle distance from the client location to the chosen edge.
     pub distance_km: Option<f64>,
     pub reason: Reason,
@@ -148,6 +153,32 @@ pub struct EdgeStatus {
 pub struct UnknownRegion(pub String);
 
 impl Snapshot {
+    /// Where a client is sent to reach `edge` (the origin when `None`): the URL of the lab link
+    /// that matches the client, else the edge's own URL.
+    fn base_url(&self, edge: Option<&str>, client: &ClientSpec) -> String {
+        let cfg = &self.config;
+        let Some(name) = edge else {
+            return cfg.origin_url.clone();
+        };
+        let link = cfg
+            .lab
+            .links
+            .iter()
+            .filter(|l| l.edge == name)
+            .find(|l| match client {
+                ClientSpec::Ip(ip, _) => l.networks.iter().any(|n| n.contains(ip)),
+                ClientSpec::Region(r) => l.region.as_deref() == Some(r.as_str()),
+            });
+        match link {
+            Some(l) => l.url.clone(),
+            None => self
+                .edges
+                .iter()
+                .find(|e| e.config.name == name)
+                .map_or_else(|| cfg.origin_url.clone(), |e| e.config.url.clone()),
+        }
+    }
+
     pub fn edge_statuses(&self) -> Vec<EdgeStatus> {
         let threshold = self.config.health.overload_threshold;
         self.edges
@@ -214,7 +245,25 @@ impl Snapshot {
                     .map(|e| (e.config.latitude, e.config.longitude))
                     .collect();
                 if points.is_empty() {
-                    return Err(UnknownRegion(region.clone()));
+                    // A lab client region without edges: a client at its first address.
+                    let first = cfg
+                        .lab
+                        .links
+                        .iter()
+                        .filter(|l| l.region.as_deref() == Some(region.as_str()))
+                        .find_map(|l| l.networks.first())
+                        .and_then(|n| n.hosts().next());
+                    return match first {
+                        Some(ip) => {
+                            let mut d =
+                                self.decide(ClientSpec::Ip(ip, ClientSource::LabRegion), path)?;
+                            d.lab_region = Some(region.clone());
+                            d.base_url = self
+                                .base_url(d.edge.as_deref(), &ClientSpec::Region(region.clone()));
+                            Ok(d)
+                        }
+                        None => Err(UnknownRegion(region.clone())),
+                    };
                 }
                 let n = points.len() as f64;
                 let lat = points.iter().map(|p| p.0).sum::<f64>() / n;
@@ -258,10 +307,15 @@ impl Snapshot {
         };
         let choice = select::choose(&candidates, &target, key);
         let edge = choice.edge.and_then(|i| self.edges.get(i));
+        let base_url = self.base_url(edge.map(|e| e.config.name.as_str()), &client);
         Ok(RouteDecision {
             edge: edge.map(|e| e.config.name.clone()),
             region: edge.map(|e| e.config.region.clone()),
-            base_url: edge.map_or_else(|| cfg.origin_url.clone(), |e| e.config.url.clone()),
+            base_url,
+            lab_region: match &client {
+                ClientSpec::Region(r) => Some(r.clone()),
+                ClientSpec::Ip(..) => None,
+            },
             distance_km: choice.distance_km.map(|d| (d * 10.0).round() / 10.0),
             reason: choice.reason,
             failover: choice.failover,
@@ -305,6 +359,11 @@ impl Shared {
             }),
             metrics,
             health,
+            ui_client: reqwest::Client::builder()
+                .no_proxy()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap_or_default(),
             health_config: health_tx,
             config_path,
             geo_path,
@@ -565,9 +624,13 @@ async fn spawn_inner(
     geo_path: PathBuf,
     listener: TcpListener,
 ) -> Result<RouterHandle, RouterError> {
+    let opts = ServeOptions {
+        limits: config.limits.clone(),
+        ..ServeOptions::default()
+    };
     let shared = Shared::start(config, config_path, geo_path).await?;
     let app = crate::server::app(shared.clone());
-    let node = NodeHandle::spawn(listener, app, ServeOptions::default())?;
+    let node = NodeHandle::spawn(listener, app, opts)?;
     let watcher = tokio::spawn(watch_files(Arc::downgrade(&shared)));
     {
         let snap = shared.snapshot.load();
@@ -604,6 +667,7 @@ mod tests {
             edge: None,
             region: None,
             base_url: "http://e.example/base/".into(),
+            lab_region: None,
             distance_km: None,
             reason: Reason::OriginFallback,
             failover: true,

@@ -1,8 +1,8 @@
 //! The origin's configuration file (`--config FILE`, TOML): Cache-Control per path pattern,
-//! the synthetic object size cap and connection limits.
+//! the synthetic object size cap, the response-head timeout and the connection and request
+//! limits shared by every node (`[limits]`, see `cdn_http::limits`).
 
 use std::path::Path;
-use std::time::Duration;
 
 use cdn_http::config::{ConfigError, load_toml, parse_toml};
 use globset::{Glob, GlobMatcher};
@@ -25,14 +25,10 @@ pub struct OriginConfig {
     /// Largest synthetic object, bytes; larger sizes get 400.
     pub synthetic_max_bytes: u64,
     pub cache_control: Vec<CacheControlRule>,
-    /// Upper bound of a request head, bytes.
-    pub max_header_bytes: usize,
-    /// Time to receive a request head, seconds.
-    pub header_read_timeout_secs: u64,
-    /// Time to produce a response head, seconds.
+    /// Time to produce a response head, seconds (then 408).
     pub request_timeout_secs: u64,
-    /// Most open connections.
-    pub max_connections: usize,
+    /// Connection and request limits (`[limits]`, see `cdn_http::limits`).
+    pub limits: cdn_http::limits::Limits,
 }
 
 impl Default for OriginConfig {
@@ -40,10 +36,8 @@ impl Default for OriginConfig {
         OriginConfig {
             synthetic_max_bytes: 64 * 1024 * 1024,
             cache_control: Vec::new(),
-            max_header_bytes: 16 * 1024,
-            header_read_timeout_secs: 10,
             request_timeout_secs: 30,
-            max_connections: 10_000,
+            limits: Default::default(),
         }
     }
 }
@@ -101,9 +95,7 @@ impl OriginConfig {
 
     pub fn serve_options(&self) -> cdn_http::server::ServeOptions {
         cdn_http::server::ServeOptions {
-            max_header_bytes: self.max_header_bytes,
-            header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
-            max_connections: self.max_connections,
+            limits: self.limits.clone(),
             ..Default::default()
         }
     }

@@ -96,6 +96,8 @@ pub fn spawn(
 
 /// `cdn origin`: serves until SIGTERM or Ctrl-C.
 pub async fn run(args: OriginArgs) -> anyhow::Result<()> {
+    // Handlers first, so a signal right after the "serving" line still drains.
+    let shutdown = shutdown_signal();
     let cfg = match &args.config {
         Some(p) => OriginConfig::load(p)?,
         None => OriginConfig::default(),
@@ -103,7 +105,7 @@ pub async fn run(args: OriginArgs) -> anyhow::Result<()> {
     let app = app(args.root.clone(), &cfg)?;
     let listener = bind(args.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, root = %args.root.display(), "origin serving");
-    serve(listener, app, cfg.serve_options(), shutdown_signal()).await?;
+    serve(listener, app, cfg.serve_options(), shutdown).await?;
     tracing::info!("origin stopped");
     Ok(())
 }

@@ -191,10 +191,15 @@ fn summary(
     s
 }
 
-/// The policies to run: `--policies` without repeats, or all.
+/// The policies to run: `--policies` without repeats, or all (with unit sizing, all but the
+/// edge's byte-weighted store).
 fn policy_list(args: &HitRatioArgs) -> Vec<PolicyKind> {
+    let all: Vec<PolicyKind> = PolicyKind::ALL
+        .into_iter()
+        .filter(|p| args.unit == SizeUnit::Bytes || !p.bytes_only())
+        .collect();
     let asked = if args.policies.is_empty() {
-        &PolicyKind::ALL[..]
+        &all[..]
     } else {
         &args.policies[..]
     };
@@ -356,7 +361,9 @@ mod tests {
             &dir_arg,
         ])
         .expect("parse");
-        let BenchCommand::HitRatio(args) = cli.cmd;
+        let BenchCommand::HitRatio(args) = cli.cmd else {
+            panic!("not hit-ratio");
+        };
         assert_eq!(args.sizes, vec![0.2, 0.05]);
         run(&args).expect("run");
         let csv = std::fs::read_to_string(dir.join("hit_ratio.csv")).expect("csv");

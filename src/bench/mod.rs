@@ -1,8 +1,12 @@
 //! `cdn bench`: the benchmark commands. Owns the command line; each benchmark lives in its
 //! own module (`hit_ratio` and the simulator pieces it uses: `trace`, `synth`, `policies`,
-//! `moka_policy`, `sim`, `report`).
+//! `moka_policy`, `edge_policy`, `sim`, `report`).
 
+mod compare;
+mod edge_policy;
 mod hit_ratio;
+pub mod load;
+mod loadgen;
 mod moka_policy;
 mod policies;
 mod queue;
@@ -17,6 +21,12 @@ pub enum BenchCommand {
     /// Replay a trace (or a synthetic workload) through cache policies and report object and
     /// byte miss ratios, origin bytes and speed per policy and cache size.
     HitRatio(hit_ratio::HitRatioArgs),
+    /// Simulated viewers in every region of the lab, straight to the origin, through the CDN
+    /// without peers and with peers: TTFB, throughput, hit ratio per region, origin egress.
+    Load(load::LoadArgs),
+    /// The edge against nginx (proxy_cache + slice) and Varnish in front of the same origin,
+    /// under the same load: req/s, MB/s, p99, origin fetches and ratios, in one run.
+    Compare(compare::CompareArgs),
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -24,5 +34,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::HitRatio(args) => tokio::task::spawn_blocking(move || hit_ratio::run(&args))
             .await
             .map_err(|e| anyhow::anyhow!("hit-ratio benchmark panicked: {e}"))?,
+        BenchCommand::Load(args) => load::run(args).await,
+        BenchCommand::Compare(args) => compare::run(args).await,
     }
 }

@@ -12,6 +12,7 @@ use std::collections::BinaryHeap;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::edge_policy::{EdgeS3FifoRaw, EdgeStorePolicy};
 use super::moka_policy::MokaPolicy;
 use super::queue::{DList, Handle, IdMap};
 
@@ -25,8 +26,8 @@ pub trait CachePolicy: Send {
     fn access(&mut self, id: u64, size: u64, next_access: Option<u64>) -> bool;
 }
 
-/// Every policy the benchmark can run. To benchmark another cache (e.g. the edge's store),
-/// implement [`CachePolicy`] for it and add a variant here and in [`PolicyKind::build`].
+/// Every policy the benchmark can run. To benchmark another cache, implement
+/// [`CachePolicy`] for it and add a variant here and in [`PolicyKind::build`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum PolicyKind {
     Fifo,
@@ -37,14 +38,22 @@ pub enum PolicyKind {
     Belady,
     /// Evicts the object with the largest size × time to next access (sampled).
     BeladySize,
-    /// moka::sync::Cache with TinyLFU (the edge's default candidate).
+    /// moka::sync::Cache with TinyLFU (a stand-in for the edge's `tiny-lfu` store).
     MokaTinylfu,
     /// moka::sync::Cache with LRU.
     MokaLru,
+    /// The edge's `Store` with moka TinyLFU (chunk keys, the edge's weigher).
+    EdgeTinylfu,
+    /// The edge's `Store` with moka LRU.
+    EdgeLru,
+    /// The edge's `Store` with its S3-FIFO.
+    EdgeS3fifo,
+    /// The edge's S3-FIFO cache weighted by object size alone (calibration).
+    EdgeS3fifoRaw,
 }
 
 impl PolicyKind {
-    pub const ALL: [PolicyKind; 8] = [
+    pub const ALL: [PolicyKind; 12] = [
         PolicyKind::Fifo,
         PolicyKind::Lru,
         PolicyKind::Sieve,
@@ -53,6 +62,10 @@ impl PolicyKind {
         PolicyKind::BeladySize,
         PolicyKind::MokaTinylfu,
         PolicyKind::MokaLru,
+        PolicyKind::EdgeTinylfu,
+        PolicyKind::EdgeLru,
+        PolicyKind::EdgeS3fifo,
+        PolicyKind::EdgeS3fifoRaw,
     ];
 
     /// A cache of this policy holding `capacity` (units or bytes). `seed` feeds the sampling
@@ -67,12 +80,40 @@ impl PolicyKind {
             PolicyKind::BeladySize => Box::new(BeladySize::new(capacity, seed)),
             PolicyKind::MokaTinylfu => Box::new(MokaPolicy::tiny_lfu(capacity)),
             PolicyKind::MokaLru => Box::new(MokaPolicy::lru(capacity)),
+            PolicyKind::EdgeTinylfu => {
+                Box::new(EdgeStorePolicy::new(cdn_edge::Policy::TinyLfu, capacity))
+            }
+            PolicyKind::EdgeLru => Box::new(EdgeStorePolicy::new(cdn_edge::Policy::Lru, capacity)),
+            PolicyKind::EdgeS3fifo => {
+                Box::new(EdgeStorePolicy::new(cdn_edge::Policy::S3Fifo, capacity))
+            }
+            PolicyKind::EdgeS3fifoRaw => Box::new(EdgeS3FifoRaw::new(capacity)),
         }
     }
 
-    /// Whether the edge can run this policy (it is not an offline oracle or a reference).
+    /// Whether the edge can run this policy (it is not an offline oracle or a reference):
+    /// the edge's own store with each of its policies, its S3-FIFO weighted by size alone,
+    /// and the moka caches weighted by size alone.
     pub fn edge_usable(self) -> bool {
-        matches!(self, PolicyKind::MokaTinylfu | PolicyKind::MokaLru)
+        matches!(
+            self,
+            PolicyKind::MokaTinylfu
+                | PolicyKind::MokaLru
+                | PolicyKind::EdgeTinylfu
+                | PolicyKind::EdgeLru
+                | PolicyKind::EdgeS3fifo
+                | PolicyKind::EdgeS3fifoRaw
+        )
+    }
+
+    /// Whether the policy weighs objects in bytes whatever the sizing unit (the edge's
+    /// store adds its per-chunk overhead to every size), so it is meaningless with unit
+    /// sizing and left out of the default list there.
+    pub fn bytes_only(self) -> bool {
+        matches!(
+            self,
+            PolicyKind::EdgeTinylfu | PolicyKind::EdgeLru | PolicyKind::EdgeS3fifo
+        )
     }
 
     pub fn label(self) -> &'static str {
@@ -85,6 +126,10 @@ impl PolicyKind {
             PolicyKind::BeladySize => "BeladySize",
             PolicyKind::MokaTinylfu => "moka-TinyLFU",
             PolicyKind::MokaLru => "moka-LRU",
+            PolicyKind::EdgeTinylfu => "edge-TinyLFU",
+            PolicyKind::EdgeLru => "edge-LRU",
+            PolicyKind::EdgeS3fifo => "edge-S3-FIFO",
+            PolicyKind::EdgeS3fifoRaw => "edge-S3-FIFO-raw",
         }
     }
 }

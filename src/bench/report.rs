@@ -117,7 +117,7 @@ pub fn table(results: &[RunResult], unit: SizeUnit, stats: &TraceStats) -> Strin
         );
         let _ = writeln!(
             out,
-            "  {:<13} {:>9} {:>9} {:>11} {:>11} {:>8}",
+            "  {:<16} {:>9} {:>9} {:>11} {:>11} {:>8}",
             "policy",
             "obj miss",
             "byte miss",
@@ -131,7 +131,7 @@ pub fn table(results: &[RunResult], unit: SizeUnit, stats: &TraceStats) -> Strin
                 .unwrap_or_else(|| "-".into());
             let _ = writeln!(
                 out,
-                "  {:<13} {:>9.4} {:>9.4} {:>11} {:>11} {:>8}",
+                "  {:<16} {:>9.4} {:>9.4} {:>11} {:>11} {:>8}",
                 r.policy,
                 r.object_miss_ratio(),
                 r.byte_miss_ratio(),
@@ -229,7 +229,7 @@ pub fn write_csv(
 }
 
 fn color(kind: PolicyKind) -> RGBColor {
-    const COLORS: [RGBColor; 8] = [
+    const COLORS: [RGBColor; 12] = [
         RGBColor(127, 127, 127), // FIFO
         RGBColor(31, 119, 180),  // LRU
         RGBColor(44, 160, 44),   // SIEVE
@@ -238,6 +238,10 @@ fn color(kind: PolicyKind) -> RGBColor {
         RGBColor(140, 86, 75),   // BeladySize
         RGBColor(255, 127, 14),  // moka TinyLFU
         RGBColor(148, 103, 189), // moka LRU
+        RGBColor(188, 189, 34),  // edge TinyLFU
+        RGBColor(23, 190, 207),  // edge LRU
+        RGBColor(227, 119, 194), // edge S3-FIFO
+        RGBColor(120, 20, 20),   // edge S3-FIFO raw
     ];
     let i = PolicyKind::ALL.iter().position(|&k| k == kind).unwrap_or(0);
     COLORS[i % COLORS.len()]

@@ -182,7 +182,12 @@ impl WireMeta {
             chunk_size: self.chunk_size,
             content_type: HeaderValue::from_str(&self.content_type).ok()?,
             etag: self.etag,
-            last_modified: self.last_modified.map(|s| time(s * 1000)),
+            // A peer's seconds past what milliseconds can hold are invalid, not a panic
+            // (found by fuzz/peer_frames).
+            last_modified: match self.last_modified {
+                Some(s) => Some(time(s.checked_mul(1000)?)),
+                None => None,
+            },
             cc: CacheControl::parse(&headers),
             headers,
             digest: match self.digest {
@@ -283,4 +288,28 @@ pub async fn read_chunk(recv: &mut quinn::RecvStream, max: u64) -> Result<Bytes,
         return Err(WireError::Digest);
     }
     Ok(buf.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_with_out_of_range_times_is_refused_not_a_panic() {
+        // Regression (fuzz/peer_frames): last_modified * 1000 overflowed.
+        let json = r#"{"key":"http://o/a","validator":"v","primary":"http://o/a",
+            "path_and_query":"/a","len":10,"chunk_size":4,"content_type":"video/mp4",
+            "etag":null,"last_modified":17000000004294967295,"headers":[],"digest":null,
+            "lifetime_ms":60000,"request_time_ms":1,"response_time_ms":2,"date_ms":1,
+            "age_value":18446744073709551615,"ranges":true,"selecting":[]}"#;
+        let w: WireMeta = serde_json::from_str(json).unwrap();
+        assert!(w.clone().into_meta().is_none());
+        let ok = WireMeta {
+            last_modified: Some(1_700_000_000),
+            ..w
+        };
+        let meta = ok.into_meta().expect("valid");
+        // A huge Age from a peer saturates instead of overflowing.
+        let _ = meta.age(SystemTime::now());
+    }
 }

@@ -1,0 +1,684 @@
+//! A concurrent, byte-weighted S3-FIFO cache (Yang et al., "FIFO queues are all you need for
+//! cache eviction", SOSP 2023), with libCacheSim's defaults: a small FIFO of 10% of the
+//! capacity, a main FIFO of the rest run as a 2-bit CLOCK (frequency capped at 3), and a ghost
+//! FIFO of key hashes sized like main (90% of the capacity, in weight).
+//!
+//! - A miss whose key is in the ghost goes to main; any other miss goes to small (and, before
+//!   the first eviction, to main once small is full, as libCacheSim does).
+//! - Evicting from small: an object hit at least twice there moves to main (frequency reset),
+//!   else it leaves and its key hash enters the ghost. Evicting from main: an object with a
+//!   non-zero frequency is reinserted with its frequency decremented, else it leaves. Main is
+//!   evicted from when it holds more than its share or small is empty.
+//! - Objects heavier than small go straight to main (libCacheSim and the harness's reference
+//!   policy do not admit them; an edge whose small queue is smaller than a chunk must still
+//!   cache); objects heavier than main are not admitted. On every workload where no object
+//!   outweighs small, the hits are exactly those of the reference (`src/bench/policies.rs`).
+//!
+//! Concurrency: entries live in a sharded map (`RwLock<HashMap>` per shard). A hit takes one
+//! shard's read lock, clones the value and bumps an atomic frequency; it never waits for the
+//! queues. Inserts, invalidations and evictions take the queue mutex (then shard write locks,
+//! always in that order) and evict synchronously, so the weighted size never exceeds the
+//! capacity after an insert returns. No lock is held across an `.await` (there is none).
+//!
+//! Invalidated entries are dropped from the map (their values freed) at once and marked dead
+//! in their queue, which skips them later and is compacted when they outnumber the living.
+//! The ghost holds only (hash, weight) pairs, outside the weighted size: at most
+//! 0.9 × capacity ÷ the smallest weight entries of about 40 bytes each.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
+
+use parking_lot::{Mutex, RwLock};
+
+/// The weight of an entry, like moka's `weigher`.
+pub type Weigher<K, V> = Box<dyn Fn(&K, &V) -> u32 + Send + Sync>;
+
+const SHARDS: usize = 64;
+/// The frequency counter saturates here (2 bits).
+const MAX_FREQ: u8 = 3;
+/// Hits in small needed to move to main on eviction (libCacheSim's `move-to-main-threshold`).
+const MOVE_TO_MAIN: u8 = 2;
+
+const SMALL: u8 = 0;
+const MAIN: u8 = 1;
+const DEAD: u8 = 2;
+
+/// An entry's place in the queues. Its fields are atomics so that readers holding only a
+/// shard lock can bump `freq`; `weight` and `queue` change only under the queue mutex.
+struct Node<K> {
+    key: K,
+    hash: u64,
+    weight: AtomicU64,
+    freq: AtomicU8,
+    queue: AtomicU8,
+}
+
+struct Slot<K, V> {
+    value: V,
+    node: Arc<Node<K>>,
+}
+
+/// A hasher for values that are already hashes.
+#[derive(Default, Clone, Copy)]
+struct PassHasher(u64);
+
+impl Hasher for PassHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// Key hashes of objects recently evicted from small, oldest at the back. Removal from the
+/// middle (a ghost hit) drops the map entry; the queue entry goes stale (sequence mismatch).
+struct Ghost {
+    fifo: VecDeque<(u64, u64)>,
+    /// hash -> (sequence number, weight)
+    map: HashMap<u64, (u64, u64), BuildHasherDefault<PassHasher>>,
+    used: u64,
+    capacity: u64,
+    seq: u64,
+}
+
+impl Ghost {
+    fn new(capacity: u64) -> Self {
+        Ghost {
+            fifo: VecDeque::new(),
+            map: HashMap::default(),
+            used: 0,
+            capacity,
+            seq: 0,
+        }
+    }
+
+    /// Removes `hash`; whether it was there.
+    fn remove(&mut self, hash: u64) -> bool {
+        match self.map.remove(&hash) {
+            Some((_, w)) => {
+                self.used -= w;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn insert(&mut self, hash: u64, weight: u64) {
+        if self.map.contains_key(&hash) || weight > self.capacity {
+            return;
+        }
+        while self.used + weight > self.capacity {
+            let Some((h, seq)) = self.fifo.pop_back() else {
+                break;
+            };
+            if self.map.get(&h).is_some_and(|&(s, _)| s == seq) {
+                self.remove(h);
+            }
+        }
+        self.seq += 1;
+        self.fifo.push_front((hash, self.seq));
+        self.map.insert(hash, (self.seq, weight));
+        self.used += weight;
+        if self.fifo.len() > 2 * self.map.len() + 1024 {
+            let map = &self.map;
+            self.fifo
+                .retain(|(h, seq)| map.get(h).is_some_and(|&(s, _)| s == *seq));
+        }
+    }
+}
+
+/// The queues and their accounting, behind the cache's mutex.
+struct Queues<K> {
+    small: VecDeque<Arc<Node<K>>>,
+    main: VecDeque<Arc<Node<K>>>,
+    small_used: u64,
+    main_used: u64,
+    small_live: usize,
+    main_live: usize,
+    /// Dead (invalidated) nodes still in `small` or `main`.
+    dead: usize,
+    ghost: Ghost,
+    has_evicted: bool,
+}
+
+impl<K> Queues<K> {
+    fn used(&self) -> u64 {
+        self.small_used + self.main_used
+    }
+
+    fn push(&mut self, node: Arc<Node<K>>, queue: u8) {
+        let w = node.weight.load(Relaxed);
+        node.queue.store(queue, Relaxed);
+        if queue == MAIN {
+            self.main_used += w;
+            self.main_live += 1;
+            self.main.push_front(node);
+        } else {
+            self.small_used += w;
+            self.small_live += 1;
+            self.small.push_front(node);
+        }
+    }
+
+    /// Accounts for a node leaving its queue (popped, or marked dead in place).
+    fn forget(&mut self, node: &Node<K>) {
+        let w = node.weight.load(Relaxed);
+        match node.queue.swap(DEAD, Relaxed) {
+            SMALL => {
+                self.small_used -= w;
+                self.small_live -= 1;
+            }
+            MAIN => {
+                self.main_used -= w;
+                self.main_live -= 1;
+            }
+            _ => {}
+        }
+    }
+
+    fn compact(&mut self) {
+        if self.dead > 1024 && self.dead > self.small_live + self.main_live {
+            let live = |n: &Arc<Node<K>>| n.queue.load(Relaxed) != DEAD;
+            self.small.retain(live);
+            self.main.retain(live);
+            self.dead = 0;
+        }
+    }
+}
+
+type Shard<K, V, S> = RwLock<HashMap<K, Slot<K, V>, S>>;
+
+/// The cache. Cheap to share behind an `Arc`; every method takes `&self`.
+pub struct S3FifoCache<K, V, S = RandomState> {
+    shards: Box<[Shard<K, V, S>]>,
+    hasher: S,
+    queues: Mutex<Queues<K>>,
+    weigher: Weigher<K, V>,
+    capacity: u64,
+    small_cap: u64,
+    main_cap: u64,
+    /// Mirrors of the queue accounting, readable without the mutex.
+    weighted: AtomicU64,
+    entries: AtomicU64,
+}
+
+impl<K, V> S3FifoCache<K, V>
+where
+    K: Hash + Eq + Clone,
+    V: Clone,
+{
+    /// A cache of `capacity` weight units with a random hasher.
+    pub fn new(capacity: u64, weigher: Weigher<K, V>) -> Self {
+        Self::with_hasher(capacity, weigher, RandomState::new())
+    }
+}
+
+impl<K, V, S> S3FifoCache<K, V, S>
+where
+    K: Hash + Eq + Clone,
+    V: Clone,
+    S: BuildHasher + Clone,
+{
+    /// A cache of `capacity` weight units; `hasher` picks shards and keys the ghost (a fixed
+    /// one makes runs reproducible, a random one resists crafted keys).
+    pub fn with_hasher(capacity: u64, weigher: Weigher<K, V>, hasher: S) -> Self {
+        // As libCacheSim and the reference policy: small = 10% (at least 1), ghost = 90%.
+        let small_cap = ((capacity as f64 * 0.10) as u64).max(1).min(capacity);
+        let ghost_cap = (capacity as f64 * 0.90) as u64;
+        let shards = (0..SHARDS)
+            .map(|_| RwLock::new(HashMap::with_hasher(hasher.clone())))
+            .collect();
+        S3FifoCache {
+            shards,
+            hasher,
+            queues: Mutex::new(Queues {
+                small: VecDeque::new(),
+                main: VecDeque::new(),
+                small_used: 0,
+                main_used: 0,
+                small_live: 0,
+                main_live: 0,
+                dead: 0,
+                ghost: Ghost::new(ghost_cap),
+                has_evicted: false,
+            }),
+            weigher,
+            capacity,
+            small_cap,
+            main_cap: capacity - small_cap,
+            weighted: AtomicU64::new(0),
+            entries: AtomicU64::new(0),
+        }
+    }
+
+    fn shard(&self, hash: u64) -> &Shard<K, V, S> {
+        // Bits the shard maps' own bucket and tag bits do not use.
+        &self.shards[(hash >> 32) as usize % SHARDS]
+    }
+
+    /// The value of `key`, counting a hit.
+    pub fn get(&self, key: &K) -> Option<V> {
+        let hash = self.hasher.hash_one(key);
+        let shard = self.shard(hash).read();
+        let slot = shard.get(key)?;
+        let f = slot.node.freq.load(Relaxed);
+        if f < MAX_FREQ {
+            // A lost race loses one count: frequencies are approximate by design.
+            let _ = slot.node.freq.compare_exchange(f, f + 1, Relaxed, Relaxed);
+        }
+        Some(slot.value.clone())
+    }
+
+    /// Whether `key` is held (not counted as a hit).
+    pub fn contains_key(&self, key: &K) -> bool {
+        let hash = self.hasher.hash_one(key);
+        self.shard(hash).read().contains_key(key)
+    }
+
+    /// Inserts or replaces `key`, evicting first until it fits. A replacement keeps the
+    /// entry's place and frequency.
+    pub fn insert(&self, key: K, value: V) {
+        let weight = u64::from((self.weigher)(&key, &value));
+        let hash = self.hasher.hash_one(&key);
+        let mut q = self.queues.lock();
+        let replaced = {
+            let mut shard = self.shard(hash).write();
+            match shard.get_mut(&key) {
+                Some(slot) => {
+                    let node = slot.node.clone();
+                    slot.value = value;
+                    Ok(node)
+                }
+                None => Err(value),
+            }
+        };
+        let value = match replaced {
+            Ok(node) => {
+                let old = node.weight.swap(weight, Relaxed);
+                match node.queue.load(Relaxed) {
+                    SMALL => q.small_used = q.small_used - old + weight,
+                    _ => q.main_used = q.main_used - old + weight,
+                }
+                while q.used() > self.capacity && q.small_live + q.main_live > 0 {
+                    self.evict(&mut q);
+                }
+                self.publish(&q);
+                return;
+            }
+            Err(value) => value,
+        };
+        let ghost_hit = q.ghost.remove(hash);
+        let too_big = weight > self.capacity || (weight > self.small_cap && weight > self.main_cap);
+        if too_big {
+            return;
+        }
+        while q.used() + weight > self.capacity && q.small_live + q.main_live > 0 {
+            self.evict(&mut q);
+        }
+        let to_main = ghost_hit
+            || weight > self.small_cap
+            || (!q.has_evicted && q.small_used >= self.small_cap);
+        let node = Arc::new(Node {
+            key: key.clone(),
+            hash,
+            weight: AtomicU64::new(weight),
+            freq: AtomicU8::new(0),
+            queue: AtomicU8::new(DEAD),
+        });
+        self.shard(hash).write().insert(
+            key,
+            Slot {
+                value,
+                node: node.clone(),
+            },
+        );
+        q.push(node, if to_main { MAIN } else { SMALL });
+        self.entries.fetch_add(1, Relaxed);
+        self.publish(&q);
+    }
+
+    /// Removes `key` (not remembered in the ghost).
+    pub fn invalidate(&self, key: &K) {
+        let hash = self.hasher.hash_one(key);
+        let mut q = self.queues.lock();
+        let removed = self.shard(hash).write().remove(key);
+        if let Some(slot) = removed {
+            q.forget(&slot.node);
+            q.dead += 1;
+            self.entries.fetch_sub(1, Relaxed);
+            q.compact();
+            self.publish(&q);
+        }
+    }
+
+    /// Removes every entry for which `pred` holds, now. `pred` runs under the cache's locks
+    /// and must not call back into this cache.
+    pub fn invalidate_entries_if(&self, pred: impl Fn(&K, &V) -> bool) -> usize {
+        let mut q = self.queues.lock();
+        let mut removed = 0;
+        for shard in self.shards.iter() {
+            shard.write().retain(|k, slot| {
+                if pred(k, &slot.value) {
+                    q.forget(&slot.node);
+                    q.dead += 1;
+                    removed += 1;
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        self.entries.fetch_sub(removed as u64, Relaxed);
+        q.compact();
+        self.publish(&q);
+        removed
+    }
+
+    /// Sum of the weights held; never more than the capacity once an insert has returned.
+    pub fn weighted_size(&self) -> u64 {
+        self.weighted.load(Relaxed)
+    }
+
+    pub fn entry_count(&self) -> u64 {
+        self.entries.load(Relaxed)
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// A snapshot of the entries (for tests and diagnostics: it clones every key and value).
+    pub fn snapshot(&self) -> Vec<(K, V)> {
+        self.shards
+            .iter()
+            .flat_map(|s| {
+                s.read()
+                    .iter()
+                    .map(|(k, slot)| (k.clone(), slot.value.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    fn publish(&self, q: &Queues<K>) {
+        self.weighted.store(q.used(), Relaxed);
+    }
+
+    /// Drops an evicted node's entry from the map.
+    fn unmap(&self, node: &Node<K>) {
+        let mut shard = self.shard(node.hash).write();
+        if shard
+            .get(&node.key)
+            .is_some_and(|slot| std::ptr::eq(Arc::as_ptr(&slot.node), node))
+        {
+            shard.remove(&node.key);
+            self.entries.fetch_sub(1, Relaxed);
+        }
+    }
+
+    fn evict(&self, q: &mut Queues<K>) {
+        q.has_evicted = true;
+        if q.main_used > self.main_cap || q.small_live == 0 {
+            self.evict_main(q);
+        } else {
+            self.evict_small(q);
+        }
+    }
+
+    /// Evicts one object from small, moving hit ones to main on the way; may evict nothing if
+    /// every object in small moved to main.
+    fn evict_small(&self, q: &mut Queues<K>) {
+        while let Some(node) = q.small.pop_back() {
+            if node.queue.load(Relaxed) == DEAD {
+                q.dead -= 1;
+                continue;
+            }
+            q.forget(&node);
+            if node.freq.load(Relaxed) >= MOVE_TO_MAIN {
+                node.freq.store(0, Relaxed);
+                q.push(node, MAIN);
+            } else {
+                self.unmap(&node);
+                q.ghost.insert(node.hash, node.weight.load(Relaxed));
+                return;
+            }
+        }
+    }
+
+    /// Evicts one object from main (a CLOCK: hit objects go round again, one count less).
+    fn evict_main(&self, q: &mut Queues<K>) {
+        // Every live node needs at most MAX_FREQ passes; concurrent hits could otherwise keep
+        // a fully hot queue turning forever.
+        let mut turns = (usize::from(MAX_FREQ) + 1) * q.main_live + 1;
+        while let Some(node) = q.main.pop_back() {
+            if node.queue.load(Relaxed) == DEAD {
+                q.dead -= 1;
+                continue;
+            }
+            let f = node.freq.load(Relaxed);
+            if f >= 1 && turns > 0 {
+                turns -= 1;
+                node.freq.store(f.min(MAX_FREQ) - 1, Relaxed);
+                q.main.push_front(node);
+            } else {
+                q.forget(&node);
+                self.unmap(&node);
+                return;
+            }
+        }
+    }
+
+    /// Checks the accounting against the queues and the map (tests).
+    #[cfg(test)]
+    fn check(&self) {
+        let q = self.queues.lock();
+        let live = |d: &VecDeque<Arc<Node<K>>>, queue: u8| {
+            let nodes: Vec<_> = d.iter().filter(|n| n.queue.load(Relaxed) != DEAD).collect();
+            assert!(nodes.iter().all(|n| n.queue.load(Relaxed) == queue));
+            (
+                nodes.len(),
+                nodes.iter().map(|n| n.weight.load(Relaxed)).sum::<u64>(),
+            )
+        };
+        assert_eq!(live(&q.small, SMALL), (q.small_live, q.small_used));
+        assert_eq!(live(&q.main, MAIN), (q.main_live, q.main_used));
+        let dead = q.small.len() + q.main.len() - q.small_live - q.main_live;
+        assert_eq!(dead, q.dead);
+        let mapped: usize = self.shards.iter().map(|s| s.read().len()).sum();
+        assert_eq!(mapped, q.small_live + q.main_live);
+        assert_eq!(mapped as u64, self.entry_count());
+        assert_eq!(q.used(), self.weighted_size());
+        assert!(q.used() <= self.capacity);
+        assert!(q.ghost.used <= q.ghost.capacity);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::hash::DefaultHasher;
+
+    type Fixed = BuildHasherDefault<DefaultHasher>;
+
+    /// A cache of `u64` ids whose value is their weight.
+    fn cache(capacity: u64) -> S3FifoCache<u64, u32, Fixed> {
+        S3FifoCache::with_hasher(capacity, Box::new(|_, w: &u32| *w), Fixed::default())
+    }
+
+    /// Replays unit-weight ids: get, and insert on a miss; returns e.g. "MMH".
+    fn run(c: &S3FifoCache<u64, u32, Fixed>, ids: &[u64]) -> String {
+        ids.iter()
+            .map(|&id| {
+                if c.get(&id).is_some() {
+                    'H'
+                } else {
+                    c.insert(id, 1);
+                    'M'
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn capacity_is_never_exceeded() {
+        let c = cache(10_000);
+        let mut x = 1u64;
+        for i in 0..50_000u64 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let id = (x >> 33) % 2_000;
+            let w = 1 + (x >> 20) % 1_500;
+            if c.get(&id).is_none() {
+                c.insert(id, w as u32);
+            }
+            if i % 97 == 0 {
+                c.invalidate(&((x >> 40) % 2_000));
+            }
+            assert!(c.weighted_size() <= 10_000, "at {i}");
+            if i % 1_000 == 0 {
+                c.check();
+            }
+        }
+        c.check();
+        // Too heavy for main: not admitted; heavier than small but fits main: admitted.
+        c.insert(1_000_000, 9_001);
+        assert!(!c.contains_key(&1_000_000));
+        c.insert(1_000_001, 5_000);
+        assert!(c.contains_key(&1_000_001));
+        c.check();
+    }
+
+    #[test]
+    fn resists_a_scan() {
+        // As the reference's test: 10 slots (small 1, main 9). 1 goes to small, 2..=10 to
+        // main (small full before any eviction); the scan 11..=20 only churns small.
+        let mut ids: Vec<u64> = (1..=20).collect();
+        ids.extend(2..=10);
+        let c = cache(10);
+        assert_eq!(
+            run(&c, &ids),
+            format!("{}{}", "M".repeat(20), "H".repeat(9))
+        );
+        c.check();
+    }
+
+    #[test]
+    fn a_ghost_hit_goes_to_main() {
+        // 11 evicts 1 from small into the ghost; 1 again is a ghost hit: it goes to main
+        // (evicting 11 from small to the ghost); 12 then evicts main's oldest unhit object,
+        // 2; 1 hits, 2 misses.
+        let mut ids: Vec<u64> = (1..=11).collect();
+        ids.extend([1, 12, 1, 2]);
+        let c = cache(10);
+        assert_eq!(run(&c, &ids), format!("{}MMHM", "M".repeat(11)));
+        assert_eq!(c.queues.lock().node_queue(&1), Some(MAIN));
+        c.check();
+    }
+
+    #[test]
+    fn twice_hit_objects_move_from_small_to_main() {
+        let mut ids: Vec<u64> = (1..=11).collect();
+        ids.extend([11, 11, 12, 11, 2]);
+        let c = cache(10);
+        assert_eq!(run(&c, &ids), format!("{}HHMHM", "M".repeat(11)));
+        assert_eq!(c.queues.lock().node_queue(&11), Some(MAIN));
+        c.check();
+    }
+
+    #[test]
+    fn invalidation_by_key_and_by_predicate() {
+        let c = cache(1_000);
+        for id in 0..100u64 {
+            c.insert(id, 10);
+        }
+        assert_eq!((c.entry_count(), c.weighted_size()), (100, 1_000));
+        c.invalidate(&4);
+        assert!(c.get(&4).is_none());
+        assert_eq!(c.invalidate_entries_if(|k, _| k % 2 == 0), 49);
+        assert!((0..100).all(|id| c.contains_key(&id) == (id % 2 == 1)));
+        assert_eq!((c.entry_count(), c.weighted_size()), (50, 500));
+        c.check();
+        // Re-inserting an invalidated key works, and dead queue entries are skipped.
+        c.insert(4, 10);
+        for id in 100..300u64 {
+            c.insert(id, 10);
+        }
+        c.check();
+        // A replacement reweighs in place.
+        c.insert(299, 20);
+        assert_eq!(c.get(&299), Some(20));
+        c.check();
+    }
+
+    #[test]
+    fn many_dead_entries_are_compacted() {
+        let c = cache(100_000);
+        for id in 0..5_000u64 {
+            c.insert(id, 1);
+        }
+        c.invalidate_entries_if(|_, _| true);
+        {
+            let q = c.queues.lock();
+            assert_eq!(q.small.len() + q.main.len(), 0);
+        }
+        c.check();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_gets_and_inserts_keep_the_bounds() {
+        let c = Arc::new(cache(50_000));
+        let tasks: Vec<_> = (0..16u64)
+            .map(|t| {
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let mut x = t + 1;
+                    for i in 0..20_000u64 {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        let id = x % 5_000;
+                        if c.get(&id).is_none() {
+                            c.insert(id, 1 + (x >> 32) as u32 % 200);
+                        }
+                        if i % 501 == 0 {
+                            c.invalidate_entries_if(move |k, _| k % 1_000 == t);
+                        }
+                        assert!(c.weighted_size() <= 50_000);
+                        if i % 1_000 == 0 {
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        c.check();
+        assert!(c.weighted_size() > 40_000, "{}", c.weighted_size());
+    }
+
+    impl<K> Queues<K> {
+        fn node_queue(&self, key: &K) -> Option<u8>
+        where
+            K: PartialEq,
+        {
+            self.small
+                .iter()
+                .chain(&self.main)
+                .find(|n| n.key == *key && n.queue.load(Relaxed) != DEAD)
+                .map(|n| n.queue.load(Relaxed))
+        }
+    }
+}

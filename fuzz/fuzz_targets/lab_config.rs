@@ -1,0 +1,26 @@
+//! The lab's config file (`testdata/lab.toml`, `src/lab/config.rs`): load, check and plan. The
+//! parser lives in the `cdn` binary crate, which a fuzz target cannot link, so its source is
+//! compiled in here as a module.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+#[allow(dead_code, unused_imports)]
+#[path = "../../src/lab/config.rs"]
+mod lab_config;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    // `LabFile::load` reads a file: one scratch file per fuzzing process.
+    let path = std::env::temp_dir().join(format!("cdn-fuzz-lab-{}.toml", std::process::id()));
+    if std::fs::write(&path, text).is_err() {
+        return;
+    }
+    if let Ok(lab) = lab_config::LabFile::load(&path) {
+        if let Ok(plan) = lab.plan(lab_config::PortMode::Auto) {
+            let _ = format!("{plan:?}");
+        }
+    }
+});

@@ -1,0 +1,730 @@
+//! Bad input (issue 8): the limits every node enforces (431, 414, 413, 408, idle close, 503
+//! over the connection cap), checked on the origin, the edge and the router over raw TCP, and
+//! cache-key safety: request headers a cache does not key on (X-Forwarded-Host and the like),
+//! Host, the query and Vary-selected values cannot make the edge hand one client's response to
+//! another. Everything runs on 127.0.0.1 with ports the OS assigns; every wait is bounded.
+
+mod common;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::extract::Request;
+use axum::response::IntoResponse;
+use cdn_http::limits::Limits;
+use cdn_http::server::{NodeHandle, ServeOptions};
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+type Stop = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// A running node of any kind: its address and how to stop it.
+struct AnyNode {
+    kind: &'static str,
+    addr: SocketAddr,
+    stop: Vec<Stop>,
+}
+
+impl AnyNode {
+    async fn stop(self) {
+        for s in self.stop {
+            s().await;
+        }
+    }
+}
+
+fn stop_node(h: NodeHandle) -> Stop {
+    Box::new(move || Box::pin(h.stop()))
+}
+
+async fn origin_with(limits: &Limits) -> AnyNode {
+    let cfg = cdn_origin::OriginConfig {
+        limits: limits.clone(),
+        ..Default::default()
+    };
+    let h = start_origin(&media_root(), &cfg).await;
+    AnyNode {
+        kind: "origin",
+        addr: h.addr,
+        stop: vec![stop_node(h)],
+    }
+}
+
+async fn edge_with(limits: &Limits) -> AnyNode {
+    let origin = start_origin(&media_root(), &Default::default()).await;
+    let l = limits.clone();
+    let (h, _) = start_edge(&origin.url(), move |c| c.limits = l).await;
+    AnyNode {
+        kind: "edge",
+        addr: h.addr,
+        stop: vec![stop_node(h), stop_node(origin)],
+    }
+}
+
+/// A router config with one (unused) edge, as TOML.
+fn router_toml(edge_url: &str) -> String {
+    format!(
+        "origin_url = \"http://127.0.0.1:9\"\n[geo_miss]\nlatitude = 0.0\nlongitude = 0.0\n\
+         [[edge]]\nname = \"e1\"\nregion = \"r\"\nlatitude = 0.0\nlongitude = 0.0\n\
+         url = \"{edge_url}\"\n"
+    )
+}
+
+fn router_config(limits: &Limits, edge_url: &str) -> cdn_geo_router::RouterConfig {
+    let mut c = cdn_geo_router::RouterConfig::parse(&router_toml(edge_url)).expect("router config");
+    c.limits = limits.clone();
+    c
+}
+
+async fn router_with(limits: &Limits) -> AnyNode {
+    let db = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/geo/lab-geo.mmdb");
+    let r = cdn_geo_router::spawn(
+        router_config(limits, "http://127.0.0.1:9"),
+        &db,
+        listener().await,
+    )
+    .await
+    .expect("router starts");
+    AnyNode {
+        kind: "router",
+        addr: r.addr(),
+        stop: vec![Box::new(move || Box::pin(r.stop()))],
+    }
+}
+
+async fn every_node(limits: &Limits) -> Vec<AnyNode> {
+    vec![
+        origin_with(limits).await,
+        edge_with(limits).await,
+        router_with(limits).await,
+    ]
+}
+
+/// Writes `head`, then reads until the server closes (bounded); returns what came and when the
+/// connection ended.
+async fn exchange(addr: SocketAddr, head: &[u8], limit: Duration) -> (String, Duration) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let started = Instant::now();
+    s.write_all(head).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(limit, s.read_to_end(&mut out)).await;
+    (String::from_utf8_lossy(&out).to_string(), started.elapsed())
+}
+
+fn status_of(resp: &str) -> u16 {
+    resp.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn ok_after(node: &AnyNode) {
+    let (status, _, _) = raw_request(
+        node.addr,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{} still serves", node.kind);
+}
+
+#[tokio::test]
+async fn oversized_heads_get_431_and_long_targets_414_on_every_node() {
+    let limits = Limits {
+        max_header_bytes: 4096,
+        max_headers: 20,
+        max_uri_bytes: 1024,
+        ..Default::default()
+    };
+    for node in every_node(&limits).await {
+        let kind = node.kind;
+        // Header fields over max_header_bytes.
+        let big = "b".repeat(5000);
+        let req = format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
+        let (status, head, _) = raw_request(node.addr, &req).await;
+        assert_eq!(status, 431, "{kind}: {head}");
+        // More fields than max_headers (hyper counts them for HTTP/1.1).
+        let many: String = (0..25).map(|i| format!("X-H{i}: v\r\n")).collect();
+        let req = format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{many}\r\n");
+        let (status, head, _) = raw_request(node.addr, &req).await;
+        assert_eq!(status, 431, "{kind}: {head}");
+        // A request target over max_uri_bytes.
+        let path = format!("/{}", "u".repeat(1100));
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let (status, head, _) = raw_request(node.addr, &req).await;
+        assert_eq!(status, 414, "{kind}: {head}");
+        // Also in absolute form.
+        let req = format!("GET http://x{path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let (status, _, _) = raw_request(node.addr, &req).await;
+        assert_eq!(status, 414, "{kind}");
+        // A head hyper cannot even buffer: 431 before the request line is looked at.
+        let huge = "h".repeat(64 * 1024);
+        let req = format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Huge: {huge}\r\n\r\n");
+        let (status, _, _) = raw_request(node.addr, &req).await;
+        assert_eq!(status, 431, "{kind}");
+        // Just under every limit is fine.
+        let fields: String = (0..15).map(|i| format!("X-H{i}: v\r\n")).collect();
+        let path = format!("/healthz?{}", "q".repeat(900));
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\n{fields}X-Mid: {}\r\nConnection: close\r\n\r\n",
+            "m".repeat(3000)
+        );
+        let (status, _, _) = raw_request(node.addr, &req).await;
+        assert_eq!(status, 200, "{kind}");
+        ok_after(&node).await;
+        node.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn default_limits_answer_431_for_a_20_kib_head_and_414_for_a_9_kib_target() {
+    for node in every_node(&Limits::default()).await {
+        let req = format!(
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(20 * 1024)
+        );
+        assert_eq!(raw_request(node.addr, &req).await.0, 431, "{}", node.kind);
+        let req = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(9 * 1024));
+        assert_eq!(raw_request(node.addr, &req).await.0, 414, "{}", node.kind);
+        let many: String = (0..101).map(|i| format!("X-H{i}: v\r\n")).collect();
+        let req = format!("GET /healthz HTTP/1.1\r\n{many}\r\n");
+        assert_eq!(raw_request(node.addr, &req).await.0, 431, "{}", node.kind);
+        ok_after(&node).await;
+        node.stop().await;
+    }
+}
+
+/// An origin that reads whole request bodies and says how many bytes it got; counts every
+/// body byte it ever received.
+async fn counting_origin(received: Arc<AtomicU64>) -> NodeHandle {
+    let app = axum::Router::new().fallback(move |req: Request| {
+        let received = received.clone();
+        async move {
+            use futures::StreamExt;
+            let mut body = req.into_body().into_data_stream();
+            let mut n = 0u64;
+            while let Some(part) = body.next().await {
+                match part {
+                    Ok(d) => {
+                        n += d.len() as u64;
+                        received.fetch_add(d.len() as u64, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        return (http::StatusCode::BAD_REQUEST, "broken body\n").into_response();
+                    }
+                }
+            }
+            format!("got {n}\n").into_response()
+        }
+    });
+    NodeHandle::spawn(listener().await, app, ServeOptions::default()).expect("origin")
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_get_413_and_no_byte_past_the_limit_reaches_the_origin() {
+    let received = Arc::new(AtomicU64::new(0));
+    let origin = counting_origin(received.clone()).await;
+    let max = 64 * 1024u64;
+    let (edge, _) = start_edge(&origin.url(), |c| {
+        c.limits.max_body_bytes = max;
+    })
+    .await;
+    // Announced by Content-Length: refused before a byte of the body is sent.
+    let (resp, took) = exchange(
+        edge.addr,
+        format!(
+            "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            max + 1
+        )
+        .as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(status_of(&resp), 413, "{resp}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert_eq!(received.load(Ordering::Relaxed), 0);
+
+    // Chunked, no length: refused when it passes the limit.
+    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = (0..40)
+        .map(|_| Ok(bytes::Bytes::from(vec![b'x'; 4096])))
+        .collect();
+    let r = client()
+        .post(format!("{}/upload", edge.url()))
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await;
+    match r {
+        Ok(r) => assert_eq!(r.status(), 413),
+        // The edge may answer and close before the client finished sending.
+        Err(e) => eprintln!("client saw the connection close while sending: {e}"),
+    }
+    assert!(
+        received.load(Ordering::Relaxed) <= max,
+        "origin got {} bytes",
+        received.load(Ordering::Relaxed)
+    );
+
+    // Within the limit, with and without Content-Length: passed through whole.
+    let before = received.load(Ordering::Relaxed);
+    let r = client()
+        .post(format!("{}/upload", edge.url()))
+        .body(vec![b'y'; 10_000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "got 10000\n");
+    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = (0..15)
+        .map(|_| Ok(bytes::Bytes::from(vec![b'z'; 4096])))
+        .collect();
+    let r = client()
+        .put(format!("{}/upload", edge.url()))
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), format!("got {}\n", 15 * 4096));
+    assert_eq!(
+        received.load(Ordering::Relaxed) - before,
+        10_000 + 15 * 4096
+    );
+
+    // The origin's own limit too (it does not take bodies: 413 before its 405).
+    let o = start_origin_with(&media_root(), "[limits]\nmax_body_bytes = 100\n").await;
+    let (resp, _) = exchange(
+        o.addr,
+        b"POST /demo.mp4 HTTP/1.1\r\nHost: x\r\nContent-Length: 101\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(status_of(&resp), 413, "{resp}");
+    o.stop().await;
+    edge.stop().await;
+    origin.stop().await;
+}
+
+#[tokio::test]
+async fn slow_heads_get_408_within_the_timeout_and_silent_connections_are_closed() {
+    let timeout = Duration::from_millis(400);
+    let limits = Limits {
+        header_read_timeout_ms: timeout.as_millis() as u64,
+        ..Default::default()
+    };
+    let slack = Duration::from_millis(700);
+    for node in every_node(&limits).await {
+        let kind = node.kind;
+        // Part of a head, then nothing.
+        let (resp, took) = exchange(
+            node.addr,
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n",
+            Duration::from_secs(5),
+        )
+        .await;
+        assert_eq!(status_of(&resp), 408, "{kind}: {resp:?}");
+        assert!(
+            took >= timeout && took < timeout + slack,
+            "{kind}: {took:?}"
+        );
+
+        // A slowloris trickling one byte every 50 ms does not extend the deadline.
+        let mut s = TcpStream::connect(node.addr).await.unwrap();
+        let started = Instant::now();
+        let head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+        let mut closed_after = None;
+        for b in head.iter() {
+            if s.write_all(&[*b]).await.is_err() {
+                closed_after = Some(started.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if started.elapsed() > Duration::from_secs(3) {
+                break;
+            }
+        }
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
+        let ended = closed_after.unwrap_or(started.elapsed());
+        let resp = String::from_utf8_lossy(&out);
+        assert!(
+            resp.is_empty() || status_of(&resp) == 408,
+            "{kind}: a slowloris got {resp:?}"
+        );
+        assert!(
+            ended < timeout + slack,
+            "{kind}: slowloris held on {ended:?}"
+        );
+
+        // Connected, nothing sent: closed without an answer within the timeout.
+        let (resp, took) = exchange(node.addr, b"", Duration::from_secs(5)).await;
+        assert!(resp.is_empty(), "{kind}: {resp}");
+        assert!(took < timeout + slack, "{kind}: {took:?}");
+
+        // A kept-alive connection whose second head stalls gets 408 too.
+        let mut s = TcpStream::connect(node.addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut first = vec![0u8; 8192];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut first))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(first[..n].starts_with(b"HTTP/1.1 200"), "{kind}");
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHo").await.unwrap();
+        let mut out = Vec::new();
+        let started = Instant::now();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.contains("HTTP/1.1 408"), "{kind}: {text}");
+        assert!(started.elapsed() < timeout + slack, "{kind}");
+        ok_after(&node).await;
+        node.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn idle_connections_and_clients_that_stop_reading_are_closed() {
+    let idle = Duration::from_millis(500);
+    let limits = Limits {
+        idle_timeout_ms: idle.as_millis() as u64,
+        header_read_timeout_ms: 10_000,
+        ..Default::default()
+    };
+    let node = origin_with(&limits).await;
+    // A kept-alive connection with nothing more to say.
+    let mut s = TcpStream::connect(node.addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let took = started.elapsed();
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"));
+    assert!(
+        took >= idle - Duration::from_millis(50) && took < idle + Duration::from_millis(700),
+        "idle close after {took:?}"
+    );
+
+    // A client that asks for 32 MiB and never reads: cut once nothing moves for `idle`.
+    let size = 32u64 << 20;
+    let mut s = TcpStream::connect(node.addr).await.unwrap();
+    s.write_all(format!("GET /synthetic/slow?size={size} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(idle * 3).await;
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 1 << 16];
+    let read_all = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n as u64,
+            }
+        }
+    })
+    .await;
+    assert!(read_all.is_ok(), "the connection was never closed");
+    assert!(got < size, "the whole body came ({got} bytes): not cut");
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_get_503_with_retry_after_and_the_cap_frees_up() {
+    let limits = Limits {
+        max_connections: 2,
+        retry_after_secs: 7,
+        ..Default::default()
+    };
+    for node in every_node(&limits).await {
+        let kind = node.kind;
+        let a = TcpStream::connect(node.addr).await.unwrap();
+        let mut b = TcpStream::connect(node.addr).await.unwrap();
+        // Make sure both are accepted and counted: one request on b.
+        b.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), b.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        // The third is answered at once, not left waiting in the backlog.
+        let started = Instant::now();
+        let (status, head, _) = raw_request(
+            node.addr,
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(status, 503, "{kind}: {head}");
+        assert!(
+            head.to_ascii_lowercase().contains("retry-after: 7"),
+            "{head}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(1), "{kind}");
+        // A client that says nothing over the cap is not kept either.
+        let (resp, took) = exchange(node.addr, b"", Duration::from_secs(5)).await;
+        assert!(resp.is_empty() && took < Duration::from_secs(3), "{kind}");
+        // Freeing one slot lets the next connection in.
+        drop(a);
+        let mut served = false;
+        for _ in 0..50 {
+            let (status, _, _) = raw_request(
+                node.addr,
+                "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            )
+            .await;
+            if status == 200 {
+                served = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(served, "{kind}: a freed slot was never reused");
+        drop(b);
+        // And many in a row reuse slots (permits are returned).
+        for i in 0..20 {
+            let mut status = 0;
+            for _ in 0..50 {
+                status = raw_request(
+                    node.addr,
+                    "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                )
+                .await
+                .0;
+                if status == 200 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert_eq!(status, 200, "{kind}: request {i}");
+        }
+        node.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn every_node_reads_its_limits_from_its_config_file() {
+    let t = "[limits]\nmax_header_bytes = 2048\nmax_headers = 10\nmax_uri_bytes = 100\n\
+             max_body_bytes = 5\nheader_read_timeout_ms = 300\nidle_timeout_ms = 400\n\
+             max_connections = 3\nretry_after_secs = 2\n";
+    let want = Limits {
+        max_header_bytes: 2048,
+        max_headers: 10,
+        max_uri_bytes: 100,
+        max_body_bytes: 5,
+        header_read_timeout_ms: 300,
+        idle_timeout_ms: 400,
+        max_connections: 3,
+        retry_after_secs: 2,
+    };
+    let o = cdn_origin::OriginConfig::parse(t, "origin.toml").unwrap();
+    assert_eq!(o.limits, want);
+    assert_eq!(o.serve_options().limits, want);
+    let e = cdn_edge::EdgeConfig::parse(t, "edge.toml").unwrap();
+    assert_eq!(e.serve_options().limits, want);
+    let r =
+        cdn_geo_router::RouterConfig::parse(&format!("{}{t}", router_toml("http://127.0.0.1:9")))
+            .unwrap();
+    assert_eq!(r.limits, want);
+    // Defaults when the table is absent; bad values name the field.
+    assert_eq!(
+        cdn_origin::OriginConfig::parse("", "o").unwrap().limits,
+        Limits::default()
+    );
+    let e = cdn_edge::EdgeConfig::parse("[limits]\nmax_connections = 0\n", "edge.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("limits") && e.contains("max_connections"), "{e}");
+    let e = cdn_origin::OriginConfig::parse("[limits]\nmax_header_bytes = 10\n", "o.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("max_header_bytes"), "{e}");
+    let e = cdn_geo_router::RouterConfig::parse(&format!(
+        "{}[limits]\nmax_uri_bytes = 1\n",
+        router_toml("http://127.0.0.1:9")
+    ))
+    .unwrap_err();
+    assert!(e.contains("max_uri_bytes"), "{e}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cache-key safety: what one client sends must not change what another receives.
+
+/// An origin that builds its (cacheable) body from the request, as careless applications do:
+/// the host it believes it serves, override headers, the query, a Vary-selected header.
+async fn reflecting_origin(hits: Arc<AtomicU64>) -> NodeHandle {
+    let app = axum::Router::new().fallback(move |req: Request| {
+        let hits = hits.clone();
+        async move {
+            hits.fetch_add(1, Ordering::Relaxed);
+            let h = req.headers();
+            let get = |n: &str| {
+                h.get(n)
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).to_string())
+                    .unwrap_or_else(|| "-".into())
+            };
+            let mut body = format!(
+                "path={} q={} host={}",
+                req.uri().path(),
+                req.uri().query().unwrap_or("-"),
+                get("host")
+            );
+            for n in UNKEYED {
+                body.push_str(&format!(" {n}={}", get(n)));
+            }
+            body.push_str(&format!(" lang={}\n", get("accept-language")));
+            let mut resp = body.into_response();
+            resp.headers_mut().insert(
+                "cache-control",
+                http::HeaderValue::from_static("public, max-age=600"),
+            );
+            if req.uri().path().starts_with("/vary/") {
+                resp.headers_mut()
+                    .insert("vary", http::HeaderValue::from_static("Accept-Language"));
+            }
+            resp
+        }
+    });
+    NodeHandle::spawn(listener().await, app, ServeOptions::default()).expect("origin")
+}
+
+/// Request fields that select a host, scheme, path or method in common frameworks but are
+/// not part of the cache key.
+const UNKEYED: &[&str] = &[
+    "x-forwarded-host",
+    "x-host",
+    "x-forwarded-server",
+    "x-forwarded-scheme",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-for",
+    "forwarded",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-host",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+async fn body_of(req: reqwest::RequestBuilder) -> String {
+    let r = req.send().await.expect("edge answers");
+    assert_eq!(r.status(), 200);
+    r.text().await.expect("body")
+}
+
+#[tokio::test]
+async fn unkeyed_headers_and_host_cannot_poison_other_clients() {
+    let hits = Arc::new(AtomicU64::new(0));
+    let origin = reflecting_origin(hits.clone()).await;
+    let (edge, _) = start_edge(&origin.url(), |_| {}).await;
+    let clean = body_of(client().get(format!("{}/clean", origin.url()))).await;
+    assert!(!clean.contains("evil"));
+    for (i, name) in UNKEYED.iter().enumerate() {
+        let url = format!("{}/page-{i}", edge.url());
+        // The attacker fills the cache...
+        let a = body_of(client().get(&url).header(*name, "evil.example")).await;
+        // ...and whatever it got, the next viewer gets what the origin says without it.
+        let v = body_of(client().get(&url)).await;
+        assert!(!v.contains("evil"), "{name} poisoned the cache: {v}");
+        assert!(
+            !a.contains("evil"),
+            "{name} reached the origin on a cache fill: {a}"
+        );
+    }
+    // Host: the key is the configured origin, and the origin's own Host is sent.
+    let url = format!("{}/page-host", edge.url());
+    let a = body_of(client().get(&url).header("host", "evil.example")).await;
+    let v = body_of(client().get(&url)).await;
+    assert!(!a.contains("evil") && !v.contains("evil"), "{a} / {v}");
+    // An absolute-form target naming another host.
+    let (status, _, body) = raw_request(
+        edge.addr,
+        "GET http://evil.example/page-abs HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(!String::from_utf8_lossy(&body).contains("evil"));
+    let v = body_of(client().get(format!("{}/page-abs", edge.url()))).await;
+    assert!(!v.contains("evil"), "{v}");
+    edge.stop().await;
+    origin.stop().await;
+}
+
+#[tokio::test]
+async fn the_query_is_keyed_verbatim_or_not_sent_at_all() {
+    let hits = Arc::new(AtomicU64::new(0));
+    let origin = reflecting_origin(hits.clone()).await;
+    // cache_query = true (default): the query is part of the key exactly as sent. No
+    // reordering or decoding: an origin may give order a meaning, and a normalised key would
+    // then store one spelling's answer under another's.
+    let (edge, _) = start_edge(&origin.url(), |_| {}).await;
+    let url = |q: &str| format!("{}/q{q}", edge.url());
+    let a = body_of(client().get(url("?a=1&b=evil"))).await;
+    assert!(a.contains("q=a=1&b=evil"), "{a}");
+    let v = body_of(client().get(url("?a=1"))).await;
+    assert!(v.contains("q=a=1 "), "{v}");
+    let ab = body_of(client().get(url("?a=1&b=2"))).await;
+    let ba = body_of(client().get(url("?b=2&a=1"))).await;
+    assert!(
+        ab.contains("q=a=1&b=2 ") && ba.contains("q=b=2&a=1 "),
+        "{ab} / {ba}"
+    );
+    let enc = body_of(client().get(url("?a=%31"))).await;
+    assert!(enc.contains("q=a=%31 "), "{enc}");
+    let v = body_of(client().get(url(""))).await;
+    assert!(v.contains("q=- "), "{v}");
+    edge.stop().await;
+
+    // cache_query = false: the query is neither keyed nor sent to the origin on a fill, so a
+    // query cannot change what is stored under the bare path.
+    let (edge, _) = start_edge(&origin.url(), |c| c.cache_query = false).await;
+    let a = body_of(client().get(format!("{}/nq?evil=1", edge.url()))).await;
+    let v = body_of(client().get(format!("{}/nq", edge.url()))).await;
+    assert!(!v.contains("evil"), "the query poisoned the bare path: {v}");
+    assert_eq!(a, v);
+    edge.stop().await;
+    origin.stop().await;
+}
+
+#[tokio::test]
+async fn vary_selected_values_are_keyed_exactly() {
+    let hits = Arc::new(AtomicU64::new(0));
+    let origin = reflecting_origin(hits.clone()).await;
+    let (edge, _) = start_edge(&origin.url(), |_| {}).await;
+    let url = format!("{}/vary/page", edge.url());
+    let de = body_of(client().get(&url).header("accept-language", "de")).await;
+    assert!(de.contains("lang=de"), "{de}");
+    // A value that is not text (obs-text bytes) is keyed by its bytes, not dropped.
+    let odd = http::HeaderValue::from_bytes(b"\xe9vil").unwrap();
+    let a = body_of(client().get(&url).header("accept-language", odd)).await;
+    assert!(a.contains("vil"), "{a}");
+    let none = body_of(client().get(&url)).await;
+    assert!(
+        none.contains("lang=-"),
+        "no Accept-Language got another variant: {none}"
+    );
+    // An empty value is not the same as no value.
+    let url2 = format!("{}/vary/empty", edge.url());
+    let empty = body_of(client().get(&url2).header("accept-language", "")).await;
+    assert!(empty.contains("lang=\n"), "{empty:?}");
+    let none = body_of(client().get(&url2)).await;
+    assert!(
+        none.contains("lang=-"),
+        "absent and empty share a variant: {none}"
+    );
+    // And each variant is served from the cache after that.
+    let before = hits.load(Ordering::Relaxed);
+    let again = body_of(client().get(&url).header("accept-language", "de")).await;
+    assert_eq!(again, de);
+    assert_eq!(hits.load(Ordering::Relaxed), before);
+    edge.stop().await;
+    origin.stop().await;
+}
