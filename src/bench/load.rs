@@ -814,6 +814,10 @@ async fn run_mode(
     }
     .await;
     lab.stop().await;
+    // The run's certificates (private keys) and geo database are regenerated each run; keep
+    // the configs and logs.
+    let _ = std::fs::remove_dir_all(dir.join("pki"));
+    let _ = std::fs::remove_file(dir.join("lab-geo.mmdb"));
     result
 }
 
