@@ -91,7 +91,8 @@ fn serve(
     }
     let now = SystemTime::now();
     let age = meta.age(now);
-    let ttl = meta.lifetime.as_secs() as i64 - age.as_secs() as i64;
+    let secs = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+    let ttl = secs(meta.lifetime).saturating_sub(secs(age));
     let mut headers = meta.headers.clone();
     headers.insert(header::AGE, HeaderValue::from(age.as_secs()));
     decorate(edge, &mut headers, &verdict, Some(ttl));
