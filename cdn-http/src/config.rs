@@ -56,6 +56,38 @@ pub fn parse_toml<T: DeserializeOwned>(text: &str, file: &str) -> Result<T, Conf
     })
 }
 
+/// The 1-based line where a field such as `edge[1].weight` or `health.interval_ms` in TOML `text` is written,
+/// or where its table starts when the field itself is absent.
+pub fn line_of_field(text: &str, field: &str) -> Option<usize> {
+    use toml::de::{DeTable, DeValue};
+    let doc = DeTable::parse(text).ok()?;
+    let mut table = doc.get_ref();
+    let mut best: Option<usize> = None;
+    let mut parts = field.split('.').peekable();
+    while let Some(part) = parts.next() {
+        let (key, index) = match part.split_once('[') {
+            Some((k, rest)) => (k, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        let value = table.get(key)?;
+        best = Some(value.span().start);
+        let value = match (value.get_ref(), index) {
+            (DeValue::Array(items), Some(i)) => {
+                let item = items.get(i)?;
+                best = Some(item.span().start);
+                item
+            }
+            _ => value,
+        };
+        match value.get_ref() {
+            DeValue::Table(t) if parts.peek().is_some() => table = t,
+            _ => break,
+        }
+    }
+    let offset = best?.min(text.len());
+    Some(text[..offset].matches('\n').count() + 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -236,33 +236,7 @@ fn invalid(file: &Path, text: &str, field: &str, message: String) -> ConfigError
 
 /// The 1-based line of a field such as `region[2].network` (or of its table).
 fn line_of(text: &str, field: &str) -> Option<usize> {
-    use toml::de::{DeTable, DeValue};
-    let doc = DeTable::parse(text).ok()?;
-    let mut table = doc.get_ref();
-    let mut best = None;
-    let mut parts = field.split('.').peekable();
-    while let Some(part) = parts.next() {
-        let (key, index) = match part.split_once('[') {
-            Some((k, rest)) => (k, rest.trim_end_matches(']').parse::<usize>().ok()),
-            None => (part, None),
-        };
-        let value = table.get(key)?;
-        best = Some(value.span().start);
-        let value = match (value.get_ref(), index) {
-            (DeValue::Array(items), Some(i)) => {
-                let item = items.get(i)?;
-                best = Some(item.span().start);
-                item
-            }
-            _ => value,
-        };
-        match value.get_ref() {
-            DeValue::Table(t) if parts.peek().is_some() => table = t,
-            _ => break,
-        }
-    }
-    let offset = best?.min(text.len());
-    Some(text[..offset].matches('\n').count() + 1)
+    cdn_http::config::line_of_field(text, field)
 }
 
 fn valid_name(s: &str) -> bool {
