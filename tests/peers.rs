@@ -287,6 +287,8 @@ async fn peers_reconnect_after_a_restart() {
                 c.chunk_size = CHUNK;
                 c.peer_listen = Some(me);
                 c.peer_tls = Some(tls(&dir, &name));
+                // This test is about reconnecting, not timeouts: generous under CI load.
+                c.peer_first_byte_timeout_ms = 2000;
                 c.peers = vec![PeerConfig {
                     name: other.0.clone(),
                     region: "r1".into(),

@@ -105,8 +105,9 @@ pub fn transport(chunk_size: u64) -> Arc<quinn::TransportConfig> {
     t.stream_receive_window(quinn::VarInt::from_u64(stream_window).unwrap_or(quinn::VarInt::MAX));
     t.receive_window(quinn::VarInt::from_u64(stream_window * 8).unwrap_or(quinn::VarInt::MAX));
     t.send_window(stream_window * 8);
-    t.max_idle_timeout(Duration::from_secs(30).try_into().ok());
-    t.keep_alive_interval(Some(Duration::from_secs(5)));
+    // A cut link is noticed within a few seconds, not after a long fill timeout.
+    t.max_idle_timeout(Duration::from_secs(4).try_into().ok());
+    t.keep_alive_interval(Some(Duration::from_secs(1)));
     Arc::new(t)
 }
 
