@@ -781,7 +781,12 @@ async fn run_wrk(
     dir: &Path,
     origin: &Origin,
 ) -> anyhow::Result<Row> {
-    let script = dir.join(format!("wrk-{}.lua", scenario.name()));
+    // The script depends only on the scenario: one copy in the run directory serves every
+    // server (`dir` is the server's own subdirectory).
+    let script = dir
+        .parent()
+        .unwrap_or(dir)
+        .join(format!("wrk-{}.lua", scenario.name()));
     std::fs::write(&script, wrk_script(args, scenario))?;
     let before = origin.counters().await;
     let out = tokio::process::Command::new("wrk")
