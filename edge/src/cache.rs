@@ -431,12 +431,37 @@ impl Edge {
     ) -> (crate::coalesce::SharedResult<ProbeOutcome, FillError>, bool) {
         let this = self.clone();
         let (primary, pq, req) = (primary.to_string(), pq.to_string(), req.clone());
+        let key = variant.to_string();
         self.probes
             .join_or_start(variant.to_string(), move || async move {
+                // A probe that ended between this request's lookup and its join has stored
+                // what this one would fetch: use it rather than asking the origin again.
+                if let Some(meta) = this.stored_since(&key, stale.as_ref(), &req).await {
+                    return Ok(ProbeOutcome::Stored {
+                        revalidated: stale.as_ref().is_some_and(|s| s.version == meta.version),
+                        meta,
+                    });
+                }
                 this.run_probe(primary, pq, req, stale, hint, true)
                     .await
                     .map_err(Arc::new)
             })
+    }
+
+    /// The metadata stored under `variant` if it is fresh for `req` and is not `stale` itself.
+    async fn stored_since(
+        &self,
+        variant: &str,
+        stale: Option<&Arc<ObjectMeta>>,
+        req: &HeaderMap,
+    ) -> Option<Arc<ObjectMeta>> {
+        let meta = self.store.metas.get(variant).await?;
+        if stale.is_some_and(|s| Arc::ptr_eq(s, &meta)) {
+            return None;
+        }
+        let age = meta.age(SystemTime::now());
+        let fresh = freshness::usability(&meta.cc, meta.lifetime, age, &CacheControl::parse(req));
+        (fresh == Usability::Fresh).then_some(meta)
     }
 
     fn probe_alone(

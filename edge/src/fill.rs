@@ -133,6 +133,10 @@ impl Filler {
         let this = self.clone();
         let meta = meta.clone();
         self.fills.join_or_start(key.clone(), move || async move {
+            // A fill that ended between the caller's lookup and its join has stored the chunk.
+            if let Some(b) = this.store.chunks.get(&key).await {
+                return Ok(b);
+            }
             let bytes = this.fetch(meta, index).await.map_err(Arc::new)?;
             this.store.chunks.insert(key, bytes.clone()).await;
             Ok(bytes)
