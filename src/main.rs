@@ -6,6 +6,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod autoscale;
 mod bench;
 mod lab;
 mod plan;

@@ -19,6 +19,9 @@ mod autoscale;
 
 mod common;
 
+#[path = "common/inprocess_fleet.rs"]
+mod inprocess;
+
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;
@@ -26,11 +29,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use autoscale::driver::{self, Fleet, FnObserver, HttpObserver, Load, RegionSpec};
-use autoscale::inprocess::{FleetOptions, InProcessFleet, Site};
+use autoscale::driver::{self, Fleet, HttpObserver, Load, Observer, RegionSpec};
 use autoscale::{
     Action, AutoscaleConfig, AutoscaleError, Autoscaler, EventKind, RegionObservation,
 };
+use inprocess::{FleetOptions, InProcessFleet, Site};
+
+/// An observer made of a closure.
+pub struct FnObserver<F>(pub F);
+
+impl<F, Fut> Observer for FnObserver<F>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = anyhow::Result<BTreeMap<String, Load>>> + Send,
+{
+    fn observe(&mut self) -> impl Future<Output = anyhow::Result<BTreeMap<String, Load>>> + Send {
+        (self.0)()
+    }
+}
 
 const S: Duration = Duration::from_secs(1);
 

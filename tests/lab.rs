@@ -723,3 +723,285 @@ fn readme_screenshot() {
     std::fs::write(&out, &png).expect("write png");
     eprintln!("wrote {} ({} bytes)", out.display(), png.len());
 }
+
+/// A lab of two regions for the auto-scaling test: Europe runs eu-1 and may start eu-2, one
+/// edge serves 10 req/s at most, and the cooldowns are short.
+fn autoscale_lab(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
+    let text = format!(
+        r#"
+[ports]
+router = 8080
+origin = 8081
+control = 8082
+edges = 8091
+peers = 8091
+relays = 8100
+peer_relays = 8100
+
+[links]
+base_rtt_ms = 2.0
+ms_per_100km = 0.1
+
+[origin]
+region = "europe"
+root = "{root}"
+
+[edges]
+capacity = "64MiB"
+chunk_size = "1MiB"
+
+[autoscale]
+interval_ms = 300
+window_secs = 2.0
+capacity_rps = 10.0
+target_utilisation = 70.0
+scale_out_cooldown_secs = 2.0
+scale_in_cooldown_secs = 4.0
+drain_grace_ms = 500
+drain_timeout_secs = 10.0
+
+[[region]]
+name = "europe"
+city = "Frankfurt am Main"
+country = "DE"
+continent = "EU"
+latitude = 50.11
+longitude = 8.68
+network = "127.1.0.0/16"
+edges = ["eu-1"]
+spare_edges = ["eu-2"]
+
+[[region]]
+name = "asia"
+city = "Singapore"
+country = "SG"
+continent = "AS"
+latitude = 1.29
+longitude = 103.85
+network = "127.3.0.0/16"
+edges = ["asia-1"]
+"#,
+        root = root.display()
+    );
+    let path = dir.join("lab.toml");
+    std::fs::write(&path, text).expect("lab file");
+    Some(path)
+}
+
+/// Viewers in Europe: `workers` loops, each asking the router for one of `objects` synthetic
+/// objects in turn (following the redirect to the edge) and pausing `pause` between requests.
+/// Every answer must be a 200 with the object's exact bytes; failures are counted.
+struct Viewers {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<(u64, Vec<String>)>>,
+}
+
+const OBJECT_SIZE: u64 = 32 * 1024;
+
+impl Viewers {
+    fn start(router: &str, workers: usize, objects: usize, pause: Duration) -> Viewers {
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let tasks = (0..workers)
+            .map(|w| {
+                let client = reqwest::Client::builder()
+                    .local_address(IpAddr::from([127, 1, 0, 10 + w as u8]))
+                    .no_proxy()
+                    .timeout(Duration::from_secs(30))
+                    .build()
+                    .expect("client");
+                let (router, rx) = (router.to_owned(), rx.clone());
+                tokio::spawn(async move {
+                    let (mut ok, mut failed) = (0u64, Vec::new());
+                    let mut i = w;
+                    while !*rx.borrow() {
+                        let id = format!("scale-{}", i % objects);
+                        i += workers;
+                        let url = format!("{router}/synthetic/{id}?size={OBJECT_SIZE}");
+                        match client.get(&url).send().await {
+                            Ok(r) if r.status() == 200 => match r.bytes().await {
+                                Ok(b) if b == common::synthetic(&id, 0..=OBJECT_SIZE - 1) => {
+                                    ok += 1
+                                }
+                                Ok(b) => failed.push(format!("{url}: {} wrong bytes", b.len())),
+                                Err(e) => failed.push(format!("{url}: body: {e}")),
+                            },
+                            Ok(r) => failed.push(format!("{url}: status {}", r.status())),
+                            Err(e) => failed.push(format!("{url}: {e}")),
+                        }
+                        tokio::time::sleep(pause).await;
+                    }
+                    (ok, failed)
+                })
+            })
+            .collect();
+        Viewers { stop, tasks }
+    }
+
+    async fn stop(self) -> (u64, Vec<String>) {
+        let _ = self.stop.send(true);
+        let mut total = (0, Vec::new());
+        for t in self.tasks {
+            let (ok, failed) = t.await.expect("viewer task");
+            total.0 += ok;
+            total.1.extend(failed);
+        }
+        total
+    }
+}
+
+fn events_of(status: &Value) -> Vec<(String, String)> {
+    status["events"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| {
+                    (
+                        e["kind"].as_str().unwrap_or("").to_owned(),
+                        e["edge"].as_str().unwrap_or("").to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The node `name` as the lab's API shows it now.
+async fn live_node(c: &reqwest::Client, control: &str, name: &str) -> Value {
+    let st = json(c, &format!("{control}/_lab/api/status")).await;
+    st["nodes"]
+        .as_array()
+        .and_then(|a| a.iter().find(|n| n["name"] == name).cloned())
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autoscaler_starts_a_spare_under_load_and_drains_it_after() {
+    let lab = LabRun::start_with("autoscale", autoscale_lab);
+    let (router, control) = (lab.router(), lab.control());
+    let c = client();
+    let api = format!("{control}/_lab/api/autoscale");
+    let eu2 = lab.node("eu-2");
+    assert_eq!(eu2["running"], false, "the spare does not run at start");
+    assert_eq!(eu2["spare"], true);
+    let st = json(&c, &api).await;
+    assert_eq!(st["enabled"], true, "{st}");
+    let europe = &st["regions"][0];
+    assert_eq!(europe["region"], "europe", "only Europe has a spare: {st}");
+    assert_eq!(europe["config"]["min_edges"], 1);
+    assert_eq!(europe["config"]["max_edges"], 2);
+    assert_eq!(st["regions"].as_array().map(Vec::len), Some(1));
+
+    // Viewers at 4 req/s, within one edge's 7: every object is on eu-1, nothing scales.
+    let warm = Viewers::start(&router, 1, 20, Duration::from_millis(250));
+    until(
+        Duration::from_secs(30),
+        "eu-1 holds every object",
+        || async {
+            let eu1 = lab.node("eu-1")["url"]
+                .as_str()
+                .expect("eu-1 url")
+                .to_owned();
+            common::metric_sum(&eu1, "cdn_edge_origin_fetches_total").await >= 20.0
+        },
+    )
+    .await;
+    let (ok_warm, failed) = warm.stop().await;
+    assert!(failed.is_empty() && ok_warm >= 20, "{ok_warm} {failed:?}");
+    assert_eq!(
+        events_of(&json(&c, &api).await),
+        [],
+        "no scaling at 4 req/s"
+    );
+
+    // About 25 req/s from Europe: 3 edges' worth at 7 req/s each, capped at 2.
+    let load = Viewers::start(&router, 5, 20, Duration::from_millis(200));
+    until(
+        Duration::from_secs(60),
+        "eu-2 started and routed to",
+        || async {
+            events_of(&json(&c, &api).await).contains(&("edge-started".into(), "eu-2".into()))
+        },
+    )
+    .await;
+    let node = live_node(&c, &control, "eu-2").await;
+    assert_eq!(node["running"], true, "{node}");
+    let eu2_url = node["url"].as_str().expect("eu-2 url").to_owned();
+    // eu-2 serves viewers, and what eu-1 already had it takes from eu-1, not the origin.
+    until(Duration::from_secs(20), "eu-2 serves viewers", || async {
+        common::metric_sum(&eu2_url, "cdn_edge_requests_total").await >= 10.0
+    })
+    .await;
+    let (ok_high, failed) = load.stop().await;
+    assert!(failed.is_empty(), "failed requests under load: {failed:?}");
+    let eu2_metrics = common::metrics_text(&eu2_url).await;
+    let peer_found = cdn_http::metrics::sample(
+        &eu2_metrics,
+        r#"cdn_edge_peer_fetches_total{result="found"}"#,
+    )
+    .unwrap_or(0.0);
+    assert!(
+        peer_found >= 1.0,
+        "eu-2 warmed from its peer:\n{eu2_metrics}"
+    );
+    assert_eq!(
+        cdn_http::metrics::sum(&eu2_metrics, "cdn_edge_origin_fetches_total"),
+        0.0,
+        "every object was on eu-1 before eu-2 started: eu-2 fetched none from the origin"
+    );
+
+    // Demand falls to about 2 req/s: after the scale-in cooldown eu-2 is drained and stopped
+    // while viewers keep coming, and none of them sees an error.
+    let low = Viewers::start(&router, 1, 20, Duration::from_millis(500));
+    until(
+        Duration::from_secs(60),
+        "eu-2 drained and stopped",
+        || async {
+            events_of(&json(&c, &api).await).contains(&("edge-stopped".into(), "eu-2".into()))
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (ok_low, failed) = low.stop().await;
+    assert!(
+        failed.is_empty(),
+        "failed requests while draining: {failed:?}"
+    );
+    assert!(
+        ok_high >= 20 && ok_low >= 5,
+        "{ok_high} / {ok_low} requests"
+    );
+    let pid = node["pid"].as_u64().expect("eu-2 pid") as u32;
+    assert!(
+        wait_gone(&[pid], Duration::from_secs(10)).is_empty(),
+        "eu-2 exited"
+    );
+    assert_eq!(live_node(&c, &control, "eu-2").await["running"], false);
+
+    // The dashboard's record: the decisions in order, with reasons, and edges over time.
+    let st = json(&c, &api).await;
+    let kinds: Vec<String> = events_of(&st).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        kinds,
+        ["scale-out", "edge-started", "scale-in", "edge-stopped"],
+        "{st}"
+    );
+    for e in st["events"].as_array().expect("events") {
+        assert!(!e["reason"].as_str().unwrap_or("").is_empty(), "{e}");
+    }
+    let edges: Vec<u64> = st["regions"][0]["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter_map(|p| p["edges"].as_u64())
+        .collect();
+    assert!(edges.contains(&1) && edges.contains(&2), "{edges:?}");
+    assert_eq!(edges.last(), Some(&1));
+    // Polling: nothing older than `since`.
+    let now = st["now_ms"].as_u64().expect("now_ms");
+    let later = json(&c, &format!("{api}?since={now}")).await;
+    assert!(
+        later["events"].as_array().is_some_and(Vec::is_empty),
+        "{later}"
+    );
+}

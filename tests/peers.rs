@@ -1,6 +1,8 @@
 //! End-to-end tests of peer replication over QUIC: three real edges in two regions in front
 //! of one real origin, with mutual TLS from a cluster CA generated for the test. Origin
-//! fetches are counted from the origin's own metrics.
+//! fetches are counted from the origin's own metrics. The last tests change the peer set at
+//! runtime: `Peers::set_peers`, warm-up of a joining edge from the chunks' previous owners,
+//! and `cdn edge --config FILE` following its file.
 
 mod common;
 
@@ -10,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cdn_edge::config::{PeerConfig, PeerTls};
+use cdn_edge::peer::{PeerChange, Peers};
 use cdn_edge::{Edge, EdgeConfig};
 use cdn_http::server::NodeHandle;
 use common::*;
@@ -341,5 +344,408 @@ async fn peers_reconnect_after_a_restart() {
         synthetic("after", 0..=size - 1)
     );
     stop(vec![a1, a2]).await;
+    origin.stop().await;
+}
+
+fn peer(name: &str, addr: SocketAddr) -> PeerConfig {
+    PeerConfig {
+        name: name.to_string(),
+        region: "r1".into(),
+        addr,
+        push: None,
+    }
+}
+
+/// One edge of region r1 on peer address `me`, knowing `peers`.
+async fn member(
+    dir: &std::path::Path,
+    origin: &str,
+    name: &str,
+    me: SocketAddr,
+    peers: Vec<PeerConfig>,
+) -> Node {
+    member_with(dir, origin, name, me, peers, |_| {}).await
+}
+
+async fn member_with(
+    dir: &std::path::Path,
+    origin: &str,
+    name: &str,
+    me: SocketAddr,
+    peers: Vec<PeerConfig>,
+    tweak: impl FnOnce(&mut cdn_edge::EdgeConfig),
+) -> Node {
+    let (handle, edge) = start_edge(origin, |c| {
+        c.name = name.to_string();
+        c.region = "r1".into();
+        c.chunk_size = CHUNK;
+        c.peer_listen = Some(me);
+        c.peer_tls = Some(tls(dir, name));
+        // About membership, not timeouts: generous under CI load.
+        c.peer_first_byte_timeout_ms = 2000;
+        c.peers = peers;
+        tweak(c);
+    })
+    .await;
+    Node { handle, edge }
+}
+
+fn peers_of(node: &Node) -> &Arc<Peers> {
+    node.edge.peers.as_ref().expect("peering on")
+}
+
+fn names(node: &Node) -> Vec<String> {
+    peers_of(node)
+        .clients()
+        .iter()
+        .map(|c| c.cfg.name.clone())
+        .collect()
+}
+
+/// The cache key of `path` at `node` (every node keys under the same origin).
+fn key(node: &Node, path: &str) -> String {
+    node.edge.primary_key(&path.parse().expect("uri"))
+}
+
+/// One series of the node at `base` (0 when absent).
+async fn metric_at(base: &str, series: &str) -> f64 {
+    cdn_http::metrics::sample(&metrics_text(base).await, series).unwrap_or(0.0)
+}
+
+async fn metric(node: &Node, series: &str) -> f64 {
+    metric_at(&node.handle.url(), series).await
+}
+
+/// Waits (at most 10 s) until `series` of the node at `base` reads `want`.
+async fn wait_metric_at(base: &str, series: &str, want: f64) {
+    for _ in 0..400 {
+        if metric_at(base, series).await == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{series} never became {want}: {}", metrics_text(base).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_added_at_runtime_fills_what_it_owns_and_a_removed_one_is_left_alone() {
+    let origin = start_origin(&media_root(), &Default::default()).await;
+    let dir = pki("membership", &["a", "b", "c"]);
+    let (pa, pb, pc) = (udp_port(), udp_port(), udp_port());
+    // c knows a and b; a and b start without c.
+    let a = member(&dir, &origin.url(), "a", pa, vec![peer("b", pb)]).await;
+    let b = member(&dir, &origin.url(), "b", pb, vec![peer("a", pa)]).await;
+    let c = member(
+        &dir,
+        &origin.url(),
+        "c",
+        pc,
+        vec![peer("a", pa), peer("b", pb)],
+    )
+    .await;
+    assert_eq!(metric(&a, "cdn_edge_peers").await, 1.0);
+    // One-chunk objects whose chunk c owns among a, b and c.
+    let path = |id: &str| format!("/synthetic/{id}?size={CHUNK}");
+    let ids: Vec<String> = (0..)
+        .map(|i| format!("join-{i}"))
+        .filter(|id| peers_of(&c).owner(&key(&c, &path(id)), 0).is_none())
+        .take(3)
+        .collect();
+    let origin_url = origin.url();
+    let origin_fetches = || origin_requests(&origin_url);
+    let c_fills = "cdn_edge_origin_fetches_total{kind=\"probe\"}";
+    let c_out = "cdn_edge_peer_bytes_total{direction=\"out\"}";
+
+    // Before: a does not know c, so c sees nothing.
+    let before = origin_fetches().await;
+    assert_eq!(
+        get(&a, &path(&ids[0])).await.1,
+        synthetic(&ids[0], 0..=CHUNK - 1)
+    );
+    assert_eq!(origin_fetches().await - before, 1.0);
+    assert_eq!(metric(&c, c_fills).await, 0.0);
+    assert_eq!(metric(&c, c_out).await, 0.0);
+
+    // a learns of c. b keeps its client and connection (a asked b for ids[0], as owner or
+    // as runner-up).
+    let b_client = peers_of(&a).clients()[0].clone();
+    let b_conn = b_client.current_connection().map(|c| c.stable_id());
+    assert!(b_conn.is_some(), "a is connected to b");
+    let change = peers_of(&a)
+        .set_peers(vec![peer("b", pb), peer("c", pc)])
+        .expect("valid peers");
+    assert_eq!(
+        change,
+        PeerChange {
+            added: vec!["c".into()],
+            ..Default::default()
+        }
+    );
+    assert_eq!(names(&a), ["b", "c"]);
+    assert!(Arc::ptr_eq(&b_client, &peers_of(&a).clients()[0]));
+    assert_eq!(
+        peers_of(&a).clients()[0]
+            .current_connection()
+            .map(|c| c.stable_id()),
+        b_conn,
+        "the same connection to b"
+    );
+    assert_eq!(metric(&a, "cdn_edge_peers").await, 2.0);
+    // A chunk c owns: a asks c, c fills it from the origin (one fetch, made by c).
+    let a_fills = metric_sum(&a.handle.url(), "cdn_edge_origin_fetches_total").await;
+    let before = origin_fetches().await;
+    assert_eq!(
+        get(&a, &path(&ids[1])).await.1,
+        synthetic(&ids[1], 0..=CHUNK - 1)
+    );
+    assert_eq!(origin_fetches().await - before, 1.0);
+    assert_eq!(metric(&c, c_fills).await, 1.0, "c filled it");
+    assert_eq!(
+        metric_sum(&a.handle.url(), "cdn_edge_origin_fetches_total").await,
+        a_fills,
+        "a did not go to the origin"
+    );
+    let c_sent = metric(&c, c_out).await;
+    assert_eq!(c_sent, CHUNK as f64);
+
+    // a forgets c: c is not asked again and a's connection to it is closed.
+    let change = peers_of(&a).set_peers(vec![peer("b", pb)]).expect("valid");
+    assert_eq!(change.removed, ["c"]);
+    assert_eq!(names(&a), ["b"]);
+    assert_eq!(metric(&a, "cdn_edge_peers").await, 1.0);
+    wait_metric_at(&a.handle.url(), "cdn_edge_peer_connected{peer=\"c\"}", 0.0).await;
+    let before = origin_fetches().await;
+    assert_eq!(
+        get(&a, &path(&ids[2])).await.1,
+        synthetic(&ids[2], 0..=CHUNK - 1)
+    );
+    assert_eq!(origin_fetches().await - before, 1.0);
+    assert_eq!(metric(&c, c_fills).await, 1.0, "c was not asked");
+    assert_eq!(metric(&c, c_out).await, c_sent);
+    // A peer list naming the node itself is refused and changes nothing.
+    assert!(peers_of(&a).set_peers(vec![peer("a", pa)]).is_err());
+    assert_eq!(names(&a), ["b"]);
+    stop(vec![a, b, c]).await;
+    origin.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_joining_edge_warms_from_the_previous_owners_not_the_origin() {
+    let origin = start_origin(&media_root(), &Default::default()).await;
+    let dir = pki("warm", &["a", "b", "c", "d"]);
+    let (pa, pb, pc) = (udp_port(), udp_port(), udp_port());
+    let a = member(&dir, &origin.url(), "a", pa, vec![peer("b", pb)]).await;
+    let b = member(&dir, &origin.url(), "b", pb, vec![peer("a", pa)]).await;
+    // c joins, knowing a and b.
+    let c = member(
+        &dir,
+        &origin.url(),
+        "c",
+        pc,
+        vec![peer("a", pa), peer("b", pb)],
+    )
+    .await;
+    let chunks = 8;
+    let size = chunks * CHUNK;
+    let path = |id: &str| format!("/synthetic/{id}?size={size}");
+    // An object where c owns chunks whose previous owner is a and chunks whose previous owner
+    // is b (so both runner-ups are exercised).
+    let runner_ups = |id: &str| -> Vec<String> {
+        let k = key(&c, &path(id));
+        (0..chunks)
+            .filter_map(|i| peers_of(&c).runner_up(&k, i))
+            .map(|p| p.cfg.name.clone())
+            .collect()
+    };
+    let id = (0..)
+        .map(|i| format!("warm-{i}"))
+        .find(|id| {
+            let r = runner_ups(id);
+            r.iter().any(|n| n == "a") && r.iter().any(|n| n == "b")
+        })
+        .expect("some object");
+    let owned_by_c = runner_ups(&id).len() as f64;
+    let want = synthetic(&id, 0..=size - 1);
+
+    // a and b warm with the object: a reads it all, b fills the chunks it owns.
+    let before = origin_requests(&origin.url()).await;
+    assert_eq!(get(&a, &path(&id)).await.1, want);
+    assert_eq!(origin_requests(&origin.url()).await - before, chunks as f64);
+    // The autoscaler tells a and b about c.
+    for n in [&a, &b] {
+        let others = [("a", pa), ("b", pb), ("c", pc)]
+            .into_iter()
+            .filter(|(name, _)| *name != n.edge.cfg.name)
+            .map(|(name, addr)| peer(name, addr))
+            .collect();
+        let change = peers_of(n).set_peers(others).expect("valid");
+        assert_eq!(change.added, ["c"]);
+    }
+
+    // Every chunk c asks for comes from a sibling: those c owns now from their previous
+    // owner (cache only), the others from their owner.
+    let before = origin_requests(&origin.url()).await;
+    let (cs, body) = get(&c, &path(&id)).await;
+    assert_eq!(body, want);
+    assert_eq!(
+        origin_requests(&origin.url()).await,
+        before,
+        "no origin fetch ({cs})"
+    );
+    assert_eq!(
+        metric_sum(&c.handle.url(), "cdn_edge_origin_fetches_total").await,
+        0.0
+    );
+    assert_eq!(
+        metric(&c, "cdn_edge_peer_fetches_total{result=\"found\"}").await,
+        chunks as f64
+    );
+    assert_eq!(
+        metric(
+            &c,
+            "cdn_edge_peer_runner_up_fetches_total{result=\"found\"}"
+        )
+        .await,
+        owned_by_c
+    );
+    assert_eq!(
+        metric_sum(&c.handle.url(), "cdn_edge_peer_fetches_total").await,
+        chunks as f64,
+        "no miss, no error"
+    );
+
+    // After its warm-up a node no longer asks previous owners (that round trip would rarely
+    // find anything): d, warm from the start, fills the chunks it owns from the origin.
+    let pd = udp_port();
+    let d = member_with(
+        &dir,
+        &origin.url(),
+        "d",
+        pd,
+        vec![peer("a", pa), peer("b", pb), peer("c", pc)],
+        |cfg| cfg.peer_warmup_secs = 0,
+    )
+    .await;
+    let k = key(&d, &path(&id));
+    let owned_by_d = (0..chunks)
+        .filter(|&i| peers_of(&d).owner(&k, i).is_none())
+        .count() as f64;
+    assert!(owned_by_d >= 1.0, "d owns some chunk of {id}");
+    let before = origin_requests(&origin.url()).await;
+    assert_eq!(get(&d, &path(&id)).await.1, want);
+    assert_eq!(origin_requests(&origin.url()).await - before, owned_by_d);
+    assert_eq!(
+        metric_sum(&d.handle.url(), "cdn_edge_peer_runner_up_fetches_total").await,
+        0.0
+    );
+    stop(vec![a, b, c, d]).await;
+    origin.stop().await;
+}
+
+/// Replaces `path` with `text` the way the lab does (write, then rename).
+fn write_config(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, text).expect("write config");
+    std::fs::rename(&tmp, path).expect("rename config");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cdn_edge_follows_the_peers_in_its_config_file() {
+    let origin = start_origin(&media_root(), &Default::default()).await;
+    let dir = pki("reload", &["a", "b", "c"]);
+    let (pa, pb, pc) = (udp_port(), udp_port(), udp_port());
+    let pem = |f: &str| dir.join(f).display().to_string();
+    let config = |peers: &[(&str, SocketAddr)], extra: &str| {
+        let mut t = format!(
+            "name = \"a\"\nregion = \"r1\"\norigin = \"{}\"\nchunk_size = {CHUNK}\n\
+             capacity = \"64MiB\"\npeer_listen = \"{pa}\"\n{extra}\n\
+             [peer_tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            origin.url(),
+            pem("ca.pem"),
+            pem("a.pem"),
+            pem("a.key"),
+        );
+        for (name, addr) in peers {
+            t.push_str(&format!(
+                "\n[[peers]]\nname = \"{name}\"\nregion = \"r1\"\naddr = \"{addr}\"\n"
+            ));
+        }
+        t
+    };
+    let file = dir.join("a.toml");
+    write_config(&file, &config(&[("b", pb)], ""));
+    let args = cdn_edge::EdgeArgs {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        origin: None,
+        name: None,
+        region: None,
+        // A flag wins over the file, at start and at every reload.
+        capacity: Some(32 << 20),
+        chunk_size: None,
+        policy: None,
+        peer_listen: None,
+        config: Some(file.clone()),
+    };
+    // What `cdn edge --config FILE` runs, in-process.
+    let node = cdn_edge::start(&args).await.expect("edge starts");
+    let (edge, url) = (node.edge.clone(), format!("http://{}", node.addr));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(node.serve(async move {
+        let _ = stop_rx.await;
+    }));
+    let peers = edge.peers.clone().expect("peering on");
+    let names = || -> Vec<String> { peers.clients().iter().map(|c| c.cfg.name.clone()).collect() };
+    assert_eq!(metric_at(&url, "cdn_edge_peers").await, 1.0);
+    let capacity = "cdn_edge_cache_capacity_bytes";
+    assert_eq!(metric_at(&url, capacity).await, (32 << 20) as f64);
+
+    // Another peer, and a field that only a restart applies.
+    write_config(&file, &config(&[("b", pb), ("c", pc)], "hot_threshold = 5"));
+    wait_metric_at(&url, "cdn_edge_peers", 2.0).await;
+    assert_eq!(names(), ["b", "c"]);
+    assert_eq!(metric_at(&url, capacity).await, (32 << 20) as f64);
+    assert_eq!(
+        metric_at(&url, "cdn_edge_config_reloads_total{result=\"ok\"}").await,
+        1.0
+    );
+
+    // A broken file (a peer address that is not one) is refused: the peers stay.
+    let broken = config(&[("c", pc)], "").replace(&pc.to_string(), "nowhere");
+    write_config(&file, &broken);
+    wait_metric_at(
+        &url,
+        "cdn_edge_config_reloads_total{result=\"invalid\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(names(), ["b", "c"]);
+    assert_eq!(metric_at(&url, "cdn_edge_peers").await, 2.0);
+    // So is a valid file whose peers name the node itself.
+    write_config(&file, &config(&[("a", pb)], ""));
+    wait_metric_at(
+        &url,
+        "cdn_edge_config_reloads_total{result=\"invalid\"}",
+        2.0,
+    )
+    .await;
+    assert_eq!(names(), ["b", "c"]);
+
+    // Fixed: b leaves.
+    write_config(&file, &config(&[("c", pc)], ""));
+    wait_metric_at(&url, "cdn_edge_peers", 1.0).await;
+    assert_eq!(names(), ["c"]);
+    let health = client()
+        .get(format!("{url}/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(health.status(), 200);
+
+    let _ = stop_tx.send(());
+    tokio::time::timeout(Duration::from_secs(15), serving)
+        .await
+        .expect("stops in time")
+        .expect("serve task")
+        .expect("serve ends cleanly");
     origin.stop().await;
 }

@@ -354,7 +354,15 @@ fn cli_refuses_invalid_input_clearly() {
             &["--rate", "10", "--capacity", "100", "--current", "-2"][..],
             "current edge count must be zero or positive, got -2",
         ),
-        (&["--rate", "10"][..], "--capacity is needed"),
+        (
+            &[
+                "--rate",
+                "10",
+                "--capacity-file",
+                "/nonexistent/edge-capacity.json",
+            ][..],
+            "--capacity is needed",
+        ),
         (&["--capacity", "10"][..], "--rate"),
     ] {
         let (ok, out, err) = cdn(args);

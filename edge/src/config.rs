@@ -1,10 +1,12 @@
 //! The edge's configuration: a TOML file (`--config FILE`) whose every field has a default,
-//! overridden by command-line flags.
+//! overridden by command-line flags. `cdn edge` follows the file while it runs
+//! ([`crate::reload`]): a changed `peers` list is applied at once, other fields at the next
+//! start.
 
 use std::path::Path;
 use std::time::Duration;
 
-use cdn_http::config::{ConfigError, load_toml, parse_toml};
+use cdn_http::config::{ConfigError, line_of_field, parse_toml};
 use serde::{Deserialize, Deserializer};
 
 /// Which eviction policy the chunk store uses.
@@ -22,7 +24,7 @@ pub enum Policy {
 }
 
 /// Everything an edge needs to run.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EdgeConfig {
     /// Node name, shown in Via, Cache-Status and metrics.
@@ -69,11 +71,17 @@ pub struct EdgeConfig {
     pub peer_listen: Option<std::net::SocketAddr>,
     /// Certificates for peer mutual TLS (PEM files).
     pub peer_tls: Option<PeerTls>,
-    /// The other edges of the cluster.
+    /// The other edges of the cluster (`[[peers]]`, nearest first; names unique). The only
+    /// field `cdn edge` applies while running: it re-reads the file when it changes (polled
+    /// every second) and on SIGHUP.
     #[serde(rename = "peers")]
     pub peers: Vec<PeerConfig>,
     /// Time a peer has to start answering before the next source is tried.
     pub peer_first_byte_timeout_ms: u64,
+    /// For this long after the node starts, a chunk it owns is first asked of the sibling
+    /// that owned it before the node joined (cache only), so a new node warms from its
+    /// region's peers; afterwards that extra round trip would rarely find anything.
+    pub peer_warmup_secs: u64,
     /// Requests within `hot_window_secs` that make an object hot (pushed to peers).
     pub hot_threshold: u32,
     pub hot_window_secs: u64,
@@ -86,7 +94,7 @@ pub struct EdgeConfig {
 }
 
 /// The cluster's TLS material for one node.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerTls {
     /// The cluster CA certificate: peers must present certificates it signed.
@@ -97,7 +105,7 @@ pub struct PeerTls {
 }
 
 /// Another edge this node cooperates with.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerConfig {
     /// Node name; must match the DNS name in its certificate.
@@ -137,6 +145,7 @@ impl Default for EdgeConfig {
             peer_first_byte_timeout_ms: 200,
             hot_threshold: 20,
             hot_window_secs: 10,
+            peer_warmup_secs: 300,
             push_bytes_per_sec: 50 * 1024 * 1024,
             test_corrupt_peer_chunks: false,
         }
@@ -145,13 +154,28 @@ impl Default for EdgeConfig {
 
 impl EdgeConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let c: Self = load_toml(path)?;
-        c.check(&path.display().to_string())
+        Self::parse(&read(path)?, &path.display().to_string())
     }
 
+    /// Parses and checks TOML `text`; errors name `file`, the line and the field.
     pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
         let c: Self = parse_toml(text, file)?;
-        c.check(file)
+        c.check(file).map_err(|e| match e {
+            ConfigError::Invalid {
+                file,
+                line: 0,
+                column,
+                field,
+                message,
+            } => ConfigError::Invalid {
+                line: line_of_field(text, &field).unwrap_or(0),
+                file,
+                column,
+                field,
+                message,
+            },
+            e => e,
+        })
     }
 
     /// Checks values serde cannot; `file` names the source in errors.
@@ -176,10 +200,88 @@ impl EdgeConfig {
         if self.peer_listen.is_some() && self.peer_tls.is_none() {
             return Err(bad("peer_tls", "peering needs the cluster's certificates"));
         }
-        if self.peers.iter().any(|p| p.name == self.name) {
-            return Err(bad("peers", "a node cannot be its own peer"));
+        for (i, p) in self.peers.iter().enumerate() {
+            let field = format!("peers[{i}].name");
+            if p.name == self.name {
+                return Err(bad(&field, "a node cannot be its own peer"));
+            }
+            if self.peers[..i].iter().any(|q| q.name == p.name) {
+                return Err(bad(&field, "peer names must be unique"));
+            }
         }
         Ok(self)
+    }
+
+    /// The fields other than `peers` whose values differ between `self` and `other`: what a
+    /// reload cannot apply without a restart.
+    pub fn fields_changed(&self, other: &EdgeConfig) -> Vec<&'static str> {
+        // Destructured without `..`: a new field must be added here to compile.
+        let EdgeConfig {
+            name,
+            region,
+            origin,
+            capacity,
+            chunk_size,
+            readahead,
+            policy,
+            coalesce_wait_ms,
+            origin_connect_timeout_ms,
+            origin_read_timeout_ms,
+            hit_for_pass_secs,
+            heuristic_max_secs,
+            cache_query,
+            purge_token,
+            overload_inflight,
+            limits,
+            drain_secs,
+            cache_key_base,
+            peer_listen,
+            peer_tls,
+            peers: _,
+            peer_first_byte_timeout_ms,
+            hot_threshold,
+            hot_window_secs,
+            peer_warmup_secs,
+            push_bytes_per_sec,
+            test_corrupt_peer_chunks,
+        } = self;
+        let mut changed = Vec::new();
+        macro_rules! compare {
+            ($($f:ident),* $(,)?) => {
+                $(if *$f != other.$f {
+                    changed.push(stringify!($f));
+                })*
+            };
+        }
+        compare!(
+            name,
+            region,
+            origin,
+            capacity,
+            chunk_size,
+            readahead,
+            policy,
+            coalesce_wait_ms,
+            origin_connect_timeout_ms,
+            origin_read_timeout_ms,
+            hit_for_pass_secs,
+            heuristic_max_secs,
+            cache_query,
+            purge_token,
+            overload_inflight,
+            limits,
+            drain_secs,
+            cache_key_base,
+            peer_listen,
+            peer_tls,
+            peer_first_byte_timeout_ms,
+            hot_threshold,
+            hot_window_secs,
+            peer_warmup_secs,
+            push_bytes_per_sec,
+            test_corrupt_peer_chunks,
+        );
+        changed
     }
 
     pub fn coalesce_wait(&self) -> Duration {
@@ -192,6 +294,14 @@ impl EdgeConfig {
             drain_deadline: Duration::from_secs(self.drain_secs),
         }
     }
+}
+
+/// Reads a config file; the error names it.
+pub fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: path.display().to_string(),
+        source,
+    })
 }
 
 /// Parses `1048576`, `512KiB`, `512MiB`, `2GiB`, `1MB` (powers of 1024 for `Ki/Mi/Gi`, of
@@ -255,6 +365,37 @@ mod tests {
         assert!(e.contains("policy"), "{e}");
         let c = EdgeConfig::parse("capacity = \"64MiB\"\npolicy = \"lru\"\n", "e").unwrap();
         assert_eq!((c.capacity, c.policy), (64 << 20, Policy::Lru));
+    }
+
+    #[test]
+    fn peer_errors_name_the_line_and_the_peer() {
+        let text = "name = \"a\"\n\n[[peers]]\nname = \"b\"\nregion = \"r\"\naddr = \"127.0.0.1:1\"\n\n[[peers]]\nname = \"b\"\nregion = \"r\"\naddr = \"127.0.0.1:2\"\n";
+        let e = EdgeConfig::parse(text, "edge.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("edge.toml:9:"), "{e}");
+        assert!(e.contains("peers[1].name") && e.contains("unique"), "{e}");
+        let e = EdgeConfig::parse(&text.replace("\"b\"", "\"a\""), "edge.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("edge.toml:4:"), "{e}");
+        assert!(e.contains("peers[0].name") && e.contains("own peer"), "{e}");
+    }
+
+    #[test]
+    fn fields_changed_ignores_peers() {
+        let a = EdgeConfig::default();
+        let mut b = a.clone();
+        b.peers.push(PeerConfig {
+            name: "b".into(),
+            region: "r".into(),
+            addr: "127.0.0.1:1".parse().unwrap(),
+            push: None,
+        });
+        assert!(a.fields_changed(&b).is_empty());
+        b.capacity *= 2;
+        b.hot_threshold += 1;
+        assert_eq!(a.fields_changed(&b), ["capacity", "hot_threshold"]);
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! metadata) and [`fill`] (chunk fills from [`fill::FillSource`]s such as [`origin`]).
 //! [`freshness`] is the pure RFC 9111 arithmetic, [`coalesce`] the one-fill-per-key table,
 //! [`admin`] health, metrics and purge, [`config`] the settings, [`peer`] replication
-//! between edges over QUIC (another fill source, and hot-object push).
+//! between edges over QUIC (another fill source, and hot-object push), [`reload`] following
+//! the config file at runtime (the peer list is applied on change and on SIGHUP).
 
 pub mod admin;
 pub mod cache;
@@ -19,6 +20,7 @@ pub mod freshness;
 pub mod origin;
 pub mod peer;
 pub mod proxy;
+pub mod reload;
 pub mod s3fifo;
 pub mod store;
 
@@ -29,8 +31,9 @@ use std::sync::Arc;
 use axum::Router;
 use axum::routing::{get, post};
 
+use cdn_http::config::ConfigError;
 use cdn_http::metrics::NodeMetrics;
-use cdn_http::server::{NodeHandle, bind, serve, shutdown_signal};
+use cdn_http::server::{NodeHandle, ServeOptions, bind, serve, shutdown_signal};
 
 pub use cache::Edge;
 pub use config::{EdgeConfig, Policy};
@@ -62,7 +65,8 @@ pub struct EdgeArgs {
     /// UDP address of the QUIC peer endpoint (peers and certificates come from the config).
     #[arg(long)]
     pub peer_listen: Option<SocketAddr>,
-    /// Edge configuration file (TOML).
+    /// Edge configuration file (TOML). Followed while running: a changed `peers` list is
+    /// applied (polled every second, and on SIGHUP); other fields need a restart.
     #[arg(long)]
     pub config: Option<PathBuf>,
 }
@@ -70,10 +74,28 @@ pub struct EdgeArgs {
 impl EdgeArgs {
     /// The configuration: the file (or defaults) with the flags applied.
     pub fn resolve(&self) -> anyhow::Result<EdgeConfig> {
-        let mut cfg = match &self.config {
-            Some(p) => EdgeConfig::load(p)?,
-            None => EdgeConfig::default(),
-        };
+        Ok(self.resolve_file()?.0)
+    }
+
+    /// The configuration and the text of the config file it came from (`None` without one).
+    fn resolve_file(&self) -> Result<(EdgeConfig, Option<String>), ConfigError> {
+        match &self.config {
+            Some(p) => {
+                let text = config::read(p)?;
+                let cfg = self.resolve_text(&text, &p.display().to_string())?;
+                Ok((cfg, Some(text)))
+            }
+            None => self.apply_flags(EdgeConfig::default()).map(|c| (c, None)),
+        }
+    }
+
+    /// The configuration from the text of a config file (`file` names it in errors), with the
+    /// flags applied: what `cdn edge` runs with, at start and at each reload.
+    pub fn resolve_text(&self, text: &str, file: &str) -> Result<EdgeConfig, ConfigError> {
+        self.apply_flags(EdgeConfig::parse(text, file)?)
+    }
+
+    fn apply_flags(&self, mut cfg: EdgeConfig) -> Result<EdgeConfig, ConfigError> {
         if let Some(v) = &self.origin {
             cfg.origin = v.clone();
         }
@@ -95,7 +117,7 @@ impl EdgeArgs {
         if let Some(v) = self.peer_listen {
             cfg.peer_listen = Some(v);
         }
-        Ok(cfg.check("command line")?)
+        cfg.check("command line")
     }
 }
 
@@ -125,17 +147,149 @@ pub fn spawn(
 pub async fn run(args: EdgeArgs) -> anyhow::Result<()> {
     // Handlers first, so a signal right after the "serving" line still drains.
     let shutdown = shutdown_signal();
-    let cfg = args.resolve()?;
+    start(&args).await?.serve(shutdown).await
+}
+
+/// A `cdn edge` ready to serve: built, listening, and following its config file.
+pub struct EdgeNode {
+    pub edge: Arc<Edge>,
+    /// The HTTP address (the real port when bound to port 0).
+    pub addr: SocketAddr,
+    listener: tokio::net::TcpListener,
+    router: Router,
+    opts: ServeOptions,
+    watcher: Option<reload::Watcher>,
+}
+
+/// The start of `cdn edge` ([`run`] is this, then [`EdgeNode::serve`]): resolves the config
+/// from `args`, builds the edge, binds `args.listen` and, with `--config`, starts following
+/// the file ([`reload`]). Tests drive it in-process.
+pub async fn start(args: &EdgeArgs) -> anyhow::Result<EdgeNode> {
+    let (cfg, text) = args.resolve_file()?;
     let opts = cfg.serve_options();
-    let (name, origin) = (cfg.name.clone(), cfg.origin.clone());
+    let running = cfg.clone();
     let (router, edge) = app(cfg)?;
     if let Some(p) = &edge.peers {
-        tracing::info!(%name, peer_listen = %p.local_addr()?, peers = p.clients.len(), "peering");
+        tracing::info!(name = %edge.cfg.name, peer_listen = %p.local_addr()?, peers = p.peer_set().len(), "peering");
     }
     let listener = bind(args.listen).await?;
-    tracing::info!(%name, listen = %listener.local_addr()?, %origin, "edge serving");
-    serve(listener, router, opts, shutdown).await?;
-    edge.close_peers();
-    tracing::info!(%name, "edge stopped");
-    Ok(())
+    let addr = listener.local_addr()?;
+    let watcher = match (&args.config, text) {
+        (Some(path), Some(text)) => Some(reload::watch(reload::Reloader::new(
+            path.clone(),
+            args.clone(),
+            text,
+            running,
+            edge.peers.as_ref(),
+            edge.metrics.clone(),
+        ))),
+        _ => None,
+    };
+    Ok(EdgeNode {
+        edge,
+        addr,
+        listener,
+        router,
+        opts,
+        watcher,
+    })
+}
+
+impl EdgeNode {
+    /// Serves until `shutdown` completes, then drains, stops following the config file and
+    /// closes the peer endpoint.
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        let EdgeNode {
+            edge,
+            addr,
+            listener,
+            router,
+            opts,
+            watcher,
+        } = self;
+        let name = edge.cfg.name.clone();
+        tracing::info!(%name, listen = %addr, origin = %edge.cfg.origin, "edge serving");
+        let served = serve(listener, router, opts, shutdown).await;
+        drop(watcher);
+        edge.close_peers();
+        served?;
+        tracing::info!(%name, "edge stopped");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(config: Option<PathBuf>) -> EdgeArgs {
+        EdgeArgs {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            origin: None,
+            name: Some("flag-name".into()),
+            region: None,
+            capacity: Some(32 << 20),
+            chunk_size: None,
+            policy: None,
+            peer_listen: None,
+            config,
+        }
+    }
+
+    #[test]
+    fn flags_win_over_the_file_at_start_and_on_reload() {
+        let text = "name = \"file-name\"\ncapacity = \"64MiB\"\nhot_threshold = 7\n";
+        let c = args(None).resolve_text(text, "e.toml").expect("valid");
+        assert_eq!(
+            (c.name.as_str(), c.capacity, c.hot_threshold),
+            ("flag-name", 32 << 20, 7)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reload_applies_nothing_but_peers_and_refuses_a_broken_file() {
+        let dir = std::env::temp_dir().join(format!("cdn-edge-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("edge.toml");
+        let text = "capacity = \"64MiB\"\n".to_string();
+        std::fs::write(&path, &text).expect("write");
+        let a = args(Some(path.clone()));
+        let running = a.resolve().expect("valid");
+        let mut r = reload::Reloader::new(
+            path.clone(),
+            a,
+            text,
+            running,
+            None,
+            Arc::new(NodeMetrics::new()),
+        );
+        assert!(matches!(r.check(false).await, reload::Reload::Unchanged));
+        // The capacity flag wins: only the file's hot_threshold is a change (for a restart).
+        std::fs::write(&path, "capacity = \"128MiB\"\nhot_threshold = 3\n").expect("write");
+        match r.check(false).await {
+            reload::Reload::Applied { peers, restart } => {
+                assert!(peers.is_empty());
+                assert_eq!(restart, ["hot_threshold"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        std::fs::write(&path, "capacity = \"128MiB\"\nhot_threshold = \"x\"\n").expect("write");
+        match r.check(false).await {
+            reload::Reload::Invalid(e) => {
+                let e = e.to_string();
+                assert!(
+                    e.contains("edge.toml:2:") && e.contains("hot_threshold"),
+                    "{e}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // The same broken text again is not news; SIGHUP looks again.
+        assert!(matches!(r.check(false).await, reload::Reload::Unchanged));
+        assert!(matches!(r.check(true).await, reload::Reload::Invalid(_)));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

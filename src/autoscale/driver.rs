@@ -35,8 +35,7 @@ use crate::plan::lab::{HttpSampler, LabSample};
 
 /// Edges the autoscaler can start and stop.
 ///
-/// Implementations: [`super::inprocess::InProcessFleet`] (edges in this process) and the
-/// lab's process supervisor.
+/// Implementations: the lab's process fleet (`crate::lab`) and the tests' in-process fleet.
 pub trait Fleet: Send + Sync + 'static {
     /// Starts one edge in `region` and registers it with the router (admin API or config
     /// reload). Returns the edge's name once the router routes to it: its health check has
@@ -63,21 +62,9 @@ pub trait Observer: Send + 'static {
     fn observe(&mut self) -> impl Future<Output = anyhow::Result<BTreeMap<String, Load>>> + Send;
 }
 
-/// An observer made of a closure.
-pub struct FnObserver<F>(pub F);
-
-impl<F, Fut> Observer for FnObserver<F>
-where
-    F: FnMut() -> Fut + Send + 'static,
-    Fut: Future<Output = anyhow::Result<BTreeMap<String, Load>>> + Send,
-{
-    fn observe(&mut self) -> impl Future<Output = anyhow::Result<BTreeMap<String, Load>>> + Send {
-        (self.0)()
-    }
-}
-
-/// Measures a lab over HTTP (see [`crate::plan::lab`]): the request rate of each region from
-/// the router's route counters over the last `window`, in-flight requests from the edges.
+/// Measures a lab over HTTP (see [`crate::plan::lab`]): the request rate of each region over
+/// the last `window`, the larger of the router's routes to its edges and the requests its
+/// edges served; in-flight requests from the edges.
 pub struct HttpObserver {
     sampler: HttpSampler,
     window: Duration,
@@ -119,7 +106,8 @@ impl Observer for HttpObserver {
                 (
                     region,
                     Load {
-                        rate: l.rate,
+                        // Routes and the edges' own count: whichever sees more load.
+                        rate: l.rate.max(l.served_rate),
                         inflight: l.inflight,
                     },
                 )
@@ -212,8 +200,10 @@ impl Shared {
     }
 
     fn fleet_event(&self, region: &str, kind: EventKind, edge: Option<&str>, reason: String) {
-        let at_ms = self.now().as_millis() as u64;
+        // The clock is read under the lock, so entries enter the log in time order and a
+        // poller's `since` never skips one.
         self.with(|s| {
+            let at_ms = self.now().as_millis() as u64;
             s.event(ScalingEvent {
                 at_ms,
                 region: region.to_owned(),
@@ -230,12 +220,14 @@ impl Shared {
 /// A running autoscaler.
 pub struct AutoscaleHandle {
     shared: Arc<Shared>,
+    #[allow(dead_code)] // read by `stop`
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl AutoscaleHandle {
     /// The whole status.
+    #[allow(dead_code)] // used by tests/autoscale.rs
     pub fn status(&self) -> AutoscaleStatus {
         self.status_since(None)
     }
@@ -275,13 +267,21 @@ impl AutoscaleHandle {
     }
 
     /// The edges serving in `region` now.
+    #[allow(dead_code)] // used by tests/autoscale.rs
     pub fn edges(&self, region: &str) -> Vec<String> {
         self.shared
             .with(|s| s.regions.get(region).map(|r| r.edges.clone()))
             .unwrap_or_default()
     }
 
+    /// Stops at once, abandoning the starts and drains under way (the lab's shutdown stops
+    /// every edge anyway).
+    pub fn abort(&self) {
+        self.task.abort();
+    }
+
     /// Stops deciding, then waits for the starts and drains under way.
+    #[allow(dead_code)] // used by tests/autoscale.rs; the lab aborts
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
@@ -354,8 +354,8 @@ async fn run<F: Fleet, O: Observer>(
                 continue;
             }
         };
-        let now = shared.now();
         let work = shared.with(|s| {
+            let now = shared.now();
             let mut work = Vec::new();
             let mut events = Vec::new();
             for (region, r) in s.regions.iter_mut() {

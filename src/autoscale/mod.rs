@@ -16,13 +16,13 @@
 //! - [`driver`] runs autoscalers on an interval against a [`driver::Fleet`] (start an edge;
 //!   drain and stop one) and a [`driver::Observer`] (measure each region), and publishes the
 //!   status ([`driver::AutoscaleStatus`]). [`driver::HttpObserver`] measures a lab over HTTP.
-//! - [`inprocess`] is a fleet of real edges in this process behind a real router: a new
+//! - The lab's fleet (`crate::lab`) starts and stops edge processes; the tests' in-process
+//!   fleet (`tests/common/inprocess_fleet.rs`) does the same with edges in one process: a new
 //!   edge peers with its region's edges (so it warms from them) and is routed to only once
 //!   its health check passed; a removed edge leaves the router, finishes its in-flight
 //!   responses and stops.
 
 pub mod driver;
-pub mod inprocess;
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -62,20 +62,6 @@ fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 }
 
 impl AutoscaleConfig {
-    /// A config with the given capacity, a 70 % target, 1 to 10 edges, 30 s scale-out and
-    /// 300 s scale-in cooldowns, no in-flight signal.
-    pub fn new(capacity_rps: f64) -> Self {
-        AutoscaleConfig {
-            capacity_rps,
-            target_utilisation_pct: 70.0,
-            min_edges: 1,
-            max_edges: 10,
-            scale_out_cooldown: Duration::from_secs(30),
-            scale_in_cooldown: Duration::from_secs(300),
-            inflight_per_edge: None,
-        }
-    }
-
     /// Checks the numbers.
     pub fn validate(&self) -> Result<(), AutoscaleError> {
         crate::plan::validate(0.0, self.capacity_rps, self.target_utilisation_pct)?;
@@ -359,6 +345,7 @@ impl Autoscaler {
     }
 
     /// The decisions made, oldest first (at most [`EVENT_LIMIT`]).
+    #[allow(dead_code)] // read by tests/autoscale.rs; the driver keeps its own log
     pub fn events(&self) -> impl Iterator<Item = &ScalingEvent> {
         self.events.iter()
     }

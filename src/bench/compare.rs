@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rand::Rng;
+use rand::rngs::StdRng;
 
 use super::loadgen::{self, Job, JobGen, Stats};
 
@@ -203,20 +204,22 @@ impl Row {
     }
 }
 
-/// A server under test, as a child process.
-struct ServerProc {
+/// A server under test, as a child process (`cdn bench capacity` starts its origin and edge
+/// with the same helpers).
+pub(super) struct ServerProc {
     child: tokio::process::Child,
-    addr: SocketAddr,
+    pub(super) addr: SocketAddr,
     what: &'static str,
 }
 
 impl ServerProc {
-    fn cpu(&self) -> f64 {
+    /// CPU seconds used so far by the process and its children.
+    pub(super) fn cpu(&self) -> f64 {
         self.child.id().map_or(0.0, tree_cpu)
     }
 
     /// SIGTERM (nginx and varnishd then stop their workers), SIGKILL after 10 s.
-    async fn stop(mut self) {
+    pub(super) async fn stop(mut self) {
         if let Some(pid) = self.child.id() {
             // SAFETY: kill(2) has no memory-safety preconditions; the pid is our child's.
             unsafe {
@@ -322,6 +325,50 @@ fn fill(template: &str, vars: &[(&str, String)]) -> String {
     s
 }
 
+/// `cdn edge` (binary `bin`) on a free port in front of `origin`: 2 GiB, 1 MiB chunks,
+/// `threads` runtime worker threads, logs at `warn` in `dir/edge.log`; returns once it
+/// answers `/healthz`.
+pub(super) async fn start_edge(
+    bin: &Path,
+    origin: SocketAddr,
+    dir: &Path,
+    threads: usize,
+) -> anyhow::Result<ServerProc> {
+    let addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let log = dir.join("edge.log");
+    let a: Vec<String> = [
+        "--log",
+        "warn",
+        "edge",
+        "--listen",
+        &addr.to_string(),
+        "--origin",
+        &format!("http://{origin}"),
+        "--name",
+        "bench-edge",
+        "--capacity",
+        "2GiB",
+        "--chunk-size",
+        "1MiB",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut child = spawn_child(
+        bin,
+        &a,
+        &[("TOKIO_WORKER_THREADS", threads.to_string())],
+        &log,
+    )?;
+    wait_ready(addr, Some("/healthz"), &mut child, "edge", &log).await?;
+    Ok(ServerProc {
+        child,
+        addr,
+        what: "edge",
+    })
+}
+
 async fn start_server(
     server: Server,
     args: &CompareArgs,
@@ -335,32 +382,7 @@ async fn start_server(
     let log = dir.join(format!("{}.log", server.name()));
     let (mut child, ready_path) = match server {
         Server::Edge => {
-            let bin = cdn_bin(args)?;
-            let a: Vec<String> = [
-                "--log",
-                "warn",
-                "edge",
-                "--listen",
-                &addr.to_string(),
-                "--origin",
-                &format!("http://{origin}"),
-                "--name",
-                "bench-edge",
-                "--capacity",
-                "2GiB",
-                "--chunk-size",
-                "1MiB",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            let child = spawn_child(
-                &bin,
-                &a,
-                &[("TOKIO_WORKER_THREADS", threads.to_string())],
-                &log,
-            )?;
-            (child, Some("/healthz"))
+            return start_edge(&cdn_bin(args.cdn_bin.as_deref())?, origin, dir, threads).await;
         }
         Server::Nginx => {
             let cache = args
@@ -434,16 +456,17 @@ async fn start_server(
     })
 }
 
-fn cdn_bin(args: &CompareArgs) -> anyhow::Result<PathBuf> {
-    match &args.cdn_bin {
-        Some(b) => Ok(b.clone()),
-        None => Ok(std::env::current_exe()?),
+/// The `cdn` binary whose nodes are measured: `flag` (`--cdn-bin`), else this one.
+pub(super) fn cdn_bin(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
+    match flag {
+        Some(b) => Ok(b.to_owned()),
+        None => std::env::current_exe().context("finding this executable"),
     }
 }
 
-/// `cdn origin` on a free port, serving synthetic objects (and an empty root), without
-/// access logs.
-async fn start_origin(args: &CompareArgs, root: &Path, out: &Path) -> anyhow::Result<Origin> {
+/// `cdn origin` (binary `bin`) on a free port, serving synthetic objects (and an empty
+/// root), without access logs; its log is `out/origin.log`.
+pub(super) async fn start_origin(bin: &Path, root: &Path, out: &Path) -> anyhow::Result<Origin> {
     let addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
     let log = out.join("origin.log");
     let a: Vec<String> = vec![
@@ -455,7 +478,7 @@ async fn start_origin(args: &CompareArgs, root: &Path, out: &Path) -> anyhow::Re
         "--root".into(),
         root.display().to_string(),
     ];
-    let mut child = spawn_child(&cdn_bin(args)?, &a, &[], &log)?;
+    let mut child = spawn_child(bin, &a, &[], &log)?;
     wait_ready(addr, Some("/healthz"), &mut child, "origin", &log).await?;
     Ok(Origin {
         proc: ServerProc {
@@ -600,7 +623,7 @@ pub(super) fn tree_cpu(root: u32) -> f64 {
 }
 
 /// CPU seconds used so far by this process (the load generator) alone.
-fn self_cpu() -> f64 {
+pub(super) fn self_cpu() -> f64 {
     let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: getrusage(2) writes a `rusage` into the pointer it is given, which is valid.
     let ru = unsafe {
@@ -614,61 +637,74 @@ fn self_cpu() -> f64 {
 }
 
 /// The origin, a `cdn origin` child process (so this process is only the load generator).
-struct Origin {
-    proc: ServerProc,
-    url: String,
+pub(super) struct Origin {
+    pub(super) proc: ServerProc,
+    pub(super) url: String,
 }
 
 impl Origin {
     async fn counters(&self) -> (f64, f64) {
-        (
-            loadgen::metric(&self.url, "cdn_origin_requests_total").await,
-            loadgen::metric(&self.url, "cdn_origin_bytes_sent_total").await,
-        )
+        origin_counters(&self.url).await
     }
 }
 
-fn hot_1m_objects(args: &CompareArgs) -> Vec<(String, u64)> {
-    (0..args.objects_1m)
-        .map(|i| (format!("hot1m-{i}"), args.chunks_per_object * MIB))
+/// `cdn_origin_requests_total` and `cdn_origin_bytes_sent_total` of the origin at `url`
+/// (0 when unreachable).
+pub(super) async fn origin_counters(url: &str) -> (f64, f64) {
+    (
+        loadgen::metric(url, "cdn_origin_requests_total").await,
+        loadgen::metric(url, "cdn_origin_bytes_sent_total").await,
+    )
+}
+
+/// The objects of the `hot-1m` scenario: `n` objects of `chunks` × 1 MiB, ids
+/// `{prefix}hot1m-{i}`.
+pub(super) fn hot_1m_objects(prefix: &str, n: u64, chunks: u64) -> Vec<(String, u64)> {
+    (0..n)
+        .map(|i| (format!("{prefix}hot1m-{i}"), chunks * MIB))
         .collect()
 }
 
-fn hot_16k_objects(args: &CompareArgs) -> Vec<(String, u64)> {
-    (0..args.objects_16k)
-        .map(|i| (format!("hot16k-{i}"), 16 * 1024))
+/// The objects of the `hot-16k` scenario: `n` objects of 16 KiB, ids `{prefix}hot16k-{i}`.
+pub(super) fn hot_16k_objects(prefix: &str, n: u64) -> Vec<(String, u64)> {
+    (0..n)
+        .map(|i| (format!("{prefix}hot16k-{i}"), 16 * 1024))
         .collect()
+}
+
+/// A request of `hot-1m`: a Range request for a random aligned 1 MiB chunk of a random object
+/// of `objs` (sizes whole MiB).
+pub(super) fn hot_1m_job(objs: &[(String, u64)], rng: &mut StdRng) -> Job {
+    let (id, size) = &objs[rng.random_range(0..objs.len())];
+    let c = rng.random_range(0..(*size / MIB).max(1));
+    Job::range(id, *size, c * MIB, (c + 1) * MIB - 1)
+}
+
+/// A request of `hot-16k`: a GET of a whole random object of `objs`.
+pub(super) fn hot_16k_job(objs: &[(String, u64)], rng: &mut StdRng) -> Job {
+    let (id, size) = &objs[rng.random_range(0..objs.len())];
+    Job::full(id, *size)
+}
+
+fn hot_objects(args: &CompareArgs, scenario: Scenario) -> Vec<(String, u64)> {
+    match scenario {
+        Scenario::Hot1m => hot_1m_objects("", args.objects_1m, args.chunks_per_object),
+        _ => hot_16k_objects("", args.objects_16k),
+    }
 }
 
 fn hot_gen(args: &CompareArgs, scenario: Scenario) -> JobGen {
+    let objs = Arc::new(hot_objects(args, scenario));
     match scenario {
-        Scenario::Hot1m => {
-            let objs = Arc::new(hot_1m_objects(args));
-            let chunks = args.chunks_per_object;
-            Arc::new(move |rng| {
-                let (id, size) = &objs[rng.random_range(0..objs.len())];
-                let c = rng.random_range(0..chunks);
-                Job::range(id, *size, c * MIB, (c + 1) * MIB - 1)
-            })
-        }
-        _ => {
-            let objs = Arc::new(hot_16k_objects(args));
-            Arc::new(move |rng| {
-                let (id, size) = &objs[rng.random_range(0..objs.len())];
-                Job::full(id, *size)
-            })
-        }
+        Scenario::Hot1m => Arc::new(move |rng| hot_1m_job(&objs, rng)),
+        _ => Arc::new(move |rng| hot_16k_job(&objs, rng)),
     }
 }
 
 /// A wrk Lua script asking for the same mix as [`hot_gen`].
 fn wrk_script(args: &CompareArgs, scenario: Scenario) -> String {
     let mut s = format!("math.randomseed({})\nlocal paths = {{\n", args.seed);
-    let objs = match scenario {
-        Scenario::Hot1m => hot_1m_objects(args),
-        _ => hot_16k_objects(args),
-    };
-    for (id, size) in &objs {
+    for (id, size) in &hot_objects(args, scenario) {
         let _ = writeln!(s, "  \"/synthetic/{id}?size={size}\",");
     }
     s.push_str("}\n");
@@ -927,11 +963,7 @@ async fn scenarios(
     for &scenario in &args.scenarios {
         match scenario {
             Scenario::Hot1m | Scenario::Hot16k => {
-                let objs = if scenario == Scenario::Hot1m {
-                    hot_1m_objects(args)
-                } else {
-                    hot_16k_objects(args)
-                };
+                let objs = hot_objects(args, scenario);
                 let mut warm = Vec::new();
                 for r in running {
                     eprintln!("  {} {}: warming ...", r.server.name(), scenario.name());
@@ -1186,7 +1218,7 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
 
     let root = out.join("origin-root");
     std::fs::create_dir_all(&root)?;
-    let origin = start_origin(&args, &root, &out).await?;
+    let origin = start_origin(&cdn_bin(args.cdn_bin.as_deref())?, &root, &out).await?;
     let nonce = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

@@ -1,7 +1,10 @@
 //! `cdn bench`: the benchmark commands. Owns the command line; each benchmark lives in its
 //! own module (`hit_ratio` and the simulator pieces it uses: `trace`, `synth`, `policies`,
-//! `moka_policy`, `edge_policy`, `sim`, `report`).
+//! `moka_policy`, `edge_policy`, `sim`, `report`). `compare` also holds what starts nodes as
+//! child processes (origin, edge) and the hot workloads, which `capacity` reuses; `loadgen` is
+//! the HTTP load generator of `load`, `compare` and `capacity`.
 
+mod capacity;
 mod compare;
 mod edge_policy;
 mod hit_ratio;
@@ -27,6 +30,10 @@ pub enum BenchCommand {
     /// The edge against nginx (proxy_cache + slice) and Varnish in front of the same origin,
     /// under the same load: req/s, MB/s, p99, origin fetches and ratios, in one run.
     Compare(compare::CompareArgs),
+    /// The requests/s one edge serves with its p99 under a target (closed-loop steps of
+    /// doubling concurrency), written to bench/results/edge-capacity.json for `cdn plan
+    /// --from-lab` and the lab's autoscaler.
+    Capacity(capacity::CapacityArgs),
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -36,5 +43,6 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("hit-ratio benchmark panicked: {e}"))?,
         BenchCommand::Load(args) => load::run(args).await,
         BenchCommand::Compare(args) => compare::run(args).await,
+        BenchCommand::Capacity(args) => capacity::run(args).await,
     }
 }

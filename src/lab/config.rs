@@ -25,6 +25,9 @@ pub struct LabFile {
     pub edges: EdgeDefaults,
     #[serde(default)]
     pub peering: Peering,
+    /// Auto-scaling of edges between each region's `edges` and `spare_edges`.
+    #[serde(default)]
+    pub autoscale: Option<AutoscaleSection>,
     /// The simulated places, as `[[region]]` tables.
     #[serde(rename = "region")]
     pub regions: Vec<Region>,
@@ -135,6 +138,88 @@ impl Default for Peering {
     }
 }
 
+/// `[autoscale]`: per region, an autoscaler keeps the region's `edges` running and starts
+/// its `spare_edges` when the measured load needs them (see [`crate::autoscale`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AutoscaleSection {
+    pub enabled: bool,
+    /// How often the regions are measured and decided on, milliseconds.
+    pub interval_ms: u64,
+    /// Request rates are averaged over this window, seconds.
+    pub window_secs: f64,
+    /// Requests/s one edge serves with its p99 under target. Absent: read from
+    /// `capacity_file` (what `cdn bench capacity` wrote).
+    pub capacity_rps: Option<f64>,
+    pub capacity_file: PathBuf,
+    /// Average utilisation to stay under, percent of capacity.
+    pub target_utilisation: f64,
+    /// In-flight requests one edge holds at full load (a saturation signal); absent: the
+    /// request rate alone decides.
+    pub inflight_per_edge: Option<f64>,
+    pub scale_out_cooldown_secs: f64,
+    pub scale_in_cooldown_secs: f64,
+    /// After leaving the router, how long a draining edge still takes viewers redirected to
+    /// it just before, milliseconds.
+    pub drain_grace_ms: u64,
+    /// Longest wait for a draining edge's in-flight responses, seconds.
+    pub drain_timeout_secs: f64,
+}
+
+impl Default for AutoscaleSection {
+    fn default() -> Self {
+        AutoscaleSection {
+            enabled: true,
+            interval_ms: 1000,
+            window_secs: 5.0,
+            capacity_rps: None,
+            capacity_file: PathBuf::from(crate::plan::lab::DEFAULT_CAPACITY_FILE),
+            target_utilisation: 70.0,
+            inflight_per_edge: None,
+            scale_out_cooldown_secs: 30.0,
+            scale_in_cooldown_secs: 120.0,
+            drain_grace_ms: 2000,
+            drain_timeout_secs: 30.0,
+        }
+    }
+}
+
+impl AutoscaleSection {
+    fn check(&self, bad: &impl Fn(String, String) -> ConfigError) -> Result<(), ConfigError> {
+        let field = |f: &str| format!("autoscale.{f}");
+        if self.interval_ms == 0 {
+            return Err(bad(field("interval_ms"), "must be positive".into()));
+        }
+        let positive = [
+            ("window_secs", Some(self.window_secs)),
+            ("capacity_rps", self.capacity_rps),
+            ("inflight_per_edge", self.inflight_per_edge),
+        ];
+        for (f, v) in positive {
+            if v.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
+                return Err(bad(field(f), "must be positive".into()));
+            }
+        }
+        for (f, v) in [
+            ("scale_out_cooldown_secs", self.scale_out_cooldown_secs),
+            ("scale_in_cooldown_secs", self.scale_in_cooldown_secs),
+            ("drain_timeout_secs", self.drain_timeout_secs),
+        ] {
+            if !(v.is_finite() && (0.0..=86_400.0).contains(&v)) {
+                return Err(bad(field(f), "must be between 0 and 86400 seconds".into()));
+            }
+        }
+        let t = self.target_utilisation;
+        if !(t.is_finite() && t > 0.0 && t <= 100.0) {
+            return Err(bad(
+                field("target_utilisation"),
+                "must be a percentage in (0, 100]".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A simulated place: viewers from `network` are there, and its edges too.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -149,9 +234,12 @@ pub struct Region {
     pub longitude: f64,
     /// The region's loopback client network, 127.R.0.0/16.
     pub network: Ipv4Net,
-    /// Names of the edges in this region (may be empty).
+    /// Names of the edges in this region (may be empty). They always run.
     #[serde(default)]
     pub edges: Vec<String>,
+    /// Edges the autoscaler may start here when the load needs them (and stop again).
+    #[serde(default)]
+    pub spare_edges: Vec<String>,
 }
 
 /// Overrides one link: `from` a region or node, `to` a node (`origin` or an edge).
@@ -203,6 +291,8 @@ impl LinkPlan {
 #[derive(Debug, Clone)]
 pub struct EdgePlan {
     pub name: String,
+    /// Started by the autoscaler only, not at launch.
+    pub spare: bool,
     pub region: String,
     pub latitude: f64,
     pub longitude: f64,
@@ -311,14 +401,25 @@ impl LabFile {
                 ));
             }
             nets.push(r.network);
-            for e in &r.edges {
-                if !valid_name(e) || e == "origin" || e == "router" {
-                    return Err(bad(f("edges"), format!("`{e}` is not a usable edge name")));
-                }
-                if !edges.insert(e.as_str()) {
-                    return Err(bad(f("edges"), format!("edge `{e}` twice")));
+            for (field, list) in [("edges", &r.edges), ("spare_edges", &r.spare_edges)] {
+                for e in list {
+                    if !valid_name(e) || e == "origin" || e == "router" {
+                        return Err(bad(f(field), format!("`{e}` is not a usable edge name")));
+                    }
+                    if !edges.insert(e.as_str()) {
+                        return Err(bad(f(field), format!("edge `{e}` twice")));
+                    }
                 }
             }
+            if !r.spare_edges.is_empty() && self.autoscale.as_ref().is_none_or(|a| !a.enabled) {
+                return Err(bad(
+                    f("spare_edges"),
+                    "spare edges need an enabled [autoscale] section".into(),
+                ));
+            }
+        }
+        if let Some(a) = &self.autoscale {
+            a.check(&bad)?;
         }
         if edges.is_empty() {
             return Err(bad("region".into(), "no region has an edge".into()));
@@ -374,13 +475,39 @@ impl LabFile {
         Ok(())
     }
 
+    /// The autoscaler's settings for `region`, when the lab scales it: its `edges` are the
+    /// minimum, `edges` + `spare_edges` the maximum. `capacity_rps` is the resolved capacity.
+    pub fn autoscale_config(
+        &self,
+        region: &Region,
+        capacity_rps: f64,
+    ) -> Option<crate::autoscale::AutoscaleConfig> {
+        let a = self.autoscale.as_ref().filter(|a| a.enabled)?;
+        if region.spare_edges.is_empty() {
+            return None;
+        }
+        Some(crate::autoscale::AutoscaleConfig {
+            capacity_rps,
+            target_utilisation_pct: a.target_utilisation,
+            min_edges: region.edges.len() as u32,
+            max_edges: (region.edges.len() + region.spare_edges.len()) as u32,
+            scale_out_cooldown: Duration::from_secs_f64(a.scale_out_cooldown_secs),
+            scale_in_cooldown: Duration::from_secs_f64(a.scale_in_cooldown_secs),
+            inflight_per_edge: a.inflight_per_edge,
+        })
+    }
+
     fn region(&self, name: &str) -> Option<&Region> {
         self.regions.iter().find(|r| r.name == name)
     }
 
     /// Resolves nodes, links and ports.
     pub fn plan(self, ports: PortMode) -> anyhow::Result<Plan> {
-        let n_edges = self.regions.iter().map(|r| r.edges.len()).sum::<usize>();
+        let n_edges = self
+            .regions
+            .iter()
+            .map(|r| r.edges.len() + r.spare_edges.len())
+            .sum::<usize>();
         let port = |base: u16, i: usize| -> anyhow::Result<u16> {
             match ports {
                 PortMode::Auto => Ok(0),
@@ -399,10 +526,12 @@ impl LabFile {
         let origin_point = (origin_region.latitude, origin_region.longitude);
         let mut edges = Vec::with_capacity(n_edges);
         for r in &self.regions {
-            for name in &r.edges {
+            let spares = r.spare_edges.iter().map(|n| (n, true));
+            for (name, spare) in r.edges.iter().map(|n| (n, false)).chain(spares) {
                 let i = edges.len();
                 edges.push(EdgePlan {
                     name: name.clone(),
+                    spare,
                     region: r.name.clone(),
                     latitude: r.latitude,
                     longitude: r.longitude,
@@ -560,5 +689,56 @@ mod tests {
             .expect_err("region")
             .to_string();
         assert!(e.contains("origin.region"), "{e}");
+    }
+
+    #[test]
+    fn spares_scale_between_edges_and_edges_plus_spares() {
+        let lab = shipped();
+        let europe = lab.region("europe").expect("europe").clone();
+        let c = lab.autoscale_config(&europe, 100.0).expect("europe scales");
+        assert_eq!((c.min_edges, c.max_edges), (2, 3));
+        assert_eq!(c.capacity_rps, 100.0);
+        assert!(c.validate().is_ok());
+        let oceania = lab.region("oceania").expect("oceania").clone();
+        assert!(lab.autoscale_config(&oceania, 100.0).is_none(), "no spares");
+        // Spares are planned (ports, links) but marked.
+        let plan = lab.plan(PortMode::Offset(0)).expect("plan");
+        let eu3 = plan.edges.iter().find(|e| e.name == "eu-3").expect("eu-3");
+        assert!(eu3.spare && eu3.region == "europe");
+        assert!(plan.link(LinkKind::Client, "europe", "eu-3").is_some());
+        assert!(plan.link(LinkKind::Peer, "eu-1", "eu-3").is_some());
+        assert!(plan.edges.iter().all(|e| e.port < plan.links[0].port));
+    }
+
+    #[test]
+    fn autoscale_errors_name_the_field() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/lab.toml");
+        let text = std::fs::read_to_string(&p).expect("read");
+        let check = |bad: &str| {
+            let lab: LabFile = cdn_http::config::parse_toml(bad, "lab.toml").expect("parses");
+            lab.check(Path::new("lab.toml"), bad)
+                .expect_err("invalid")
+                .to_string()
+        };
+        let bad = text.replacen("target_utilisation = 70.0", "target_utilisation = 120.0", 1);
+        let line = bad
+            .lines()
+            .position(|l| l.starts_with("target_utilisation"))
+            .expect("line")
+            + 1;
+        let e = check(&bad);
+        assert!(e.starts_with(&format!("lab.toml:{line}:")), "{e}");
+        assert!(e.contains("autoscale.target_utilisation"), "{e}");
+        let bad = text.replacen(
+            "[autoscale]\nenabled = true",
+            "[autoscale]\nenabled = false",
+            1,
+        );
+        assert!(
+            check(&bad).contains("region[0].spare_edges"),
+            "spares need the autoscaler"
+        );
+        let bad = text.replacen("spare_edges = [\"na-2\"]", "spare_edges = [\"eu-1\"]", 1);
+        assert!(check(&bad).contains("edge `eu-1` twice"));
     }
 }

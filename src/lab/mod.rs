@@ -15,6 +15,7 @@
 //! nodes, the player URL and commands to try. Ctrl-C or SIGTERM stops every node.
 
 pub mod config;
+mod fleet;
 mod procs;
 pub mod relay;
 mod sniff;
@@ -91,6 +92,9 @@ pub struct NodeInfo {
     pub log: PathBuf,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peer_addr: Option<SocketAddr>,
+    /// An edge the autoscaler starts when the load needs it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub spare: bool,
 }
 
 /// One exchange seen on a viewer's link.
@@ -125,6 +129,8 @@ pub struct Lab {
     pub exchanges: Mutex<VecDeque<ExchangeRecord>>,
     pub viewers: Mutex<VecDeque<serde_json::Value>>,
     pub control: mpsc::Sender<Control>,
+    /// The autoscaler, when the lab scales edges.
+    pub autoscale: std::sync::OnceLock<crate::autoscale::driver::AutoscaleHandle>,
 }
 
 impl Lab {
@@ -326,7 +332,7 @@ fn edge_toml(
 fn router_config(
     plan: &Plan,
     origin_url: &str,
-    edge_urls: &[String],
+    edges: &[(usize, String)],
     control_url: &str,
     client_relays: &[(String, String, String)],
 ) -> cdn_geo_router::RouterConfig {
@@ -363,10 +369,9 @@ fn router_config(
         lookup_cache_entries: 10_000,
         watch_interval_ms: 1_000,
         limits: Default::default(),
-        edges: plan
-            .edges
+        edges: edges
             .iter()
-            .zip(edge_urls)
+            .map(|(i, url)| (&plan.edges[*i], url))
             .map(|(e, url)| EdgeConfig {
                 name: e.name.clone(),
                 region: e.region.clone(),
@@ -437,9 +442,8 @@ async fn wait_healthy(urls: &[String], router: &str, edges: usize) -> anyhow::Re
 struct Supervisor {
     lab: Arc<Lab>,
     origin: NodeProc,
-    edges: Vec<NodeProc>,
+    edges: Arc<fleet::Edges>,
     router: NodeProc,
-    plan: Plan,
 }
 
 impl Supervisor {
@@ -452,45 +456,58 @@ impl Supervisor {
         }
     }
 
+    /// The always-on edge `name` (spares belong to the autoscaler).
+    fn static_edge(&self, name: &str) -> Result<usize, String> {
+        let plan = &self.edges.wiring.plan;
+        let i = plan
+            .edges
+            .iter()
+            .position(|e| e.name == name)
+            .ok_or_else(|| format!("no edge `{name}`"))?;
+        if plan.edges[i].spare {
+            return Err(format!(
+                "{name} is a spare edge: the autoscaler starts and stops it"
+            ));
+        }
+        Ok(i)
+    }
+
     async fn stop_edge(&mut self, name: &str) -> Result<(), String> {
-        let Some(p) = self.edges.iter_mut().find(|p| p.name == name) else {
-            return Err(format!("no edge `{name}`"));
-        };
-        if !p.running() {
+        let i = self.static_edge(name)?;
+        let mut slots = self.edges.slots.lock().await;
+        if !slots[i].proc.running() {
             return Err(format!("{name} is not running"));
         }
-        p.stop(STOP_GRACE).await;
+        self.edges.stop_slot(&mut slots, i).await;
         tracing::info!(edge = name, "edge stopped from the dashboard");
-        self.set_running(name, false, None);
         Ok(())
     }
 
     async fn start_edge(&mut self, name: &str) -> Result<(), String> {
-        let Some(p) = self.edges.iter_mut().find(|p| p.name == name) else {
-            return Err(format!("no edge `{name}`"));
-        };
-        if p.running() {
+        let i = self.static_edge(name)?;
+        let mut slots = self.edges.slots.lock().await;
+        if slots[i].proc.running() {
             return Err(format!("{name} is already running"));
         }
-        let offset = p.start().map_err(|e| format!("{e:#}"))?;
-        p.learn_addr(offset, "listen", NODE_START_TIMEOUT)
+        self.edges
+            .start_slot(&mut slots, i)
             .await
             .map_err(|e| format!("{e:#}"))?;
-        let pid = p.pid();
         tracing::info!(edge = name, "edge started from the dashboard");
-        self.set_running(name, true, pid);
         Ok(())
     }
 
     /// Notices nodes that exited on their own.
     fn reap(&mut self) {
         let mut changes = Vec::new();
-        for p in std::iter::once(&mut self.origin)
-            .chain(self.edges.iter_mut())
-            .chain(std::iter::once(&mut self.router))
-        {
-            let running = p.running();
-            changes.push((p.name.clone(), running, p.pid()));
+        for p in [&mut self.origin, &mut self.router] {
+            changes.push((p.name.clone(), p.running(), p.pid()));
+        }
+        // The autoscaler may hold the edges (starting one): look again next time.
+        if let Ok(mut slots) = self.edges.slots.try_lock() {
+            for s in slots.iter_mut() {
+                changes.push((s.proc.name.clone(), s.proc.running(), s.proc.pid()));
+            }
         }
         for (name, running, pid) in changes {
             self.set_running(&name, running, pid);
@@ -498,9 +515,14 @@ impl Supervisor {
     }
 
     async fn shutdown(mut self) {
+        if let Some(a) = self.lab.autoscale.get() {
+            a.abort();
+        }
         self.router.stop(STOP_GRACE).await;
-        let stops = self.edges.iter_mut().map(|p| p.stop(STOP_GRACE));
+        let mut slots = self.edges.slots.lock().await;
+        let stops = slots.iter_mut().map(|s| s.proc.stop(STOP_GRACE));
         futures::future::join_all(stops).await;
+        drop(slots);
         self.origin.stop(STOP_GRACE).await;
     }
 }
@@ -561,6 +583,7 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
         exchanges: Mutex::new(VecDeque::new()),
         viewers: Mutex::new(VecDeque::new()),
         control: control_tx,
+        autoscale: std::sync::OnceLock::new(),
     });
     let uplink = TokenBucket::new(plan.file.links.origin_uplink_mbps * 1e6 / 8.0);
     let mut relays: Vec<(LinkPlan, AnyRelay)> = Vec::new();
@@ -608,13 +631,6 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
         };
         relays.push((link.clone(), relay));
     }
-    let relay_addr = |kind: LinkKind, from: &str, to: &str| {
-        relays
-            .iter()
-            .find(|(l, _)| l.kind == kind && l.from == from && l.to == to)
-            .map(|(_, r)| r.addr())
-    };
-
     // The lab's API and pages.
     let control = tokio::net::TcpListener::bind(addr(plan.control_port))
         .await
@@ -635,32 +651,10 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
     let mut origin = NodeProc::new("origin", origin_args, logs.join("origin.log"));
     let origin_offset = origin.start()?;
 
-    // The edges.
-    let peer_relays_of = |from: &str| -> Vec<(String, String, SocketAddr)> {
-        plan.edges
-            .iter()
-            .filter(|f| f.name != from)
-            .filter_map(|f| {
-                let a = relay_addr(LinkKind::Peer, from, &f.name)?;
-                Some((f.name.clone(), f.region.clone(), a))
-            })
-            .collect()
-    };
-    let mut edges = Vec::new();
-    let mut offsets = Vec::new();
-    for (i, e) in plan.edges.iter().enumerate() {
-        let origin_relay = relay_addr(LinkKind::Origin, &e.name, "origin")
-            .context("an edge without an origin link")?;
+    // The edges: every one of the plan gets its process handle; the spares start later.
+    let mut slots = Vec::new();
+    for e in &plan.edges {
         let cfg_path = run_dir.join(format!("{}.toml", e.name));
-        let text = edge_toml(
-            &plan,
-            i,
-            origin_relay,
-            addr(e.peer_port),
-            &peer_relays_of(&e.name),
-            &pki,
-        );
-        write_atomic(&cfg_path, &text)?;
         let args = vec![
             "edge".to_owned(),
             "--listen".into(),
@@ -668,9 +662,13 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
             "--config".into(),
             cfg_path.display().to_string(),
         ];
-        let mut p = NodeProc::new(&e.name, args, logs.join(format!("{}.log", e.name)));
-        offsets.push(p.start()?);
-        edges.push(p);
+        slots.push(fleet::EdgeSlot {
+            proc: NodeProc::new(&e.name, args, logs.join(format!("{}.log", e.name))),
+            url: None,
+            peer_addr: None,
+            routed: !e.spare,
+            peered: !e.spare,
+        });
     }
     let origin_addr = origin
         .learn_addr(origin_offset, "listen", NODE_START_TIMEOUT)
@@ -681,70 +679,51 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
             r.set_target(origin_addr);
         }
     }
-    let mut edge_urls = Vec::new();
-    let mut peer_addrs = Vec::new();
-    for (i, p) in edges.iter_mut().enumerate() {
-        let a = p
-            .learn_addr(offsets[i], "listen", NODE_START_TIMEOUT)
-            .await?;
-        let e = &plan.edges[i];
-        let peer = match (plan.file.peering.enabled, e.peer_port) {
-            (false, _) => None,
-            (true, 0) => Some(
-                p.learn_addr(offsets[i], "peer_listen", NODE_START_TIMEOUT)
-                    .await?,
-            ),
-            (true, port) => Some(addr(port)),
-        };
-        // A restart keeps the addresses, even when the OS chose them.
-        if e.port == 0 || e.peer_port == 0 {
-            let cfg_path = run_dir.join(format!("{}.toml", e.name));
-            let text = edge_toml(
-                &plan,
-                i,
-                relay_addr(LinkKind::Origin, &e.name, "origin").unwrap_or(a),
-                peer.unwrap_or(addr(0)),
-                &peer_relays_of(&e.name),
-                &pki,
-            );
-            write_atomic(&cfg_path, &text)?;
-            p.args[2] = a.to_string();
-        }
-        for (l, r) in &relays {
-            if l.to == e.name {
-                match l.kind {
-                    LinkKind::Client => r.set_target(a),
-                    LinkKind::Peer => {
-                        if let Some(pa) = peer {
-                            r.set_target(pa);
-                        }
-                    }
-                    LinkKind::Origin => {}
-                }
-            }
-        }
-        edge_urls.push(format!("http://{a}"));
-        peer_addrs.push(peer);
+    let edges = Arc::new(fleet::Edges {
+        wiring: fleet::Wiring {
+            plan,
+            run_dir: run_dir.clone(),
+            pki: pki.clone(),
+            relays,
+            origin_url: origin_url.clone(),
+            control_url: control_url.clone(),
+            router_toml: run_dir.join("router.toml"),
+            lab: lab.clone(),
+        },
+        slots: tokio::sync::Mutex::new(Vec::new()),
+        router_pid: std::sync::Mutex::new(None),
+    });
+    let plan = &edges.wiring.plan;
+    // What the dashboard and state.json show (URLs filled in as nodes start).
+    let mut nodes: Vec<NodeInfo> = plan
+        .edges
+        .iter()
+        .zip(&slots)
+        .map(|(e, s)| NodeInfo {
+            name: e.name.clone(),
+            kind: "edge",
+            region: e.region.clone(),
+            url: String::new(),
+            pid: None,
+            running: false,
+            log: s.proc.log.clone(),
+            peer_addr: None,
+            spare: e.spare,
+        })
+        .collect();
+    if let Ok(mut n) = lab.nodes.lock() {
+        *n = nodes.clone();
     }
+    let starts = plan.edges.iter().enumerate().filter(|(_, e)| !e.spare);
+    for (i, _) in starts.map(|(i, e)| (i, e.name.clone())).collect::<Vec<_>>() {
+        edges.start_slot(&mut slots, i).await?;
+    }
+    let edge_urls: Vec<String> = slots.iter().filter_map(|s| s.url.clone()).collect();
 
     // The router.
-    let client_relays: Vec<(String, String, String)> = relays
-        .iter()
-        .filter(|(l, _)| l.kind == LinkKind::Client)
-        .map(|(l, r)| (l.from.clone(), l.to.clone(), format!("http://{}", r.addr())))
-        .collect();
-    let router_cfg = router_config(&plan, &origin_url, &edge_urls, &control_url, &client_relays);
-    router_cfg
-        .validate()
-        .map_err(|e| anyhow::anyhow!("the generated router config is invalid: {e}"))?;
-    let router_toml = run_dir.join("router.toml");
-    write_atomic(
-        &router_toml,
-        &format!(
-            "# Written by `cdn lab` for this run; edit testdata/lab.toml instead.\n{}",
-            toml::to_string(&router_cfg).context("router config")?
-        ),
-    )?;
+    let router_toml = edges.wiring.router_toml.clone();
+    edges.write_router_config(&slots)?;
+    *edges.slots.lock().await = slots;
     let mut router = NodeProc::new(
         "router",
         vec![
@@ -762,44 +741,40 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
     let router_addr = router
         .learn_addr(router_offset, "addr", NODE_START_TIMEOUT)
         .await?;
+    *edges.router_pid.lock().unwrap_or_else(|p| p.into_inner()) = router.pid();
     let router_url = format!("http://{router_addr}");
 
-    // What the dashboard and state.json show.
-    let mut nodes = vec![
-        NodeInfo {
-            name: "router".into(),
-            kind: "router",
-            region: "-".into(),
-            url: router_url.clone(),
-            pid: router.pid(),
-            running: true,
-            log: router.log.clone(),
-            peer_addr: None,
-        },
-        NodeInfo {
-            name: "origin".into(),
-            kind: "origin",
-            region: plan.file.origin.region.clone(),
-            url: origin_url.clone(),
-            pid: origin.pid(),
-            running: true,
-            log: origin.log.clone(),
-            peer_addr: None,
-        },
-    ];
-    for (i, p) in edges.iter().enumerate() {
-        nodes.push(NodeInfo {
-            name: p.name.clone(),
-            kind: "edge",
-            region: plan.edges[i].region.clone(),
-            url: edge_urls[i].clone(),
-            pid: p.pid(),
-            running: true,
-            log: p.log.clone(),
-            peer_addr: peer_addrs[i],
-        });
-    }
-    let links: Vec<serde_json::Value> = relays
+    nodes = lab.nodes.lock().map(|n| n.clone()).unwrap_or_default();
+    nodes.splice(
+        0..0,
+        [
+            NodeInfo {
+                name: "router".into(),
+                kind: "router",
+                region: "-".into(),
+                url: router_url.clone(),
+                pid: router.pid(),
+                running: true,
+                log: router.log.clone(),
+                peer_addr: None,
+                spare: false,
+            },
+            NodeInfo {
+                name: "origin".into(),
+                kind: "origin",
+                region: plan.file.origin.region.clone(),
+                url: origin_url.clone(),
+                pid: origin.pid(),
+                running: true,
+                log: origin.log.clone(),
+                peer_addr: None,
+                spare: false,
+            },
+        ],
+    );
+    let links: Vec<serde_json::Value> = edges
+        .wiring
+        .relays
         .iter()
         .map(|(l, r)| {
             let mut v = serde_json::to_value(l).unwrap_or_default();
@@ -815,6 +790,7 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
             serde_json::json!({
                 "name": r.name, "city": r.city, "network": r.network.to_string(),
                 "client_ip": Plan::client_ip(r).to_string(), "edges": r.edges,
+                "spare_edges": r.spare_edges,
                 "latitude": r.latitude, "longitude": r.longitude,
             })
         })
@@ -844,9 +820,8 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
     let mut sup = Supervisor {
         lab: lab.clone(),
         origin,
-        edges,
+        edges: edges.clone(),
         router,
-        plan,
     };
     let mut health_urls = vec![origin_url.clone()];
     health_urls.extend(edge_urls.iter().cloned());
@@ -858,12 +833,22 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
         sup.shutdown().await;
         return Err(e);
     }
+    match start_autoscale(&edges, &router_url) {
+        Ok(Some(a)) => {
+            let _ = lab.autoscale.set(a);
+        }
+        Ok(None) => {}
+        Err(e) => {
+            sup.shutdown().await;
+            return Err(e);
+        }
+    }
     let mut state = lab.info();
     state["pid"] = std::process::id().into();
     state["nodes"] = serde_json::to_value(lab.nodes.lock().map(|n| n.clone()).unwrap_or_default())?;
     state["started_in_secs"] = t0.elapsed().as_secs_f64().into();
     write_atomic(&state_path, &serde_json::to_string_pretty(&state)?)?;
-    print_banner(&lab, &sup.plan, &state_path, t0.elapsed());
+    print_banner(&lab, &edges.wiring.plan, &state_path, t0.elapsed());
 
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let shutdown = cdn_http::server::shutdown_signal();
@@ -887,9 +872,66 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
     poller.abort();
     sup.shutdown().await;
     let _ = std::fs::remove_file(&state_path);
-    drop(relays);
+    drop(edges);
     println!("the lab has stopped");
     Ok(())
+}
+
+/// Starts the autoscaler when the lab file asks for it and the capacity of an edge is known.
+fn start_autoscale(
+    edges: &Arc<fleet::Edges>,
+    router_url: &str,
+) -> anyhow::Result<Option<crate::autoscale::driver::AutoscaleHandle>> {
+    use crate::autoscale::driver::{self, HttpObserver, RegionSpec};
+    let file = &edges.wiring.plan.file;
+    let Some(a) = file.autoscale.as_ref().filter(|a| a.enabled) else {
+        return Ok(None);
+    };
+    let capacity = match a.capacity_rps {
+        Some(c) => c,
+        None => match crate::plan::lab::read_capacity(&a.capacity_file)? {
+            Some(c) => c.requests_per_sec,
+            None => {
+                tracing::warn!(
+                    file = %a.capacity_file.display(),
+                    "auto-scaling is off: no edge capacity (set [autoscale] capacity_rps in the \
+                     lab file, or measure it with `cdn bench capacity`)"
+                );
+                return Ok(None);
+            }
+        },
+    };
+    let regions: Vec<RegionSpec> = file
+        .regions
+        .iter()
+        .filter_map(|r| {
+            Some(RegionSpec {
+                region: r.name.clone(),
+                config: file.autoscale_config(r, capacity)?,
+                edges: r.edges.clone(),
+            })
+        })
+        .collect();
+    if regions.is_empty() {
+        return Ok(None);
+    }
+    let fleet = Arc::new(fleet::LabFleet::new(
+        edges.clone(),
+        router_url.to_owned(),
+        fleet::FleetOptions {
+            ready_timeout: Duration::from_secs(30),
+            drain_grace: Duration::from_millis(a.drain_grace_ms),
+            drain_timeout: Duration::from_secs_f64(a.drain_timeout_secs),
+        },
+    ));
+    let observer = HttpObserver::new(router_url, Duration::from_secs_f64(a.window_secs));
+    let interval = Duration::from_millis(a.interval_ms);
+    tracing::info!(
+        capacity_rps = capacity,
+        regions = regions.len(),
+        "auto-scaling edges"
+    );
+    Ok(Some(driver::spawn(fleet, observer, regions, interval)?))
 }
 
 fn print_banner(lab: &Lab, plan: &Plan, state: &Path, took: Duration) {

@@ -19,7 +19,8 @@ pub struct NodeProc {
     child: Option<tokio::process::Child>,
 }
 
-fn signal(pid: u32, sig: libc::c_int) {
+/// Sends `sig` to a child we started.
+pub fn signal(pid: u32, sig: libc::c_int) {
     if let Ok(pid) = libc::pid_t::try_from(pid) {
         // SAFETY: kill(2) has no memory-safety preconditions; `pid` is a child we spawned
         // and have not reaped yet, so the number cannot name another process.

@@ -281,6 +281,25 @@ fn json(status: StatusCode, v: serde_json::Value) -> Response {
     (status, [(header::CACHE_CONTROL, "no-store")], axum::Json(v)).into_response()
 }
 
+/// `?since=MS`: only history points and events after `MS` on the autoscaler's clock.
+#[derive(serde::Deserialize)]
+struct Since {
+    since: Option<u64>,
+}
+
+/// The autoscaler's regions, edges over time and events; `{"enabled": false}` without one.
+async fn autoscale(
+    State(lab): State<Arc<Lab>>,
+    axum::extract::Query(q): axum::extract::Query<Since>,
+) -> Response {
+    let Some(a) = lab.autoscale.get() else {
+        return json(StatusCode::OK, serde_json::json!({"enabled": false}));
+    };
+    let mut v = serde_json::to_value(a.status_since(q.since)).unwrap_or_default();
+    v["enabled"] = true.into();
+    json(StatusCode::OK, v)
+}
+
 async fn status(State(lab): State<Arc<Lab>>) -> Response {
     let nodes = lab.nodes.lock().map(|n| n.clone()).unwrap_or_default();
     let (series, view) = match lab.history.lock() {
@@ -409,6 +428,7 @@ pub fn app(lab: Arc<Lab>) -> Router {
             get(|| async { asset("text/plain; charset=utf-8", HLS_LICENSE) }),
         )
         .route("/_lab/api/status", get(status))
+        .route("/_lab/api/autoscale", get(autoscale))
         .route("/_lab/api/edges/{name}/{action}", post(edge_action))
         .route("/_lab/api/viewers", post(viewer_report))
         .with_state(lab)

@@ -181,6 +181,9 @@ pub struct RegionLoad {
     pub region: String,
     /// Requests/s the router sent to the region's edges.
     pub rate: f64,
+    /// Requests/s the region's edges served (a player redirected once fetches its segments
+    /// straight from the edge, so this is the edges' own load).
+    pub served_rate: f64,
     /// Edges the router has in the region now, and how many of them are up.
     pub edges: u32,
     pub edges_up: u32,
@@ -218,6 +221,7 @@ fn region_mut<'a>(
         .or_insert_with(|| RegionLoad {
             region: region.to_owned(),
             rate: 0.0,
+            served_rate: 0.0,
             edges: 0,
             edges_up: 0,
             inflight: 0.0,
@@ -360,9 +364,10 @@ impl HttpSampler {
                 delta(was.origin_bytes, now.origin_bytes) * 8.0 / 1e6 / secs;
         }
         for (region, (requests, cached)) in served {
+            let r = region_mut(&mut regions, region);
+            r.served_rate = requests / secs;
             if requests > 0.0 {
-                region_mut(&mut regions, region).hit_ratio_pct =
-                    Some((cached / requests * 100.0).min(100.0));
+                r.hit_ratio_pct = Some((cached / requests * 100.0).min(100.0));
             }
         }
         Loads {

@@ -557,7 +557,8 @@ pub struct PlanArgs {
     /// Seconds between the two samples the rates come from (with --from-lab).
     #[arg(long, default_value_t = 5.0)]
     pub sample_secs: f64,
-    /// The per-edge capacity `cdn bench` measured (with --from-lab), JSON:
+    /// The per-edge capacity `cdn bench capacity` measured (with --from-lab, or without
+    /// --capacity), JSON:
     /// `{"requests_per_sec": 850, "p99_ms_target": 50, "measured": "2025-06-01"}`.
     #[arg(long, default_value = lab::DEFAULT_CAPACITY_FILE)]
     pub capacity_file: PathBuf,
@@ -597,11 +598,26 @@ pub async fn run(args: PlanArgs) -> anyhow::Result<()> {
     let rate = args
         .rate
         .ok_or_else(|| anyhow::anyhow!("--rate is needed (or --from-lab)"))?;
-    let capacity = args.capacity.ok_or_else(|| {
-        anyhow::anyhow!(
-            "--capacity is needed: requests/s one edge serves (`cdn bench` measures it)"
-        )
-    })?;
+    let capacity = match args.capacity {
+        Some(c) => c,
+        None => match lab::read_capacity(&args.capacity_file)? {
+            Some(c) => {
+                if !args.json {
+                    println!(
+                        "capacity per edge: {} req/s, measured by `cdn bench capacity` ({})",
+                        num(c.requests_per_sec),
+                        args.capacity_file.display()
+                    );
+                }
+                c.requests_per_sec
+            }
+            None => anyhow::bail!(
+                "--capacity is needed: requests/s one edge serves (or measure it with `cdn \
+                 bench capacity`, which writes {})",
+                args.capacity_file.display()
+            ),
+        },
+    };
     let plan = Plan::compute(args.input(rate, capacity)?)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&plan)?);

@@ -59,13 +59,22 @@ pub fn alive(pid: u32) -> bool {
 impl LabRun {
     /// Starts a lab with every port chosen by the OS and waits until it is up.
     pub fn start(test: &str) -> LabRun {
+        Self::start_with(test, |_| None)
+    }
+
+    /// Like [`LabRun::start`], with the lab file that `config` writes into the run directory
+    /// (`None`: the shipped testdata/lab.toml).
+    pub fn start_with(test: &str, config: impl FnOnce(&Path) -> Option<PathBuf>) -> LabRun {
         let dir = scratch(test);
+        let config = config(&dir);
         let out = std::fs::File::create(dir.join("lab.out")).expect("lab.out");
         let err = out.try_clone().expect("clone");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cdn"));
-        cmd.args(["lab", "--port-base", "0", "--run-dir"])
-            .arg(&dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
+        cmd.args(["lab", "--port-base", "0", "--run-dir"]).arg(&dir);
+        if let Some(c) = &config {
+            cmd.arg("--config").arg(c);
+        }
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(out)

@@ -1,7 +1,8 @@
 //! One peer as seen from this node: a lazily (re)connected QUIC connection and the three
 //! requests of the protocol. A peer that does not start answering within the first-byte
 //! timeout, or whose connection fails, is skipped for a short back-off so that a dead peer
-//! costs a fall-back, not a stall.
+//! costs a fall-back, not a stall. A client dropped (its peer left the set, see
+//! [`super::Peers::set_peers`]) closes its connection once nothing uses it any more.
 
 use std::sync::Arc;
 use std::sync::Mutex as StdMutex;
@@ -219,10 +220,28 @@ impl PeerClient {
             .map_err(|_| WireError::Io("advertise timed out".into()))?
     }
 
+    /// The connection, if one is open now (tests compare it across peer-set changes).
+    pub fn current_connection(&self) -> Option<quinn::Connection> {
+        self.conn
+            .try_lock()
+            .ok()
+            .and_then(|c| c.as_ref().filter(|c| c.close_reason().is_none()).cloned())
+    }
+
     fn count_bytes(&self, direction: &'static str, n: usize) {
         self.metrics.with(|| {
             metrics::counter!("cdn_edge_peer_bytes_total", "direction" => direction)
                 .increment(n as u64)
         });
+    }
+}
+
+impl Drop for PeerClient {
+    /// The last user is gone (the peer left the set, or the node stops): close the
+    /// connection now, with an application close the peer sees at once.
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.get_mut().take() {
+            c.close(0u32.into(), b"peer client dropped");
+        }
     }
 }

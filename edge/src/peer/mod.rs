@@ -2,11 +2,18 @@
 //!
 //! - **Sibling fill.** On a miss, an edge asks the peer of its own region that owns the chunk
 //!   by rendezvous hashing (as Traffic Server's peering ring does); the owner answers from its
-//!   cache or fills from the origin. Then peers of other regions that advertised the object
-//!   (cache only), then the origin. Requests a peer makes on another's behalf never go to
-//!   peers again, so there are no fetch loops.
+//!   cache or fills from the origin. When this node is the owner itself, it first asks the
+//!   *runner-up* sibling, cache only: the one that would own the chunk without this node, so
+//!   with rendezvous hashing the one that owned it before this node joined. A new edge warms
+//!   from its region rather than from the origin. Then peers of other regions that advertised
+//!   the object (cache only), then the origin. Requests a peer makes on another's behalf ask
+//!   peers only cache-only, never as owner, so there are no fetch loops.
 //! - **Hot push.** Requests per object are counted over a sliding window; an object that
 //!   becomes hot is pushed, rate-limited, to the push peers and advertised to every peer.
+//! - **Membership.** The peer set can change at runtime ([`Peers::set_peers`]; `cdn edge`
+//!   calls it when its config file changes or on SIGHUP). Requests work on a snapshot
+//!   ([`PeerSet`]); a peer that stays keeps its connection and push budget, and a removed
+//!   peer's connection closes once its last request ends. Adverts are kept by peer name.
 //! - **Integrity.** Every chunk travels with its length and SHA-256; frames are bounded.
 //!
 //! Modules: [`pki`] certificates and TLS configs, [`wire`] frames, [`client`] one peer,
@@ -21,7 +28,7 @@ pub mod wire;
 pub use quinn;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -32,28 +39,140 @@ use sha2::{Digest, Sha256};
 
 use cdn_http::metrics::NodeMetrics;
 
-use crate::config::EdgeConfig;
+use crate::config::{EdgeConfig, PeerConfig};
 use crate::fill::{FillError, FillSource};
 use crate::store::{ObjectMeta, Store};
 use client::{Advertise, PeerClient, PushHeader};
 use wire::{GetRequest, WireMeta};
+
+/// One peer of the current set: its configuration as last given, its client (the QUIC
+/// connection) and its push budget.
+pub struct Member {
+    /// As last configured. `client.cfg` keeps the name and address the client was built
+    /// with; a region or push change keeps the client, so read those two here.
+    pub cfg: PeerConfig,
+    pub client: Arc<PeerClient>,
+    bucket: Arc<TokenBucket>,
+    /// Hot objects are pushed to it.
+    pub push: bool,
+}
+
+/// A snapshot of the peer set, in configured order (nearest first). Replaced whole by
+/// [`Peers::set_peers`]; a request keeps the snapshot it started with.
+#[derive(Default)]
+pub struct PeerSet {
+    members: Vec<Member>,
+}
+
+impl PeerSet {
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.cfg.name == name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+}
+
+/// What [`Peers::set_peers`] did, by peer name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerChange {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Same name, new address (a new connection), region or push setting.
+    pub changed: Vec<String>,
+}
+
+impl PeerChange {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+}
+
+/// A peer list [`Peers::set_peers`] refuses (the config check refuses the same).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerSetError {
+    #[error("peer `{0}` is this node")]
+    SelfPeer(String),
+    #[error("peer `{0}` is listed twice")]
+    Duplicate(String),
+}
+
+/// What every [`PeerClient`] is built with.
+struct ClientSettings {
+    first_byte: Duration,
+    fill_timeout: Duration,
+    chunk_size: u64,
+    push_bytes_per_sec: u64,
+}
 
 /// This node's view of its peers.
 pub struct Peers {
     pub name: String,
     pub region: String,
     pub endpoint: quinn::Endpoint,
-    pub clients: Vec<Arc<PeerClient>>,
-    push_targets: Vec<usize>,
-    buckets: Vec<Arc<TokenBucket>>,
-    advertised: moka::sync::Cache<String, Vec<usize>>,
+    /// Never held across an await: readers clone the `Arc` out.
+    set: RwLock<Arc<PeerSet>>,
+    settings: ClientSettings,
+    /// Object key → names of the peers that advertised it.
+    advertised: moka::sync::Cache<String, Vec<String>>,
     hot: moka::sync::Cache<String, Arc<Mutex<Window>>>,
     pushed: moka::sync::Cache<String, ()>,
     hot_threshold: f64,
     hot_window: Duration,
+    /// Until then, chunks this node owns are first asked of their previous owner.
+    warm_until: Instant,
     chunk_size: u64,
     corrupt: bool,
     metrics: Arc<NodeMetrics>,
+}
+
+/// Push to those marked, or by default to the first listed peer of each other region.
+fn push_flags(region: &str, peers: &[PeerConfig]) -> Vec<bool> {
+    let explicit = peers.iter().any(|p| p.push.is_some());
+    let mut seen_regions: Vec<&str> = Vec::new();
+    peers
+        .iter()
+        .map(|p| {
+            if explicit {
+                return p.push == Some(true);
+            }
+            if p.region == region || seen_regions.contains(&p.region.as_str()) {
+                return false;
+            }
+            seen_regions.push(&p.region);
+            true
+        })
+        .collect()
+}
+
+/// Rendezvous score of `name` for chunk `index` of `key`.
+fn score(name: &str, key: &str, index: u64) -> u64 {
+    let mut h = Sha256::new();
+    h.update(name.as_bytes());
+    h.update([0]);
+    h.update(key.as_bytes());
+    h.update(index.to_le_bytes());
+    let d = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&d[..8]);
+    u64::from_le_bytes(first)
+}
+
+/// Who fills a chunk in this node's region.
+enum Owner<'a> {
+    /// A sibling owns it.
+    Peer(&'a Member),
+    /// This node owns it; the runner-up is the sibling that would own it without this node.
+    Me { runner_up: Option<&'a Member> },
 }
 
 impl Peers {
@@ -66,53 +185,18 @@ impl Peers {
         let mut endpoint = quinn::Endpoint::server(server, listen)
             .map_err(|e| anyhow::anyhow!("peer endpoint cannot listen on udp {listen}: {e}"))?;
         endpoint.set_default_client_config(pki::client_config(tls, cfg.chunk_size)?);
-        let first_byte = Duration::from_millis(cfg.peer_first_byte_timeout_ms);
-        let fill_timeout = Duration::from_millis(cfg.origin_read_timeout_ms.max(1000) * 2);
-        let clients: Vec<Arc<PeerClient>> = cfg
-            .peers
-            .iter()
-            .map(|p| {
-                Arc::new(PeerClient::new(
-                    p.clone(),
-                    endpoint.clone(),
-                    first_byte,
-                    fill_timeout,
-                    cfg.chunk_size,
-                    metrics.clone(),
-                ))
-            })
-            .collect();
-        // Push to those marked, or by default to the first listed peer of each other region.
-        let explicit = cfg.peers.iter().any(|p| p.push.is_some());
-        let mut seen_regions = Vec::new();
-        let push_targets = cfg
-            .peers
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| {
-                if explicit {
-                    return p.push == Some(true);
-                }
-                if p.region == cfg.region || seen_regions.contains(&p.region) {
-                    return false;
-                }
-                seen_regions.push(p.region.clone());
-                true
-            })
-            .map(|(i, _)| i)
-            .collect();
-        let buckets = clients
-            .iter()
-            .map(|_| Arc::new(TokenBucket::new(cfg.push_bytes_per_sec)))
-            .collect();
         let window = Duration::from_secs(cfg.hot_window_secs.max(1));
-        Ok(Some(Arc::new(Peers {
+        let peers = Arc::new(Peers {
             name: cfg.name.clone(),
             region: cfg.region.clone(),
             endpoint,
-            clients,
-            push_targets,
-            buckets,
+            set: RwLock::default(),
+            settings: ClientSettings {
+                first_byte: Duration::from_millis(cfg.peer_first_byte_timeout_ms),
+                fill_timeout: Duration::from_millis(cfg.origin_read_timeout_ms.max(1000) * 2),
+                chunk_size: cfg.chunk_size,
+                push_bytes_per_sec: cfg.push_bytes_per_sec,
+            },
             advertised: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(window * 30)
@@ -127,87 +211,215 @@ impl Peers {
                 .build(),
             hot_threshold: cfg.hot_threshold.max(1) as f64,
             hot_window: window,
+            warm_until: Instant::now() + Duration::from_secs(cfg.peer_warmup_secs),
             chunk_size: cfg.chunk_size,
             corrupt: cfg.test_corrupt_peer_chunks,
             metrics,
-        })))
+        });
+        peers.set_peers(cfg.peers.clone())?;
+        Ok(Some(peers))
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.endpoint.local_addr()
     }
 
-    /// The same-region peer that owns chunk `index` of `key`, or `None` when this node does.
-    pub fn owner(&self, key: &str, index: u64) -> Option<Arc<PeerClient>> {
-        let score = |name: &str| {
-            let mut h = Sha256::new();
-            h.update(name.as_bytes());
-            h.update([0]);
-            h.update(key.as_bytes());
-            h.update(index.to_le_bytes());
-            let d = h.finalize();
-            u64::from_le_bytes(d[..8].try_into().expect("8 bytes"))
-        };
-        let mut best = (score(&self.name), None);
-        for c in self.clients.iter().filter(|c| c.cfg.region == self.region) {
-            let s = score(&c.cfg.name);
-            if s > best.0 {
-                best = (s, Some(c.clone()));
-            }
-        }
-        best.1
+    /// The current peer set (a snapshot: later changes do not show in it). `Edge::cfg.peers`
+    /// stays the list the node started with; this is the live one.
+    pub fn peer_set(&self) -> Arc<PeerSet> {
+        self.set.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Peers of other regions that advertised `key`, nearest (first listed) first.
-    fn advertisers(&self, key: &str) -> Vec<Arc<PeerClient>> {
-        let mut idx = self.advertised.get(key).unwrap_or_default();
-        idx.sort_unstable();
-        idx.into_iter()
-            .filter_map(|i| self.clients.get(i))
-            .filter(|c| c.cfg.region != self.region)
-            .cloned()
+    /// The clients of the current peers, in configured order.
+    pub fn clients(&self) -> Vec<Arc<PeerClient>> {
+        self.peer_set()
+            .members
+            .iter()
+            .map(|m| m.client.clone())
             .collect()
     }
 
-    fn count(&self, result: &'static str) {
+    /// Replaces the peer set. A peer whose name and address are unchanged keeps its client
+    /// (its QUIC connection) and push budget; new peers get new clients; a removed peer's
+    /// connection is closed when the last request using it ends. Push targets follow the
+    /// same rule as at start. In-flight requests finish on the set they started with.
+    pub fn set_peers(&self, peers: Vec<PeerConfig>) -> Result<PeerChange, PeerSetError> {
+        for (i, p) in peers.iter().enumerate() {
+            if p.name == self.name {
+                return Err(PeerSetError::SelfPeer(p.name.clone()));
+            }
+            if peers[..i].iter().any(|q| q.name == p.name) {
+                return Err(PeerSetError::Duplicate(p.name.clone()));
+            }
+        }
+        let push = push_flags(&self.region, &peers);
+        let mut slot = self.set.write().unwrap_or_else(|p| p.into_inner());
+        let old = slot.clone();
+        let mut change = PeerChange::default();
+        let members: Vec<Member> = peers
+            .into_iter()
+            .zip(push)
+            .map(|(cfg, push)| {
+                let before = old.get(&cfg.name);
+                match before {
+                    Some(m) if m.cfg.addr == cfg.addr => {
+                        if m.cfg != cfg {
+                            change.changed.push(cfg.name.clone());
+                        }
+                        Member {
+                            cfg,
+                            client: m.client.clone(),
+                            bucket: m.bucket.clone(),
+                            push,
+                        }
+                    }
+                    _ => {
+                        match before {
+                            Some(_) => change.changed.push(cfg.name.clone()),
+                            None => change.added.push(cfg.name.clone()),
+                        }
+                        self.member(cfg, push)
+                    }
+                }
+            })
+            .collect();
+        change.removed = old
+            .members
+            .iter()
+            .filter(|m| !members.iter().any(|n| n.cfg.name == m.cfg.name))
+            .map(|m| m.cfg.name.clone())
+            .collect();
+        let count = members.len();
+        *slot = Arc::new(PeerSet { members });
+        drop(slot);
         self.metrics.with(|| {
-            metrics::counter!("cdn_edge_peer_fetches_total", "result" => result).increment(1)
+            metrics::gauge!("cdn_edge_peers").set(count as f64);
+            for name in &change.removed {
+                metrics::gauge!("cdn_edge_peer_connected", "peer" => name.clone()).set(0.0);
+            }
+        });
+        if !change.is_empty() {
+            tracing::debug!(?change, peers = count, "peer set replaced");
+        }
+        Ok(change)
+    }
+
+    fn member(&self, cfg: PeerConfig, push: bool) -> Member {
+        let s = &self.settings;
+        Member {
+            client: Arc::new(PeerClient::new(
+                cfg.clone(),
+                self.endpoint.clone(),
+                s.first_byte,
+                s.fill_timeout,
+                s.chunk_size,
+                self.metrics.clone(),
+            )),
+            bucket: Arc::new(TokenBucket::new(s.push_bytes_per_sec)),
+            cfg,
+            push,
+        }
+    }
+
+    /// Rendezvous hashing of chunk `index` of `key` over this node and its region's peers.
+    fn rank<'a>(&self, set: &'a PeerSet, key: &str, index: u64) -> Owner<'a> {
+        let mut best: Option<(u64, &Member)> = None;
+        for m in set.members.iter().filter(|m| m.cfg.region == self.region) {
+            let s = score(&m.cfg.name, key, index);
+            if best.is_none_or(|(b, _)| s > b) {
+                best = Some((s, m));
+            }
+        }
+        match best {
+            Some((s, m)) if s > score(&self.name, key, index) => Owner::Peer(m),
+            best => Owner::Me {
+                runner_up: best.map(|(_, m)| m),
+            },
+        }
+    }
+
+    /// The same-region peer that owns chunk `index` of `key`, or `None` when this node does.
+    pub fn owner(&self, key: &str, index: u64) -> Option<Arc<PeerClient>> {
+        match self.rank(&self.peer_set(), key, index) {
+            Owner::Peer(m) => Some(m.client.clone()),
+            Owner::Me { .. } => None,
+        }
+    }
+
+    /// When this node owns chunk `index` of `key`: the same-region peer that would own it
+    /// without this node (with rendezvous hashing, its owner before this node joined).
+    /// `None` when a peer owns it or the region has no other node.
+    pub fn runner_up(&self, key: &str, index: u64) -> Option<Arc<PeerClient>> {
+        match self.rank(&self.peer_set(), key, index) {
+            Owner::Me { runner_up } => runner_up.map(|m| m.client.clone()),
+            Owner::Peer(_) => None,
+        }
+    }
+
+    /// Peers of other regions that advertised `key`, nearest (first listed) first.
+    fn advertisers(&self, set: &PeerSet, key: &str) -> Vec<Arc<PeerClient>> {
+        let names = self.advertised.get(key).unwrap_or_default();
+        set.members
+            .iter()
+            .filter(|m| m.cfg.region != self.region && names.contains(&m.cfg.name))
+            .map(|m| m.client.clone())
+            .collect()
+    }
+
+    fn count(&self, result: &'static str, role: Role) {
+        self.metrics.with(|| {
+            metrics::counter!("cdn_edge_peer_fetches_total", "result" => result).increment(1);
+            if role == Role::RunnerUp {
+                metrics::counter!("cdn_edge_peer_runner_up_fetches_total", "result" => result)
+                    .increment(1);
+            }
         });
     }
 
-    /// Asks the owner, then advertisers, for chunk `index` of an object. `validator` is the
-    /// version the caller holds (a peer's other version is no use).
+    /// Asks the owner (or, when this node owns the chunk, the runner-up, cache only), then
+    /// advertisers, for chunk `index` of an object. `validator` is the version the caller
+    /// holds (a peer's other version is no use).
     async fn ask(&self, req: GetRequest) -> Option<(WireMeta, Bytes)> {
-        let mut candidates: Vec<(Arc<PeerClient>, bool)> = Vec::new();
-        if let Some(owner) = self.owner(&req.key, req.index) {
-            candidates.push((owner, true));
+        let set = self.peer_set();
+        let mut candidates: Vec<(Arc<PeerClient>, Role)> = Vec::new();
+        match self.rank(&set, &req.key, req.index) {
+            Owner::Peer(m) => candidates.push((m.client.clone(), Role::Owner)),
+            Owner::Me { runner_up: Some(m) } if Instant::now() < self.warm_until => {
+                candidates.push((m.client.clone(), Role::RunnerUp))
+            }
+            Owner::Me { .. } => {}
         }
-        candidates.extend(self.advertisers(&req.key).into_iter().map(|c| (c, false)));
-        for (peer, owner) in candidates {
+        candidates.extend(
+            self.advertisers(&set, &req.key)
+                .into_iter()
+                .map(|c| (c, Role::Advertiser)),
+        );
+        drop(set);
+        for (peer, role) in candidates {
             let r = GetRequest {
-                owner,
+                owner: role == Role::Owner,
                 ..req.clone()
             };
             match peer.get(&r).await {
                 Ok(Some((meta, chunk))) => {
                     let same_version = req.validator.as_ref().is_none_or(|v| *v == meta.validator);
                     if meta.key == req.key && meta.chunk_size == self.chunk_size && same_version {
-                        self.count("found");
+                        self.count("found", role);
                         return Some((meta, chunk));
                     }
-                    self.count("miss");
+                    self.count("miss", role);
                 }
-                Ok(None) => self.count("miss"),
+                Ok(None) => self.count("miss", role),
                 Err(wire::WireError::Digest) => {
                     tracing::warn!(peer = %peer.cfg.name, key = %req.key, "peer chunk failed its digest: dropped");
                     self.metrics.with(|| {
                         metrics::counter!("cdn_edge_peer_digest_mismatches_total").increment(1)
                     });
-                    self.count("digest-mismatch");
+                    self.count("digest-mismatch", role);
                 }
                 Err(e) => {
                     tracing::debug!(peer = %peer.cfg.name, error = %e, "peer fetch failed");
-                    self.count("error");
+                    self.count("error", role);
                 }
             }
         }
@@ -264,18 +476,19 @@ impl Peers {
     }
 
     async fn push_object(self: Arc<Self>, store: Store, meta: Arc<ObjectMeta>) {
+        let set = self.peer_set();
         let advert = Advertise {
             from: self.name.clone(),
             keys: vec![meta.version.key.clone()],
         };
-        for c in &self.clients {
-            if let Err(e) = c.advertise(&advert).await {
-                tracing::debug!(peer = %c.cfg.name, error = %e, "advertise failed");
+        for m in &set.members {
+            if let Err(e) = m.client.advertise(&advert).await {
+                tracing::debug!(peer = %m.cfg.name, error = %e, "advertise failed");
             }
         }
         let wire_meta = WireMeta::from_meta(&meta);
-        let pushes = self.push_targets.iter().map(|&i| {
-            let (client, bucket) = (self.clients[i].clone(), self.buckets[i].clone());
+        let pushes = set.members.iter().filter(|m| m.push).map(|m| {
+            let (client, bucket) = (m.client.clone(), m.bucket.clone());
             let (store, meta, wire_meta, this) =
                 (store.clone(), meta.clone(), wire_meta.clone(), self.clone());
             async move {
@@ -308,15 +521,15 @@ impl Peers {
         futures::future::join_all(pushes).await;
     }
 
-    /// Records that `from` holds `keys`.
+    /// Records that `from` holds `keys` (ignored unless `from` is a current peer).
     pub fn advertised_by(&self, from: &str, keys: Vec<String>) {
-        let Some(i) = self.clients.iter().position(|c| c.cfg.name == from) else {
+        if self.peer_set().get(from).is_none() {
             return;
-        };
+        }
         for key in keys {
             let mut v = self.advertised.get(&key).unwrap_or_default();
-            if !v.contains(&i) {
-                v.push(i);
+            if !v.iter().any(|n| n == from) {
+                v.push(from.to_string());
             }
             self.advertised.insert(key, v);
         }
@@ -327,7 +540,18 @@ impl Peers {
     }
 }
 
-/// The peers as a fill source: owner first, then advertisers.
+/// Which peer a request goes to, for metrics and the `owner` flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// The same-region owner: may fill from the origin.
+    Owner,
+    /// This node owns the chunk; the sibling that owned it before (cache only).
+    RunnerUp,
+    /// A peer of another region that advertised the object (cache only).
+    Advertiser,
+}
+
+/// The peers as a fill source: owner (or runner-up), then advertisers.
 pub struct PeerSource(pub Arc<Peers>);
 
 impl FillSource for PeerSource {
@@ -451,6 +675,26 @@ mod tests {
         assert!((r - 6.0).abs() < 1e-9, "{r}");
         // Long after, only the new request counts.
         assert_eq!(w.hit(t0 + Duration::from_secs(100), len), 1.0);
+    }
+
+    #[test]
+    fn push_targets_default_to_the_first_peer_of_each_other_region() {
+        let p = |name: &str, region: &str, push: Option<bool>| PeerConfig {
+            name: name.into(),
+            region: region.into(),
+            addr: "127.0.0.1:1".parse().expect("addr"),
+            push,
+        };
+        let peers = [
+            p("a2", "r1", None),
+            p("b1", "r2", None),
+            p("b2", "r2", None),
+            p("c1", "r3", None),
+        ];
+        assert_eq!(push_flags("r1", &peers), [false, true, false, true]);
+        let mut marked = peers.clone();
+        marked[2].push = Some(true);
+        assert_eq!(push_flags("r1", &marked), [false, false, true, false]);
     }
 
     #[tokio::test]

@@ -1,7 +1,9 @@
 //! The answering side of the peer protocol: accepts QUIC connections (the TLS handshake has
 //! already checked the peer's certificate against the cluster CA) and answers each stream.
 //! Answers come from the cache; only the owner of a chunk fills it from the origin, and a
-//! fill made for a peer never asks peers in turn.
+//! fill made for a peer asks other peers only cache-only (the runner-up, advertisers), never
+//! as owner, so fills cannot loop. Connections are accepted from any node the cluster CA
+//! signed, whether or not it is in this node's peer set.
 
 use std::sync::{Arc, Weak};
 
