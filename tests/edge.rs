@@ -549,3 +549,577 @@ async fn memory_stays_within_capacity_after_filling_four_times_over() {
     }
     origin.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_404_storm_makes_one_origin_request_per_ttl() {
+    let origin = start_origin(&media_root(), &Default::default()).await;
+    let (edge, state) = start_edge(&origin.url(), |c| {
+        c.negative_ttl_secs = 2;
+        c.purge_token = Some("t".into());
+    })
+    .await;
+    let url = format!("{}/segments/missing-1.ts", edge.url());
+    let storm = |n: usize| {
+        let url = url.clone();
+        async move {
+            let client = client();
+            let tasks: Vec<_> = (0..n)
+                .map(|_| {
+                    let (c, u) = (client.clone(), url.clone());
+                    tokio::spawn(async move {
+                        let r = c.get(u).send().await.unwrap();
+                        let cs = cache_status(&r);
+                        (r.status(), cs, r.text().await.unwrap())
+                    })
+                })
+                .collect();
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.unwrap());
+            }
+            out
+        }
+    };
+    // Cold: 50 concurrent misses, one origin request; everyone gets the origin's 404.
+    let round = storm(50).await;
+    for (status, _, body) in &round {
+        assert_eq!(*status, StatusCode::NOT_FOUND);
+        assert_eq!(body, "not found\n");
+    }
+    assert!(
+        round.iter().any(|(_, cs, _)| cs.contains("fwd=miss")
+            && cs.contains("fwd-status=404")
+            && cs.contains("; stored")),
+        "{:?}",
+        round.iter().map(|r| &r.1).collect::<Vec<_>>()
+    );
+    assert_eq!(origin_requests(&origin.url()).await, 1.0);
+    // Within the TTL: all hits, no origin request.
+    let round = storm(50).await;
+    for (status, cs, body) in &round {
+        assert_eq!(*status, StatusCode::NOT_FOUND);
+        assert!(cs.contains("; hit"), "{cs}");
+        assert_eq!(body, "not found\n");
+    }
+    // HEAD is answered from it too, with the stored body's length.
+    let r = client().head(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(r.headers()["content-length"], "10");
+    assert!(r.headers().contains_key("age"));
+    assert!(cache_status(&r).contains("; hit"), "{}", cache_status(&r));
+    assert!(r.bytes().await.unwrap().is_empty());
+    assert_eq!(origin_requests(&origin.url()).await, 1.0);
+    state.store.metas.run_pending_tasks().await;
+    assert_eq!(state.store.metas.entry_count(), 1);
+    assert_eq!(state.store.chunks.iter().count(), 0, "a 404 has no chunks");
+    // After the TTL: one new origin request, however many ask.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let round = storm(20).await;
+    for (status, _, body) in &round {
+        assert_eq!(*status, StatusCode::NOT_FOUND);
+        assert_eq!(body, "not found\n");
+    }
+    assert_eq!(origin_requests(&origin.url()).await, 2.0);
+    let r = client().get(&url).send().await.unwrap();
+    assert!(cache_status(&r).contains("; hit"), "{}", cache_status(&r));
+    // Purged like an object.
+    let purge = reqwest::Method::from_bytes(b"PURGE").unwrap();
+    let r = client()
+        .request(purge, &url)
+        .bearer_auth("t")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = client().get(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert!(
+        cache_status(&r).contains("fwd=miss"),
+        "{}",
+        cache_status(&r)
+    );
+    assert_eq!(origin_requests(&origin.url()).await, 3.0);
+    edge.stop().await;
+    origin.stop().await;
+}
+
+#[tokio::test]
+async fn a_later_200_replaces_a_stored_404() {
+    let root = std::env::temp_dir().join(format!("cdn-edge-neg-{}", std::process::id()));
+    std::fs::create_dir_all(&root).unwrap();
+    let root = std::fs::canonicalize(&root).unwrap();
+    let _ = std::fs::remove_file(root.join("late.ts"));
+    let origin = start_origin(&root, &Default::default()).await;
+    let (edge, _) = start_edge(&origin.url(), |c| c.negative_ttl_secs = 1).await;
+    let url = format!("{}/late.ts", edge.url());
+    let r = client().get(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    // The segment appears; the stored 404 answers until it expires.
+    let body: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(root.join("late.ts"), &body).unwrap();
+    let r = client().get(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert!(cache_status(&r).contains("; hit"), "{}", cache_status(&r));
+    assert_eq!(origin_requests(&origin.url()).await, 1.0);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let r = client().get(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let cs = cache_status(&r);
+    assert!(cs.contains("fwd=stale") && cs.contains("; stored"), "{cs}");
+    assert_eq!(r.bytes().await.unwrap(), body);
+    assert_eq!(origin_requests(&origin.url()).await, 2.0);
+    // The object replaced the 404: hits, ranges included.
+    let r = client()
+        .get(&url)
+        .header("range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert!(cache_status(&r).contains("; hit"), "{}", cache_status(&r));
+    assert_eq!(r.bytes().await.unwrap(), body[10..20]);
+    assert_eq!(origin_requests(&origin.url()).await, 2.0);
+    edge.stop().await;
+    origin.stop().await;
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// An origin answering each path with a fixed status, headers and body, counting requests
+/// per path.
+async fn status_origin(
+    hits: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+) -> cdn_http::server::NodeHandle {
+    use axum::body::Body;
+    use axum::response::{IntoResponse, Response};
+    let app = axum::Router::new().fallback(move |uri: http::Uri| {
+        let hits = hits.clone();
+        async move {
+            *hits
+                .lock()
+                .unwrap()
+                .entry(uri.path().to_string())
+                .or_default() += 1;
+            let stream = |parts: Vec<Vec<u8>>| {
+                Body::from_stream(futures::stream::iter(
+                    parts
+                        .into_iter()
+                        .map(|p| Ok::<_, std::io::Error>(bytes::Bytes::from(p))),
+                ))
+            };
+            let r: Response = match uri.path() {
+                "/gone" => (
+                    StatusCode::GONE,
+                    [("cache-control", "max-age=60")],
+                    "gone\n",
+                )
+                    .into_response(),
+                "/nostore" => (
+                    StatusCode::NOT_FOUND,
+                    [("cache-control", "no-store")],
+                    "nope\n",
+                )
+                    .into_response(),
+                "/error" => (StatusCode::INTERNAL_SERVER_ERROR, "boom\n").into_response(),
+                "/error-cc" => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [("cache-control", "max-age=60")],
+                    "busy\n",
+                )
+                    .into_response(),
+                "/cookie" => {
+                    (StatusCode::NOT_FOUND, [("set-cookie", "s=1")], "cookie\n").into_response()
+                }
+                "/big" => (StatusCode::NOT_FOUND, vec![b'b'; 100_000]).into_response(),
+                "/big-chunked" => {
+                    (StatusCode::NOT_FOUND, stream(vec![vec![b'c'; 50_000]; 2])).into_response()
+                }
+                "/chunked" => (
+                    StatusCode::NOT_FOUND,
+                    [("content-type", "text/plain")],
+                    stream(vec![b"no such ".to_vec(), b"segment\n".to_vec()]),
+                )
+                    .into_response(),
+                "/nocontent" => (
+                    StatusCode::NO_CONTENT,
+                    [("cache-control", "max-age=60"), ("etag", "\"n1\"")],
+                )
+                    .into_response(),
+                "/moved" => {
+                    (StatusCode::MOVED_PERMANENTLY, [("location", "/elsewhere")]).into_response()
+                }
+                "/found" => (StatusCode::FOUND, [("location", "/elsewhere")]).into_response(),
+                "/bad" => (
+                    StatusCode::BAD_REQUEST,
+                    [("cache-control", "max-age=60")],
+                    "bad\n",
+                )
+                    .into_response(),
+                _ => StatusCode::NOT_FOUND.into_response(),
+            };
+            r
+        }
+    });
+    cdn_http::server::NodeHandle::spawn(listener().await, app, Default::default()).unwrap()
+}
+
+#[tokio::test]
+async fn negative_caching_follows_rfc9111() {
+    let hits = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let origin = status_origin(hits.clone()).await;
+    let (edge, state) = start_edge(&origin.url(), |c| c.negative_ttl_secs = 1).await;
+    let count = |path: &str| hits.lock().unwrap().get(path).copied().unwrap_or(0);
+    let get = |path: &str| client().get(format!("{}{path}", edge.url())).send();
+
+    // Explicit freshness wins over negative_ttl_secs: 60 s, not 1 s.
+    for i in 0..3 {
+        let r = get("/gone").await.unwrap();
+        assert_eq!(r.status(), StatusCode::GONE);
+        let cs = cache_status(&r);
+        if i == 0 {
+            assert!(cs.contains("fwd=miss") && cs.contains("; stored"), "{cs}");
+        } else {
+            assert!(cs.contains("; hit"), "{cs}");
+            let ttl: i64 = cs
+                .split("ttl=")
+                .nth(1)
+                .and_then(|t| t.split(';').next())
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((55..=60).contains(&ttl), "{cs}");
+        }
+        assert_eq!(r.headers()["cache-control"], "max-age=60");
+        assert_eq!(r.text().await.unwrap(), "gone\n");
+        if i == 1 {
+            tokio::time::sleep(Duration::from_millis(1300)).await;
+        }
+    }
+    assert_eq!(count("/gone"), 1);
+
+    // Never stored: no-store, a 500 (and a 503 even with max-age), Set-Cookie, bodies over
+    // the bound (with Content-Length or chunked), a 400 with max-age, a 302 without.
+    for (path, status, len) in [
+        ("/nostore", 404, 5),
+        ("/error", 500, 5),
+        ("/error-cc", 503, 5),
+        ("/cookie", 404, 7),
+        ("/big", 404, 100_000),
+        ("/big-chunked", 404, 100_000),
+        ("/bad", 400, 4),
+        ("/found", 302, 0),
+    ] {
+        for _ in 0..3 {
+            let r = get(path).await.unwrap();
+            assert_eq!(r.status().as_u16(), status, "{path}");
+            assert!(!cache_status(&r).contains("; hit"), "{path}");
+            assert!(!cache_status(&r).contains("stored"), "{path}");
+            assert_eq!(r.bytes().await.unwrap().len(), len, "{path}");
+        }
+        assert_eq!(count(path), 3, "{path}: every request reaches the origin");
+    }
+
+    // Stored: a chunked 404 (heuristic TTL), a 301, a 204 with its ETag.
+    for path in ["/chunked", "/moved", "/nocontent"] {
+        for i in 0..2 {
+            let r = get(path).await.unwrap();
+            let cs = cache_status(&r);
+            assert_eq!(cs.contains("; hit"), i == 1, "{path}: {cs}");
+        }
+        assert_eq!(count(path), 1, "{path}");
+    }
+    let r = get("/chunked").await.unwrap();
+    assert_eq!(r.headers()["content-type"], "text/plain");
+    assert_eq!(r.headers()["content-length"], "16");
+    assert_eq!(r.text().await.unwrap(), "no such segment\n");
+    let r = get("/moved").await.unwrap();
+    assert_eq!(r.status(), StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(r.headers()["location"], "/elsewhere");
+    // Preconditions: evaluated for a stored 2xx, ignored for a stored 404 (RFC 9110 §13.2.1).
+    let r = client()
+        .get(format!("{}/nocontent", edge.url()))
+        .header("if-none-match", "\"n1\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+    assert!(cache_status(&r).contains("; hit"));
+    let r = client()
+        .get(format!("{}/nocontent", edge.url()))
+        .header("if-none-match", "\"other\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(r.headers()["etag"], "\"n1\"");
+    let r = client()
+        .get(format!("{}/chunked", edge.url()))
+        .header("if-none-match", "*")
+        .header("range", "bytes=0-3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(r.text().await.unwrap(), "no such segment\n");
+    assert_eq!(count("/chunked"), 1);
+    assert_eq!(count("/nocontent"), 1);
+
+    // The heuristic one expires after negative_ttl_secs; the explicit one does not.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = get("/chunked").await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert!(!cache_status(&r).contains("; hit"), "{}", cache_status(&r));
+    assert_eq!(count("/chunked"), 2);
+    let r = get("/gone").await.unwrap();
+    assert!(cache_status(&r).contains("; hit"), "{}", cache_status(&r));
+    assert_eq!(count("/gone"), 1);
+    state.store.metas.run_pending_tasks().await;
+    let mut stored: Vec<String> = state
+        .store
+        .metas
+        .iter()
+        .map(|(k, _)| k.rsplit('/').next().unwrap().to_string())
+        .collect();
+    stored.sort();
+    assert_eq!(stored, ["chunked", "gone", "moved", "nocontent"]);
+    // A HEAD of what is not stored gets the origin's status and length, without a body.
+    for (path, status, len) in [("/error", 500, "5"), ("/big", 404, "100000")] {
+        let r = client()
+            .head(format!("{}{path}", edge.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "{path}");
+        assert_eq!(r.headers()["content-length"], len, "{path}");
+        assert!(r.bytes().await.unwrap().is_empty());
+        assert_eq!(count(path), 4, "{path}");
+    }
+    edge.stop().await;
+    origin.stop().await;
+}
+
+#[tokio::test]
+async fn negative_ttl_zero_stores_only_explicit_freshness() {
+    let hits = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let origin = status_origin(hits.clone()).await;
+    let (edge, _) = start_edge(&origin.url(), |c| c.negative_ttl_secs = 0).await;
+    for path in ["/chunked", "/chunked", "/gone", "/gone"] {
+        client()
+            .get(format!("{}{path}", edge.url()))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+    }
+    let hits = hits.lock().unwrap().clone();
+    assert_eq!(hits.get("/chunked"), Some(&2));
+    assert_eq!(hits.get("/gone"), Some(&1));
+    edge.stop().await;
+    origin.stop().await;
+}
+
+#[tokio::test]
+async fn a_truncated_404_is_never_stored() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = listener().await;
+    let addr = l.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let hits = h.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let _ = s.read(&mut buf).await;
+                hits.fetch_add(1, Ordering::SeqCst);
+                let head = "HTTP/1.1 404 Not Found\r\ncontent-length: 100\r\n\
+                            cache-control: max-age=600\r\n\r\n";
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(&[b'x'; 50]).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    let (edge, state) = start_edge(&format!("http://{addr}"), |_| {}).await;
+    for attempt in 1..=2 {
+        let r = client()
+            .get(format!("{}/seg.ts", edge.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY, "attempt {attempt}");
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            attempt,
+            "not served from cache"
+        );
+    }
+    state.store.metas.run_pending_tasks().await;
+    assert_eq!(state.store.metas.entry_count(), 0);
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn head_miss_probes_once_then_head_and_get_hit() {
+    let origin = start_origin(&media_root(), &Default::default()).await;
+    let (edge, _) = start_edge(&origin.url(), |_| {}).await;
+    let size = MIB + MIB / 2;
+    let path = format!("/synthetic/head-1?size={size}");
+    let url = format!("{}{path}", edge.url());
+    let r = client().head(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let cs = cache_status(&r);
+    assert!(cs.contains("fwd=miss") && cs.contains("; stored"), "{cs}");
+    let miss = r.headers().clone();
+    assert_eq!(miss["content-length"], size.to_string().as_str());
+    assert!(r.bytes().await.unwrap().is_empty());
+    // The probe was one chunk-sized Range GET: exactly one chunk crossed.
+    assert_eq!(origin_requests(&origin.url()).await, 1.0);
+    assert_eq!(
+        metric_sum(&origin.url(), "cdn_origin_bytes_sent_total").await,
+        MIB as f64
+    );
+    let r = client().head(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(cache_status(&r).contains("; hit"), "{}", cache_status(&r));
+    let hit = r.headers().clone();
+    assert!(r.bytes().await.unwrap().is_empty());
+    let r = client()
+        .get(&url)
+        .header("range", "bytes=1000-1999")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert!(cache_status(&r).contains("; hit"), "{}", cache_status(&r));
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes 1000-1999/{size}").as_str()
+    );
+    assert_eq!(r.bytes().await.unwrap(), synthetic("head-1", 1000..=1999));
+    assert_eq!(
+        origin_requests(&origin.url()).await,
+        1.0,
+        "one origin request in all"
+    );
+    // The full object's headers, as the origin gives them to a HEAD.
+    let o = client()
+        .head(format!("{}{path}", origin.url()))
+        .send()
+        .await
+        .unwrap();
+    for name in [
+        "content-length",
+        "content-type",
+        "etag",
+        "last-modified",
+        "cache-control",
+        "accept-ranges",
+    ] {
+        assert_eq!(miss.get(name), o.headers().get(name), "{name} (miss)");
+        assert_eq!(hit.get(name), o.headers().get(name), "{name} (hit)");
+    }
+    assert!(miss.contains_key("age") && hit.contains_key("via"));
+    assert!(miss.get("content-range").is_none() && hit.get("content-range").is_none());
+    // A HEAD miss of a small object stores all of it: a whole GET then is a hit.
+    let small = format!("{}/synthetic/head-2?size=5000", edge.url());
+    let r = client().head(&small).send().await.unwrap();
+    assert_eq!(r.headers()["content-length"], "5000");
+    let r = client().get(&small).send().await.unwrap();
+    assert!(cache_status(&r).contains("; hit"), "{}", cache_status(&r));
+    assert_eq!(r.bytes().await.unwrap(), synthetic("head-2", 0..=4999));
+    assert_eq!(
+        origin_requests(&origin.url()).await,
+        3.0,
+        "one probe + the direct HEAD"
+    );
+    edge.stop().await;
+    origin.stop().await;
+}
+
+/// Read-ahead starts only when a response reads sequentially (it spans two chunks or more, so
+/// it crosses from one chunk into the next): a response within one chunk fetches that chunk
+/// alone, so a viewer that leaves after it costs the origin nothing more. Counted exactly at
+/// the origin, and in the edge's store.
+#[tokio::test]
+async fn read_ahead_only_when_a_response_reads_across_chunks() {
+    const CHUNK: u64 = 64 * 1024;
+    let origin = start_origin(&media_root(), &Default::default()).await;
+    let (edge, state) = start_edge(&origin.url(), |c| {
+        c.chunk_size = CHUNK;
+        c.readahead = 2;
+    })
+    .await;
+    let size = 8 * CHUNK;
+    let get = |id: &'static str, first: u64, last: u64| {
+        let url = format!("{}/synthetic/{id}?size={size}", edge.url());
+        async move {
+            let r = client()
+                .get(url)
+                .header("range", format!("bytes={first}-{last}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+            assert_eq!(r.bytes().await.unwrap(), synthetic(id, first..=last));
+        }
+    };
+    // Read-ahead runs in the background: wait until the origin has answered `want` requests
+    // (or 10 s), then a while longer, and return the count then.
+    let settled = |want: f64| {
+        let origin = origin.url();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while origin_requests(&origin).await < want && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            (
+                origin_requests(&origin).await,
+                metric_sum(&origin, "cdn_origin_bytes_sent_total").await,
+            )
+        }
+    };
+    let stored = |id: &str| {
+        let mut held: Vec<u64> = state
+            .store
+            .chunks
+            .iter()
+            .filter(|(k, _)| k.version.key.contains(&format!("/synthetic/{id}?")))
+            .map(|(k, _)| k.index)
+            .collect();
+        held.sort_unstable();
+        held
+    };
+
+    // Exactly one chunk of a cold object: the probe fetches it, nothing is read ahead.
+    get("ra-one", 0, CHUNK - 1).await;
+    assert_eq!(settled(1.0).await, (1.0, CHUNK as f64));
+    assert_eq!(stored("ra-one"), [0]);
+    // The end of a chunk, within that chunk (a hit on the metadata, the chunk filled): still
+    // nothing ahead, though this response reads to the chunk's end.
+    get("ra-one", 3 * CHUNK + 100, 4 * CHUNK - 1).await;
+    assert_eq!(settled(2.0).await, (2.0, 2.0 * CHUNK as f64));
+    assert_eq!(stored("ra-one"), [0, 3]);
+
+    // Two whole chunks of a cold object, read in order: chunk 0 (the probe) reads 1 and 2
+    // ahead; chunk 1, reached by crossing from chunk 0 and read to its end, reads 2 (under
+    // way already) and 3 ahead. Four fetches, each chunk once.
+    get("ra-seq", 0, 2 * CHUNK - 1).await;
+    assert_eq!(settled(6.0).await, (6.0, 6.0 * CHUNK as f64));
+    assert_eq!(stored("ra-seq"), [0, 1, 2, 3]);
+
+    // Across one border, ending inside the second chunk: read-ahead from the first chunk
+    // (1 and 2), none from the second (the response ends before that chunk's end).
+    get("ra-mid", CHUNK / 2, CHUNK + 10).await;
+    assert_eq!(settled(9.0).await, (9.0, 9.0 * CHUNK as f64));
+    assert_eq!(stored("ra-mid"), [0, 1, 2]);
+
+    // Hits read nothing more: the same sequential range again, and one chunk.
+    get("ra-seq", 0, 2 * CHUNK - 1).await;
+    get("ra-seq", 2 * CHUNK, 3 * CHUNK - 1).await;
+    assert_eq!(settled(9.0).await, (9.0, 9.0 * CHUNK as f64));
+    edge.stop().await;
+    origin.stop().await;
+}

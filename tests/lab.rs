@@ -886,6 +886,7 @@ async fn autoscaler_starts_a_spare_under_load_and_drains_it_after() {
     assert_eq!(eu2["spare"], true);
     let st = json(&c, &api).await;
     assert_eq!(st["enabled"], true, "{st}");
+    assert!(st["lab_offset_ms"].as_u64().is_some(), "{st}");
     let europe = &st["regions"][0];
     assert_eq!(europe["region"], "europe", "only Europe has a spare: {st}");
     assert_eq!(europe["config"]["min_edges"], 1);

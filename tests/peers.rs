@@ -2,7 +2,8 @@
 //! of one real origin, with mutual TLS from a cluster CA generated for the test. Origin
 //! fetches are counted from the origin's own metrics. The last tests change the peer set at
 //! runtime: `Peers::set_peers`, warm-up of a joining edge from the chunks' previous owners,
-//! and `cdn edge --config FILE` following its file.
+//! and `cdn edge --config FILE` following its file. The last ones check admission: a node
+//! serves only the peers it lists now, by the name in their certificates.
 
 mod common;
 
@@ -545,11 +546,30 @@ async fn a_joining_edge_warms_from_the_previous_owners_not_the_origin() {
         vec![peer("a", pa), peer("b", pb)],
     )
     .await;
+    // d, past its warm-up from the start, knows a, b and c; it asks nothing until the end, and
+    // nobody lists it until then.
+    let pd = udp_port();
+    let d = member_with(
+        &dir,
+        &origin.url(),
+        "d",
+        pd,
+        vec![peer("a", pa), peer("b", pb), peer("c", pc)],
+        |cfg| cfg.peer_warmup_secs = 0,
+    )
+    .await;
     let chunks = 8;
     let size = chunks * CHUNK;
     let path = |id: &str| format!("/synthetic/{id}?size={size}");
+    let owned_by_d = |id: &str| {
+        let k = key(&d, &path(id));
+        (0..chunks)
+            .filter(|&i| peers_of(&d).owner(&k, i).is_none())
+            .count() as f64
+    };
     // An object where c owns chunks whose previous owner is a and chunks whose previous owner
-    // is b (so both runner-ups are exercised).
+    // is b (so both runner-ups are exercised), and d owns some chunk (keys hold the origin's
+    // port, so the object differs from run to run).
     let runner_ups = |id: &str| -> Vec<String> {
         let k = key(&c, &path(id));
         (0..chunks)
@@ -561,7 +581,7 @@ async fn a_joining_edge_warms_from_the_previous_owners_not_the_origin() {
         .map(|i| format!("warm-{i}"))
         .find(|id| {
             let r = runner_ups(id);
-            r.iter().any(|n| n == "a") && r.iter().any(|n| n == "b")
+            r.iter().any(|n| n == "a") && r.iter().any(|n| n == "b") && owned_by_d(id) >= 1.0
         })
         .expect("some object");
     let owned_by_c = runner_ups(&id).len() as f64;
@@ -615,25 +635,25 @@ async fn a_joining_edge_warms_from_the_previous_owners_not_the_origin() {
     );
 
     // After its warm-up a node no longer asks previous owners (that round trip would rarely
-    // find anything): d, warm from the start, fills the chunks it owns from the origin.
-    let pd = udp_port();
-    let d = member_with(
-        &dir,
-        &origin.url(),
-        "d",
-        pd,
-        vec![peer("a", pa), peer("b", pb), peer("c", pc)],
-        |cfg| cfg.peer_warmup_secs = 0,
-    )
-    .await;
-    let k = key(&d, &path(&id));
-    let owned_by_d = (0..chunks)
-        .filter(|&i| peers_of(&d).owner(&k, i).is_none())
-        .count() as f64;
-    assert!(owned_by_d >= 1.0, "d owns some chunk of {id}");
+    // find anything): d, warm from the start, fills the chunks it owns from the origin. The
+    // others list d now (a node serves only the peers it lists).
+    for (n, others) in [
+        (&a, [("b", pb), ("c", pc), ("d", pd)]),
+        (&b, [("a", pa), ("c", pc), ("d", pd)]),
+        (&c, [("a", pa), ("b", pb), ("d", pd)]),
+    ] {
+        let others = others
+            .iter()
+            .map(|(name, addr)| peer(name, *addr))
+            .collect();
+        assert_eq!(peers_of(n).set_peers(others).expect("valid").added, ["d"]);
+    }
     let before = origin_requests(&origin.url()).await;
     assert_eq!(get(&d, &path(&id)).await.1, want);
-    assert_eq!(origin_requests(&origin.url()).await - before, owned_by_d);
+    assert_eq!(
+        origin_requests(&origin.url()).await - before,
+        owned_by_d(&id)
+    );
     assert_eq!(
         metric_sum(&d.handle.url(), "cdn_edge_peer_runner_up_fetches_total").await,
         0.0
@@ -747,5 +767,243 @@ async fn cdn_edge_follows_the_peers_in_its_config_file() {
         .expect("stops in time")
         .expect("serve task")
         .expect("serve ends cleanly");
+    origin.stop().await;
+}
+
+// Admission: a node's peer endpoint serves only the nodes in its current peer set, named by
+// their certificates, whatever the cluster CA signed.
+
+const REFUSED: &str = "cdn_edge_peer_refused_total{reason=\"unknown-peer\"}";
+const PEER_OUT: &str = "cdn_edge_peer_bytes_total{direction=\"out\"}";
+
+/// `n` one-chunk objects (ids `{prefix}-i`) whose chunk `asker` would ask its owner for.
+fn owned_elsewhere(asker: &Node, prefix: &str, n: usize) -> Vec<String> {
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .filter(|id| {
+            let path = format!("/synthetic/{id}?size={CHUNK}");
+            peers_of(asker).owner(&key(asker, &path), 0).is_some()
+        })
+        .take(n)
+        .collect()
+}
+
+async fn get_one_chunk(node: &Node, id: &str) {
+    let path = format!("/synthetic/{id}?size={CHUNK}");
+    assert_eq!(get(node, &path).await.1, synthetic(id, 0..=CHUNK - 1));
+}
+
+fn connection_id(node: &Node, peer: &str) -> Option<usize> {
+    let set = peers_of(node).peer_set();
+    let member = set.get(peer).expect("a listed peer");
+    member.client.current_connection().map(|c| c.stable_id())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_outside_the_peer_list_is_refused_until_it_is_listed() {
+    let origin = start_origin(&media_root(), &Default::default()).await;
+    let dir = pki("outsider", &["b", "s"]);
+    let (pb, ps) = (udp_port(), udp_port());
+    // s holds a valid cluster certificate and lists b; b does not list s.
+    let b = member(&dir, &origin.url(), "b", pb, vec![]).await;
+    let s = member(&dir, &origin.url(), "s", ps, vec![peer("b", pb)]).await;
+    // Objects b owns in s's view: s asks b for each (as owner), once.
+    let ids = owned_elsewhere(&s, "outsider", 3);
+    let s_not_a_peer = "cdn_edge_peer_fetches_total{result=\"not-a-peer\"}";
+    let s_found = "cdn_edge_peer_fetches_total{result=\"found\"}";
+    let b_url = b.handle.url();
+    let b_fills = || metric_sum(&b_url, "cdn_edge_origin_fetches_total");
+
+    // Not listed: b refuses, serves nothing and fills nothing for s; s goes to the origin.
+    let before = origin_requests(&origin.url()).await;
+    get_one_chunk(&s, &ids[0]).await;
+    assert_eq!(origin_requests(&origin.url()).await - before, 1.0);
+    assert_eq!(metric(&b, REFUSED).await, 1.0);
+    assert_eq!(
+        metric_sum(&b.handle.url(), "cdn_edge_peer_refused_total").await,
+        1.0
+    );
+    assert_eq!(metric(&b, PEER_OUT).await, 0.0);
+    assert_eq!(b_fills().await, 0.0);
+    assert_eq!(metric(&s, s_not_a_peer).await, 1.0);
+    assert_eq!(metric(&s, s_found).await, 0.0);
+    let conn = connection_id(&s, "b");
+    assert!(conn.is_some(), "the refusal leaves the connection up");
+
+    // b lists s: s is served at once, on the connection it has; b fills as the owner.
+    peers_of(&b)
+        .set_peers(vec![peer("s", ps)])
+        .expect("valid peers");
+    let s_fills = metric_sum(&s.handle.url(), "cdn_edge_origin_fetches_total").await;
+    get_one_chunk(&s, &ids[1]).await;
+    assert_eq!(metric(&s, s_found).await, 1.0, "served by b");
+    assert_eq!(b_fills().await, 1.0, "b filled it as the owner");
+    assert_eq!(metric(&b, PEER_OUT).await, CHUNK as f64);
+    assert_eq!(
+        metric_sum(&s.handle.url(), "cdn_edge_origin_fetches_total").await,
+        s_fills
+    );
+    assert_eq!(metric(&b, REFUSED).await, 1.0);
+    assert_eq!(connection_id(&s, "b"), conn, "no reconnect");
+
+    // b forgets s: the same open connection is refused again.
+    peers_of(&b).set_peers(vec![]).expect("valid peers");
+    let before = origin_requests(&origin.url()).await;
+    get_one_chunk(&s, &ids[2]).await;
+    assert_eq!(origin_requests(&origin.url()).await - before, 1.0);
+    assert_eq!(metric(&b, REFUSED).await, 2.0);
+    assert_eq!(
+        metric(&b, PEER_OUT).await,
+        CHUNK as f64,
+        "nothing more served"
+    );
+    assert_eq!(b_fills().await, 1.0);
+    assert_eq!(metric(&s, s_not_a_peer).await, 2.0);
+    assert_eq!(connection_id(&s, "b"), conn);
+    stop(vec![b, s]).await;
+    origin.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_with_the_certificate_of_another_name_is_refused_both_ways() {
+    let origin = start_origin(&media_root(), &Default::default()).await;
+    let dir = pki("impostor", &["b", "c", "x"]);
+    let (pb, pc) = (udp_port(), udp_port());
+    // b lists c at pc, but the node at pc is x (x's certificate); x lists b.
+    let b = member(&dir, &origin.url(), "b", pb, vec![peer("c", pc)]).await;
+    let x = member(&dir, &origin.url(), "x", pc, vec![peer("b", pb)]).await;
+
+    // x asks b, from the address b lists for c: its certificate says x, so b refuses.
+    let ids = owned_elsewhere(&x, "impostor-in", 1);
+    get_one_chunk(&x, &ids[0]).await;
+    assert_eq!(metric(&b, REFUSED).await, 1.0);
+    assert_eq!(metric(&b, PEER_OUT).await, 0.0);
+    assert_eq!(
+        metric_sum(&b.handle.url(), "cdn_edge_origin_fetches_total").await,
+        0.0,
+        "b filled nothing for x"
+    );
+
+    // b dials c at pc: the certificate there is x's, so b's handshake fails and b uses the
+    // origin; x serves nothing.
+    let ids = owned_elsewhere(&b, "impostor-out", 1);
+    let x_fills = metric_sum(&x.handle.url(), "cdn_edge_origin_fetches_total").await;
+    get_one_chunk(&b, &ids[0]).await;
+    assert_eq!(
+        metric(&b, "cdn_edge_peer_fetches_total{result=\"error\"}").await,
+        1.0
+    );
+    assert_eq!(
+        metric_sum(&b.handle.url(), "cdn_edge_peer_fetches_total").await,
+        1.0
+    );
+    assert_eq!(metric(&b, "cdn_edge_peer_connected{peer=\"c\"}").await, 0.0);
+    assert_eq!(metric(&x, PEER_OUT).await, 0.0);
+    assert_eq!(
+        metric_sum(&x.handle.url(), "cdn_edge_origin_fetches_total").await,
+        x_fills,
+        "x filled nothing for b"
+    );
+    assert_eq!(metric(&b, REFUSED).await, 1.0);
+    stop(vec![b, x]).await;
+    origin.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pushes_and_advertisements_are_taken_only_from_peers() {
+    let origin = start_origin(&media_root(), &Default::default()).await;
+    let dir = pki("push-outsider", &["b", "s"]);
+    let (pb, ps) = (udp_port(), udp_port());
+    // b, alone in region r2, lists nobody; s (r1) lists b, its push target, and turns objects
+    // hot at the second request.
+    let b = member_with(&dir, &origin.url(), "b", pb, vec![], |c| {
+        c.region = "r2".into()
+    })
+    .await;
+    let b_in_r2 = PeerConfig {
+        region: "r2".into(),
+        ..peer("b", pb)
+    };
+    let s = member_with(&dir, &origin.url(), "s", ps, vec![b_in_r2], |c| {
+        c.hot_threshold = 2
+    })
+    .await;
+    let size = 2 * CHUNK;
+    let path = |id: &str| format!("/synthetic/{id}?size={size}");
+    let pushes = |result: &str| format!("cdn_edge_pushes_total{{result=\"{result}\"}}");
+
+    // s pushes a hot object to b, which does not list s: the advertisement and the first
+    // chunk are refused, and s stops there.
+    for _ in 0..2 {
+        assert_eq!(
+            get(&s, &path("pushed-0")).await.1,
+            synthetic("pushed-0", 0..=size - 1)
+        );
+    }
+    wait_metric_at(&s.handle.url(), &pushes("not-a-peer"), 1.0).await;
+    wait_metric_at(&b.handle.url(), REFUSED, 2.0).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        metric(&b, REFUSED).await,
+        2.0,
+        "one advertisement, one push"
+    );
+    assert_eq!(
+        metric_sum(&s.handle.url(), "cdn_edge_pushes_total").await,
+        1.0
+    );
+    assert!(
+        b.edge
+            .store
+            .metas
+            .get(&key(&b, &path("pushed-0")))
+            .await
+            .is_none(),
+        "nothing admitted"
+    );
+
+    // b lists s: the next hot object is advertised and pushed, every chunk admitted.
+    peers_of(&b)
+        .set_peers(vec![peer("s", ps)])
+        .expect("valid peers");
+    for _ in 0..2 {
+        assert_eq!(
+            get(&s, &path("pushed-1")).await.1,
+            synthetic("pushed-1", 0..=size - 1)
+        );
+    }
+    wait_metric_at(&s.handle.url(), &pushes("ok"), 2.0).await;
+    let before = origin_requests(&origin.url()).await;
+    let (cs, body) = get(&b, &path("pushed-1")).await;
+    assert_eq!(body, synthetic("pushed-1", 0..=size - 1));
+    assert!(cs.contains("; hit"), "pushed, then a hit: {cs}");
+    assert_eq!(origin_requests(&origin.url()).await, before);
+    // The refused advertisement was not recorded: b does not ask s for the first object.
+    assert_eq!(
+        get(&b, &path("pushed-0")).await.1,
+        synthetic("pushed-0", 0..=size - 1)
+    );
+    assert_eq!(
+        metric_sum(&b.handle.url(), "cdn_edge_peer_fetches_total").await,
+        0.0
+    );
+    assert_eq!(metric(&b, REFUSED).await, 2.0);
+
+    // An advertisement counts for the node the certificate names, not the one it claims.
+    let spoofed = cdn_edge::peer::client::Advertise {
+        from: "someone-else".into(),
+        keys: vec![key(&b, &path("advertised"))],
+    };
+    let to_b = peers_of(&s).peer_set().get("b").expect("b").client.clone();
+    to_b.advertise(&spoofed).await.expect("advertised");
+    assert_eq!(
+        get(&b, &path("advertised")).await.1,
+        synthetic("advertised", 0..=size - 1)
+    );
+    assert!(
+        metric_sum(&b.handle.url(), "cdn_edge_peer_fetches_total").await >= 1.0,
+        "b asked s, the advertiser its certificate proved"
+    );
+    stop(vec![b, s]).await;
     origin.stop().await;
 }

@@ -338,8 +338,8 @@ async function refresh() {
 // points and events come back. {"enabled": false}, a 404 (an older lab) or an error hides the
 // panel. window.labAutoscale holds what the page has (tests read it).
 // The autoscaler's clock (at_ms) starts when the autoscaler does, once the lab's edges are
-// healthy; the page shows times on the lab's clock (as the other charts), adding `offsetMs`,
-// estimated from the two clocks as read by the page (0 when unknown).
+// healthy; the page shows times on the lab's clock (as the other charts), adding `offsetMs`
+// (the response's `lab_offset_ms`).
 
 const AUTOSCALE_POINTS = 600;   // history points kept per region (10 min at one a second)
 const AUTOSCALE_EVENTS = 300;   // events kept
@@ -376,9 +376,12 @@ function mergeAutoscale(a, since) {
   let maxAt = since == null ? -1 : since;
   autoscale.startedUnixMs = a.started_unix_ms;
   autoscale.nowMs = a.now_ms;
-  // Kept steady (no jitter) unless a fresh estimate is off by more than a second (the lab's
-  // clock as last read came from before a restart).
-  if (labClock && performance.now() - labClock.at < 5000) {
+  // The lab says how far its clock is ahead of the autoscaler's (`lab_offset_ms`); an older
+  // lab does not, and then the offset is estimated from the two clocks as the page read them,
+  // kept steady unless a fresh estimate is off by more than a second.
+  if (a.lab_offset_ms != null) {
+    autoscale.offsetMs = a.lab_offset_ms;
+  } else if (labClock && performance.now() - labClock.at < 5000) {
     const labMs = labClock.t * 1000 + performance.now() - labClock.at;
     const est = Math.max(0, Math.round(labMs - a.now_ms));
     if (autoscale.offsetMs == null || Math.abs(est - autoscale.offsetMs) > 1000) {

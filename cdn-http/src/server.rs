@@ -207,10 +207,15 @@ async fn guarded(
         tracing::info!(target: "cdn_http::limits", ?peer, status = status.as_u16(), "request refused");
         return Ok(refusal(status, why, version, None));
     }
+    let (parts, body) = req.into_parts();
+    if body.is_end_stream() {
+        // No body (most GETs): nothing to limit.
+        let req = http::Request::from_parts(parts, Body::new(body));
+        return app.oneshot(req).await;
+    }
     let exceeded = Arc::new(AtomicBool::new(false));
     let flag = exceeded.clone();
     let max = usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX);
-    let (parts, body) = req.into_parts();
     let body = Limited::new(body, max).map_err(move |e| {
         if e.is::<LengthLimitError>() {
             flag.store(true, Ordering::Relaxed);
@@ -427,10 +432,8 @@ impl AsyncRead for SharedIo {
     ) -> Poll<io::Result<()>> {
         loop {
             ready!(self.stream.poll_read_ready(cx))?;
-            let unfilled = buf.initialize_unfilled();
-            match self.stream.try_read(unfilled) {
+            match read_into(&self.stream, buf) {
                 Ok(n) => {
-                    buf.advance(n);
                     self.state.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
                     self.state.touch();
                     return Poll::Ready(Ok(()));
@@ -440,6 +443,49 @@ impl AsyncRead for SharedIo {
             }
         }
     }
+}
+
+/// At most this much is received per read (the size of each worker thread's read buffer).
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Receives what the socket holds into `buf` (at most its room), as tokio's own `poll_read`
+/// does but on a shared socket, and without unsafe code:
+/// - hyper hands over a buffer it has not initialised; rather than zeroing all of it before
+///   every receive, the bytes go through this thread's buffer (initialised once) and only
+///   those received are copied (a request head is a few hundred bytes);
+/// - a receive that returns less than it had room for has drained the socket (epoll, edge
+///   triggered), so the readiness is cleared then, as tokio does: the next read waits for
+///   the next event instead of making a receive that only says `WouldBlock`, which would
+///   otherwise follow every request on a kept-alive connection. The readiness is cleared
+///   through `try_io` only when no readiness event has arrived since the receive began, so
+///   data that arrives meanwhile is not missed.
+fn read_into(stream: &TcpStream, buf: &mut ReadBuf<'_>) -> io::Result<usize> {
+    use std::io::Read;
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+            std::cell::RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
+    }
+    SCRATCH.with_borrow_mut(|scratch| {
+        let room = buf.remaining().min(scratch.len());
+        let dst = &mut scratch[..room];
+        let mut received = None;
+        let result = stream.try_io(tokio::io::Interest::READABLE, || {
+            let n = (&*socket2::SockRef::from(stream)).read(dst)?;
+            received = Some(n);
+            if n > 0 && n < room {
+                // Drained: clear the readiness (the bytes are returned below).
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        match received {
+            Some(n) => {
+                buf.put_slice(&scratch[..n]);
+                Ok(n)
+            }
+            None => result,
+        }
+    })
 }
 
 impl AsyncWrite for SharedIo {

@@ -1,17 +1,23 @@
 //! Cache semantics: for each GET or HEAD, decide between serving from the store, revalidating,
 //! serving stale, filling a miss, or passing through (RFC 9111 as a shared cache, RFC 5861).
 //!
-//! A miss sends one *probe* to the origin: a Range request for the chunk the client needs
-//! first, so a small range of a huge object never pulls the whole object. Its answer yields
-//! the object's metadata and that chunk. Probes and revalidations are coalesced per object,
-//! like chunk fills are per chunk.
+//! A miss (GET or HEAD) sends one *probe* to the origin: a Range request for the chunk the
+//! client needs first, so a small range of a huge object never pulls the whole object. Its
+//! answer yields the object's metadata and that chunk. Probes and revalidations are coalesced
+//! per object, like chunk fills are per chunk.
+//!
+//! A probe answered with another final status (404, 410, 301, ...) is stored whole as a
+//! *negative* entry when RFC 9111 allows it ([`freshness::negative_lifetime`]) and its body is
+//! small; otherwise it is handed to the client as it is and nothing is kept.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 
+use cdn_http::conditional::{Precondition, Validators};
 use cdn_http::metrics::NodeMetrics;
 
 use crate::coalesce::Coalescer;
@@ -19,7 +25,7 @@ use crate::config::EdgeConfig;
 use crate::fill::{FillError, FillSource, Filler, PendingChunks};
 use crate::freshness::{self, CacheControl, Timing, Usability};
 use crate::origin::{OriginClient, strip_hop_by_hop};
-use crate::store::{self, ObjectMeta, PrimaryEntry, Store, VersionId};
+use crate::store::{self, NEGATIVE_MAX_BODY, Negative, ObjectMeta, PrimaryEntry, Store, VersionId};
 
 /// The edge's shared state.
 pub struct Edge {
@@ -45,7 +51,8 @@ pub enum ProbeOutcome {
         revalidated: bool,
     },
     NotStorable,
-    /// A status the cache does not store; the first taker streams the response as it is.
+    /// A response the cache does not store (a status it does not store, or a negative
+    /// response that is not storable or too big); the first taker streams it as it is.
     Upstream {
         status: u16,
         resp: Arc<Mutex<Option<reqwest::Response>>>,
@@ -261,8 +268,15 @@ impl Edge {
         }
     }
 
-    /// Decides how to answer a GET or HEAD.
-    pub async fn decide(self: &Arc<Self>, method: &Method, uri: &Uri, req: &HeaderMap) -> Decision {
+    /// Decides how to answer a GET or HEAD (alike: a HEAD miss probes as a GET would, as
+    /// Varnish does, and is answered from the stored metadata with the whole object's
+    /// headers; the probed chunk is there for the GETs that follow).
+    pub async fn decide(
+        self: &Arc<Self>,
+        _method: &Method,
+        uri: &Uri,
+        req: &HeaderMap,
+    ) -> Decision {
         let req_cc = CacheControl::parse(req);
         if req.contains_key(header::AUTHORIZATION) || req_cc.no_store {
             return Decision::Pass {
@@ -328,7 +342,11 @@ impl Edge {
                     revalidated,
                 })) => {
                     let mut v = Verdict::new(Kind::Stale, Some("stale"));
-                    v.fwd_status = Some(if revalidated { 304 } else { 200 });
+                    v.fwd_status = Some(if revalidated {
+                        304
+                    } else {
+                        fresh.negative.as_ref().map_or(200, |n| n.status.as_u16())
+                    });
                     v.stored = true;
                     v.collapsed = !leader;
                     Decision::Serve {
@@ -346,11 +364,6 @@ impl Edge {
 
         if req_cc.only_if_cached {
             return gateway_timeout();
-        }
-        if method == Method::HEAD {
-            return Decision::Pass {
-                verdict: Verdict::new(Kind::Pass, Some("miss")),
-            };
         }
         let (fut, leader) = self.probe(&primary, &variant, &pq, req, None, hint);
         let outcome = self.wait(fut, leader).await;
@@ -375,6 +388,7 @@ impl Edge {
         match outcome {
             Some(Ok(ProbeOutcome::Stored { meta, .. })) => {
                 let mut v = Verdict::new(Kind::Miss, Some("miss"));
+                v.fwd_status = meta.negative.as_ref().map(|n| n.status.as_u16());
                 v.stored = true;
                 v.collapsed = !leader;
                 Decision::Serve { meta, verdict: v }
@@ -527,7 +541,12 @@ impl Edge {
             let mut h = OriginClient::fill_headers(&req);
             let range = format!("bytes={}-{}", first * cs, first * cs + cs - 1);
             h.insert(header::RANGE, HeaderValue::from_str(&range).expect("ascii"));
-            if let Some(s) = &stale {
+            // A stored 404 (or any non-2xx) is not revalidated: the origin must ignore
+            // preconditions for it (RFC 9110 §13.2.1), so it is simply asked again.
+            if let Some(s) = stale
+                .as_ref()
+                .filter(|s| s.negative.as_ref().is_none_or(|n| n.status.is_success()))
+            {
                 if let Some(etag) = s
                     .etag
                     .as_deref()
@@ -569,10 +588,17 @@ impl Edge {
                 continue;
             }
             if status != StatusCode::OK && status != StatusCode::PARTIAL_CONTENT {
-                return Ok(ProbeOutcome::Upstream {
-                    status: status.as_u16(),
-                    resp: Arc::new(Mutex::new(Some(resp))),
-                });
+                return self
+                    .negative(
+                        &primary,
+                        &pq,
+                        &req,
+                        &req_cc,
+                        resp,
+                        request_time,
+                        response_time,
+                    )
+                    .await;
             }
             let cc = CacheControl::parse(resp.headers());
             let (len, ranges) = match object_length(&resp, first * cs) {
@@ -599,16 +625,7 @@ impl Edge {
             }
             let vary = store::vary_names(resp.headers());
             let key = store::variant_key(&primary, &vary, &req);
-            let etag = resp
-                .headers()
-                .get(header::ETAG)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            let last_modified = resp
-                .headers()
-                .get(header::LAST_MODIFIED)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| httpdate::parse_http_date(v).ok());
+            let (etag, last_modified) = validators_of(resp.headers());
             let validator = match (&etag, last_modified) {
                 (Some(e), _) if !e.starts_with("W/") => format!("e:{e}:{len}"),
                 (_, Some(lm)) => format!("lm:{}:{len}", httpdate::fmt_http_date(lm)),
@@ -651,6 +668,7 @@ impl Edge {
                     .iter()
                     .map(|n| (n.clone(), req.get(n).cloned()))
                     .collect(),
+                negative: None,
             });
             self.store
                 .primaries
@@ -711,18 +729,272 @@ impl Edge {
             all.insert(header::LAST_MODIFIED, v);
         }
         let cc = CacheControl::parse(&headers);
+        let lifetime = match &old.negative {
+            Some(n) => freshness::negative_lifetime(n.status, &all, &cc, self.negative_ttl())
+                .unwrap_or_default(),
+            None => {
+                freshness::lifetime(&all, &cc, Duration::from_secs(self.cfg.heuristic_max_secs))
+            }
+        };
         ObjectMeta {
-            lifetime: freshness::lifetime(
-                &all,
-                &cc,
-                Duration::from_secs(self.cfg.heuristic_max_secs),
-            ),
+            lifetime,
             cc,
             timing: Timing::new(request_time, response_time, not_modified),
             headers,
             ..old.clone()
         }
     }
+}
+
+impl Edge {
+    fn negative_ttl(&self) -> Duration {
+        Duration::from_secs(self.cfg.negative_ttl_secs)
+    }
+
+    /// A probe answered with a final status other than 200/206: stored whole as a negative
+    /// entry when RFC 9111 allows it (a status the edge understands, explicit freshness or a
+    /// heuristically cacheable status with `negative_ttl_secs` > 0, no no-store, private or
+    /// Set-Cookie), its body is at most [`NEGATIVE_MAX_BODY`] bytes and its end can be told
+    /// from a truncation; otherwise handed on as it is. A body that ends short is an error and
+    /// nothing of it is kept.
+    #[allow(clippy::too_many_arguments)]
+    async fn negative(
+        &self,
+        primary: &str,
+        pq: &str,
+        req: &HeaderMap,
+        req_cc: &CacheControl,
+        resp: reqwest::Response,
+        request_time: SystemTime,
+        response_time: SystemTime,
+    ) -> Result<ProbeOutcome, FillError> {
+        let status = resp.status();
+        let cc = CacheControl::parse(resp.headers());
+        let lifetime =
+            freshness::negative_lifetime(status, resp.headers(), &cc, self.negative_ttl());
+        let storable = freshness::storable(status, resp.headers(), &cc, req, req_cc);
+        let (Some(lifetime), Ok(()), Some(declared)) = (lifetime, storable, body_length(&resp))
+        else {
+            tracing::debug!(%pq, %status, ?storable, "negative response not stored");
+            return Ok(upstream(resp));
+        };
+        if declared.is_some_and(|n| n > NEGATIVE_MAX_BODY) {
+            return Ok(upstream(resp));
+        }
+        let resp_headers = resp.headers().clone();
+        let body = match read_small(&self.origin, resp, NEGATIVE_MAX_BODY).await? {
+            SmallBody::Whole(b) => b,
+            SmallBody::TooBig(resp) => return Ok(upstream(resp)),
+        };
+        if let Some(want) = declared
+            && want != body.len() as u64
+        {
+            return Err(FillError::Truncated {
+                got: body.len() as u64,
+                want,
+            });
+        }
+        let vary = store::vary_names(&resp_headers);
+        let (etag, last_modified) = validators_of(&resp_headers);
+        let mut headers = resp_headers.clone();
+        strip_hop_by_hop(&mut headers);
+        for n in [
+            header::CONTENT_LENGTH,
+            header::CONTENT_RANGE,
+            header::AGE,
+            header::SET_COOKIE,
+        ] {
+            headers.remove(n);
+        }
+        let nanos = response_time
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let meta = Arc::new(ObjectMeta {
+            version: Arc::new(VersionId {
+                key: store::variant_key(primary, &vary, req),
+                validator: format!("n:{}:{nanos}", status.as_u16()),
+            }),
+            primary: primary.to_string(),
+            path_and_query: pq.to_string(),
+            len: 0,
+            chunk_size: self.cfg.chunk_size,
+            content_type: resp_headers
+                .get(header::CONTENT_TYPE)
+                .cloned()
+                .unwrap_or(HeaderValue::from_static("application/octet-stream")),
+            etag,
+            last_modified,
+            headers,
+            digest: None,
+            lifetime,
+            cc,
+            timing: Timing::new(request_time, response_time, &resp_headers),
+            ranges: false,
+            selecting: vary
+                .iter()
+                .map(|n| (n.clone(), req.get(n).cloned()))
+                .collect(),
+            negative: Some(Negative { status, body }),
+        });
+        self.store
+            .primaries
+            .insert(
+                primary.to_string(),
+                Arc::new(PrimaryEntry {
+                    vary,
+                    pass_until: None,
+                }),
+            )
+            .await;
+        self.store
+            .metas
+            .insert(meta.version.key.clone(), meta.clone())
+            .await;
+        tracing::debug!(%pq, %status, ?lifetime, "negative response stored");
+        Ok(ProbeOutcome::Stored {
+            meta,
+            revalidated: false,
+        })
+    }
+}
+
+fn upstream(resp: reqwest::Response) -> ProbeOutcome {
+    ProbeOutcome::Upstream {
+        status: resp.status().as_u16(),
+        resp: Arc::new(Mutex::new(Some(resp))),
+    }
+}
+
+/// The ETag and Last-Modified of a response.
+fn validators_of(h: &HeaderMap) -> (Option<String>, Option<SystemTime>) {
+    let etag = h
+        .get(header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let last_modified = h
+        .get(header::LAST_MODIFIED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok());
+    (etag, last_modified)
+}
+
+/// How the end of a response body is known: `Some(Some(n))` from Content-Length (0 for 204),
+/// `Some(None)` from chunked coding or HTTP/2 framing, `None` when only the connection's
+/// close ends it (then a truncation cannot be told from the end, and it is not stored).
+fn body_length(resp: &reqwest::Response) -> Option<Option<u64>> {
+    if resp.status() == StatusCode::NO_CONTENT {
+        return Some(Some(0));
+    }
+    let h = resp.headers();
+    if h.contains_key(header::TRANSFER_ENCODING) {
+        let chunked = h
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
+        return chunked.then_some(None);
+    }
+    if let Some(n) = h
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        return Some(Some(n));
+    }
+    (resp.version() >= http::Version::HTTP_2).then_some(None)
+}
+
+enum SmallBody {
+    Whole(Bytes),
+    /// Longer than the bound: the response with what was read put back in front.
+    TooBig(reqwest::Response),
+}
+
+/// Reads a body of at most `max` bytes; a broken body is an error.
+async fn read_small(
+    origin: &OriginClient,
+    mut resp: reqwest::Response,
+    max: u64,
+) -> Result<SmallBody, FillError> {
+    let mut buf = BytesMut::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(data)) => {
+                buf.extend_from_slice(&data);
+                if buf.len() as u64 > max {
+                    // Counted by whoever relays it.
+                    return Ok(SmallBody::TooBig(prepend(resp, buf.freeze())));
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                origin.count_bytes(buf.len());
+                return Err(FillError::Request(crate::origin::error_chain(&e)));
+            }
+        }
+    }
+    origin.count_bytes(buf.len());
+    Ok(SmallBody::Whole(buf.freeze()))
+}
+
+/// `resp` with `head`, bytes already read from its body, put back in front of the rest.
+fn prepend(resp: reqwest::Response, head: Bytes) -> reqwest::Response {
+    let (status, version, headers) = (resp.status(), resp.version(), resp.headers().clone());
+    let rest = resp.bytes_stream();
+    let body = futures::stream::once(async move { Ok::<_, reqwest::Error>(head) }).chain(rest);
+    let mut out = http::Response::new(reqwest::Body::wrap_stream(body));
+    *out.status_mut() = status;
+    *out.version_mut() = version;
+    *out.headers_mut() = headers;
+    reqwest::Response::from(out)
+}
+
+/// The response a stored negative entry gives: its status, `headers` (the stored fields plus
+/// what the HTTP layer adds: Age, Via, Cache-Status), Content-Length and body (none to
+/// HEAD). Preconditions are evaluated for 2xx statuses only (RFC 9110 §13.2.1: a server
+/// ignores them when its answer would not be 2xx); Range is ignored (it applies to 200).
+pub fn replay(
+    meta: &ObjectMeta,
+    neg: &Negative,
+    method: &Method,
+    req: &HeaderMap,
+    mut headers: HeaderMap,
+) -> axum::response::Response {
+    let mut status = neg.status;
+    let mut body = neg.body.clone();
+    if status.is_success() {
+        let v = Validators {
+            etag: meta.etag.clone(),
+            last_modified: meta.last_modified,
+        };
+        let precondition = cdn_http::conditional::evaluate(method, req, &v);
+        if precondition != Precondition::Proceed {
+            status = match precondition {
+                Precondition::NotModified => StatusCode::NOT_MODIFIED,
+                _ => StatusCode::PRECONDITION_FAILED,
+            };
+            body = Bytes::new();
+            headers.remove(header::CONTENT_TYPE);
+            headers.remove("content-digest");
+        }
+    }
+    if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        headers.remove(header::CONTENT_LENGTH);
+    } else {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
+    let body = if method == Method::HEAD {
+        axum::body::Body::empty()
+    } else {
+        axum::body::Body::from(body)
+    };
+    let mut resp = axum::response::Response::new(body);
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    resp
 }
 
 fn gateway_timeout() -> Decision {

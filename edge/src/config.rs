@@ -53,6 +53,13 @@ pub struct EdgeConfig {
     pub hit_for_pass_secs: u64,
     /// Cap of heuristic freshness (10% of the time since Last-Modified).
     pub heuristic_max_secs: u64,
+    /// Negative caching: how long a heuristically cacheable final response other than 200/206
+    /// (404, 410, 301, 308, 204, 405, 414, 501, ... — RFC 9110 §15.1) without explicit
+    /// freshness is stored, like nginx's `proxy_cache_valid 404 10s`. Responses with
+    /// max-age, s-maxage or Expires keep their own lifetime whatever this says; 0 stores only
+    /// those. Never stored: 5xx other than 501, no-store, private, Set-Cookie, bodies over
+    /// 64 KiB.
+    pub negative_ttl_secs: u64,
     /// Whether the query string is part of the cache key.
     pub cache_query: bool,
     /// Bearer token for PURGE and /_admin/purge; purging is refused when unset.
@@ -133,6 +140,7 @@ impl Default for EdgeConfig {
             origin_read_timeout_ms: 10_000,
             hit_for_pass_secs: 30,
             heuristic_max_secs: 86_400,
+            negative_ttl_secs: 10,
             cache_query: true,
             purge_token: None,
             overload_inflight: 1_000,
@@ -229,6 +237,7 @@ impl EdgeConfig {
             origin_read_timeout_ms,
             hit_for_pass_secs,
             heuristic_max_secs,
+            negative_ttl_secs,
             cache_query,
             purge_token,
             overload_inflight,
@@ -266,6 +275,7 @@ impl EdgeConfig {
             origin_read_timeout_ms,
             hit_for_pass_secs,
             heuristic_max_secs,
+            negative_ttl_secs,
             cache_query,
             purge_token,
             overload_inflight,

@@ -1,6 +1,8 @@
 //! RFC 9111 for a shared cache, without I/O: Cache-Control parsing, whether a response may be
 //! stored, its freshness lifetime (s-maxage, max-age, Expires, heuristic), its current age
-//! (§4.2.3), and when a stale response may still be served (RFC 5861).
+//! (§4.2.3), and when a stale response may still be served (RFC 5861). Besides 200 and 206
+//! (objects, stored in chunks), some final statuses are stored whole as *negative* responses
+//! (404, 410, 301, ...): [`negative_status`] and [`negative_lifetime`] say which and how long.
 
 use std::time::{Duration, SystemTime};
 
@@ -119,8 +121,55 @@ pub enum NotStorable {
     RequestNoStore,
 }
 
+/// Whether RFC 9110 §15.1 lets a cache give `status` a heuristic freshness lifetime.
+pub fn heuristically_cacheable(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200 | 203 | 204 | 206 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+    )
+}
+
+/// Final statuses other than 200 and 206 that the edge understands well enough to store and
+/// replay whole (RFC 9111 §3: "the cache understands the response status code"): the
+/// heuristically cacheable ones plus the temporary redirects 302 and 307.
+///
+/// Never stored: 1xx; 304, 412 and 416 (answers to the edge's own conditional and Range
+/// requests, not to the client's); 5xx other than 501 (a failing origin must be asked again);
+/// and statuses that typically depend on request fields outside the cache key or on the
+/// client — 400, 401, 403, 407, 408, 413, 429, 431 ... — since storing those would let one
+/// malformed request deny a URL to everyone (cache-poisoned denial of service).
+pub fn negative_status(status: StatusCode) -> bool {
+    let s = status.as_u16();
+    s != 200 && s != 206 && (heuristically_cacheable(status) || s == 302 || s == 307)
+}
+
+/// Whether the response carries an explicit expiration time (RFC 9111 §4.2.1): s-maxage,
+/// max-age or Expires.
+pub fn has_explicit_freshness(resp: &HeaderMap, cc: &CacheControl) -> bool {
+    cc.s_maxage.is_some() || cc.max_age.is_some() || resp.contains_key(header::EXPIRES)
+}
+
+/// The freshness lifetime of a negative response (a [`negative_status`]), or `None` when it
+/// must not be stored: the explicit lifetime when there is one; otherwise `heuristic` (the
+/// edge's `negative_ttl_secs`) for heuristically cacheable statuses, unless it is zero.
+pub fn negative_lifetime(
+    status: StatusCode,
+    resp: &HeaderMap,
+    cc: &CacheControl,
+    heuristic: Duration,
+) -> Option<Duration> {
+    if !negative_status(status) {
+        return None;
+    }
+    if has_explicit_freshness(resp, cc) {
+        return Some(lifetime(resp, cc, Duration::ZERO));
+    }
+    (heuristically_cacheable(status) && !heuristic.is_zero()).then_some(heuristic)
+}
+
 /// RFC 9111 §3 for a shared cache; also refuses responses that set cookies (as Varnish does),
-/// so that one viewer's cookie is never handed to another.
+/// so that one viewer's cookie is never handed to another. `status` must be 200, 206 or a
+/// [`negative_status`] (whose freshness [`negative_lifetime`] checks separately).
 pub fn storable(
     status: StatusCode,
     resp: &HeaderMap,
@@ -128,7 +177,8 @@ pub fn storable(
     req: &HeaderMap,
     req_cc: &CacheControl,
 ) -> Result<(), NotStorable> {
-    if status != StatusCode::OK && status != StatusCode::PARTIAL_CONTENT {
+    if status != StatusCode::OK && status != StatusCode::PARTIAL_CONTENT && !negative_status(status)
+    {
         return Err(NotStorable::Status);
     }
     if req_cc.no_store {
@@ -378,8 +428,83 @@ mod tests {
         );
         assert_eq!(
             storable(StatusCode::NOT_FOUND, &hm(&[]), &none, &hm(&[]), &none),
-            Err(NotStorable::Status)
+            Ok(())
         );
+        for status in [304, 400, 403, 412, 416, 500, 502, 503] {
+            let status = StatusCode::from_u16(status).unwrap();
+            assert_eq!(
+                storable(status, &hm(&[]), &none, &hm(&[]), &none),
+                Err(NotStorable::Status),
+                "{status}"
+            );
+        }
+        let nf = hm(&[("cache-control", "no-store")]);
+        assert_eq!(
+            storable(
+                StatusCode::NOT_FOUND,
+                &nf,
+                &CacheControl::parse(&nf),
+                &hm(&[]),
+                &none
+            ),
+            Err(NotStorable::NoStore)
+        );
+        let sc = hm(&[("set-cookie", "a=b")]);
+        assert_eq!(
+            storable(StatusCode::GONE, &sc, &none, &hm(&[]), &none),
+            Err(NotStorable::SetCookie)
+        );
+    }
+
+    #[test]
+    fn negative_lifetimes() {
+        let ttl = Duration::from_secs(10);
+        let at = |status: u16, h: HeaderMap, ttl: Duration| {
+            let cc = CacheControl::parse(&h);
+            negative_lifetime(StatusCode::from_u16(status).unwrap(), &h, &cc, ttl)
+        };
+        // Heuristically cacheable without explicit freshness: the configured heuristic.
+        for status in [203, 204, 300, 301, 308, 404, 405, 410, 414, 501] {
+            assert_eq!(at(status, hm(&[]), ttl), Some(ttl), "{status}");
+            assert_eq!(at(status, hm(&[]), Duration::ZERO), None, "{status}");
+        }
+        // Explicit freshness wins over the heuristic, whatever it is.
+        let h = hm(&[("cache-control", "max-age=60")]);
+        assert_eq!(at(410, h.clone(), ttl), Some(Duration::from_secs(60)));
+        assert_eq!(
+            at(410, h.clone(), Duration::ZERO),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            at(404, hm(&[("cache-control", "max-age=5, s-maxage=7")]), ttl),
+            Some(Duration::from_secs(7))
+        );
+        let h = hm(&[
+            ("date", "Sun, 01 Nov 2026 00:00:00 GMT"),
+            ("expires", "Sun, 01 Nov 2026 00:00:30 GMT"),
+        ]);
+        assert_eq!(at(404, h, ttl), Some(Duration::from_secs(30)));
+        // Temporary redirects only with explicit freshness.
+        assert_eq!(at(302, hm(&[]), ttl), None);
+        assert_eq!(
+            at(302, hm(&[("cache-control", "max-age=30")]), ttl),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            at(307, hm(&[("cache-control", "s-maxage=30")]), ttl),
+            Some(Duration::from_secs(30))
+        );
+        // Never: objects, 5xx but 501, answers to the edge's own conditionals and ranges, and
+        // statuses that may depend on request fields outside the key.
+        for status in [
+            200, 206, 304, 400, 401, 403, 412, 416, 429, 500, 502, 503, 504,
+        ] {
+            assert_eq!(
+                at(status, hm(&[("cache-control", "max-age=60")]), ttl),
+                None,
+                "{status}"
+            );
+        }
     }
 
     #[test]

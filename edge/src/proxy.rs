@@ -2,34 +2,53 @@
 //! the shared responder (ranges, conditionals) with chunks streamed as they arrive, passes
 //! other requests through to the origin, invalidates on unsafe methods, and decorates every
 //! response with Age, Via and Cache-Status. One access-log line and metrics per request.
+//!
+//! A hit is the hot path: the request's Range and preconditions are evaluated once (a
+//! [`represent::Plan`]), which both decides whether every chunk the body needs is stored and
+//! shapes the response; a body within one chunk is sent from the chunk taken in that same
+//! lookup, without a stream; the response fields are assembled once, straight into the map
+//! that is sent; metric handles are kept per thread rather than looked up per request.
 
+use std::cell::RefCell;
+use std::fmt::Write as _;
 use std::ops::RangeInclusive;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::time::{Instant, SystemTime};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use futures::StreamExt;
-use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use http_body_util::BodyExt;
 
+use cdn_http::ByteStream;
 use cdn_http::conditional::Validators;
-use cdn_http::range::RangeRequest;
-use cdn_http::{ByteStream, Representation};
+use cdn_http::metrics::NodeMetrics;
+use cdn_http::represent::{self, Plan, Shape, Source};
 
 use crate::cache::{Decision, Edge, Kind, Verdict};
 use crate::origin::strip_hop_by_hop;
 use crate::store::ObjectMeta;
 
+const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+const CONTENT_DIGEST: HeaderName = HeaderName::from_static("content-digest");
+
 /// Every request that is not an admin endpoint.
 pub async fn handle(State(edge): State<Arc<Edge>>, req: Request) -> Response {
     let started = Instant::now();
     edge.inflight.fetch_add(1, Ordering::Relaxed);
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let range = req.headers().get(header::RANGE).cloned();
+    // What the access line says, taken only when the line will be written.
+    let line = tracing::enabled!(target: "cdn_edge::access", tracing::Level::INFO).then(|| {
+        Box::new(AccessLine {
+            method: req.method().clone(),
+            path: req.uri().path().to_string(),
+            range: req.headers().get(header::RANGE).cloned(),
+        })
+    });
+    let method = req.method();
     let (resp, kind) = if method == Method::GET || method == Method::HEAD {
         let (parts, _) = req.into_parts();
         let decision = edge.decide(&parts.method, &parts.uri, &parts.headers).await;
@@ -43,7 +62,7 @@ pub async fn handle(State(edge): State<Arc<Edge>>, req: Request) -> Response {
             Kind::Pass,
         )
     };
-    finish(&edge, resp, kind, started, method, path, range)
+    finish(&edge, resp, kind, started, line)
 }
 
 async fn respond_to(
@@ -52,7 +71,7 @@ async fn respond_to(
     decision: Decision,
 ) -> (Response, Kind) {
     match decision {
-        Decision::Serve { meta, verdict } => serve(edge, parts, meta, verdict),
+        Decision::Serve { meta, verdict } => serve(edge, parts, meta, verdict).await,
         Decision::Pass { verdict } => {
             let kind = verdict.kind;
             let req = Request::from_parts(parts.clone(), Body::empty());
@@ -75,70 +94,186 @@ async fn respond_to(
     }
 }
 
-fn serve(
+async fn serve(
     edge: &Arc<Edge>,
     parts: &http::request::Parts,
     meta: Arc<ObjectMeta>,
     mut verdict: Verdict,
 ) -> (Response, Kind) {
-    // A hit whose chunks are not all stored goes to the origin for the rest.
-    if verdict.kind == Kind::Hit && parts.method == Method::GET && !all_stored(edge, parts, &meta) {
+    if let Some(neg) = &meta.negative {
+        // A stored 404, 410, 301...: replayed whole with its own fields.
+        let (age, ttl) = age_and_ttl(&meta);
+        let mut headers = meta.headers.clone();
+        headers.insert(header::AGE, HeaderValue::from(age));
+        decorate(edge, &mut headers, &verdict, Some(ttl));
+        let resp = crate::cache::replay(&meta, neg, &parts.method, &parts.headers, headers);
+        return (resp, verdict.kind);
+    }
+    let (method, len) = (&parts.method, meta.len);
+    // Preconditions, If-Range and Range, evaluated once. The validators are only needed
+    // (and only built) when the request has a field that reads them.
+    let plan = if represent::has_conditionals(&parts.headers) {
+        let validators = Validators {
+            etag: meta.etag.clone(),
+            last_modified: meta.last_modified,
+        };
+        represent::plan(method, &parts.headers, len, &validators)
+    } else {
+        represent::plan(method, &parts.headers, len, &Validators::default())
+    };
+    let mut at_hand = None;
+    // A hit whose body needs a chunk that is not stored goes to the origin for the rest.
+    if verdict.kind == Kind::Hit && !stored(edge, &meta, &plan, method, &mut at_hand).await {
         verdict.kind = Kind::Miss;
         verdict.fwd = Some("partial");
     }
     if let Some(peers) = &edge.peers {
         peers.note_request(&edge.store, &meta);
     }
-    let now = SystemTime::now();
-    let age = meta.age(now);
-    let secs = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
-    let ttl = secs(meta.lifetime).saturating_sub(secs(age));
-    let mut headers = meta.headers.clone();
-    headers.insert(header::AGE, HeaderValue::from(age.as_secs()));
-    decorate(edge, &mut headers, &verdict, Some(ttl));
-    let mut full_headers = HeaderMap::new();
-    if let Some(d) = &meta.digest {
-        full_headers.insert("content-digest", d.clone());
-    }
-    let rep = Representation {
-        len: meta.len,
-        content_type: meta.content_type.clone(),
-        validators: Validators {
-            etag: meta.etag.clone(),
-            last_modified: meta.last_modified,
-        },
-        headers,
-        full_headers,
+    let fields = match plan {
+        Plan::Failed => HeaderMap::new(),
+        _ => fields(edge, &meta, &verdict),
     };
-    let edge = edge.clone();
-    let resp = cdn_http::respond(&parts.method, &parts.headers, &rep, move |r| {
-        chunk_stream(edge.clone(), meta.clone(), r)
-    });
+    let mut full_headers = HeaderMap::new();
+    if plan == Plan::Full
+        && let Some(d) = &meta.digest
+    {
+        full_headers.insert(CONTENT_DIGEST, d.clone());
+    }
+    let shape = Shape {
+        len,
+        content_type: &meta.content_type,
+        full_headers: &full_headers,
+    };
+    let source = Chunks {
+        edge: edge.clone(),
+        meta: meta.clone(),
+        at_hand,
+    };
+    let resp = represent::respond_planned(method, plan, fields, shape, source);
     (resp, verdict.kind)
 }
 
-/// Whether every chunk a GET needs is in the store.
-fn all_stored(edge: &Edge, parts: &http::request::Parts, meta: &ObjectMeta) -> bool {
-    if meta.len == 0 {
-        return true;
-    }
-    let spans: Vec<RangeInclusive<u64>> = match cdn_http::range::evaluate(&parts.headers, meta.len)
+/// Whether every chunk the planned body needs is stored. A body within one chunk takes that
+/// chunk in the same lookup (into `at_hand`); larger bodies only check, and stream the chunks
+/// when they get to them.
+async fn stored(
+    edge: &Edge,
+    meta: &ObjectMeta,
+    plan: &Plan,
+    method: &Method,
+    at_hand: &mut Option<(u64, Bytes)>,
+) -> bool {
+    let cs = meta.chunk_size;
+    let mut ranges = plan.body_ranges(method, meta.len);
+    let (first, second) = (ranges.next(), ranges.next());
+    if let (Some(r), None) = (&first, &second)
+        && r.start() / cs == r.end() / cs
     {
-        RangeRequest::Ranges(r) => r,
-        RangeRequest::Unsatisfiable => return true,
-        RangeRequest::Full => vec![0..=meta.len - 1],
-    };
-    spans.iter().all(|r| {
-        (r.start() / meta.chunk_size..=r.end() / meta.chunk_size)
-            .all(|i| edge.store.chunks.contains_key(&meta.chunk_key(i)))
+        let index = r.start() / cs;
+        return match edge.store.chunks.get(&meta.chunk_key(index)).await {
+            Some(bytes) => {
+                *at_hand = Some((index, bytes));
+                true
+            }
+            None => false,
+        };
+    }
+    first.into_iter().chain(second).chain(ranges).all(|r| {
+        (r.start() / cs..=r.end() / cs).all(|i| edge.store.chunks.contains_key(&meta.chunk_key(i)))
     })
 }
 
-/// Streams `range` of an object chunk by chunk, starting read-ahead of the following chunks
-/// when the reader goes on to the end of the current one.
+/// The fields of a stored response, in the order they are sent: ETag and Last-Modified, the
+/// stored end-to-end fields, then Age, Via and Cache-Status.
+fn fields(edge: &Edge, meta: &ObjectMeta, verdict: &Verdict) -> HeaderMap {
+    let (age, ttl) = age_and_ttl(meta);
+    assemble(
+        meta.etag.as_deref(),
+        meta.last_modified,
+        &meta.headers,
+        age,
+        via(&edge.cfg.name),
+        cache_status(verdict, &edge.cfg.name, Some(ttl)),
+    )
+}
+
+/// The stored response's current age and its remaining freshness, in seconds.
+fn age_and_ttl(meta: &ObjectMeta) -> (u64, i64) {
+    let age = meta.age(SystemTime::now());
+    let secs = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+    (age.as_secs(), secs(meta.lifetime).saturating_sub(secs(age)))
+}
+
+/// See [`fields`]; what the responder's `Representation::fields` would make of the stored
+/// fields with Age, Via and Cache-Status added, built in one map.
+fn assemble(
+    etag: Option<&str>,
+    last_modified: Option<SystemTime>,
+    stored: &HeaderMap,
+    age: u64,
+    via: Option<HeaderValue>,
+    status: Option<HeaderValue>,
+) -> HeaderMap {
+    let mut h = HeaderMap::with_capacity(stored.len() + 10);
+    if let Some(etag) = etag
+        && let Ok(v) = HeaderValue::from_str(etag)
+    {
+        h.insert(header::ETAG, v);
+    }
+    if let Some(lm) = last_modified
+        && let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(lm))
+    {
+        h.insert(header::LAST_MODIFIED, v);
+    }
+    for (k, v) in stored {
+        h.append(k.clone(), v.clone());
+    }
+    h.insert(header::AGE, HeaderValue::from(age));
+    add_ours(&mut h, via, status);
+    h
+}
+
+/// The chunks of one object version as a [`Source`]: a body within the chunk already taken
+/// is that chunk's slice; anything else streams.
+struct Chunks {
+    edge: Arc<Edge>,
+    meta: Arc<ObjectMeta>,
+    at_hand: Option<(u64, Bytes)>,
+}
+
+impl Source for Chunks {
+    fn stream(&self, range: RangeInclusive<u64>) -> ByteStream {
+        chunk_stream(self.edge.clone(), self.meta.clone(), range)
+    }
+
+    fn body(&self, range: RangeInclusive<u64>) -> Body {
+        let cs = self.meta.chunk_size;
+        if let Some((index, bytes)) = &self.at_hand
+            && range.start() / cs == *index
+            && range.end() / cs == *index
+        {
+            let from = (range.start() - index * cs) as usize;
+            let to = (range.end() - index * cs) as usize;
+            if to < bytes.len() {
+                return Body::from(bytes.slice(from..=to));
+            }
+        }
+        Body::from_stream(self.stream(range))
+    }
+}
+
+/// Streams `range` of an object chunk by chunk.
+///
+/// Read-ahead of the next `readahead` chunks starts at a chunk the reader goes on to the end
+/// of, and only once the reading is sequential: this response has crossed from one chunk
+/// into the next, or its range goes on past the current chunk (it spans at least two). A
+/// response within one chunk never reads ahead, so a viewer that asks for one chunk and
+/// leaves costs the origin that chunk alone.
 fn chunk_stream(edge: Arc<Edge>, meta: Arc<ObjectMeta>, range: RangeInclusive<u64>) -> ByteStream {
     let (start, end) = (*range.start(), *range.end());
     let len = end - start + 1;
+    let first = start / meta.chunk_size;
     let stream = futures::stream::unfold(start, move |pos| {
         let (edge, meta) = (edge.clone(), meta.clone());
         async move {
@@ -147,7 +282,8 @@ fn chunk_stream(edge: Arc<Edge>, meta: Arc<ObjectMeta>, range: RangeInclusive<u6
             }
             let index = pos / meta.chunk_size;
             let (cstart, cend) = meta.chunk_span(index);
-            if end >= cend {
+            let crossed = index > first;
+            if end > cend || (crossed && end == cend) {
                 for ahead in 1..=edge.cfg.readahead {
                     edge.filler.prefetch(&meta, index + ahead);
                 }
@@ -169,7 +305,7 @@ fn chunk_stream(edge: Arc<Edge>, meta: Arc<ObjectMeta>, range: RangeInclusive<u6
         }
     })
     .boxed();
-    cdn_http::represent::exact_len(stream, len)
+    represent::exact_len(stream, len)
 }
 
 /// Forwards a request to the origin as it is and relays the answer, uncached. Unsafe methods
@@ -230,19 +366,142 @@ fn relay(edge: &Arc<Edge>, resp: reqwest::Response, verdict: &Verdict) -> Respon
     out
 }
 
+/// Adds Via and this node's Cache-Status member.
 fn decorate(edge: &Edge, headers: &mut HeaderMap, verdict: &Verdict, ttl: Option<i64>) {
-    if let Ok(v) = HeaderValue::from_str(&format!("1.1 {}", edge.cfg.name)) {
+    add_ours(
+        headers,
+        via(&edge.cfg.name),
+        cache_status(verdict, &edge.cfg.name, ttl),
+    );
+}
+
+fn add_ours(headers: &mut HeaderMap, via: Option<HeaderValue>, status: Option<HeaderValue>) {
+    if let Some(v) = via {
         headers.append(header::VIA, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&verdict.header(&edge.cfg.name, ttl)) {
+    let Some(v) = status else { return };
+    if headers.contains_key(CACHE_STATUS) {
         // Prepend ours: Cache-Status lists the cache nearest the client first.
-        let older: Vec<HeaderValue> = headers.get_all("cache-status").iter().cloned().collect();
-        headers.remove("cache-status");
-        headers.append("cache-status", v);
+        let older: Vec<HeaderValue> = headers.get_all(CACHE_STATUS).iter().cloned().collect();
+        headers.remove(CACHE_STATUS);
+        headers.append(CACHE_STATUS, v);
         for o in older {
-            headers.append("cache-status", o);
+            headers.append(CACHE_STATUS, o);
+        }
+    } else {
+        headers.append(CACHE_STATUS, v);
+    }
+}
+
+/// `1.1 NAME`, made once per thread (a node's name does not change while it runs).
+fn via(name: &str) -> Option<HeaderValue> {
+    thread_local! {
+        static VIA: RefCell<Option<(String, HeaderValue)>> = const { RefCell::new(None) };
+    }
+    VIA.with_borrow_mut(|cached| {
+        if let Some((n, v)) = cached.as_ref()
+            && n == name
+        {
+            return Some(v.clone());
+        }
+        let v = HeaderValue::from_str(&format!("1.1 {name}")).ok()?;
+        *cached = Some((name.to_string(), v.clone()));
+        Some(v)
+    })
+}
+
+/// This node's Cache-Status member (RFC 9211): the text of [`Verdict::header`], written in
+/// one buffer that becomes the value without a copy.
+fn cache_status(verdict: &Verdict, node: &str, ttl: Option<i64>) -> Option<HeaderValue> {
+    let mut s = String::with_capacity(node.len() + 64);
+    s.push_str(node);
+    match verdict.fwd {
+        None => s.push_str("; hit"),
+        Some(f) => {
+            s.push_str("; fwd=");
+            s.push_str(f);
         }
     }
+    if let Some(st) = verdict.fwd_status {
+        let _ = write!(s, "; fwd-status={st}");
+    }
+    if let Some(t) = ttl {
+        let _ = write!(s, "; ttl={t}");
+    }
+    if verdict.stored {
+        s.push_str("; stored");
+    }
+    if verdict.collapsed {
+        s.push_str("; collapsed");
+    }
+    if let Some(d) = verdict.detail {
+        s.push_str("; detail=");
+        s.push_str(d);
+    }
+    HeaderValue::from_maybe_shared(Bytes::from(s)).ok()
+}
+
+/// The metric handles of one node, kept per thread: looking a series up in the registry
+/// (by name and labels) on every request costs more than the request's own bookkeeping.
+struct Handles {
+    node: Weak<NodeMetrics>,
+    /// `cdn_edge_requests_total` and `cdn_edge_response_seconds` per [`Kind`], registered at
+    /// first use (a series appears once it has been counted, as with the macros).
+    requests: [Option<(metrics::Counter, metrics::Histogram)>; 4],
+    served: metrics::Counter,
+    body: metrics::Histogram,
+}
+
+fn kind_index(kind: Kind) -> usize {
+    match kind {
+        Kind::Hit => 0,
+        Kind::Miss => 1,
+        Kind::Stale => 2,
+        Kind::Pass => 3,
+    }
+}
+
+/// Counts a request of `kind` answered (head) after `elapsed`; returns the handles of the
+/// body's byte counter and duration histogram.
+fn record(
+    node: &Arc<NodeMetrics>,
+    kind: Kind,
+    elapsed: std::time::Duration,
+) -> (metrics::Counter, metrics::Histogram) {
+    thread_local! {
+        static HANDLES: RefCell<Option<Handles>> = const { RefCell::new(None) };
+    }
+    HANDLES.with_borrow_mut(|slot| {
+        // The Weak keeps the NodeMetrics allocation from being reused, so the same address
+        // is the same node.
+        let h = match slot {
+            Some(h) if std::ptr::eq(h.node.as_ptr(), Arc::as_ptr(node)) => h,
+            _ => slot.insert(node.with(|| Handles {
+                node: Arc::downgrade(node),
+                requests: Default::default(),
+                served: metrics::counter!("cdn_edge_bytes_served_total"),
+                body: metrics::histogram!("cdn_edge_response_body_seconds"),
+            })),
+        };
+        let (requests, response) = h.requests[kind_index(kind)].get_or_insert_with(|| {
+            node.with(|| {
+                (
+                    metrics::counter!("cdn_edge_requests_total", "cache" => kind.label()),
+                    metrics::histogram!("cdn_edge_response_seconds", "cache" => kind.label()),
+                )
+            })
+        });
+        requests.increment(1);
+        response.record(elapsed.as_secs_f64());
+        (h.served.clone(), h.body.clone())
+    })
+}
+
+/// What the access line of a request says besides its outcome.
+struct AccessLine {
+    method: Method,
+    path: String,
+    range: Option<HeaderValue>,
 }
 
 /// Counts the request and its bytes, and logs one access line when the body ends.
@@ -251,66 +510,180 @@ fn finish(
     resp: Response,
     kind: Kind,
     started: Instant,
-    method: Method,
-    path: String,
-    range: Option<HeaderValue>,
+    line: Option<Box<AccessLine>>,
 ) -> Response {
     let status = resp.status().as_u16();
-    let (served, duration) = edge.metrics.with(|| {
-        metrics::counter!("cdn_edge_requests_total", "cache" => kind.label()).increment(1);
-        metrics::histogram!("cdn_edge_response_seconds", "cache" => kind.label())
-            .record(started.elapsed().as_secs_f64());
-        (
-            metrics::counter!("cdn_edge_bytes_served_total"),
-            metrics::histogram!("cdn_edge_response_body_seconds"),
-        )
-    });
+    let (served, duration) = record(&edge.metrics, kind, started.elapsed());
     struct AccessLog {
-        method: Method,
-        path: String,
-        range: Option<HeaderValue>,
+        line: Option<Box<AccessLine>>,
         status: u16,
         cache: &'static str,
-        bytes: AtomicU64,
+        bytes: u64,
         started: Instant,
         duration: metrics::Histogram,
-        inflight: Arc<AtomicU64>,
+        inflight: Arc<std::sync::atomic::AtomicU64>,
     }
     impl Drop for AccessLog {
         fn drop(&mut self) {
             self.inflight.fetch_sub(1, Ordering::Relaxed);
             let elapsed = self.started.elapsed();
             self.duration.record(elapsed.as_secs_f64());
-            tracing::info!(
-                target: "cdn_edge::access",
-                method = %self.method,
-                path = %self.path,
-                range = ?self.range,
-                status = self.status,
-                cache = self.cache,
-                bytes = self.bytes.load(Ordering::Relaxed),
-                duration_ms = elapsed.as_millis() as u64,
-            );
+            if let Some(line) = &self.line {
+                tracing::info!(
+                    target: "cdn_edge::access",
+                    method = %line.method,
+                    path = %line.path,
+                    range = ?line.range,
+                    status = self.status,
+                    cache = self.cache,
+                    bytes = self.bytes,
+                    duration_ms = elapsed.as_millis() as u64,
+                );
+            }
         }
     }
-    let log = AccessLog {
-        method,
-        path,
-        range,
+    let mut log = AccessLog {
+        line,
         status,
         cache: kind.label(),
-        bytes: AtomicU64::new(0),
+        bytes: 0,
         started,
         duration,
         inflight: edge.inflight.clone(),
     };
     let (parts, body) = resp.into_parts();
     let body = body.map_frame(move |frame| {
+        // The whole log moves into the closure (not just its counter): it is dropped, and
+        // the line written, with the body.
+        let log = &mut log;
         if let Some(d) = frame.data_ref() {
             served.increment(d.len() as u64);
-            log.bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
+            log.bytes += d.len() as u64;
         }
         frame
     });
     Response::from_parts(parts, Body::new(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use cdn_http::Representation;
+
+    /// The fields as they were built before `assemble`: the stored map cloned, Age inserted,
+    /// Via and Cache-Status added, then copied behind the validators by the responder.
+    fn before(
+        etag: Option<&str>,
+        last_modified: Option<SystemTime>,
+        stored: &HeaderMap,
+        age: u64,
+        via: HeaderValue,
+        status: HeaderValue,
+    ) -> HeaderMap {
+        let mut headers = stored.clone();
+        headers.insert(header::AGE, HeaderValue::from(age));
+        headers.append(header::VIA, via);
+        let older: Vec<HeaderValue> = headers.get_all("cache-status").iter().cloned().collect();
+        headers.remove("cache-status");
+        headers.append("cache-status", status);
+        for o in older {
+            headers.append("cache-status", o);
+        }
+        Representation {
+            len: 1,
+            content_type: HeaderValue::from_static("video/mp4"),
+            validators: Validators {
+                etag: etag.map(str::to_string),
+                last_modified,
+            },
+            headers,
+            full_headers: HeaderMap::new(),
+        }
+        .fields()
+    }
+
+    fn listed(h: &HeaderMap) -> Vec<(String, String)> {
+        h.iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn fields_are_assembled_as_before() {
+        let lm = UNIX_EPOCH + Duration::from_secs(1_767_225_600);
+        let mut stored = Vec::new();
+        let mut h = HeaderMap::new();
+        stored.push(h.clone());
+        h.insert(
+            "date",
+            HeaderValue::from_static("Thu, 01 Jan 2026 00:00:00 GMT"),
+        );
+        h.insert(
+            "cache-control",
+            HeaderValue::from_static("public, max-age=60"),
+        );
+        stored.push(h.clone());
+        h.append("via", HeaderValue::from_static("1.1 upstream"));
+        h.append("x-one", HeaderValue::from_static("1"));
+        stored.push(h.clone());
+        h.append("cache-status", HeaderValue::from_static("upstream; hit"));
+        h.append(
+            "cache-status",
+            HeaderValue::from_static("origin-shield; fwd=miss"),
+        );
+        h.append("vary", HeaderValue::from_static("accept-encoding"));
+        h.append("x-one", HeaderValue::from_static("2"));
+        stored.push(h.clone());
+        let mut only_status = HeaderMap::new();
+        only_status.append("cache-status", HeaderValue::from_static("up; hit"));
+        stored.push(only_status);
+        let via = HeaderValue::from_static("1.1 edge-a");
+        let status = HeaderValue::from_static("edge-a; hit; ttl=60");
+        for s in &stored {
+            for (etag, last_modified) in [
+                (Some("\"abc\""), Some(lm)),
+                (None, Some(lm)),
+                (Some("\"x\""), None),
+                (None, None),
+            ] {
+                let want = before(etag, last_modified, s, 7, via.clone(), status.clone());
+                let got = assemble(
+                    etag,
+                    last_modified,
+                    s,
+                    7,
+                    Some(via.clone()),
+                    Some(status.clone()),
+                );
+                assert_eq!(listed(&got), listed(&want), "{s:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn cache_status_reads_as_the_verdict_says() {
+        let fwds = [None, Some("miss"), Some("partial"), Some("stale")];
+        for fwd in fwds {
+            for fwd_status in [None, Some(304)] {
+                for ttl in [None, Some(-5), Some(0), Some(31_536_000)] {
+                    for bits in 0..4u8 {
+                        for detail in [None, Some("stale-while-revalidate")] {
+                            let v = Verdict {
+                                kind: Kind::Hit,
+                                fwd,
+                                fwd_status,
+                                stored: bits & 1 == 1,
+                                collapsed: bits & 2 == 2,
+                                detail,
+                            };
+                            let got = cache_status(&v, "edge-1", ttl).unwrap();
+                            assert_eq!(got.to_str().unwrap(), v.header("edge-1", ttl));
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -2,6 +2,10 @@
 //! go to a [`ChunkCache`] (S3-FIFO, or moka with TinyLFU or LRU, per [`Policy`]); metadata to
 //! moka caches. It knows nothing of HTTP beyond the stored headers it keeps; it never fetches.
 //!
+//! Final responses other than 200/206 that may be stored (404, 410, 301, ...: *negative*
+//! responses) are kept whole, body included, in the metadata cache under the same keys as
+//! objects, so that a later 200 for the URL replaces them and a purge drops them alike.
+//!
 //! Keys (see ARCHITECTURE.md): an object key is the origin's scheme and authority, the path,
 //! the query (per config) and, for responses with Vary, the selecting request headers. A
 //! chunk key is (object key, validator, index): chunks of two versions never mix, and an old
@@ -12,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use moka::future::Cache;
 use moka::policy::EvictionPolicy;
 
@@ -47,7 +51,8 @@ pub struct ObjectMeta {
     pub content_type: HeaderValue,
     pub etag: Option<String>,
     pub last_modified: Option<SystemTime>,
-    /// End-to-end response headers to replay (no hop-by-hop, length, range or validators).
+    /// End-to-end response headers to replay (no hop-by-hop, length, range or validators;
+    /// for a negative response, every end-to-end field but Content-Length and Age).
     pub headers: HeaderMap,
     /// Content-Digest of the whole object, when the origin sent one.
     pub digest: Option<HeaderValue>,
@@ -59,7 +64,22 @@ pub struct ObjectMeta {
     /// The request headers named by Vary, as sent when this version was fetched; resent on
     /// chunk fills so the origin selects the same variant.
     pub selecting: Vec<(HeaderName, Option<HeaderValue>)>,
+    /// Set for a stored final response other than 200/206 (a 404, 410, 301...), which is
+    /// replayed whole from here: such an entry has `len` 0 and no chunks, and never travels
+    /// to peers.
+    pub negative: Option<Negative>,
 }
+
+/// A stored negative response: its status and its whole body (at most
+/// [`NEGATIVE_MAX_BODY`] bytes). Its headers are the entry's `headers`.
+#[derive(Debug, Clone)]
+pub struct Negative {
+    pub status: StatusCode,
+    pub body: Bytes,
+}
+
+/// Largest body of a negative response that is stored; bigger ones pass through.
+pub const NEGATIVE_MAX_BODY: u64 = 64 * 1024;
 
 impl ObjectMeta {
     pub fn chunk_count(&self) -> u64 {
@@ -89,7 +109,8 @@ impl ObjectMeta {
             .iter()
             .map(|(k, v)| k.as_str().len() + v.len() + 32)
             .sum();
-        (512 + self.version.key.len() * 2 + self.version.validator.len() + headers)
+        let body = self.negative.as_ref().map_or(0, |n| n.body.len());
+        (512 + self.version.key.len() * 2 + self.version.validator.len() + headers + body)
             .try_into()
             .unwrap_or(u32::MAX)
     }

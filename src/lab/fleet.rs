@@ -8,10 +8,10 @@
 //!
 //! - **Start** ([`LabFleet::start_edge`]): a free spare of the region gets a config whose peers
 //!   are the edges running now (so its misses go to its region's siblings first), starts,
-//!   and its relays learn its addresses. Then the other edges' configs list it as a peer (they
-//!   reload their peers when the file changes), the router's config lists it, and the router
-//!   is told to reload (SIGHUP). It returns once the router's health checks call the edge up:
-//!   only then does it get viewers.
+//!   and its relays learn its addresses. Then the other edges' configs list it as a peer and
+//!   they are told to reload (SIGHUP; an edge serves only the peers it lists), and once they
+//!   have, the router's config lists it and the router is told to reload (SIGHUP). It
+//!   returns once the router's health checks call the edge up: only then does it get viewers.
 //! - **Drain and stop** ([`LabFleet::drain_and_stop`]): the edge leaves the router's config
 //!   first (no new viewers), keeps serving for a grace period (viewers redirected just
 //!   before), its in-flight count is waited down to 0 (bounded), it leaves the other edges'
@@ -241,6 +241,9 @@ impl Edges {
     }
 }
 
+/// Longest wait for the running edges to list a new edge as a peer.
+const PEERED_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Timings of the lab's fleet.
 #[derive(Debug, Clone)]
 pub struct FleetOptions {
@@ -290,6 +293,46 @@ impl LabFleet {
             .and_then(|e| e["state"].as_str().map(str::to_owned))
     }
 
+    /// Makes the running edges but `new` reload their rewritten configs now (SIGHUP) and
+    /// waits, at most [`PEERED_TIMEOUT`] in all, until each has applied its peer list (its
+    /// `cdn_edge_peers` counts the other peered edges).
+    async fn wait_peered(&self, slots: &mut [EdgeSlot], new: usize) {
+        if !self.edges.wiring.plan.file.peering.enabled {
+            return;
+        }
+        let peered = slots.iter().filter(|s| s.peered).count();
+        let mut waiting = Vec::new();
+        for (j, slot) in slots.iter_mut().enumerate() {
+            if j == new || !slot.proc.running() {
+                continue;
+            }
+            if let Some(pid) = slot.proc.pid() {
+                super::procs::signal(pid, libc::SIGHUP);
+            }
+            if let Some(url) = slot.url.clone() {
+                waiting.push((url, peered - usize::from(slot.peered)));
+            }
+        }
+        let deadline = tokio::time::Instant::now() + PEERED_TIMEOUT;
+        for (url, want) in waiting {
+            loop {
+                let peers = match self.client.get(format!("{url}/metrics")).send().await {
+                    Ok(r) => r.text().await.ok(),
+                    Err(_) => None,
+                }
+                .and_then(|t| cdn_http::metrics::sample(&t, "cdn_edge_peers"));
+                if peers == Some(want as f64) {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    tracing::warn!(edge = %url, want, ?peers, "an edge has not applied its new peer list");
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
     /// In-flight requests of the edge at `url`, from its `/healthz`.
     async fn inflight(&self, url: &str) -> Option<u64> {
         self.get_json(&format!("{url}/healthz")).await?["inflight"].as_u64()
@@ -329,10 +372,14 @@ impl Fleet for LabFleet {
             // its health checks pass.
             slots[i].peered = true;
             slots[i].routed = true;
-            let wired = self
-                .edges
-                .rewrite_running(&mut slots, i)
-                .and_then(|()| self.edges.write_router_config(&slots));
+            let mut wired = self.edges.rewrite_running(&mut slots, i);
+            if wired.is_ok() {
+                // Edges serve only the peers they list: the siblings take the new edge into
+                // their lists before the router sends it viewers, or its first misses would
+                // be refused and go to the origin.
+                self.wait_peered(&mut slots, i).await;
+                wired = self.edges.write_router_config(&slots);
+            }
             if let Err(e) = wired {
                 self.retire(&mut slots, i).await;
                 return Err(e.context(format!("registering {name}")));

@@ -295,8 +295,12 @@ async fn autoscale(
     let Some(a) = lab.autoscale.get() else {
         return json(StatusCode::OK, serde_json::json!({"enabled": false}));
     };
-    let mut v = serde_json::to_value(a.status_since(q.since)).unwrap_or_default();
+    let status = a.status_since(q.since);
+    // The autoscaler's clock starts once the lab is healthy; the dashboard draws on the lab's.
+    let lab_offset_ms = (lab.started.elapsed().as_millis() as u64).saturating_sub(status.now_ms);
+    let mut v = serde_json::to_value(status).unwrap_or_default();
     v["enabled"] = true.into();
+    v["lab_offset_ms"] = lab_offset_ms.into();
     json(StatusCode::OK, v)
 }
 

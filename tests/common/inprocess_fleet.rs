@@ -1,10 +1,10 @@
 //! A [`Fleet`] of real edges in this process behind a real router (for tests and an
-//! in-process lab).
+//! a lab in one process).
 //!
 //! - **Start:** an edge (`cdn_edge::spawn`) on 127.0.0.1:0 named `{region}-{n}` (the lowest
 //!   free `n`, 1 to the region's maximum). With peering on, it gets a QUIC endpoint and the
-//!   region's running edges as peers, so its misses go to the sibling that owns the chunk
-//!   before the origin. It is then added to the router's config (`RouterHandle::set_config`);
+//!   region's running edges as peers (and they it: an edge serves only the peers it lists),
+//!   so its misses go to the sibling that owns the chunk before the origin. It is then added to the router's config (`RouterHandle::set_config`);
 //!   the router routes to it only once its health check passed, and `start_edge` returns
 //!   then.
 //! - **Drain and stop:** the edge leaves the router's config (no new viewers are sent), a
@@ -191,6 +191,10 @@ impl InProcessFleet {
             Some(p) => Some(p.local_addr()?),
             None => None,
         };
+        // Its siblings list it before it gets viewers: an edge serves only the peers it lists.
+        if let Some(addr) = peer_addr {
+            self.sync_peers(region, Some((name, &edge, addr)));
+        }
         let url = handle.url();
         let route = cdn_geo_router::EdgeConfig {
             name: name.to_owned(),
@@ -210,6 +214,7 @@ impl InProcessFleet {
             let _ = self
                 .change_router(|edges| edges.retain(|x| x.name != name))
                 .await;
+            self.sync_peers(region, None);
             edge.close_peers();
             handle.stop().await;
             return Err(e);
@@ -224,6 +229,38 @@ impl InProcessFleet {
             },
         );
         Ok(())
+    }
+
+    /// Gives every running edge of `region` (and `extra`, one being started) the others as
+    /// its peers.
+    fn sync_peers(&self, region: &str, extra: Option<(&str, &Arc<Edge>, SocketAddr)>) {
+        let mut members: Vec<(String, Arc<Edge>, SocketAddr)> = self
+            .nodes()
+            .iter()
+            .filter(|(_, n)| n.region == region)
+            .filter_map(|(name, n)| Some((name.clone(), n.edge.clone(), n.peer_addr?)))
+            .collect();
+        if let Some((name, edge, addr)) = extra {
+            members.push((name.to_owned(), edge.clone(), addr));
+        }
+        for (name, edge, _) in &members {
+            let Some(peers) = &edge.peers else {
+                continue;
+            };
+            let list = members
+                .iter()
+                .filter(|(other, _, _)| other != name)
+                .map(|(other, _, addr)| PeerConfig {
+                    name: other.clone(),
+                    region: region.to_owned(),
+                    addr: *addr,
+                    push: None,
+                })
+                .collect();
+            if let Err(e) = peers.set_peers(list) {
+                tracing::warn!(edge = %name, error = %e, "peer list refused");
+            }
+        }
     }
 
     /// Applies `f` to the router's edge list.
@@ -290,6 +327,7 @@ impl Fleet for InProcessFleet {
             .nodes()
             .remove(name)
             .with_context(|| format!("edge `{name}` was stopped meanwhile"))?;
+        self.sync_peers(&node.region, None);
         tokio::time::sleep(self.options.drain_grace).await;
         let deadline = tokio::time::Instant::now() + self.options.drain_timeout;
         while node.edge.inflight.load(Ordering::Relaxed) > 0 {

@@ -3,9 +3,15 @@
 //! timeout, or whose connection fails, is skipped for a short back-off so that a dead peer
 //! costs a fall-back, not a stall. A client dropped (its peer left the set, see
 //! [`super::Peers::set_peers`]) closes its connection once nothing uses it any more.
+//!
+//! The connection asks for the peer's configured name as the TLS server name, so a node at
+//! that address with another node's certificate fails the handshake. A peer that does not
+//! list this node answers every request with a refusal ([`WireError::Refused`]): a quick
+//! answer, so there is no back-off, and the connection stays up for when it lists this node.
 
 use std::sync::Arc;
 use std::sync::Mutex as StdMutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -30,6 +36,8 @@ pub struct PushHeader {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Advertise {
+    /// The sender's name. Informational: the receiver records the advertisement under the
+    /// name the sender's certificate proved.
     pub from: String,
     pub keys: Vec<String>,
 }
@@ -39,6 +47,8 @@ pub struct PeerClient {
     endpoint: quinn::Endpoint,
     conn: tokio::sync::Mutex<Option<quinn::Connection>>,
     down_until: StdMutex<Option<Instant>>,
+    /// The peer's last answer was a refusal (logged once per change, not per request).
+    refused: AtomicBool,
     first_byte: Duration,
     fill_timeout: Duration,
     max_chunk: u64,
@@ -59,6 +69,7 @@ impl PeerClient {
             endpoint,
             conn: tokio::sync::Mutex::new(None),
             down_until: StdMutex::new(None),
+            refused: AtomicBool::new(false),
             first_byte,
             fill_timeout,
             max_chunk,
@@ -85,6 +96,24 @@ impl PeerClient {
     fn mark_down(&self) {
         *self.down_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + BACKOFF);
         self.set_connected(false);
+    }
+
+    /// Logs when the peer starts or stops refusing this node.
+    fn note<T>(&self, r: Result<T, WireError>) -> Result<T, WireError> {
+        match &r {
+            Err(WireError::Refused(why)) => {
+                if !self.refused.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(peer = %self.cfg.name, reason = %why, "peer refuses this node: not in its peer list");
+                }
+            }
+            Ok(_) => {
+                if self.refused.swap(false, Ordering::Relaxed) {
+                    tracing::info!(peer = %self.cfg.name, "peer serves this node again");
+                }
+            }
+            Err(_) => {}
+        }
+        r
     }
 
     async fn connection(&self) -> Result<quinn::Connection, WireError> {
@@ -146,14 +175,16 @@ impl PeerClient {
     pub async fn get(&self, req: &GetRequest) -> Result<Option<(WireMeta, Bytes)>, WireError> {
         let first = async {
             let (mut send, mut recv) = self.open().await?;
-            wire::write_json(&mut send, wire::OP_GET, req).await?;
+            if let Err(e) = wire::write_json(&mut send, wire::OP_GET, req).await {
+                return Err(wire::refusal_or(&mut recv, e).await);
+            }
             let _ = send.finish();
-            let (status, meta) = wire::read_json::<WireMeta>(&mut recv).await?;
+            let (status, meta) = wire::read_reply::<WireMeta>(&mut recv).await?;
             Ok::<_, WireError>((status, meta, recv))
         };
         let (mut status, mut meta, mut recv) =
             match tokio::time::timeout(self.first_byte, first).await {
-                Ok(r) => r?,
+                Ok(r) => self.note(r)?,
                 Err(_) => {
                     self.mark_down();
                     return Err(WireError::Io(format!(
@@ -165,7 +196,7 @@ impl PeerClient {
         if status == PENDING {
             // The owner is filling from the origin on our behalf.
             let next =
-                tokio::time::timeout(self.fill_timeout, wire::read_json::<WireMeta>(&mut recv));
+                tokio::time::timeout(self.fill_timeout, wire::read_reply::<WireMeta>(&mut recv));
             (status, meta) = next
                 .await
                 .map_err(|_| WireError::Io("peer fill timed out".into()))??;
@@ -193,15 +224,21 @@ impl PeerClient {
     ) -> Result<bool, WireError> {
         let exchange = async {
             let (mut send, mut recv) = self.open().await?;
-            wire::write_json(&mut send, wire::OP_PUSH, header).await?;
-            wire::write_chunk(&mut send, chunk, corrupt).await?;
+            let written = async {
+                wire::write_json(&mut send, wire::OP_PUSH, header).await?;
+                wire::write_chunk(&mut send, chunk, corrupt).await
+            };
+            if let Err(e) = written.await {
+                return Err(wire::refusal_or(&mut recv, e).await);
+            }
             let _ = send.finish();
-            let (status, _) = wire::read_json::<serde_json::Value>(&mut recv).await?;
+            let (status, _) = wire::read_reply::<serde_json::Value>(&mut recv).await?;
             Ok::<_, WireError>(status == wire::FOUND)
         };
         let admitted = tokio::time::timeout(self.fill_timeout, exchange)
             .await
-            .map_err(|_| WireError::Io("push timed out".into()))??;
+            .map_err(|_| WireError::Io("push timed out".into()))?;
+        let admitted = self.note(admitted)?;
         self.count_bytes("out", chunk.len());
         Ok(admitted)
     }
@@ -210,14 +247,17 @@ impl PeerClient {
     pub async fn advertise(&self, msg: &Advertise) -> Result<(), WireError> {
         let exchange = async {
             let (mut send, mut recv) = self.open().await?;
-            wire::write_json(&mut send, wire::OP_ADVERTISE, msg).await?;
+            if let Err(e) = wire::write_json(&mut send, wire::OP_ADVERTISE, msg).await {
+                return Err(wire::refusal_or(&mut recv, e).await);
+            }
             let _ = send.finish();
-            let _ = wire::read_json::<serde_json::Value>(&mut recv).await?;
+            let _ = wire::read_reply::<serde_json::Value>(&mut recv).await?;
             Ok::<_, WireError>(())
         };
-        tokio::time::timeout(self.fill_timeout, exchange)
+        let r = tokio::time::timeout(self.fill_timeout, exchange)
             .await
-            .map_err(|_| WireError::Io("advertise timed out".into()))?
+            .map_err(|_| WireError::Io("advertise timed out".into()))?;
+        self.note(r)
     }
 
     /// The connection, if one is open now (tests compare it across peer-set changes).

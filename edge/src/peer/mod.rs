@@ -14,6 +14,15 @@
 //!   calls it when its config file changes or on SIGHUP). Requests work on a snapshot
 //!   ([`PeerSet`]); a peer that stays keeps its connection and push budget, and a removed
 //!   peer's connection closes once its last request ends. Adverts are kept by peer name.
+//! - **Admission.** The TLS handshake admits any node the cluster CA signed; the endpoint then
+//!   serves only its *current* peers. Every request stream (get, push, advertise) is checked:
+//!   the names in the client certificate ([`pki::peer_names`]) must name exactly one member of
+//!   the set ([`Peers::identify`]), else the stream gets a [`wire::REFUSED`] answer, the
+//!   refusal is counted (`cdn_edge_peer_refused_total{reason}`) and logged. Because the check
+//!   is per stream, a removed peer's open connection stops being served at once and a
+//!   just-added peer is served on the connection it already has. Advertisements are recorded
+//!   under the authenticated name, not the one the message claims. The dialling side checks
+//!   the answering node's certificate against the name it dialled ([`pki::client_config`]).
 //! - **Integrity.** Every chunk travels with its length and SHA-256; frames are bounded.
 //!
 //! Modules: [`pki`] certificates and TLS configs, [`wire`] frames, [`client`] one peer,
@@ -106,6 +115,30 @@ pub enum PeerSetError {
     Duplicate(String),
 }
 
+/// Why the endpoint refused a request (the `reason` label of `cdn_edge_peer_refused_total`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The certificate names no member of the current peer set.
+    #[error("{names:?} is not a peer of this node")]
+    Unknown { names: Vec<String> },
+    /// The certificate names more than one member: it cannot say which one is asking.
+    #[error("{names:?} names more than one peer of this node")]
+    Ambiguous { names: Vec<String> },
+    /// The certificate carries no name (no DNS SAN, no common name) or could not be read.
+    #[error("the certificate names no node")]
+    NoName,
+}
+
+impl Refusal {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Unknown { .. } => "unknown-peer",
+            Refusal::Ambiguous { .. } => "ambiguous-name",
+            Refusal::NoName => "no-name",
+        }
+    }
+}
+
 /// What every [`PeerClient`] is built with.
 struct ClientSettings {
     first_byte: Duration,
@@ -152,6 +185,26 @@ fn push_flags(region: &str, peers: &[PeerConfig]) -> Vec<bool> {
             true
         })
         .collect()
+}
+
+/// The one member (by configured name) a certificate's `names` name; see [`Peers::identify`].
+fn identify<'a>(
+    members: impl Iterator<Item = &'a str>,
+    names: &[String],
+) -> Result<&'a str, Refusal> {
+    if names.is_empty() {
+        return Err(Refusal::NoName);
+    }
+    let mut found = members.filter(|m| names.iter().any(|n| n.eq_ignore_ascii_case(m)));
+    match (found.next(), found.next()) {
+        (Some(m), None) => Ok(m),
+        (None, _) => Err(Refusal::Unknown {
+            names: names.to_vec(),
+        }),
+        (Some(_), Some(_)) => Err(Refusal::Ambiguous {
+            names: names.to_vec(),
+        }),
+    }
 }
 
 /// Rendezvous score of `name` for chunk `index` of `key`.
@@ -228,6 +281,15 @@ impl Peers {
     /// stays the list the node started with; this is the live one.
     pub fn peer_set(&self) -> Arc<PeerSet> {
         self.set.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Which current peer a client certificate with `names` ([`pki::peer_names`]) belongs to:
+    /// its configured name when exactly one member is named (DNS names compare ASCII
+    /// case-insensitively, as TLS compares them). Checked against the set as it is now, so a
+    /// connection's standing follows [`Peers::set_peers`].
+    pub fn identify(&self, names: &[String]) -> Result<String, Refusal> {
+        let set = self.peer_set();
+        identify(set.members.iter().map(|m| m.cfg.name.as_str()), names).map(String::from)
     }
 
     /// The clients of the current peers, in configured order.
@@ -417,6 +479,7 @@ impl Peers {
                     });
                     self.count("digest-mismatch", role);
                 }
+                Err(wire::WireError::Refused(_)) => self.count("not-a-peer", role),
                 Err(e) => {
                     tracing::debug!(peer = %peer.cfg.name, error = %e, "peer fetch failed");
                     self.count("error", role);
@@ -504,6 +567,8 @@ impl Peers {
                     let result = match client.push(&header, &chunk, this.corrupt).await {
                         Ok(true) => "ok",
                         Ok(false) => "refused",
+                        // This node is not (or no longer) the peer's peer: stop here.
+                        Err(wire::WireError::Refused(_)) => "not-a-peer",
                         Err(e) => {
                             tracing::debug!(peer = %client.cfg.name, error = %e, "push failed");
                             "error"
@@ -512,7 +577,7 @@ impl Peers {
                     this.metrics.with(|| {
                         metrics::counter!("cdn_edge_pushes_total", "result" => result).increment(1)
                     });
-                    if result == "error" {
+                    if matches!(result, "error" | "not-a-peer") {
                         break;
                     }
                 }
@@ -521,7 +586,9 @@ impl Peers {
         futures::future::join_all(pushes).await;
     }
 
-    /// Records that `from` holds `keys` (ignored unless `from` is a current peer).
+    /// Records that `from` holds `keys` (ignored unless `from` is a current peer). The
+    /// endpoint passes the name the advertiser's certificate proved, never the message's own
+    /// `from` field.
     pub fn advertised_by(&self, from: &str, keys: Vec<String>) {
         if self.peer_set().get(from).is_none() {
             return;
@@ -695,6 +762,29 @@ mod tests {
         let mut marked = peers.clone();
         marked[2].push = Some(true);
         assert_eq!(push_flags("r1", &marked), [false, false, true, false]);
+    }
+
+    #[test]
+    fn a_certificate_must_name_exactly_one_current_peer() {
+        let members = ["a1", "b1", "B1"];
+        let id = |names: &[&str]| {
+            let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+            identify(members[..2].iter().copied(), &names).map_err(|e| e.reason())
+        };
+        assert_eq!(id(&["a1"]), Ok("a1"));
+        // DNS names compare case-insensitively; the configured spelling is the identity.
+        assert_eq!(id(&["A1"]), Ok("a1"));
+        // Other names on the certificate do not matter.
+        assert_eq!(id(&["a1.cdn.example", "a1"]), Ok("a1"));
+        assert_eq!(id(&["c1"]), Err("unknown-peer"));
+        assert_eq!(id(&["*.example", "a1.cdn.example"]), Err("unknown-peer"));
+        assert_eq!(id(&[]), Err("no-name"));
+        assert_eq!(id(&["a1", "b1"]), Err("ambiguous-name"));
+        let names = vec!["b1".to_string()];
+        assert_eq!(
+            identify(members.iter().copied(), &names).map_err(|e| e.reason()),
+            Err("ambiguous-name")
+        );
     }
 
     #[tokio::test]

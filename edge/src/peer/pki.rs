@@ -1,6 +1,11 @@
 //! Peer TLS: the cluster CA and node certificates (generated with rcgen for the lab and
 //! tests), and the rustls/quinn configurations for mutual TLS. Every peer must present a
 //! certificate the cluster CA signed, with its node name as a DNS name; nothing else gets in.
+//!
+//! Both directions check the name, not only the CA: the dialling side asks for the peer's
+//! configured name (rustls checks the server certificate's DNS SANs against it), and the
+//! answering side reads the client certificate's names with [`peer_names`] so that
+//! [`super::Peers::identify`] can match them against the current peer set on every request.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,6 +25,47 @@ use crate::config::PeerTls;
 
 /// ALPN protocol id of the peer protocol.
 pub const ALPN: &[u8] = b"cdn-peer/1";
+
+/// The node names a certificate (DER) is issued to: its DNS subject alternative names, or,
+/// only when it has none, its subject's common names. Empty when it cannot be parsed. Names
+/// are taken literally: a wildcard (`*.example`) names no node.
+pub fn cert_names(der: &[u8]) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let dns: Vec<String> = match cert.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                GeneralName::DNSName(d) => Some(d.to_string()),
+                _ => None,
+            })
+            .collect(),
+        // A certificate with two SAN extensions is malformed: it names nobody.
+        Err(_) => return Vec::new(),
+        Ok(None) => Vec::new(),
+    };
+    if !dns.is_empty() {
+        return dns;
+    }
+    cert.subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(String::from))
+        .collect()
+}
+
+/// The names of the certificate the other end of `conn` presented (its end-entity
+/// certificate, which the handshake checked against the cluster CA). Empty when it presented
+/// none.
+pub fn peer_names(conn: &quinn::Connection) -> Vec<String> {
+    conn.peer_identity()
+        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .and_then(|chain| chain.first().map(|c| cert_names(c)))
+        .unwrap_or_default()
+}
 
 /// Writes a new cluster CA (`ca.pem`, `ca.key`) and, for each node, `<name>.pem` and
 /// `<name>.key` signed by it, into `dir`.
@@ -129,7 +175,11 @@ pub fn server_config(tls: &PeerTls, chunk_size: u64) -> anyhow::Result<quinn::Se
     Ok(server)
 }
 
-/// The client side: trusts only the cluster CA and presents this node's certificate.
+/// The client side: trusts only the cluster CA and presents this node's certificate. The
+/// server certificate must also name the peer being dialled: [`super::client::PeerClient`]
+/// connects with the peer's configured name as the TLS server name, which rustls's verifier
+/// checks against the certificate's DNS SANs (a certificate of another node fails the
+/// handshake).
 pub fn client_config(tls: &PeerTls, chunk_size: u64) -> anyhow::Result<quinn::ClientConfig> {
     let m = load(tls)?;
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
@@ -142,4 +192,37 @@ pub fn client_config(tls: &PeerTls, chunk_size: u64) -> anyhow::Result<quinn::Cl
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
     client.transport_config(transport(chunk_size));
     Ok(client)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(sans: &[&str], cn: Option<&str>) -> Vec<u8> {
+        let mut params =
+            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .expect("params");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        if let Some(cn) = cn {
+            params.distinguished_name.push(DnType::CommonName, cn);
+        }
+        let key = KeyPair::generate().expect("key");
+        params.self_signed(&key).expect("cert").der().to_vec()
+    }
+
+    #[test]
+    fn a_certificate_names_its_dns_sans_else_its_common_name() {
+        let dir = std::env::temp_dir().join(format!("cdn-pki-names-{}", std::process::id()));
+        write_lab_pki(&dir, &["edge-a1".to_string()]).expect("pki");
+        let lab = CertificateDer::from_pem_file(dir.join("edge-a1.pem")).expect("pem");
+        assert_eq!(cert_names(&lab), ["edge-a1"]);
+        let _ = std::fs::remove_dir_all(&dir);
+        // SANs win over the common name.
+        assert_eq!(cert_names(&cert(&["x", "y"], Some("z"))), ["x", "y"]);
+        // No DNS SAN: the common name.
+        assert_eq!(cert_names(&cert(&[], Some("old-style"))), ["old-style"]);
+        assert_eq!(cert_names(&cert(&["10.0.0.1"], Some("cn"))), ["cn"]);
+        assert!(cert_names(&cert(&[], None)).is_empty());
+        assert!(cert_names(b"not a certificate").is_empty());
+    }
 }

@@ -2,15 +2,25 @@
 //! already checked the peer's certificate against the cluster CA) and answers each stream.
 //! Answers come from the cache; only the owner of a chunk fills it from the origin, and a
 //! fill made for a peer asks other peers only cache-only (the runner-up, advertisers), never
-//! as owner, so fills cannot loop. Connections are accepted from any node the cluster CA
-//! signed, whether or not it is in this node's peer set.
+//! as owner, so fills cannot loop.
+//!
+//! Only current peers are served. The client certificate's names are read once per
+//! connection; every request stream is then checked against the peer set as it is at that
+//! moment ([`Peers::identify`]). A node that is not a peer gets [`wire::REFUSED`] before its
+//! request is read, whatever the request (get, push or advertise); the refusal is counted in
+//! `cdn_edge_peer_refused_total{reason}` and logged (a warning when a connection starts being
+//! refused, not one per stream). The connection stays open, so a node added to the set later
+//! is served on it without reconnecting, and a removed peer's next request is refused.
 
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::client::{Advertise, PENDING, PushHeader};
 use super::wire::{self, GetRequest, WireError, WireMeta};
+use super::{Peers, Refusal, pki};
 use crate::cache::Edge;
 use crate::store::{ObjectMeta, PrimaryEntry};
 
@@ -32,14 +42,21 @@ pub async fn serve(endpoint: quinn::Endpoint, edge: Weak<Edge>) {
                     return;
                 }
             };
+            let caller = Arc::new(Caller {
+                names: pki::peer_names(&conn),
+                remote,
+                refused: AtomicBool::new(false),
+            });
+            tracing::debug!(%remote, names = ?caller.names, "peer connection");
             loop {
                 let (send, recv) = match conn.accept_bi().await {
                     Ok(s) => s,
                     Err(_) => return,
                 };
                 let Some(edge) = edge.upgrade() else { return };
+                let caller = caller.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = answer(&edge, send, recv).await {
+                    if let Err(e) = stream(&edge, &caller, send, recv).await {
                         tracing::debug!(%remote, error = %e, "peer stream failed");
                     }
                 });
@@ -48,8 +65,65 @@ pub async fn serve(endpoint: quinn::Endpoint, edge: Weak<Edge>) {
     }
 }
 
+/// The node at the other end of a connection, as its certificate names it.
+struct Caller {
+    names: Vec<String>,
+    remote: SocketAddr,
+    /// Its last stream was refused (so a warning is logged once per change, not per stream).
+    refused: AtomicBool,
+}
+
+/// Answers one request stream if the caller is a current peer, else refuses it.
+async fn stream(
+    edge: &Arc<Edge>,
+    caller: &Caller,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) -> Result<(), WireError> {
+    let Some(peers) = &edge.peers else {
+        return Ok(());
+    };
+    match peers.identify(&caller.names) {
+        Ok(name) => {
+            if caller.refused.swap(false, Ordering::Relaxed) {
+                tracing::info!(peer = %name, remote = %caller.remote, "peer is served again");
+            }
+            answer(edge, peers, &name, send, recv).await
+        }
+        Err(refusal) => {
+            refuse(edge, caller, &refusal);
+            let body = wire::Refusal {
+                reason: refusal.reason().into(),
+                message: refusal.to_string(),
+            };
+            wire::refuse(&mut send, &mut recv, &body).await?;
+            let _ = send.stopped().await;
+            Ok(())
+        }
+    }
+}
+
+fn refuse(edge: &Edge, caller: &Caller, refusal: &Refusal) {
+    let reason = refusal.reason();
+    edge.metrics
+        .with(|| metrics::counter!("cdn_edge_peer_refused_total", "reason" => reason).increment(1));
+    if !caller.refused.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            names = ?caller.names,
+            remote = %caller.remote,
+            reason,
+            "peer request refused: the certificate names no node of this node's peer set"
+        );
+    } else {
+        tracing::debug!(names = ?caller.names, reason, "peer request refused");
+    }
+}
+
+/// Answers a request of the current peer `from`.
 async fn answer(
     edge: &Arc<Edge>,
+    peers: &Peers,
+    from: &str,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) -> Result<(), WireError> {
@@ -87,9 +161,10 @@ async fn answer(
         }
         wire::OP_ADVERTISE => {
             let msg: Advertise = serde_json::from_slice(&json).map_err(bad)?;
-            if let Some(peers) = &edge.peers {
-                peers.advertised_by(&msg.from, msg.keys);
+            if msg.from != from {
+                tracing::debug!(peer = %from, claimed = %msg.from, "advertisement recorded under the certificate's name");
             }
+            peers.advertised_by(from, msg.keys);
             wire::write_tag(&mut send, wire::FOUND).await?;
         }
         op => return Err(WireError::Bad(format!("unknown op {op}"))),

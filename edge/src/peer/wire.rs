@@ -5,7 +5,11 @@
 //!           PUSH only: chunk frame
 //! reply:    status:u8  len:u32  json[len]  chunk frame   (to GET; status 0 = found)
 //! chunk:    len:u64  sha256:[u8;32]  bytes[len]
+//! refusal:  3  len:u32  json[len]                    (to any request, see [`Refusal`])
 //! ```
+//! A node that is not in the answering node's peer set gets the refusal as the first bytes of
+//! its stream, before the answering side reads the request (it stops reading with
+//! [`REFUSED_CODE`]), so a refused push costs no chunk upload.
 //! Every length is checked against a bound before anything is allocated: a JSON header is at
 //! most [`MAX_HEADER`] bytes and a chunk at most the receiver's own chunk size. A chunk whose
 //! digest does not match is an error, never data.
@@ -28,6 +32,19 @@ pub const OP_ADVERTISE: u8 = 3;
 
 pub const FOUND: u8 = 0;
 pub const MISS: u8 = 1;
+/// The asking node is not a peer of the answering node (2 is `client::PENDING`).
+pub const REFUSED: u8 = 3;
+/// The QUIC application error code a refused stream's request side is stopped with.
+pub const REFUSED_CODE: u32 = 0x403;
+
+/// The body of a [`REFUSED`] answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Refusal {
+    /// `unknown-peer`, `ambiguous-name` or `no-name` (as in `cdn_edge_peer_refused_total`).
+    pub reason: String,
+    /// For the asking node's log, e.g. `["x"] is not a peer of this node`.
+    pub message: String,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -39,6 +56,9 @@ pub enum WireError {
     Bad(String),
     #[error("chunk digest mismatch")]
     Digest,
+    /// The answering node does not serve this one (not in its peer set).
+    #[error("refused by the peer: {0}")]
+    Refused(String),
 }
 
 impl From<quinn::ReadExactError> for WireError {
@@ -203,6 +223,7 @@ impl WireMeta {
             },
             ranges: self.ranges,
             selecting,
+            negative: None,
         })
     }
 }
@@ -229,6 +250,34 @@ pub async fn write_json(
 pub async fn read_json<T: for<'de> Deserialize<'de>>(
     recv: &mut quinn::RecvStream,
 ) -> Result<(u8, Option<T>), WireError> {
+    let (tag, json) = read_raw(recv).await?;
+    Ok((tag, parse(json.as_deref())?))
+}
+
+/// Reads a reply: a tag and its JSON as [`read_json`] does, except that a [`REFUSED`] answer
+/// is [`WireError::Refused`].
+pub async fn read_reply<T: for<'de> Deserialize<'de>>(
+    recv: &mut quinn::RecvStream,
+) -> Result<(u8, Option<T>), WireError> {
+    let (tag, json) = read_raw(recv).await?;
+    if tag == REFUSED {
+        let r: Option<Refusal> = parse(json.as_deref())?;
+        let message = r.map_or_else(|| "no reason given".into(), |r| r.message);
+        return Err(WireError::Refused(message));
+    }
+    Ok((tag, parse(json.as_deref())?))
+}
+
+/// After a request could not be written: the peer's refusal when that is why it stopped
+/// reading, else `err`.
+pub async fn refusal_or(recv: &mut quinn::RecvStream, err: WireError) -> WireError {
+    match read_reply::<serde_json::Value>(recv).await {
+        Err(refused @ WireError::Refused(_)) => refused,
+        _ => err,
+    }
+}
+
+async fn read_raw(recv: &mut quinn::RecvStream) -> Result<(u8, Option<Vec<u8>>), WireError> {
     let mut head = [0u8; 5];
     recv.read_exact(&mut head).await?;
     let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
@@ -240,8 +289,24 @@ pub async fn read_json<T: for<'de> Deserialize<'de>>(
     }
     let mut buf = vec![0u8; len];
     recv.read_exact(&mut buf).await?;
-    let value = serde_json::from_slice(&buf).map_err(|e| WireError::Bad(e.to_string()))?;
-    Ok((head[0], Some(value)))
+    Ok((head[0], Some(buf)))
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(json: Option<&[u8]>) -> Result<Option<T>, WireError> {
+    json.map(|j| serde_json::from_slice(j).map_err(|e| WireError::Bad(e.to_string())))
+        .transpose()
+}
+
+/// Refuses a request stream: the [`REFUSED`] answer, then the request side stopped unread.
+pub async fn refuse(
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    refusal: &Refusal,
+) -> Result<(), WireError> {
+    let _ = recv.stop(REFUSED_CODE.into());
+    write_json(send, REFUSED, refusal).await?;
+    let _ = send.finish();
+    Ok(())
 }
 
 /// Writes a tag with no JSON (e.g. MISS).
