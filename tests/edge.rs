@@ -554,7 +554,7 @@ async fn memory_stays_within_capacity_after_filling_four_times_over() {
 async fn a_404_storm_makes_one_origin_request_per_ttl() {
     let origin = start_origin(&media_root(), &Default::default()).await;
     let (edge, state) = start_edge(&origin.url(), |c| {
-        c.negative_ttl_secs = 2;
+        c.negative_ttl_secs = 3;
         c.purge_token = Some("t".into());
     })
     .await;
@@ -613,7 +613,7 @@ async fn a_404_storm_makes_one_origin_request_per_ttl() {
     assert_eq!(state.store.metas.entry_count(), 1);
     assert_eq!(state.store.chunks.iter().count(), 0, "a 404 has no chunks");
     // After the TTL: one new origin request, however many ask.
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    tokio::time::sleep(Duration::from_millis(3200)).await;
     let round = storm(20).await;
     for (status, _, body) in &round {
         assert_eq!(*status, StatusCode::NOT_FOUND);
@@ -650,7 +650,7 @@ async fn a_later_200_replaces_a_stored_404() {
     let root = std::fs::canonicalize(&root).unwrap();
     let _ = std::fs::remove_file(root.join("late.ts"));
     let origin = start_origin(&root, &Default::default()).await;
-    let (edge, _) = start_edge(&origin.url(), |c| c.negative_ttl_secs = 1).await;
+    let (edge, _) = start_edge(&origin.url(), |c| c.negative_ttl_secs = 2).await;
     let url = format!("{}/late.ts", edge.url());
     let r = client().get(&url).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
@@ -661,7 +661,7 @@ async fn a_later_200_replaces_a_stored_404() {
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert!(cache_status(&r).contains("; hit"), "{}", cache_status(&r));
     assert_eq!(origin_requests(&origin.url()).await, 1.0);
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
     let r = client().get(&url).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let cs = cache_status(&r);
@@ -766,11 +766,12 @@ async fn status_origin(
 async fn negative_caching_follows_rfc9111() {
     let hits = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
     let origin = status_origin(hits.clone()).await;
-    let (edge, state) = start_edge(&origin.url(), |c| c.negative_ttl_secs = 1).await;
+    let (edge, state) = start_edge(&origin.url(), |c| c.negative_ttl_secs = 3).await;
     let count = |path: &str| hits.lock().unwrap().get(path).copied().unwrap_or(0);
     let get = |path: &str| client().get(format!("{}{path}", edge.url())).send();
 
-    // Explicit freshness wins over negative_ttl_secs: 60 s, not 1 s.
+    // Explicit freshness wins over negative_ttl_secs: 60 s, not 3 s (3 s leaves room for a
+    // loaded machine between storing and counting below).
     for i in 0..3 {
         let r = get("/gone").await.unwrap();
         assert_eq!(r.status(), StatusCode::GONE);
@@ -791,7 +792,7 @@ async fn negative_caching_follows_rfc9111() {
         assert_eq!(r.headers()["cache-control"], "max-age=60");
         assert_eq!(r.text().await.unwrap(), "gone\n");
         if i == 1 {
-            tokio::time::sleep(Duration::from_millis(1300)).await;
+            tokio::time::sleep(Duration::from_millis(3300)).await;
         }
     }
     assert_eq!(count("/gone"), 1);
@@ -864,7 +865,7 @@ async fn negative_caching_follows_rfc9111() {
     assert_eq!(count("/nocontent"), 1);
 
     // The heuristic one expires after negative_ttl_secs; the explicit one does not.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     let r = get("/chunked").await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert!(!cache_status(&r).contains("; hit"), "{}", cache_status(&r));

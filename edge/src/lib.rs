@@ -167,10 +167,17 @@ pub struct EdgeNode {
 pub async fn start(args: &EdgeArgs) -> anyhow::Result<EdgeNode> {
     let (cfg, text) = args.resolve_file()?;
     let opts = cfg.serve_options();
-    let running = cfg.clone();
+    let mut running = cfg.clone();
     let (router, edge) = app(cfg)?;
     if let Some(p) = &edge.peers {
-        tracing::info!(name = %edge.cfg.name, peer_listen = %p.local_addr()?, peers = p.peer_set().len(), "peering");
+        let bound = p.local_addr()?;
+        tracing::info!(name = %edge.cfg.name, peer_listen = %bound, peers = p.peer_set().len(), "peering");
+        // A file that later names the port the OS chose (as the lab writes it) is no change.
+        if let Some(l) = running.peer_listen.as_mut()
+            && l.port() == 0
+        {
+            *l = bound;
+        }
     }
     let listener = bind(args.listen).await?;
     let addr = listener.local_addr()?;
