@@ -369,6 +369,16 @@ fn peer(name: &str, addr: SocketAddr) -> PeerConfig {
 }
 
 /// One edge of region r1 on peer address `me`, knowing `peers`.
+/// a and b, peers of each other, and c, which knows them both but is known by neither (it
+/// has just joined); with their peer addresses.
+async fn joining_trio(dir: &std::path::Path, origin: &str) -> ([Node; 3], [SocketAddr; 3]) {
+    let (pa, pb, pc) = (udp_port(), udp_port(), udp_port());
+    let a = member(dir, origin, "a", pa, vec![peer("b", pb)]).await;
+    let b = member(dir, origin, "b", pb, vec![peer("a", pa)]).await;
+    let c = member(dir, origin, "c", pc, vec![peer("a", pa), peer("b", pb)]).await;
+    ([a, b, c], [pa, pb, pc])
+}
+
 async fn member(
     dir: &std::path::Path,
     origin: &str,
@@ -443,18 +453,8 @@ async fn wait_metric_at(base: &str, series: &str, want: f64) {
 async fn a_peer_added_at_runtime_fills_what_it_owns_and_a_removed_one_is_left_alone() {
     let origin = start_origin(&media_root(), &Default::default()).await;
     let dir = pki("membership", &["a", "b", "c"]);
-    let (pa, pb, pc) = (udp_port(), udp_port(), udp_port());
     // c knows a and b; a and b start without c.
-    let a = member(&dir, &origin.url(), "a", pa, vec![peer("b", pb)]).await;
-    let b = member(&dir, &origin.url(), "b", pb, vec![peer("a", pa)]).await;
-    let c = member(
-        &dir,
-        &origin.url(),
-        "c",
-        pc,
-        vec![peer("a", pa), peer("b", pb)],
-    )
-    .await;
+    let ([a, b, c], [pa, pb, pc]) = joining_trio(&dir, &origin.url()).await;
     assert_eq!(metric(&a, "cdn_edge_peers").await, 1.0);
     // One-chunk objects whose chunk c owns among a, b and c.
     let path = |id: &str| format!("/synthetic/{id}?size={CHUNK}");
@@ -545,18 +545,8 @@ async fn a_peer_added_at_runtime_fills_what_it_owns_and_a_removed_one_is_left_al
 async fn a_joining_edge_warms_from_the_previous_owners_not_the_origin() {
     let origin = start_origin(&media_root(), &Default::default()).await;
     let dir = pki("warm", &["a", "b", "c", "d"]);
-    let (pa, pb, pc) = (udp_port(), udp_port(), udp_port());
-    let a = member(&dir, &origin.url(), "a", pa, vec![peer("b", pb)]).await;
-    let b = member(&dir, &origin.url(), "b", pb, vec![peer("a", pa)]).await;
     // c joins, knowing a and b.
-    let c = member(
-        &dir,
-        &origin.url(),
-        "c",
-        pc,
-        vec![peer("a", pa), peer("b", pb)],
-    )
-    .await;
+    let ([a, b, c], [pa, pb, pc]) = joining_trio(&dir, &origin.url()).await;
     // d, past its warm-up from the start, knows a, b and c; it asks nothing until the end, and
     // nobody lists it until then.
     let pd = udp_port();

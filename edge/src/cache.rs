@@ -104,7 +104,10 @@ impl Verdict {
 
     /// The Cache-Status member for this node; `ttl` is the remaining freshness in seconds.
     pub fn header(&self, node: &str, ttl: Option<i64>) -> String {
-        let mut s = node.to_string();
+        use std::fmt::Write as _;
+        // On every response: one buffer, no intermediate strings.
+        let mut s = String::with_capacity(node.len() + 64);
+        s.push_str(node);
         match self.fwd {
             None => s.push_str("; hit"),
             Some(f) => {
@@ -113,10 +116,10 @@ impl Verdict {
             }
         }
         if let Some(st) = self.fwd_status {
-            s.push_str(&format!("; fwd-status={st}"));
+            let _ = write!(s, "; fwd-status={st}");
         }
         if let Some(t) = ttl {
-            s.push_str(&format!("; ttl={t}"));
+            let _ = write!(s, "; ttl={t}");
         }
         if self.stored {
             s.push_str("; stored");
@@ -125,7 +128,8 @@ impl Verdict {
             s.push_str("; collapsed");
         }
         if let Some(d) = self.detail {
-            s.push_str(&format!("; detail={d}"));
+            s.push_str("; detail=");
+            s.push_str(d);
         }
         s
     }

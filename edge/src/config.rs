@@ -223,46 +223,19 @@ impl EdgeConfig {
     /// The fields other than `peers` whose values differ between `self` and `other`: what a
     /// reload cannot apply without a restart.
     pub fn fields_changed(&self, other: &EdgeConfig) -> Vec<&'static str> {
-        // Destructured without `..`: a new field must be added here to compile.
-        let EdgeConfig {
-            name,
-            region,
-            origin,
-            capacity,
-            chunk_size,
-            readahead,
-            policy,
-            coalesce_wait_ms,
-            origin_connect_timeout_ms,
-            origin_read_timeout_ms,
-            hit_for_pass_secs,
-            heuristic_max_secs,
-            negative_ttl_secs,
-            cache_query,
-            purge_token,
-            overload_inflight,
-            limits,
-            drain_secs,
-            cache_key_base,
-            peer_listen,
-            peer_tls,
-            peers: _,
-            peer_first_byte_timeout_ms,
-            hot_threshold,
-            hot_window_secs,
-            peer_warmup_secs,
-            push_bytes_per_sec,
-            test_corrupt_peer_chunks,
-        } = self;
-        let mut changed = Vec::new();
-        macro_rules! compare {
-            ($($f:ident),* $(,)?) => {
+        // One list of fields, destructured without `..`: a new field must be added here to
+        // compile, and is then compared.
+        macro_rules! changed {
+            ($($f:ident),* $(,)?) => {{
+                let EdgeConfig { $($f,)* peers: _ } = self;
+                let mut changed = Vec::new();
                 $(if *$f != other.$f {
                     changed.push(stringify!($f));
                 })*
-            };
+                changed
+            }};
         }
-        compare!(
+        changed!(
             name,
             region,
             origin,
@@ -290,8 +263,7 @@ impl EdgeConfig {
             peer_warmup_secs,
             push_bytes_per_sec,
             test_corrupt_peer_chunks,
-        );
-        changed
+        )
     }
 
     pub fn coalesce_wait(&self) -> Duration {

@@ -8,14 +8,15 @@
 //! [`AutoscaleHandle::status`] returns it with each region's edges and history, as JSON for
 //! a dashboard.
 //!
-//! # The lab's hook
+//! # Use
+//! The lab (`start_autoscale` in `src/lab/mod.rs`) does:
 //! ```ignore
-//! let fleet = Arc::new(MyProcessFleet::new(..));        // impl autoscale::driver::Fleet
+//! let fleet = Arc::new(LabFleet::new(edges, router_url.clone(), options)); // impl Fleet
 //! let observer = HttpObserver::new(&router_url, Duration::from_secs(5));
 //! let regions = vec![RegionSpec { region: "europe".into(), config, edges: vec!["eu-1".into()] }];
 //! let autoscale = driver::spawn(fleet, observer, regions, Duration::from_secs(1))?;
 //! // dashboard: serde_json::to_string(&autoscale.status_since(last_ms))
-//! autoscale.stop().await;                               // at shutdown
+//! autoscale.abort();                   // at shutdown (tests: `stop().await` lets drains end)
 //! ```
 
 use std::collections::{BTreeMap, VecDeque};

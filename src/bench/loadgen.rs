@@ -360,12 +360,7 @@ pub async fn closed_loop(
             })
         })
         .collect();
-    let mut total = Stats::default();
-    for w in workers {
-        if let Ok(st) = w.await {
-            total.merge(&st);
-        }
-    }
+    let mut total = merged(workers).await;
     total.elapsed = started.elapsed();
     total
 }
@@ -398,9 +393,14 @@ pub async fn burst(addr: SocketAddr, clients: usize, job: Job) -> Stats {
             })
         })
         .collect();
+    merged(tasks).await
+}
+
+/// The workers' stats added up (a worker that panicked adds nothing).
+async fn merged(workers: Vec<tokio::task::JoinHandle<Stats>>) -> Stats {
     let mut total = Stats::default();
-    for t in tasks {
-        if let Ok(st) = t.await {
+    for w in workers {
+        if let Ok(st) = w.await {
             total.merge(&st);
         }
     }
@@ -444,12 +444,7 @@ pub async fn warm(addr: SocketAddr, jobs: Vec<Job>, parallel: usize) -> Stats {
             })
         })
         .collect();
-    let mut total = Stats::default();
-    for t in tasks {
-        if let Ok(st) = t.await {
-            total.merge(&st);
-        }
-    }
+    let mut total = merged(tasks).await;
     total.elapsed = started.elapsed();
     total
 }

@@ -92,7 +92,8 @@ impl Wiring {
             .collect()
     }
 
-    fn set_node(&self, name: &str, f: impl FnOnce(&mut super::NodeInfo)) {
+    /// Updates what the dashboard and state.json show of node `name`.
+    pub fn set_node(&self, name: &str, f: impl FnOnce(&mut super::NodeInfo)) {
         if let Ok(mut nodes) = self.lab.nodes.lock()
             && let Some(n) = nodes.iter_mut().find(|n| n.name == name)
         {
@@ -277,8 +278,12 @@ impl LabFleet {
 
     /// A JSON document, or `None` when it cannot be had.
     async fn get_json(&self, url: &str) -> Option<serde_json::Value> {
-        let text = self.client.get(url).send().await.ok()?.text().await.ok()?;
-        serde_json::from_str(&text).ok()
+        serde_json::from_str(&self.get_text(url).await?).ok()
+    }
+
+    /// A body, or `None` when it cannot be had.
+    async fn get_text(&self, url: &str) -> Option<String> {
+        self.client.get(url).send().await.ok()?.text().await.ok()
     }
 
     /// The router's state of edge `name` (`up`, `down`, ...), if it lists it.
@@ -316,11 +321,10 @@ impl LabFleet {
         let deadline = tokio::time::Instant::now() + PEERED_TIMEOUT;
         for (url, want) in waiting {
             loop {
-                let peers = match self.client.get(format!("{url}/metrics")).send().await {
-                    Ok(r) => r.text().await.ok(),
-                    Err(_) => None,
-                }
-                .and_then(|t| cdn_http::metrics::sample(&t, "cdn_edge_peers"));
+                let peers = self
+                    .get_text(&format!("{url}/metrics"))
+                    .await
+                    .and_then(|t| cdn_http::metrics::sample(&t, "cdn_edge_peers"));
                 if peers == Some(want as f64) {
                     break;
                 }

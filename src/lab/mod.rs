@@ -448,12 +448,10 @@ struct Supervisor {
 
 impl Supervisor {
     fn set_running(&self, name: &str, running: bool, pid: Option<u32>) {
-        if let Ok(mut nodes) = self.lab.nodes.lock()
-            && let Some(n) = nodes.iter_mut().find(|n| n.name == name)
-        {
+        self.edges.wiring.set_node(name, |n| {
             n.running = running;
             n.pid = pid;
-        }
+        });
     }
 
     /// The always-on edge `name` (spares belong to the autoscaler).
@@ -714,8 +712,7 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
     if let Ok(mut n) = lab.nodes.lock() {
         *n = nodes.clone();
     }
-    let starts = plan.edges.iter().enumerate().filter(|(_, e)| !e.spare);
-    for (i, _) in starts.map(|(i, e)| (i, e.name.clone())).collect::<Vec<_>>() {
+    for (i, _) in plan.edges.iter().enumerate().filter(|(_, e)| !e.spare) {
         edges.start_slot(&mut slots, i).await?;
     }
     let edge_urls: Vec<String> = slots.iter().filter_map(|s| s.url.clone()).collect();
