@@ -50,13 +50,24 @@ pub enum ProbeOutcome {
         meta: Arc<ObjectMeta>,
         revalidated: bool,
     },
-    NotStorable,
-    /// A response the cache does not store (a status it does not store, or a negative
-    /// response that is not storable or too big); the first taker streams it as it is.
-    Upstream {
+    /// An answer the cache does not store (not storable, a status it does not store, no
+    /// usable length, a negative response too big). It belongs to the one request that
+    /// started the probe, which takes it once; every other request that waited goes to the
+    /// origin on its own, so nobody receives a response caused by another viewer's request.
+    Unstored {
         status: u16,
-        resp: Arc<Mutex<Option<reqwest::Response>>>,
+        answer: Arc<Mutex<Option<Unstored>>>,
     },
+}
+
+/// An origin answer that is not stored, with what is needed to shape it for the request that
+/// caused it (see `passthrough::answer`).
+pub struct Unstored {
+    pub resp: reqwest::Response,
+    /// Path and query, and the fields the probe sent (without its Range and preconditions),
+    /// for a request of the rest of the representation.
+    pub path_and_query: String,
+    pub sent: HeaderMap,
 }
 
 /// Coarse result, the `cache` label of `cdn_edge_requests_total`.
@@ -144,8 +155,9 @@ pub enum Decision {
     Pass {
         verdict: Verdict,
     },
-    Upstream {
-        resp: reqwest::Response,
+    /// The origin's answer to this request's own probe, not stored: shaped for this request.
+    Unstored {
+        answer: Unstored,
         verdict: Verdict,
     },
     Fail {
@@ -167,6 +179,8 @@ const NOT_STORED: &[header::HeaderName] = &[
     header::SET_COOKIE,
 ];
 
+/// The fields of a response that are stored and replayed, each in memory of its own (see
+/// [`store::detached`]).
 fn stored_headers(resp: &HeaderMap) -> HeaderMap {
     let mut h = resp.clone();
     strip_hop_by_hop(&mut h);
@@ -174,7 +188,7 @@ fn stored_headers(resp: &HeaderMap) -> HeaderMap {
         h.remove(n);
     }
     h.remove("content-digest");
-    h
+    store::detached_map(&h)
 }
 
 impl Edge {
@@ -188,7 +202,8 @@ impl Edge {
             Duration::from_millis(cfg.origin_connect_timeout_ms),
             Duration::from_millis(cfg.origin_read_timeout_ms),
             metrics.clone(),
-        )?);
+        )?
+        .with_fill_fields(cfg.fill_fields()));
         let m = metrics.clone();
         let peers = crate::peer::Peers::new(&cfg, metrics.clone())?;
         let mut sources: Vec<Arc<dyn FillSource>> = Vec::new();
@@ -358,7 +373,7 @@ impl Edge {
                         verdict: v,
                     }
                 }
-                Some(Ok(ProbeOutcome::Upstream { status, .. })) if status >= 500 && sie => {
+                Some(Ok(ProbeOutcome::Unstored { status, .. })) if status >= 500 && sie => {
                     stale_if_error(Some(status))
                 }
                 Some(Err(_)) if sie => stale_if_error(None),
@@ -397,16 +412,21 @@ impl Edge {
                 v.collapsed = !leader;
                 Decision::Serve { meta, verdict: v }
             }
-            Some(Ok(ProbeOutcome::NotStorable)) => Decision::Pass {
-                verdict: Verdict::new(Kind::Pass, Some("miss")),
-            },
-            Some(Ok(ProbeOutcome::Upstream { status, resp })) => {
-                let taken = resp.lock().unwrap_or_else(|p| p.into_inner()).take();
+            Some(Ok(ProbeOutcome::Unstored { status, answer })) => {
+                // Only the request that caused the origin request may have its answer.
+                let taken = leader
+                    .then(|| answer.lock().unwrap_or_else(|p| p.into_inner()).take())
+                    .flatten();
                 let mut v = Verdict::new(Kind::Pass, Some("miss"));
-                v.fwd_status = Some(status);
                 match taken {
-                    Some(resp) => Decision::Upstream { resp, verdict: v },
-                    None => Decision::Pass { verdict: v },
+                    Some(answer) => {
+                        v.fwd_status = Some(status);
+                        Decision::Unstored { answer, verdict: v }
+                    }
+                    None => {
+                        v.detail = Some("uncacheable");
+                        Decision::Pass { verdict: v }
+                    }
                 }
             }
             Some(Err(e)) => Decision::Fail {
@@ -541,10 +561,23 @@ impl Edge {
                 });
             }
         }
+        // Whether to ask for the whole representation: once a Range probe told that it is
+        // empty (every range of 0 bytes is unsatisfiable, so only a plain GET gets its 200).
+        let mut whole = false;
+        // The fields the cache key includes: the Vary of what is stored, or of this probe's
+        // own answer when it names a field the client sent that the fill did not forward
+        // (then the answer was chosen without it: asked again, once, with it).
+        let mut keyed = self.fill_vary(&primary).await;
+        let mut asked_with_vary = false;
         loop {
-            let mut h = OriginClient::fill_headers(&req);
-            let range = format!("bytes={}-{}", first * cs, first * cs + cs - 1);
-            h.insert(header::RANGE, HeaderValue::from_str(&range).expect("ascii"));
+            let sent = self.origin.fill_headers(&req, &keyed);
+            let mut h = sent.clone();
+            if !whole {
+                // `first` comes from the client's Range: no arithmetic on it may wrap.
+                let start = first.saturating_mul(cs);
+                let range = format!("bytes={}-{}", start, start.saturating_add(cs - 1));
+                h.insert(header::RANGE, HeaderValue::from_str(&range).expect("ascii"));
+            }
             // A stored 404 (or any non-2xx) is not revalidated: the origin must ignore
             // preconditions for it (RFC 9110 §13.2.1), so it is simply asked again.
             if let Some(s) = stale
@@ -586,13 +619,41 @@ impl Edge {
                     revalidated: true,
                 });
             }
-            if status == StatusCode::RANGE_NOT_SATISFIABLE && first > 0 {
-                // The client asked beyond the end: learn the object from its first chunk.
-                first = 0;
-                continue;
+            if status == StatusCode::RANGE_NOT_SATISFIABLE && !whole {
+                if first > 0 {
+                    // The client asked beyond the end: learn the object from its first chunk.
+                    first = 0;
+                    continue;
+                }
+                if unsatisfied_length(resp.headers()) == Some(0) {
+                    // An empty representation: a 200 with no body, stored like any other.
+                    whole = true;
+                    continue;
+                }
+            }
+            let unstored = |resp| Unstored {
+                resp,
+                path_and_query: pq.clone(),
+                sent: sent.clone(),
+            };
+            let vary = store::vary_names(resp.headers());
+            let unsent: Vec<_> = vary
+                .iter()
+                .filter(|n| req.contains_key(*n) && !sent.contains_key(*n))
+                .collect();
+            if !unsent.is_empty() {
+                if !asked_with_vary {
+                    asked_with_vary = true;
+                    keyed = vary;
+                    continue;
+                }
+                // Still not forwarded (a value over the fill's bound): this answer was not
+                // chosen for the client's request, so it is nobody's but this request's.
+                tracing::debug!(%pq, ?unsent, "answer varies on a field the fill could not send");
+                return Ok(unstored_outcome(unstored(resp)));
             }
             if status != StatusCode::OK && status != StatusCode::PARTIAL_CONTENT {
-                return self
+                let outcome = self
                     .negative(
                         &primary,
                         &pq,
@@ -602,30 +663,30 @@ impl Edge {
                         request_time,
                         response_time,
                     )
-                    .await;
+                    .await?;
+                return Ok(match outcome {
+                    Negative_::Stored(o) => o,
+                    Negative_::Unstored(resp) => {
+                        if resp.status().as_u16() < 500 {
+                            self.remember_uncacheable(&primary).await;
+                        }
+                        unstored_outcome(unstored(resp))
+                    }
+                });
             }
             let cc = CacheControl::parse(resp.headers());
             let (len, ranges) = match object_length(&resp, first * cs) {
                 Some(x) => x,
                 None => {
                     tracing::debug!(%pq, "origin response has no usable length: not stored");
-                    return Ok(ProbeOutcome::NotStorable);
+                    self.remember_uncacheable(&primary).await;
+                    return Ok(unstored_outcome(unstored(resp)));
                 }
             };
             if let Err(why) = freshness::storable(status, resp.headers(), &cc, &req, &req_cc) {
                 tracing::debug!(%pq, ?why, "not storable");
-                let pass_until = Instant::now() + Duration::from_secs(self.cfg.hit_for_pass_secs);
-                self.store
-                    .primaries
-                    .insert(
-                        primary.clone(),
-                        Arc::new(PrimaryEntry {
-                            vary: Vec::new(),
-                            pass_until: Some(pass_until),
-                        }),
-                    )
-                    .await;
-                return Ok(ProbeOutcome::NotStorable);
+                self.remember_uncacheable(&primary).await;
+                return Ok(unstored_outcome(unstored(resp)));
             }
             let vary = store::vary_names(resp.headers());
             let key = store::variant_key(&primary, &vary, &req);
@@ -650,7 +711,7 @@ impl Edge {
                 content_type: resp
                     .headers()
                     .get(header::CONTENT_TYPE)
-                    .cloned()
+                    .map(store::detached)
                     .unwrap_or(HeaderValue::from_static("application/octet-stream")),
                 etag,
                 last_modified,
@@ -658,7 +719,7 @@ impl Edge {
                 digest: if ranges {
                     None
                 } else {
-                    resp.headers().get("content-digest").cloned()
+                    resp.headers().get("content-digest").map(store::detached)
                 },
                 lifetime: freshness::lifetime(
                     resp.headers(),
@@ -670,7 +731,7 @@ impl Edge {
                 ranges,
                 selecting: vary
                     .iter()
-                    .map(|n| (n.clone(), req.get(n).cloned()))
+                    .map(|n| (n.clone(), req.get(n).map(store::detached)))
                     .collect(),
                 negative: None,
             });
@@ -771,7 +832,7 @@ impl Edge {
         resp: reqwest::Response,
         request_time: SystemTime,
         response_time: SystemTime,
-    ) -> Result<ProbeOutcome, FillError> {
+    ) -> Result<Negative_, FillError> {
         let status = resp.status();
         let cc = CacheControl::parse(resp.headers());
         let lifetime =
@@ -780,15 +841,15 @@ impl Edge {
         let (Some(lifetime), Ok(()), Some(declared)) = (lifetime, storable, body_length(&resp))
         else {
             tracing::debug!(%pq, %status, ?storable, "negative response not stored");
-            return Ok(upstream(resp));
+            return Ok(Negative_::Unstored(resp));
         };
         if declared.is_some_and(|n| n > NEGATIVE_MAX_BODY) {
-            return Ok(upstream(resp));
+            return Ok(Negative_::Unstored(resp));
         }
         let resp_headers = resp.headers().clone();
         let body = match read_small(&self.origin, resp, NEGATIVE_MAX_BODY).await? {
             SmallBody::Whole(b) => b,
-            SmallBody::TooBig(resp) => return Ok(upstream(resp)),
+            SmallBody::TooBig(resp) => return Ok(Negative_::Unstored(resp)),
         };
         if let Some(want) = declared
             && want != body.len() as u64
@@ -800,7 +861,7 @@ impl Edge {
         }
         let vary = store::vary_names(&resp_headers);
         let (etag, last_modified) = validators_of(&resp_headers);
-        let mut headers = resp_headers.clone();
+        let mut headers = store::detached_map(&resp_headers);
         strip_hop_by_hop(&mut headers);
         for n in [
             header::CONTENT_LENGTH,
@@ -825,7 +886,7 @@ impl Edge {
             chunk_size: self.cfg.chunk_size,
             content_type: resp_headers
                 .get(header::CONTENT_TYPE)
-                .cloned()
+                .map(store::detached)
                 .unwrap_or(HeaderValue::from_static("application/octet-stream")),
             etag,
             last_modified,
@@ -837,7 +898,7 @@ impl Edge {
             ranges: false,
             selecting: vary
                 .iter()
-                .map(|n| (n.clone(), req.get(n).cloned()))
+                .map(|n| (n.clone(), req.get(n).map(store::detached)))
                 .collect(),
             negative: Some(Negative { status, body }),
         });
@@ -856,18 +917,62 @@ impl Edge {
             .insert(meta.version.key.clone(), meta.clone())
             .await;
         tracing::debug!(%pq, %status, ?lifetime, "negative response stored");
-        Ok(ProbeOutcome::Stored {
+        Ok(Negative_::Stored(ProbeOutcome::Stored {
             meta,
             revalidated: false,
-        })
+        }))
+    }
+
+    /// Marks a URL as uncacheable for `hit_for_pass_secs` (Varnish's hit-for-miss): its
+    /// requests go to the origin at once instead of queueing behind one another's probes.
+    async fn remember_uncacheable(&self, primary: &str) {
+        let pass_until = Instant::now() + Duration::from_secs(self.cfg.hit_for_pass_secs);
+        self.store
+            .primaries
+            .insert(
+                primary.to_string(),
+                Arc::new(PrimaryEntry {
+                    vary: Vec::new(),
+                    pass_until: Some(pass_until),
+                }),
+            )
+            .await;
+    }
+
+    /// The request fields a fill of `primary` forwards besides the configured ones: those
+    /// the stored responses' Vary names, which are part of the cache key.
+    async fn fill_vary(&self, primary: &str) -> Vec<header::HeaderName> {
+        self.store
+            .primaries
+            .get(primary)
+            .await
+            .map(|e| e.vary.clone())
+            .unwrap_or_default()
     }
 }
 
-fn upstream(resp: reqwest::Response) -> ProbeOutcome {
-    ProbeOutcome::Upstream {
-        status: resp.status().as_u16(),
-        resp: Arc::new(Mutex::new(Some(resp))),
+/// What became of a probe answered with a status other than 200/206.
+enum Negative_ {
+    Stored(ProbeOutcome),
+    Unstored(reqwest::Response),
+}
+
+fn unstored_outcome(answer: Unstored) -> ProbeOutcome {
+    ProbeOutcome::Unstored {
+        status: answer.resp.status().as_u16(),
+        answer: Arc::new(Mutex::new(Some(answer))),
     }
+}
+
+/// The complete length a 416 reports (`Content-Range: bytes */N`).
+fn unsatisfied_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_RANGE)?
+        .to_str()
+        .ok()?
+        .trim()
+        .strip_prefix("bytes */")?
+        .parse()
+        .ok()
 }
 
 /// The ETag and Last-Modified of a response.
@@ -1045,7 +1150,14 @@ async fn read_body(
         })
         .sum();
     let mut index = start_index;
-    let mut buf = BytesMut::new();
+    // Each chunk is assembled in an allocation of exactly its size: a chunk that shared a
+    // growing buffer would keep that buffer's whole capacity alive, beyond what the store
+    // counts for it.
+    let chunk_len = |i: u64| -> usize {
+        let (s, e) = meta.chunk_span(i);
+        usize::try_from(e - s + 1).unwrap_or(usize::MAX)
+    };
+    let mut buf = BytesMut::with_capacity(if index < end_index { chunk_len(index) } else { 0 });
     let mut total = 0u64;
     let failure = loop {
         match resp.chunk().await {
@@ -1057,16 +1169,20 @@ async fn read_body(
                         "body longer than the {want_total} bytes announced"
                     )));
                 }
-                buf.extend_from_slice(&data);
-                while index < end_index {
-                    let (s, e) = meta.chunk_span(index);
-                    let need = (e - s + 1) as usize;
-                    if buf.len() < need {
-                        break;
+                let mut data = &data[..];
+                while !data.is_empty() && index < end_index {
+                    let need = chunk_len(index) - buf.len();
+                    let take = need.min(data.len());
+                    buf.extend_from_slice(&data[..take]);
+                    data = &data[take..];
+                    if buf.len() == chunk_len(index) {
+                        let chunk = std::mem::take(&mut buf).freeze();
+                        pending.deliver(index, chunk).await;
+                        index += 1;
+                        if index < end_index {
+                            buf = BytesMut::with_capacity(chunk_len(index));
+                        }
                     }
-                    let chunk = buf.split_to(need).freeze();
-                    pending.deliver(index, chunk).await;
-                    index += 1;
                 }
             }
             Ok(None) if total == want_total => break None,

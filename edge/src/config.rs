@@ -51,6 +51,11 @@ pub struct EdgeConfig {
     pub origin_read_timeout_ms: u64,
     /// How long a URL whose response was not storable is passed straight to the origin.
     pub hit_for_pass_secs: u64,
+    /// Client request fields a cache fill forwards to the origin, besides those the stored
+    /// responses' Vary names (which are part of the cache key). An allow list: every other
+    /// field of the client (cookies, `X-Forwarded-*`, method overrides...) stays out of
+    /// requests whose answers are shared. Default: the content negotiation fields.
+    pub fill_request_headers: Vec<String>,
     /// Cap of heuristic freshness (10% of the time since Last-Modified).
     pub heuristic_max_secs: u64,
     /// Negative caching: how long a heuristically cacheable final response other than 200/206
@@ -139,6 +144,11 @@ impl Default for EdgeConfig {
             origin_connect_timeout_ms: 2_000,
             origin_read_timeout_ms: 10_000,
             hit_for_pass_secs: 30,
+            fill_request_headers: vec![
+                "accept".into(),
+                "accept-encoding".into(),
+                "accept-language".into(),
+            ],
             heuristic_max_secs: 86_400,
             negative_ttl_secs: 10,
             cache_query: true,
@@ -205,6 +215,14 @@ impl EdgeConfig {
             Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
             _ => return Err(bad("origin", "must be an http:// or https:// URL")),
         }
+        for (i, n) in self.fill_request_headers.iter().enumerate() {
+            if http::HeaderName::from_bytes(n.as_bytes()).is_err() {
+                return Err(bad(
+                    &format!("fill_request_headers[{i}]"),
+                    "not a valid field name",
+                ));
+            }
+        }
         if self.peer_listen.is_some() && self.peer_tls.is_none() {
             return Err(bad("peer_tls", "peering needs the cluster's certificates"));
         }
@@ -247,6 +265,7 @@ impl EdgeConfig {
             origin_connect_timeout_ms,
             origin_read_timeout_ms,
             hit_for_pass_secs,
+            fill_request_headers,
             heuristic_max_secs,
             negative_ttl_secs,
             cache_query,
@@ -264,6 +283,14 @@ impl EdgeConfig {
             push_bytes_per_sec,
             test_corrupt_peer_chunks,
         )
+    }
+
+    /// [`EdgeConfig::fill_request_headers`] as field names (lowercase; checked at load).
+    pub fn fill_fields(&self) -> Vec<http::HeaderName> {
+        self.fill_request_headers
+            .iter()
+            .filter_map(|n| http::HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect()
     }
 
     pub fn coalesce_wait(&self) -> Duration {

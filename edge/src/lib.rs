@@ -18,6 +18,7 @@ pub mod config;
 pub mod fill;
 pub mod freshness;
 pub mod origin;
+pub mod passthrough;
 pub mod peer;
 pub mod proxy;
 pub mod reload;

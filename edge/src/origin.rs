@@ -20,6 +20,9 @@ pub struct OriginClient {
     base: String,
     via: HeaderValue,
     metrics: Arc<NodeMetrics>,
+    /// Client fields a fill forwards besides those the cache key includes
+    /// (`fill_request_headers`).
+    fill_fields: Vec<HeaderName>,
 }
 
 /// Hop-by-hop fields (RFC 9110 §7.6.1), never forwarded nor stored.
@@ -52,34 +55,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Request fields a cache fill must not forward: the client's own range and conditionals
-/// (the edge sets its own), and the host (the origin's is used).
-const FILL_DROPPED: &[HeaderName] = &[
-    header::HOST,
-    header::RANGE,
-    header::IF_RANGE,
-    header::IF_MATCH,
-    header::IF_NONE_MATCH,
-    header::IF_MODIFIED_SINCE,
-    header::IF_UNMODIFIED_SINCE,
-    header::CONTENT_LENGTH,
-];
-
-/// Request fields that frameworks read to decide the host, scheme, path or method of a
-/// request, and that are not part of the cache key: forwarded on a cache fill, one client
-/// could make the origin build the response every other client then gets from the cache
-/// (cache poisoning). Every `x-forwarded-*` field is dropped too. Pass-through requests (never
-/// stored) keep them.
-const FILL_UNKEYED: &[&str] = &[
-    "forwarded",
-    "x-host",
-    "x-original-host",
-    "x-original-url",
-    "x-rewrite-url",
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-];
+/// Longest value of a client's field a fill forwards: a longer one (a header oversize attack
+/// on the origin, whose error would then be shared) is left out of the fill.
+const FILL_FIELD_MAX: usize = 1024;
 
 impl OriginClient {
     pub fn new(
@@ -104,6 +82,7 @@ impl OriginClient {
             via: HeaderValue::from_str(&format!("1.1 {name}"))
                 .unwrap_or(HeaderValue::from_static("1.1 edge")),
             metrics,
+            fill_fields: Vec::new(),
         })
     }
 
@@ -112,28 +91,43 @@ impl OriginClient {
         &self.base
     }
 
-    /// Headers for a cache fill derived from a client's request.
-    pub fn fill_headers(req: &HeaderMap) -> HeaderMap {
-        let mut h = req.clone();
-        strip_hop_by_hop(&mut h);
-        for n in FILL_DROPPED {
-            h.remove(n);
-        }
-        for n in FILL_UNKEYED {
-            h.remove(*n);
-        }
-        let forwarded: Vec<HeaderName> = h
-            .keys()
-            .filter(|n| n.as_str().starts_with("x-forwarded-"))
-            .cloned()
-            .collect();
-        for n in forwarded {
-            h.remove(n);
+    /// Sets the client fields every fill forwards (see [`OriginClient::fill_headers`]).
+    pub fn with_fill_fields(mut self, fields: Vec<HeaderName>) -> Self {
+        self.fill_fields = fields;
+        self
+    }
+
+    /// The client's fields a cache fill forwards: an allow list, never a deny list, since the
+    /// answer to a fill is shared with every viewer and any field the origin reads but the
+    /// cache key does not include could choose what everyone gets (cache poisoning, CPDoS:
+    /// `X-Forwarded-Host`, `X-HTTP-Method-Override`, an oversized or malformed field that
+    /// makes the origin fail). Forwarded: the fields `vary` names (the stored responses'
+    /// Vary: part of the key) and the configured `fill_request_headers`, each only if its
+    /// value is at most [`FILL_FIELD_MAX`] bytes. The edge adds its own (Range,
+    /// preconditions, Via) to what this returns; Host is the origin's.
+    pub fn fill_headers(&self, req: &HeaderMap, vary: &[HeaderName]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for name in self.fill_fields.iter().chain(vary) {
+            if h.contains_key(name) {
+                continue;
+            }
+            let values: Vec<_> = req.get_all(name).iter().collect();
+            if values.iter().map(|v| v.len()).sum::<usize>() > FILL_FIELD_MAX {
+                continue;
+            }
+            for v in values {
+                h.append(name.clone(), v.clone());
+            }
         }
         h
     }
 
     /// Sends one request to the origin; `kind` labels it in metrics.
+    ///
+    /// A request without a body of an idempotent method that fails because its pooled
+    /// connection was closed under it (the origin closed an idle keep-alive connection as
+    /// the request went out: "connection closed before message completed") is sent once
+    /// more: the pool has dropped that connection, so the retry goes on another.
     pub async fn send(
         &self,
         kind: &'static str,
@@ -144,21 +138,42 @@ impl OriginClient {
     ) -> Result<reqwest::Response, FillError> {
         headers.remove(header::HOST);
         headers.append(header::VIA, self.via.clone());
-        self.metrics.with(|| {
-            metrics::counter!("cdn_edge_origin_fetches_total", "kind" => kind).increment(1)
-        });
+        let url = format!("{}{}", self.base, path_and_query);
+        let retry = body.is_none() && method.is_idempotent();
+        let count = || {
+            self.metrics.with(|| {
+                metrics::counter!("cdn_edge_origin_fetches_total", "kind" => kind).increment(1)
+            })
+        };
+        let fail = |e: &reqwest::Error| {
+            self.metrics
+                .with(|| metrics::counter!("cdn_edge_origin_errors_total").increment(1));
+            FillError::Request(error_chain(e))
+        };
+        count();
         let mut req = self
             .http
-            .request(method, format!("{}{}", self.base, path_and_query))
-            .headers(headers);
+            .request(method.clone(), &url)
+            .headers(headers.clone());
         if let Some(body) = body {
             req = req.body(body);
         }
-        req.send().await.map_err(|e| {
-            self.metrics
-                .with(|| metrics::counter!("cdn_edge_origin_errors_total").increment(1));
-            FillError::Request(error_chain(&e))
-        })
+        match req.send().await {
+            Ok(r) => Ok(r),
+            Err(e) if retry && closed_under_us(&e) => {
+                tracing::debug!(error = %error_chain(&e), %url, "pooled connection closed; retrying once");
+                self.metrics
+                    .with(|| metrics::counter!("cdn_edge_origin_retries_total").increment(1));
+                count();
+                self.http
+                    .request(method, &url)
+                    .headers(headers)
+                    .send()
+                    .await
+                    .map_err(|e| fail(&e))
+            }
+            Err(e) => Err(fail(&e)),
+        }
     }
 
     /// Counts body bytes received from the origin.
@@ -222,6 +237,33 @@ impl OriginClient {
         }
         Ok(out.freeze())
     }
+}
+
+/// Whether a request failed because the connection it went out on was closed before any
+/// answer came (hyper's "incomplete message", or a reset while the request was written):
+/// what happens when an origin closes an idle pooled connection as it is reused.
+fn closed_under_us(e: &reqwest::Error) -> bool {
+    if e.is_timeout() || e.is_connect() {
+        return false;
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        if let Some(h) = c.downcast_ref::<hyper::Error>()
+            && h.is_incomplete_message()
+        {
+            return true;
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            )
+        {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
 }
 
 /// The message of an error and its causes ("error sending request: connection refused").

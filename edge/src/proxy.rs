@@ -29,7 +29,7 @@ use cdn_http::metrics::NodeMetrics;
 use cdn_http::represent::{self, Plan, Shape, Source};
 
 use crate::cache::{Decision, Edge, Kind, Verdict};
-use crate::origin::strip_hop_by_hop;
+use crate::passthrough;
 use crate::store::ObjectMeta;
 
 const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
@@ -48,7 +48,14 @@ pub async fn handle(State(edge): State<Arc<Edge>>, req: Request) -> Response {
         })
     });
     let method = req.method();
-    let (resp, kind) = if method == Method::GET || method == Method::HEAD {
+    let (resp, kind) = if let Some(why) = passthrough::bodiless_with_body(&req) {
+        // A GET or HEAD with a body: refused, never forwarded without it (the origin would
+        // read the next request on the connection as this one's body).
+        let verdict = Verdict::new(Kind::Pass, Some("request"));
+        let mut r = (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response();
+        decorate(&edge, r.headers_mut(), &verdict, None);
+        (r, Kind::Pass)
+    } else if method == Method::GET || method == Method::HEAD {
         let (parts, _) = req.into_parts();
         let decision = edge.decide(&parts.method, &parts.uri, &parts.headers).await;
         respond_to(&edge, &parts, decision).await
@@ -76,9 +83,19 @@ async fn respond_to(
             let req = Request::from_parts(parts.clone(), Body::empty());
             (pass(edge, req, verdict).await, kind)
         }
-        Decision::Upstream { resp, verdict } => {
+        Decision::Unstored { answer, verdict } => {
             let kind = verdict.kind;
-            (relay(edge, resp, &verdict), kind)
+            match passthrough::answer(&edge.origin, &parts.method, &parts.headers, answer) {
+                Ok(mut r) => {
+                    decorate(edge, r.headers_mut(), &verdict, None);
+                    (r, kind)
+                }
+                Err(_) => {
+                    // Not shapeable for this request: it goes to the origin as it is.
+                    let req = Request::from_parts(parts.clone(), Body::empty());
+                    (pass(edge, req, verdict).await, kind)
+                }
+            }
         }
         Decision::Fail {
             status,
@@ -307,62 +324,17 @@ fn chunk_stream(edge: Arc<Edge>, meta: Arc<ObjectMeta>, range: RangeInclusive<u6
     represent::exact_len(stream, len)
 }
 
-/// Forwards a request to the origin as it is and relays the answer, uncached. Unsafe methods
-/// that succeed invalidate what is stored for the URL (RFC 9111 §4.4).
-async fn pass(edge: &Arc<Edge>, req: Request, verdict: Verdict) -> Response {
-    let (parts, body) = req.into_parts();
-    let mut h = parts.headers.clone();
-    strip_hop_by_hop(&mut h);
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    let has_body = !matches!(parts.method, Method::GET | Method::HEAD);
-    let body = has_body.then(|| reqwest::Body::wrap_stream(body.into_data_stream()));
-    let resp = match edge
-        .origin
-        .send("pass", parts.method.clone(), pq, h, body)
-        .await
-    {
-        Ok(r) => r,
-        Err(e) => {
-            let mut r = (StatusCode::BAD_GATEWAY, format!("{e}\n")).into_response();
-            decorate(edge, r.headers_mut(), &verdict, None);
-            return r;
+/// Passes a request through to the origin, uncached, and decorates the answer.
+async fn pass(edge: &Arc<Edge>, req: Request, mut verdict: Verdict) -> Response {
+    let mut r = match passthrough::pass(edge, req).await {
+        Ok(r) => {
+            verdict.fwd_status = Some(r.status().as_u16());
+            r
         }
+        Err(why) => passthrough::bad_gateway(&why),
     };
-    let unsafe_method = !matches!(
-        parts.method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
-    );
-    if unsafe_method && (resp.status().is_success() || resp.status().is_redirection()) {
-        let primary = edge.primary_key(&parts.uri);
-        if let Err(e) = edge.store.invalidate(&primary, false).await {
-            tracing::warn!(error = %e, "invalidation failed");
-        }
-    }
-    let mut verdict = verdict;
-    verdict.fwd_status = Some(resp.status().as_u16());
-    relay(edge, resp, &verdict)
-}
-
-/// Relays an origin response: status, end-to-end headers and the body as it streams. A
-/// broken origin body aborts the client's response.
-fn relay(edge: &Arc<Edge>, resp: reqwest::Response, verdict: &Verdict) -> Response {
-    let status = resp.status();
-    let mut headers = resp.headers().clone();
-    strip_hop_by_hop(&mut headers);
-    decorate(edge, &mut headers, verdict, None);
-    let origin = edge.origin.clone();
-    let body = resp.bytes_stream().map(move |r| {
-        r.inspect(|b| origin.count_bytes(b.len()))
-            .map_err(|e| std::io::Error::other(crate::origin::error_chain(&e)))
-    });
-    let mut out = Response::new(Body::from_stream(body));
-    *out.status_mut() = status;
-    *out.headers_mut() = headers;
-    out
+    decorate(edge, r.headers_mut(), &verdict, None);
+    r
 }
 
 /// Adds Via and this node's Cache-Status member.

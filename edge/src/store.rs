@@ -88,8 +88,10 @@ impl ObjectMeta {
 
     /// Byte range `[start, end]` of chunk `index`.
     pub fn chunk_span(&self, index: u64) -> (u64, u64) {
-        let start = index * self.chunk_size;
-        (start, (start + self.chunk_size).min(self.len) - 1)
+        // Saturating: an index from a client's Range may be far past the end.
+        let start = index.saturating_mul(self.chunk_size);
+        let end = start.saturating_add(self.chunk_size).min(self.len);
+        (start, end.saturating_sub(1))
     }
 
     pub fn chunk_key(&self, index: u64) -> ChunkKey {
@@ -114,6 +116,28 @@ impl ObjectMeta {
             .try_into()
             .unwrap_or(u32::MAX)
     }
+}
+
+/// A copy of `v` in an allocation of its own.
+///
+/// A field value parsed by hyper is a slice of the connection's read buffer (up to hundreds
+/// of KiB once a large body went through it), and a slice keeps its whole allocation alive.
+/// Stored metadata outlives the response by hours, so every value that goes into the store
+/// is copied out first: otherwise each stored object pins a read buffer the store does not
+/// count, and memory grows with the number of objects filled whatever the store's capacity.
+pub fn detached(v: &HeaderValue) -> HeaderValue {
+    let mut out = HeaderValue::from_bytes(v.as_bytes()).unwrap_or_else(|_| HeaderValue::from_static(""));
+    out.set_sensitive(v.is_sensitive());
+    out
+}
+
+/// `h` with every value [`detached`] (names are interned or copied already).
+pub fn detached_map(h: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(h.len());
+    for (k, v) in h {
+        out.append(k.clone(), detached(v));
+    }
+    out
 }
 
 /// Per-URL facts that hold across variants.
