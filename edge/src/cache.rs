@@ -41,6 +41,8 @@ pub struct Edge {
     pub key_base: String,
     /// Requests being answered (head or body) right now.
     pub inflight: Arc<std::sync::atomic::AtomicU64>,
+    /// Per-client budgets of amplified origin bytes.
+    pub budgets: crate::budget::Budgets,
 }
 
 /// The answer of a probe or revalidation, shared by everyone who waited for it.
@@ -196,14 +198,16 @@ impl Edge {
     /// peers (must run inside a tokio runtime).
     pub fn new(cfg: EdgeConfig, metrics: Arc<NodeMetrics>) -> anyhow::Result<Arc<Self>> {
         let store = Store::new(cfg.capacity, cfg.policy);
-        let origin = Arc::new(OriginClient::new(
-            &cfg.origin,
-            &cfg.name,
-            Duration::from_millis(cfg.origin_connect_timeout_ms),
-            Duration::from_millis(cfg.origin_read_timeout_ms),
-            metrics.clone(),
-        )?
-        .with_fill_fields(cfg.fill_fields()));
+        let origin = Arc::new(
+            OriginClient::new(
+                &cfg.origin,
+                &cfg.name,
+                Duration::from_millis(cfg.origin_connect_timeout_ms),
+                Duration::from_millis(cfg.origin_read_timeout_ms),
+                metrics.clone(),
+            )?
+            .with_fill_fields(cfg.fill_fields()),
+        );
         let m = metrics.clone();
         let peers = crate::peer::Peers::new(&cfg, metrics.clone())?;
         let mut sources: Vec<Arc<dyn FillSource>> = Vec::new();
@@ -225,6 +229,7 @@ impl Edge {
                 m.with(|| metrics::counter!("cdn_edge_coalesced_waits_total").increment(1))
             }),
         ));
+        let cfg_budget = (cfg.amplification_bytes_per_sec, cfg.amplification_burst);
         let edge = Arc::new(Edge {
             cfg,
             store,
@@ -235,6 +240,7 @@ impl Edge {
             peers,
             key_base,
             inflight: Arc::default(),
+            budgets: crate::budget::Budgets::new(cfg_budget.0, cfg_budget.1),
         });
         if let Some(p) = &edge.peers {
             tokio::spawn(crate::peer::server::serve(
@@ -295,6 +301,7 @@ impl Edge {
         _method: &Method,
         uri: &Uri,
         req: &HeaderMap,
+        client: Option<std::net::IpAddr>,
     ) -> Decision {
         let req_cc = CacheControl::parse(req);
         if req.contains_key(header::AUTHORIZATION) || req_cc.no_store {
@@ -383,6 +390,15 @@ impl Edge {
 
         if req_cc.only_if_cached {
             return gateway_timeout();
+        }
+        // A probe costs a chunk: what a small range does not ask for of it is amplification,
+        // drawn from the client's budget, or the request goes to the origin as it is.
+        let asked = cdn_http::range::closed_span(req).unwrap_or(u64::MAX);
+        if !self
+            .budgets
+            .take(client, self.cfg.chunk_size.saturating_sub(asked))
+        {
+            return over_budget(&self.metrics);
         }
         let (fut, leader) = self.probe(&primary, &variant, &pq, req, None, hint);
         let outcome = self.wait(fut, leader).await;
@@ -1106,6 +1122,15 @@ pub fn replay(
     resp
 }
 
+/// A request whose fills would overdraw its client's amplification budget: forwarded as
+/// asked, uncached.
+pub fn over_budget(metrics: &NodeMetrics) -> Decision {
+    metrics.with(|| metrics::counter!("cdn_edge_amplification_refused_total").increment(1));
+    let mut v = Verdict::new(Kind::Pass, Some("miss"));
+    v.detail = Some("amplification-budget");
+    Decision::Pass { verdict: v }
+}
+
 fn gateway_timeout() -> Decision {
     Decision::Fail {
         status: StatusCode::GATEWAY_TIMEOUT,
@@ -1157,7 +1182,11 @@ async fn read_body(
         let (s, e) = meta.chunk_span(i);
         usize::try_from(e - s + 1).unwrap_or(usize::MAX)
     };
-    let mut buf = BytesMut::with_capacity(if index < end_index { chunk_len(index) } else { 0 });
+    let mut buf = BytesMut::with_capacity(if index < end_index {
+        chunk_len(index)
+    } else {
+        0
+    });
     let mut total = 0u64;
     let failure = loop {
         match resp.chunk().await {

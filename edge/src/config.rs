@@ -56,6 +56,15 @@ pub struct EdgeConfig {
     /// field of the client (cookies, `X-Forwarded-*`, method overrides...) stays out of
     /// requests whose answers are shared. Default: the content negotiation fields.
     pub fill_request_headers: Vec<String>,
+    /// Per-client budget of amplified origin bytes (what a client's misses make the edge
+    /// fetch beyond the bytes they ask for: a 1-byte range of a cold object costs a chunk),
+    /// refilled at this rate; a request that would overdraw it is forwarded as asked,
+    /// uncached. 0 disables the budgets (the per-request bound stays). See SECURITY.md.
+    #[serde(deserialize_with = "de_bytes")]
+    pub amplification_bytes_per_sec: u64,
+    /// Most amplified bytes a client may spend at once.
+    #[serde(deserialize_with = "de_bytes")]
+    pub amplification_burst: u64,
     /// Cap of heuristic freshness (10% of the time since Last-Modified).
     pub heuristic_max_secs: u64,
     /// Negative caching: how long a heuristically cacheable final response other than 200/206
@@ -144,6 +153,8 @@ impl Default for EdgeConfig {
             origin_connect_timeout_ms: 2_000,
             origin_read_timeout_ms: 10_000,
             hit_for_pass_secs: 30,
+            amplification_bytes_per_sec: 16 * 1024 * 1024,
+            amplification_burst: 256 * 1024 * 1024,
             fill_request_headers: vec![
                 "accept".into(),
                 "accept-encoding".into(),
@@ -266,6 +277,8 @@ impl EdgeConfig {
             origin_read_timeout_ms,
             hit_for_pass_secs,
             fill_request_headers,
+            amplification_bytes_per_sec,
+            amplification_burst,
             heuristic_max_secs,
             negative_ttl_secs,
             cache_query,

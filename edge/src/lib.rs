@@ -12,6 +12,7 @@
 //! the config file at runtime (the peer list is applied on change and on SIGHUP).
 
 pub mod admin;
+pub mod budget;
 pub mod cache;
 pub mod coalesce;
 pub mod config;

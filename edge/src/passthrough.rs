@@ -283,16 +283,15 @@ impl Rest {
         // From the probe's answer: skip to `start`, take up to the end of what it carries.
         let mut skip = start.saturating_sub(s0);
         let mut take = end.min(s1).saturating_sub(start) + 1;
-        let first = counted(&self.origin, self.answer.resp)
-            .try_filter_map(move |mut b| {
-                let cut = usize::try_from(skip.min(b.len() as u64)).unwrap_or(b.len());
-                skip -= cut as u64;
-                let _ = b.split_to(cut);
-                let keep = usize::try_from(take.min(b.len() as u64)).unwrap_or(b.len());
-                take -= keep as u64;
-                b.truncate(keep);
-                futures::future::ready(Ok((!b.is_empty()).then_some(b)))
-            });
+        let first = counted(&self.origin, self.answer.resp).try_filter_map(move |mut b| {
+            let cut = usize::try_from(skip.min(b.len() as u64)).unwrap_or(b.len());
+            skip -= cut as u64;
+            let _ = b.split_to(cut);
+            let keep = usize::try_from(take.min(b.len() as u64)).unwrap_or(b.len());
+            take -= keep as u64;
+            b.truncate(keep);
+            futures::future::ready(Ok((!b.is_empty()).then_some(b)))
+        });
         // Stop reading the probe's answer once its part is taken (the rest of it, if any,
         // is left unread and its connection closed).
         let need = end.min(s1) - start + 1;

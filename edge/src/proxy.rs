@@ -16,7 +16,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Instant, SystemTime};
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -57,7 +57,13 @@ pub async fn handle(State(edge): State<Arc<Edge>>, req: Request) -> Response {
         (r, Kind::Pass)
     } else if method == Method::GET || method == Method::HEAD {
         let (parts, _) = req.into_parts();
-        let decision = edge.decide(&parts.method, &parts.uri, &parts.headers).await;
+        let client = parts
+            .extensions
+            .get::<ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        let decision = edge
+            .decide(&parts.method, &parts.uri, &parts.headers, client)
+            .await;
         respond_to(&edge, &parts, decision).await
     } else if method.as_str() == "PURGE" {
         let (parts, _) = req.into_parts();
@@ -143,6 +149,15 @@ async fn serve(
         verdict.kind = Kind::Miss;
         verdict.fwd = Some("partial");
     }
+    let multi = matches!(&plan, Plan::Ranges(r) if r.len() > 1);
+    if verdict.kind != Kind::Hit && !within_bounds(edge, parts, &meta, &plan, &verdict) {
+        // Filling the chunks this body needs would cost the origin far more than the request
+        // asks for: the request goes to the origin as it is, uncached.
+        verdict.kind = Kind::Pass;
+        verdict.stored = false;
+        let req = Request::from_parts(parts.clone(), Body::empty());
+        return (pass(edge, req, verdict).await, Kind::Pass);
+    }
     if let Some(peers) = &edge.peers {
         peers.note_request(&edge.store, &meta);
     }
@@ -165,6 +180,8 @@ async fn serve(
         edge: edge.clone(),
         meta: meta.clone(),
         at_hand,
+        // A multipart body reads no chunk beyond its ranges (see `within_bounds`).
+        readahead: !multi,
     };
     let resp = represent::respond_planned(method, plan, fields, shape, source);
     (resp, verdict.kind)
@@ -198,6 +215,94 @@ async fn stored(
     first.into_iter().chain(second).chain(ranges).all(|r| {
         (r.start() / cs..=r.end() / cs).all(|i| edge.store.chunks.contains_key(&meta.chunk_key(i)))
     })
+}
+
+/// Whether filling what `plan`'s body needs keeps within the bounds on origin bytes (RangeAmp):
+/// per request, at most two chunks plus twice the bytes asked for (the chunk a miss probed
+/// counts as one of the two); per client, amplified bytes (fetched beyond what is asked)
+/// within its budget ([`crate::budget`]). A single range always keeps the per-request bound
+/// (its chunks exceed it by at most the two partly covered ones), so only those two are
+/// looked at; sparse multi-range requests count missing chunks, stopping past the bound.
+fn within_bounds(
+    edge: &Edge,
+    parts: &http::request::Parts,
+    meta: &ObjectMeta,
+    plan: &Plan,
+    verdict: &Verdict,
+) -> bool {
+    let cs = meta.chunk_size;
+    let missing = |i: u64| !edge.store.chunks.contains_key(&meta.chunk_key(i));
+    let span_len = |i: u64| {
+        let (s, e) = meta.chunk_span(i);
+        e - s + 1
+    };
+    let ranges: Vec<_> = plan.body_ranges(&parts.method, meta.len).collect();
+    let asked: u64 = ranges.iter().map(|r| r.end() - r.start() + 1).sum();
+    let amplified = if ranges.len() <= 1 {
+        // Only the partly covered first and last chunks hold bytes not asked for.
+        ranges.first().map_or(0, |r| {
+            let (a, b) = (r.start() / cs, r.end() / cs);
+            let mut extra = 0;
+            for i in if a == b { vec![a] } else { vec![a, b] } {
+                let (s, e) = meta.chunk_span(i);
+                let covered = e.min(*r.end()) - s.max(*r.start()) + 1;
+                if covered < e - s + 1 && missing(i) {
+                    extra += e - s + 1 - covered;
+                }
+            }
+            extra
+        })
+    } else {
+        // The probe that led to this response, if this request made it, fetched a chunk.
+        let led = verdict.kind == Kind::Miss && verdict.stored && !verdict.collapsed;
+        let bound = asked
+            .saturating_mul(2)
+            .saturating_add(if led { cs } else { 2 * cs });
+        let touched: u64 = ranges
+            .iter()
+            .map(|r| (r.end() / cs - r.start() / cs + 1).saturating_mul(cs))
+            .fold(0, u64::saturating_add);
+        let mut fetch = 0u64;
+        if touched > bound {
+            let mut seen = std::collections::HashSet::new();
+            'count: for r in &ranges {
+                for i in r.start() / cs..=r.end() / cs {
+                    if seen.insert(i) && missing(i) {
+                        fetch += span_len(i);
+                        if fetch > bound {
+                            break 'count;
+                        }
+                    }
+                }
+            }
+            if fetch > bound {
+                edge.metrics.with(|| {
+                    metrics::counter!("cdn_edge_amplification_refused_total").increment(1)
+                });
+                return false;
+            }
+        } else {
+            fetch = ranges
+                .iter()
+                .flat_map(|r| r.start() / cs..=r.end() / cs)
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .filter(|&i| missing(i))
+                .map(span_len)
+                .sum();
+        }
+        fetch.saturating_sub(asked)
+    };
+    let client = parts
+        .extensions
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    if edge.budgets.take(client, amplified) {
+        return true;
+    }
+    edge.metrics
+        .with(|| metrics::counter!("cdn_edge_amplification_refused_total").increment(1));
+    false
 }
 
 /// The fields of a stored response, in the order they are sent: ETag and Last-Modified, the
@@ -256,11 +361,17 @@ struct Chunks {
     edge: Arc<Edge>,
     meta: Arc<ObjectMeta>,
     at_hand: Option<(u64, Bytes)>,
+    readahead: bool,
 }
 
 impl Source for Chunks {
     fn stream(&self, range: RangeInclusive<u64>) -> ByteStream {
-        chunk_stream(self.edge.clone(), self.meta.clone(), range)
+        let readahead = if self.readahead {
+            self.edge.cfg.readahead
+        } else {
+            0
+        };
+        chunk_stream(self.edge.clone(), self.meta.clone(), range, readahead)
     }
 
     fn body(&self, range: RangeInclusive<u64>) -> Body {
@@ -286,7 +397,12 @@ impl Source for Chunks {
 /// into the next, or its range goes on past the current chunk (it spans at least two). A
 /// response within one chunk never reads ahead, so a viewer that asks for one chunk and
 /// leaves costs the origin that chunk alone.
-fn chunk_stream(edge: Arc<Edge>, meta: Arc<ObjectMeta>, range: RangeInclusive<u64>) -> ByteStream {
+fn chunk_stream(
+    edge: Arc<Edge>,
+    meta: Arc<ObjectMeta>,
+    range: RangeInclusive<u64>,
+    readahead: u64,
+) -> ByteStream {
     let (start, end) = (*range.start(), *range.end());
     let len = end - start + 1;
     let first = start / meta.chunk_size;
@@ -300,7 +416,7 @@ fn chunk_stream(edge: Arc<Edge>, meta: Arc<ObjectMeta>, range: RangeInclusive<u6
             let (cstart, cend) = meta.chunk_span(index);
             let crossed = index > first;
             if end > cend || (crossed && end == cend) {
-                for ahead in 1..=edge.cfg.readahead {
+                for ahead in 1..=readahead {
                     edge.filler.prefetch(&meta, index + ahead);
                 }
             }

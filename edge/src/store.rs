@@ -126,7 +126,8 @@ impl ObjectMeta {
 /// is copied out first: otherwise each stored object pins a read buffer the store does not
 /// count, and memory grows with the number of objects filled whatever the store's capacity.
 pub fn detached(v: &HeaderValue) -> HeaderValue {
-    let mut out = HeaderValue::from_bytes(v.as_bytes()).unwrap_or_else(|_| HeaderValue::from_static(""));
+    let mut out =
+        HeaderValue::from_bytes(v.as_bytes()).unwrap_or_else(|_| HeaderValue::from_static(""));
     out.set_sensitive(v.is_sensitive());
     out
 }
