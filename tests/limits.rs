@@ -578,7 +578,10 @@ async fn reflecting_origin(hits: Arc<AtomicU64>) -> NodeHandle {
             for n in UNKEYED {
                 body.push_str(&format!(" {n}={}", get(n)));
             }
-            body.push_str(&format!(" lang={}\n", get("accept-language")));
+            body.push_str(&format!(" lang={}", get("accept-language")));
+            let mut names: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
+            names.sort();
+            body.push_str(&format!(" names={}\n", names.join(",")));
             let mut resp = body.into_response();
             resp.headers_mut().insert(
                 "cache-control",
@@ -612,7 +615,93 @@ const UNKEYED: &[&str] = &[
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
+    // CPDoS (Nguyen et al., CCS 2019) and framework fields a deny list would have to know:
+    "x-scheme",
+    "front-end-https",
+    "x-url-scheme",
+    "x-forwarded-ssl",
+    "x-original-method",
+    "x-a-framework-not-written-yet",
+    "cookie",
 ];
+
+/// The request fields a fill may carry: the edge's own and the configured content
+/// negotiation fields (the default `fill_request_headers`).
+const FILL_ALLOWED: &[&str] = &[
+    "host",
+    "via",
+    "range",
+    "if-match",
+    "if-none-match",
+    "if-modified-since",
+    "if-unmodified-since",
+    "accept",
+    "accept-encoding",
+    "accept-language",
+];
+
+/// Every field name the reflecting origin received, from its body's `names=`.
+fn names_in(body: &str) -> Vec<String> {
+    body.trim_end()
+        .rsplit_once("names=")
+        .map(|(_, n)| {
+            n.split(',')
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Cache-poisoned denial of service (CPDoS: header oversize, meta characters, method
+/// override) and any field a framework may read: a fill forwards an allow list, so whatever a
+/// client adds cannot reach the origin on a request whose answer is shared. Before, fills
+/// forwarded everything but a deny list, so `X-Scheme`, `Front-End-Https`, `X-Url-Scheme`,
+/// cookies and any new framework field went through.
+#[tokio::test]
+async fn fills_forward_only_an_allow_list_whatever_the_client_adds() {
+    let hits = Arc::new(AtomicU64::new(0));
+    let origin = reflecting_origin(hits.clone()).await;
+    let (edge, _) = start_edge(&origin.url(), |_| {}).await;
+    let oversize = "x".repeat(6000);
+    let meta = http::HeaderValue::from_bytes(b"\x80evil\xff").unwrap();
+    let attacks: Vec<(&str, http::HeaderValue)> = UNKEYED
+        .iter()
+        .map(|n| (*n, http::HeaderValue::from_static("evil")))
+        .chain([
+            // Header oversize: the origin would answer 400 (or 431) and that would be shared.
+            (
+                "x-oversized-header",
+                http::HeaderValue::from_str(&oversize).unwrap(),
+            ),
+            // An allowed field with an oversized value is left out too.
+            (
+                "accept-language",
+                http::HeaderValue::from_str(&oversize).unwrap(),
+            ),
+            // Header meta characters.
+            ("x-metachar-header", meta),
+        ])
+        .collect();
+    for (i, (name, value)) in attacks.into_iter().enumerate() {
+        let url = format!("{}/cpdos-{i}", edge.url());
+        let a = body_of(client().get(&url).header(name, value)).await;
+        let names = names_in(&a);
+        for n in &names {
+            assert!(
+                FILL_ALLOWED.contains(&n.as_str()),
+                "{name}: the fill carried {n} (all: {names:?})"
+            );
+        }
+        assert!(!a.contains("evil") && !a.contains("xxxx"), "{name}: {a}");
+        let before = hits.load(Ordering::Relaxed);
+        let v = body_of(client().get(&url)).await;
+        assert_eq!(v, a, "{name}: the next viewer gets what was stored");
+        assert_eq!(hits.load(Ordering::Relaxed), before, "{name}: a hit");
+    }
+    edge.stop().await;
+    origin.stop().await;
+}
 
 async fn body_of(req: reqwest::RequestBuilder) -> String {
     let r = req.send().await.expect("edge answers");
@@ -714,7 +803,7 @@ async fn vary_selected_values_are_keyed_exactly() {
     // An empty value is not the same as no value.
     let url2 = format!("{}/vary/empty", edge.url());
     let empty = body_of(client().get(&url2).header("accept-language", "")).await;
-    assert!(empty.contains("lang=\n"), "{empty:?}");
+    assert!(empty.contains("lang= names="), "{empty:?}");
     let none = body_of(client().get(&url2)).await;
     assert!(
         none.contains("lang=-"),

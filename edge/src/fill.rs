@@ -112,6 +112,11 @@ impl Filler {
         }
     }
 
+    /// Whether a fill of `key` is under way (a fill, or a probe's body that will deliver it).
+    pub fn in_flight(&self, key: &ChunkKey) -> bool {
+        self.fills.contains(key)
+    }
+
     /// Starts filling chunk `index` in the background unless it is stored or under way.
     pub fn prefetch(self: &Arc<Self>, meta: &Arc<ObjectMeta>, index: u64) {
         if index >= meta.chunk_count() {

@@ -231,7 +231,11 @@ fn within_bounds(
     verdict: &Verdict,
 ) -> bool {
     let cs = meta.chunk_size;
-    let missing = |i: u64| !edge.store.chunks.contains_key(&meta.chunk_key(i));
+    // A chunk another fill (or the probe this request led) is bringing costs it nothing.
+    let missing = |i: u64| {
+        let key = meta.chunk_key(i);
+        !edge.store.chunks.contains_key(&key) && !edge.filler.in_flight(&key)
+    };
     let span_len = |i: u64| {
         let (s, e) = meta.chunk_span(i);
         e - s + 1
