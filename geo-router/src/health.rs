@@ -37,7 +37,11 @@ pub struct EdgeHealth {
     failures: AtomicU32,
     successes: AtomicU32,
     checks: AtomicU64,
+    /// The check that set the current state (0: none yet).
+    since_check: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// Held by `record` and `report`, so a report is one consistent moment (state, counters).
+    consistent: Mutex<()>,
 }
 
 impl Default for EdgeHealth {
@@ -48,7 +52,9 @@ impl Default for EdgeHealth {
             failures: AtomicU32::new(0),
             successes: AtomicU32::new(0),
             checks: AtomicU64::new(0),
+            since_check: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            consistent: Mutex::new(()),
         }
     }
 }
@@ -63,14 +69,20 @@ pub enum Transition {
     Down,
 }
 
-/// A snapshot of one edge's health, for status answers.
+/// A snapshot of one edge's health, for status answers, taken at one moment: no check is
+/// half-recorded in it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HealthReport {
     pub state: EdgeState,
     pub load: Option<f64>,
     pub consecutive_failures: u32,
     pub consecutive_successes: u32,
+    /// Checks done so far.
     pub checks: u64,
+    /// The number of the check that set the current state (up or down; 0 while unknown). With
+    /// `checks` and the consecutive counts it tells how many failures took the edge down:
+    /// `state_since_check - (checks - consecutive_failures)`.
+    pub state_since_check: u64,
     pub last_error: Option<String>,
 }
 
@@ -98,12 +110,14 @@ impl EdgeHealth {
     }
 
     pub fn report(&self, overload_threshold: f64) -> HealthReport {
+        let _moment = self.consistent.lock().unwrap_or_else(|p| p.into_inner());
         HealthReport {
             state: self.state(overload_threshold),
             load: self.load(),
             consecutive_failures: self.failures.load(Ordering::Relaxed),
             consecutive_successes: self.successes.load(Ordering::Relaxed),
             checks: self.checks.load(Ordering::Relaxed),
+            state_since_check: self.since_check.load(Ordering::Relaxed),
             last_error: self
                 .last_error
                 .lock()
@@ -115,7 +129,11 @@ impl EdgeHealth {
     /// Applies one probe result. The first result sets the state directly; later ones go
     /// through the hysteresis.
     pub fn record(&self, outcome: &ProbeOutcome, cfg: &HealthConfig) -> Option<Transition> {
-        self.checks.fetch_add(1, Ordering::Relaxed);
+        let _moment = self.consistent.lock().unwrap_or_else(|p| p.into_inner());
+        let check = self
+            .checks
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
         let state = self.state.load(Ordering::Acquire);
         match outcome {
             Ok(load) => {
@@ -130,6 +148,7 @@ impl EdgeHealth {
                     *e = None;
                 }
                 if state == UNKNOWN || (state == DOWN && ok >= cfg.up_after) {
+                    self.since_check.store(check, Ordering::Relaxed);
                     self.state.store(UP, Ordering::Release);
                     return Some(Transition::Up);
                 }
@@ -144,6 +163,7 @@ impl EdgeHealth {
                     *e = Some(msg.clone());
                 }
                 if state == UNKNOWN || (state == UP && bad >= cfg.down_after) {
+                    self.since_check.store(check, Ordering::Relaxed);
                     self.state.store(DOWN, Ordering::Release);
                     return Some(Transition::Down);
                 }
@@ -357,6 +377,11 @@ mod tests {
         assert_eq!(h.state(0.9), EdgeState::Up);
         assert_eq!(h.record(&Err("x".into()), &cfg), Some(Transition::Down));
         assert_eq!(h.state(0.9), EdgeState::Down);
+        let r = h.report(0.9);
+        assert_eq!(
+            (r.checks, r.state_since_check, r.consecutive_failures),
+            (4, 4, 3)
+        );
         assert_eq!(h.record(&Ok(Some(0.5)), &cfg), None);
         assert_eq!(
             h.record(&Err("x".into()), &cfg),
