@@ -2,7 +2,8 @@
 //! with a timeout; hysteresis turns the results into up/down (down after `down_after` failures
 //! in a row, up after `up_after` successes); a `load` field in the JSON body is the passive
 //! overload signal. The table keeps an edge's state across config reloads as long as its name
-//! and health URL stay the same.
+//! and health URL stay the same. A report (`/healthz`) is one consistent moment of an edge's
+//! record, including the number of the check that set its state.
 //!
 //! Edge contract: `GET /healthz` answers 2xx when the edge takes traffic and 503 (or any other
 //! status, or no answer in time) when not. A JSON body like

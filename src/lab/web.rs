@@ -474,7 +474,7 @@ fn check_same_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), Stri
     match value(header::ORIGIN) {
         Some(origin) => {
             let o = origin.to_ascii_lowercase();
-            if !allowed.iter().any(|a| *a == o) {
+            if !allowed.contains(&o) {
                 return Err(format!(
                     "cross-origin request refused: Origin {origin} is not the lab's own \
                      ({})",
