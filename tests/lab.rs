@@ -71,8 +71,24 @@ async fn json(c: &reqwest::Client, url: &str) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{url}: {e}: {text}"))
 }
 
+/// A POST as the dashboard sends it: from a page of the URL's own origin, JSON, `X-CDN-Lab`.
 async fn post(c: &reqwest::Client, url: &str) -> (u16, String) {
-    let r = c.post(url).send().await.expect("answer");
+    let (scheme, rest) = url.split_once("://").expect("absolute url");
+    let authority = rest.split('/').next().unwrap_or(rest);
+    post_from(c, url, &format!("{scheme}://{authority}")).await
+}
+
+/// A POST with the dashboard's fields from a page of `origin`.
+async fn post_from(c: &reqwest::Client, url: &str, origin: &str) -> (u16, String) {
+    let r = c
+        .post(url)
+        .header("origin", origin)
+        .header("content-type", "application/json")
+        .header("x-cdn-lab", "dashboard")
+        .body("{}")
+        .send()
+        .await
+        .expect("answer");
     let s = r.status().as_u16();
     (s, r.text().await.unwrap_or_default())
 }
@@ -182,9 +198,65 @@ async fn viewers_reach_their_edges_through_simulated_links() {
         assert_eq!(r.status(), 200, "{asset}");
     }
 
-    // Stopping asia-1 from the dashboard: the next Asian viewer lands elsewhere; starting it
-    // again brings it back.
+    // A page of another site cannot drive the lab: a cross-origin POST, through the router or
+    // straight to the API, is refused and asia-1 keeps running and taking Asia's viewers.
     let asia_pid = lab.node("asia-1")["pid"].as_u64().expect("pid") as u32;
+    let control = lab.control();
+    for base in [&router, &control] {
+        let url = format!("{base}/_lab/api/edges/asia-1/stop");
+        let (s, body) = post_from(&c, &url, "http://evil.example").await;
+        assert_eq!(s, 403, "{url}: {body}");
+        assert!(body.contains("cross-origin request refused"), "{body}");
+        // No Origin, but the browser says it is another site's page.
+        let r = c
+            .post(&url)
+            .header("sec-fetch-site", "cross-site")
+            .header("content-type", "application/json")
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(r.status(), 403, "{url}");
+        // A plain form POST of the lab's own origin (no JSON, no X-CDN-Lab) is refused too.
+        let r = c
+            .post(&url)
+            .header("origin", base.as_str())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("x=1")
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(r.status(), 403, "{url}");
+        let r = c
+            .post(format!("{base}/_lab/api/viewers"))
+            .header("origin", "http://evil.example")
+            .header("content-type", "application/json")
+            .body(r#"{"id":"forged","region":"asia"}"#)
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(r.status(), 403, "{base}/_lab/api/viewers");
+    }
+    assert!(alive(asia_pid), "a cross-origin POST stopped asia-1");
+    let st = json(&c, &format!("{control}/_lab/api/status")).await;
+    let asia = st["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .find(|n| n["name"] == "asia-1")
+        .expect("asia-1");
+    assert_eq!(asia["running"], true, "{asia}");
+    assert!(
+        !st["viewers"].to_string().contains("forged"),
+        "{}",
+        st["viewers"]
+    );
+    assert_eq!(
+        redirect(&c, &format!("{router}{seg}?region=asia")).await.1,
+        "asia-1"
+    );
+
+    // Stopping asia-1 from the dashboard (a same-origin POST through the router, as the page
+    // sends it): the next Asian viewer lands elsewhere; starting it again brings it back.
     let (s, body) = post(&c, &format!("{router}/_lab/api/edges/asia-1/stop")).await;
     assert_eq!(s, 200, "{body}");
     assert!(!alive(asia_pid), "asia-1 still runs");
@@ -273,8 +345,24 @@ async fn router_sends_lab_clients_to_their_link_and_forwards_the_ui() {
         .route(
             "/_lab/api/edges/{name}/stop",
             axum::routing::post(
-                |axum::extract::Path(n): axum::extract::Path<String>| async move {
-                    (http::StatusCode::CONFLICT, format!("{n} is not running"))
+                |axum::extract::Path(n): axum::extract::Path<String>, h: http::HeaderMap| async move {
+                    // Echoes the fields the lab's cross-site check reads.
+                    let f = |k: &str| {
+                        h.get(k)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("-")
+                            .to_owned()
+                    };
+                    (
+                        http::StatusCode::CONFLICT,
+                        format!(
+                            "{n} is not running; {} {} {} {}",
+                            f("origin"),
+                            f("sec-fetch-site"),
+                            f("x-cdn-lab"),
+                            f("content-type")
+                        ),
+                    )
                 },
             ),
         );
@@ -399,8 +487,26 @@ async fn router_sends_lab_clients_to_their_link_and_forwards_the_ui() {
         (r.status().as_u16(), r.text().await.expect("body")),
         (200, "the player".into())
     );
+    // The fields the lab refuses cross-site requests by are forwarded.
     let (s, body) = post(&client(), &format!("{base}/_lab/api/edges/eu-x/stop")).await;
-    assert_eq!((s, body.as_str()), (409, "eu-x is not running"));
+    assert_eq!(
+        (s, body),
+        (
+            409,
+            format!("eu-x is not running; {base} - dashboard application/json")
+        )
+    );
+    let r = client()
+        .post(format!("{base}/_lab/api/edges/eu-x/stop"))
+        .header("origin", "http://evil.example")
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(
+        r.text().await.expect("body"),
+        "eu-x is not running; http://evil.example cross-site - -"
+    );
     router.stop().await;
     eu.stop().await;
     origin.stop().await;

@@ -46,7 +46,7 @@ function report() {
   const r = info.regions.find((x) => x.name === viewer.region);
   fetch('/_lab/api/viewers', {
     method: 'POST',
-    headers: { 'content-type': 'application/json' },
+    headers: { 'content-type': 'application/json', 'x-cdn-lab': 'player' },
     body: JSON.stringify({
       id: viewerId, region: viewer.region, city: r ? r.city : viewer.region,
       rendition: viewer.rendition, edge: viewer.edge, ttff_ms: viewer.ttffMs,
@@ -240,7 +240,12 @@ function drawTimeSeries(ctx, series, [x0, x1], yOf, w, h) {
 }
 
 async function action(name, what) {
-  const r = await fetch(`/_lab/api/edges/${encodeURIComponent(name)}/${what}`, { method: 'POST' });
+  // JSON and X-CDN-Lab: what the lab API requires of a POST (a cross-site form cannot send them).
+  const r = await fetch(`/_lab/api/edges/${encodeURIComponent(name)}/${what}`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', 'x-cdn-lab': 'dashboard' },
+    body: '{}',
+  });
   if (!r.ok) {
     const j = await r.json().catch(() => ({}));
     alert(`${what} ${name}: ${j.error || r.status}`);

@@ -1,4 +1,5 @@
-//! The router's configuration (TOML): the edges, trusted proxy networks, the geo-miss location,
+//! The router's configuration (TOML): the edges, trusted proxies (each with the one forwarding
+//! header it sets), the geo-miss location,
 //! health-check settings, the origin fallback and the lab switch. Owns loading with errors that
 //! name the file, the line and the field, and the checks a config must pass before it is used.
 //!
@@ -19,10 +20,11 @@ use crate::error::RouterError;
 pub struct RouterConfig {
     /// Where viewers are sent when every edge is down (`http://host:port`, optional path prefix).
     pub origin_url: String,
-    /// Networks whose `X-Forwarded-For` / `Forwarded` headers are believed. Empty (the default):
-    /// the socket peer address is the client.
-    #[serde(default)]
-    pub trusted_proxies: Vec<IpNet>,
+    /// The proxies whose forwarding header is believed, each with the one header it sets
+    /// (`{ net = "10.0.0.0/8", header = "x-forwarded-for" }`). Empty (the default): the socket
+    /// peer address is the client.
+    #[serde(default, deserialize_with = "trusted_proxies")]
+    pub trusted_proxies: Vec<TrustedProxy>,
     /// The location used for clients whose address has no geo record.
     pub geo_miss: GeoMissConfig,
     /// Active health checks.
@@ -45,6 +47,68 @@ pub struct RouterConfig {
     /// `cdn_http::limits`); read at start, not on reload.
     #[serde(default)]
     pub limits: cdn_http::limits::Limits,
+}
+
+/// One trusted proxy network and the forwarding header its proxies append the client to.
+///
+/// Only that header is read from a hop in this network: the other one is the viewer's to
+/// write (a proxy passes headers it does not set through), so it is never a fallback. The
+/// old plain form (`trusted_proxies = ["10.0.0.0/8"]`) is refused with an error saying how
+/// to name the header, because either default would let viewers behind some proxies choose
+/// their address.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedProxy {
+    /// The proxies' network (CIDR).
+    pub net: IpNet,
+    /// The header these proxies set: `x-forwarded-for` or `forwarded` (RFC 7239).
+    pub header: ForwardingHeader,
+}
+
+impl TrustedProxy {
+    pub fn new(net: IpNet, header: ForwardingHeader) -> Self {
+        TrustedProxy { net, header }
+    }
+}
+
+/// A request header a proxy appends the client's address to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ForwardingHeader {
+    /// `X-Forwarded-For: client, proxy1, ...`.
+    #[serde(rename = "x-forwarded-for")]
+    XForwardedFor,
+    /// `Forwarded: for=client, for=proxy1, ...` (RFC 7239).
+    #[serde(rename = "forwarded")]
+    Forwarded,
+}
+
+impl ForwardingHeader {
+    /// The header's name, lower case.
+    pub fn name(self) -> &'static str {
+        match self {
+            ForwardingHeader::XForwardedFor => "x-forwarded-for",
+            ForwardingHeader::Forwarded => "forwarded",
+        }
+    }
+}
+
+/// Reads `trusted_proxies`, naming the fix when an entry is the old plain CIDR string.
+fn trusted_proxies<'de, D>(d: D) -> Result<Vec<TrustedProxy>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Vec::<toml::Value>::deserialize(d)?
+        .into_iter()
+        .map(|e| match e {
+            toml::Value::String(net) => Err(serde::de::Error::custom(format!(
+                "trusted_proxies entries name the header each proxy sets: write \
+                 {{ net = \"{net}\", header = \"x-forwarded-for\" }} (or header = \"forwarded\"), \
+                 not \"{net}\"; only that header is read from those proxies"
+            ))),
+            v => TrustedProxy::deserialize(v)
+                .map_err(|e| serde::de::Error::custom(format!("trusted_proxies: {}", e.message()))),
+        })
+        .collect()
 }
 
 /// One edge cache node.
@@ -262,6 +326,22 @@ impl RouterConfig {
                 "must be a positive number",
             ));
         }
+        for (i, p) in self.trusted_proxies.iter().enumerate() {
+            if let Some(other) = self.trusted_proxies[..i]
+                .iter()
+                .find(|o| o.net.trunc() == p.net.trunc() && o.header != p.header)
+            {
+                return Err(ConfigIssue::new(
+                    format!("trusted_proxies[{i}]"),
+                    format!(
+                        "{} is listed with header `{}` and `{}`: a proxy sets one header",
+                        p.net.trunc(),
+                        other.header.name(),
+                        p.header.name()
+                    ),
+                ));
+            }
+        }
         let mut names = HashSet::new();
         for (i, e) in self.edges.iter().enumerate() {
             let field = |f: &str| format!("edge[{i}].{f}");
@@ -395,7 +475,10 @@ mod tests {
 
     const GOOD: &str = r#"
 origin_url = "http://127.0.0.1:8081"
-trusted_proxies = ["127.0.0.1/32", "::1/128"]
+trusted_proxies = [
+    { net = "127.0.0.1/32", header = "x-forwarded-for" },
+    { net = "::1/128", header = "forwarded" },
+]
 
 [geo_miss]
 latitude = 30.0
@@ -436,24 +519,24 @@ weight = 2.0
         let text = GOOD.replace("weight = 2.0", "wieght = 2.0");
         let err = RouterConfig::parse(&text).expect_err("unknown field");
         assert!(err.contains("wieght"), "{err}");
-        assert!(err.contains("line 22"), "{err}");
+        assert!(err.contains("line 25"), "{err}");
     }
 
     #[test]
     fn bad_value_names_line_and_field() {
         let text = GOOD.replace("weight = 2.0", "weight = -2.0");
         let err = RouterConfig::parse(&text).expect_err("negative weight");
-        assert!(err.contains("line 22"), "{err}");
+        assert!(err.contains("line 25"), "{err}");
         assert!(err.contains("edge[1].weight"), "{err}");
 
         let text = GOOD.replace("name = \"eu-2\"", "name = \"eu-1\"");
         let err = RouterConfig::parse(&text).expect_err("duplicate");
-        assert!(err.contains("line 17"), "{err}");
+        assert!(err.contains("line 20"), "{err}");
         assert!(err.contains("used twice"), "{err}");
 
         let text = GOOD.replace("latitude = 30.0", "latitude = 300.0");
         let err = RouterConfig::parse(&text).expect_err("latitude");
-        assert!(err.contains("line 6"), "{err}");
+        assert!(err.contains("line 9"), "{err}");
         assert!(err.contains("geo_miss.latitude"), "{err}");
 
         let text = GOOD.replace("http://127.0.0.1:9102", "ftp://x");
@@ -492,11 +575,51 @@ url = "http://127.0.0.1:8100"
         let err = RouterConfig::parse(&text.replace("edge = \"eu-1\"", "edge = \"eu-9\""))
             .expect_err("unknown edge");
         assert!(err.contains("lab.link[0].edge"), "{err}");
-        assert!(err.contains("line 28"), "{err}");
+        assert!(err.contains("line 31"), "{err}");
         let err =
             RouterConfig::parse(&text.replace("url = \"http://127.0.0.1:8100\"", "url = \"x\""))
                 .expect_err("bad url");
         assert!(err.contains("lab.link[0].url"), "{err}");
+    }
+
+    #[test]
+    fn trusted_proxies_name_their_header() {
+        let c = RouterConfig::parse(GOOD).expect("valid");
+        assert_eq!(
+            c.trusted_proxies,
+            vec![
+                TrustedProxy::new(
+                    "127.0.0.1/32".parse().expect("net"),
+                    ForwardingHeader::XForwardedFor
+                ),
+                TrustedProxy::new("::1/128".parse().expect("net"), ForwardingHeader::Forwarded),
+            ]
+        );
+        // The old plain list is refused with the fix in the message.
+        let old = GOOD.replace(
+            "{ net = \"127.0.0.1/32\", header = \"x-forwarded-for\" }",
+            "\"127.0.0.1/32\"",
+        );
+        let err = RouterConfig::parse(&old).expect_err("plain CIDR");
+        assert!(err.contains("line 3"), "{err}");
+        assert!(
+            err.contains("{ net = \"127.0.0.1/32\", header = \"x-forwarded-for\" }"),
+            "{err}"
+        );
+        // A header is required, and must be one of the two.
+        let err = RouterConfig::parse(&GOOD.replace(", header = \"forwarded\"", ""))
+            .expect_err("no header");
+        assert!(err.contains("header"), "{err}");
+        let err = RouterConfig::parse(&GOOD.replace("\"forwarded\"", "\"x-real-ip\""))
+            .expect_err("unknown header");
+        assert!(err.contains("x-real-ip"), "{err}");
+        // One network, two headers: refused.
+        let twice = GOOD.replace(
+            "\"::1/128\", header = \"forwarded\"",
+            "\"127.0.0.1/32\", header = \"forwarded\"",
+        );
+        let err = RouterConfig::parse(&twice).expect_err("two headers");
+        assert!(err.contains("trusted_proxies[1]"), "{err}");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! with a timeout; hysteresis turns the results into up/down (down after `down_after` failures
 //! in a row, up after `up_after` successes); a `load` field in the JSON body is the passive
 //! overload signal. The table keeps an edge's state across config reloads as long as its name
-//! and health URL stay the same.
+//! and health URL stay the same. A report (`/healthz`) is one consistent moment of an edge's
+//! record, including the number of the check that set its state.
 //!
 //! Edge contract: `GET /healthz` answers 2xx when the edge takes traffic and 503 (or any other
 //! status, or no answer in time) when not. A JSON body like
@@ -37,7 +38,11 @@ pub struct EdgeHealth {
     failures: AtomicU32,
     successes: AtomicU32,
     checks: AtomicU64,
+    /// The check that set the current state (0: none yet).
+    since_check: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// Held by `record` and `report`, so a report is one consistent moment (state, counters).
+    consistent: Mutex<()>,
 }
 
 impl Default for EdgeHealth {
@@ -48,7 +53,9 @@ impl Default for EdgeHealth {
             failures: AtomicU32::new(0),
             successes: AtomicU32::new(0),
             checks: AtomicU64::new(0),
+            since_check: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            consistent: Mutex::new(()),
         }
     }
 }
@@ -63,14 +70,20 @@ pub enum Transition {
     Down,
 }
 
-/// A snapshot of one edge's health, for status answers.
+/// A snapshot of one edge's health, for status answers, taken at one moment: no check is
+/// half-recorded in it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HealthReport {
     pub state: EdgeState,
     pub load: Option<f64>,
     pub consecutive_failures: u32,
     pub consecutive_successes: u32,
+    /// Checks done so far.
     pub checks: u64,
+    /// The number of the check that set the current state (up or down; 0 while unknown). With
+    /// `checks` and the consecutive counts it tells how many failures took the edge down:
+    /// `state_since_check - (checks - consecutive_failures)`.
+    pub state_since_check: u64,
     pub last_error: Option<String>,
 }
 
@@ -98,12 +111,14 @@ impl EdgeHealth {
     }
 
     pub fn report(&self, overload_threshold: f64) -> HealthReport {
+        let _moment = self.consistent.lock().unwrap_or_else(|p| p.into_inner());
         HealthReport {
             state: self.state(overload_threshold),
             load: self.load(),
             consecutive_failures: self.failures.load(Ordering::Relaxed),
             consecutive_successes: self.successes.load(Ordering::Relaxed),
             checks: self.checks.load(Ordering::Relaxed),
+            state_since_check: self.since_check.load(Ordering::Relaxed),
             last_error: self
                 .last_error
                 .lock()
@@ -115,7 +130,11 @@ impl EdgeHealth {
     /// Applies one probe result. The first result sets the state directly; later ones go
     /// through the hysteresis.
     pub fn record(&self, outcome: &ProbeOutcome, cfg: &HealthConfig) -> Option<Transition> {
-        self.checks.fetch_add(1, Ordering::Relaxed);
+        let _moment = self.consistent.lock().unwrap_or_else(|p| p.into_inner());
+        let check = self
+            .checks
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
         let state = self.state.load(Ordering::Acquire);
         match outcome {
             Ok(load) => {
@@ -130,6 +149,7 @@ impl EdgeHealth {
                     *e = None;
                 }
                 if state == UNKNOWN || (state == DOWN && ok >= cfg.up_after) {
+                    self.since_check.store(check, Ordering::Relaxed);
                     self.state.store(UP, Ordering::Release);
                     return Some(Transition::Up);
                 }
@@ -144,6 +164,7 @@ impl EdgeHealth {
                     *e = Some(msg.clone());
                 }
                 if state == UNKNOWN || (state == UP && bad >= cfg.down_after) {
+                    self.since_check.store(check, Ordering::Relaxed);
                     self.state.store(DOWN, Ordering::Release);
                     return Some(Transition::Down);
                 }
@@ -357,6 +378,11 @@ mod tests {
         assert_eq!(h.state(0.9), EdgeState::Up);
         assert_eq!(h.record(&Err("x".into()), &cfg), Some(Transition::Down));
         assert_eq!(h.state(0.9), EdgeState::Down);
+        let r = h.report(0.9);
+        assert_eq!(
+            (r.checks, r.state_since_check, r.consecutive_failures),
+            (4, 4, 3)
+        );
         assert_eq!(h.record(&Ok(Some(0.5)), &cfg), None);
         assert_eq!(
             h.record(&Err("x".into()), &cfg),

@@ -2,7 +2,8 @@
 //!
 //! # The path of a request
 //! 1. **Client address** ([`client`]): the socket peer, or, when the peer is in
-//!    `trusted_proxies`, the rightmost untrusted address of `Forwarded` / `X-Forwarded-For`.
+//!    `trusted_proxies`, the rightmost untrusted address of the one header (`X-Forwarded-For`
+//!    or `Forwarded`) each trusted hop's network is configured to set; never the other header.
 //! 2. **Lookup** ([`geo`]): the address in a MaxMind DB (GeoIP2/GeoLite2 City layout, IPv4 and
 //!    IPv6; MaxMind's databases or the lab's, built by `cdn geo build`), through a bounded cache.
 //!    No record, or one without coordinates: the configured `geo_miss` location (not a country
@@ -65,7 +66,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 pub use client::ClientSource;
-pub use config::{EdgeConfig, GeoMissConfig, HealthConfig, LabConfig, LabLink, RouterConfig};
+pub use config::{
+    EdgeConfig, ForwardingHeader, GeoMissConfig, HealthConfig, LabConfig, LabLink, RouterConfig,
+    TrustedProxy,
+};
 pub use error::RouterError;
 pub use geo::{GeoDb, GeoRecord};
 pub use geosrc::GeoSource;

@@ -110,11 +110,15 @@ fn split_overrides(query: Option<&str>) -> Result<(Option<String>, Option<Overri
     Ok((Some(kept.join("&")), ov))
 }
 
+/// The request fields forwarded to the lab's UI: the content type, and the fields the lab's
+/// cross-site request check reads (`Origin`, `Sec-Fetch-Site`, its own `X-CDN-Lab`).
+const UI_FORWARDED_HEADERS: &[&str] = &["content-type", "origin", "sec-fetch-site", "x-cdn-lab"];
+
 /// Largest request body forwarded to the lab's UI.
 const UI_MAX_BODY: usize = 64 * 1024;
 
-/// Forwards a request to the lab's web UI (`[lab] ui_url`): method, path, query, content type
-/// and a small body; the answer's status, content type, cache control and body come back.
+/// Forwards a request to the lab's web UI (`[lab] ui_url`): method, path, query, the fields of
+/// [`UI_FORWARDED_HEADERS`] and a small body; the answer's status, content type, cache control and body come back.
 async fn forward_to_ui(shared: &Shared, ui_url: &str, req: Request) -> Response {
     let target = format!(
         "{}{}",
@@ -126,8 +130,11 @@ async fn forward_to_ui(shared: &Shared, ui_url: &str, req: Request) -> Response 
         return text(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n");
     };
     let mut out = shared.ui_client.request(parts.method, &target).body(body);
-    if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
-        out = out.header(header::CONTENT_TYPE, ct.clone());
+    // The content type, and what the lab needs to refuse requests other sites' pages make.
+    for name in UI_FORWARDED_HEADERS {
+        for v in parts.headers.get_all(*name) {
+            out = out.header(*name, v.clone());
+        }
     }
     match out.send().await {
         Ok(r) => {

@@ -1,18 +1,28 @@
 //! The lab's web UI and API, served by the `cdn lab` process (the router forwards `/` and
 //! `/_lab/` to it): the player page and its assets (embedded in the binary), the live state
 //! the dashboard draws (nodes, per-edge series from the nodes' metrics polled every second,
-//! the exchanges seen on viewers' links, viewers' reports), and stopping and starting edges.
+//! the exchanges seen on viewers' links, viewers' reports), and stopping and starting edges;
+//! and the guard that keeps pages of other sites from driving that API (cross-site request
+//! forgery): every request but GET and HEAD must come from the lab's own origins.
 //!
 //! API: `GET /_lab/api/status`, `POST /_lab/api/edges/{name}/stop|start`,
 //! `POST /_lab/api/viewers` (a player's report: time to first frame, stalls).
+//!
+//! A POST (any method but GET/HEAD) is refused with `403` unless (1) its `Origin`, when sent,
+//! is the router's or the lab API's own (`http://127.0.0.1:PORT`, or `localhost` / `[::1]` with
+//! the same port when they listen on loopback); without `Origin`, `Sec-Fetch-Site` must not be
+//! `cross-site` or `same-site`; and (2) it carries `Content-Type: application/json` or an
+//! `X-CDN-Lab` header, which a page can only send cross-origin after a CORS preflight this API
+//! never grants. The dashboard sends both; so must scripts (`curl -H 'X-CDN-Lab: 1' -X POST`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
@@ -405,6 +415,112 @@ async fn viewer_report(
     json(StatusCode::OK, serde_json::json!({"ok": true}))
 }
 
+/// The header a script or the dashboard sends to show a POST is not a cross-site form.
+pub const LAB_REQUEST_HEADER: &str = "x-cdn-lab";
+
+/// The origins (`scheme://host:port`, lower case) allowed to change the lab's state: the
+/// router's and the lab API's, from `info` (`router` and `control` URLs), each also under the
+/// other loopback names when it listens on loopback.
+fn allowed_origins(info: &serde_json::Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for key in ["router", "control"] {
+        let Some(url) = info[key].as_str() else {
+            continue;
+        };
+        let Ok(uri) = url.parse::<http::Uri>() else {
+            continue;
+        };
+        let (Some(scheme), Some(auth)) = (uri.scheme_str(), uri.authority()) else {
+            continue;
+        };
+        let port = auth
+            .port_u16()
+            .unwrap_or(if scheme == "https" { 443 } else { 80 });
+        let host = auth.host().to_ascii_lowercase();
+        let loopback = host == "localhost"
+            || host
+                .trim_matches(|c| c == '[' || c == ']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        let hosts = if loopback {
+            vec![
+                "127.0.0.1".to_owned(),
+                "localhost".to_owned(),
+                "[::1]".to_owned(),
+                host,
+            ]
+        } else {
+            vec![host]
+        };
+        for h in hosts {
+            out.push(format!("{scheme}://{h}:{port}"));
+            // Browsers leave the default port out of `Origin`.
+            if (scheme, port) == ("http", 80) || (scheme, port) == ("https", 443) {
+                out.push(format!("{scheme}://{h}"));
+            }
+        }
+    }
+    out
+}
+
+/// Why a state-changing request is refused, or `Ok` when it comes from the lab's own pages
+/// (or from a non-browser client that says it means it).
+fn check_same_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), String> {
+    let value = |name: header::HeaderName| {
+        headers
+            .get(name)
+            .map(|v| v.to_str().unwrap_or("(not text)").trim().to_owned())
+    };
+    match value(header::ORIGIN) {
+        Some(origin) => {
+            let o = origin.to_ascii_lowercase();
+            if !allowed.contains(&o) {
+                return Err(format!(
+                    "cross-origin request refused: Origin {origin} is not the lab's own \
+                     ({})",
+                    allowed.join(", ")
+                ));
+            }
+        }
+        None => {
+            if let Some(site) = headers
+                .get("sec-fetch-site")
+                .and_then(|v| v.to_str().ok())
+                .map(|s| s.trim().to_ascii_lowercase())
+                && (site == "cross-site" || site == "same-site")
+            {
+                return Err(format!(
+                    "cross-site request refused (Sec-Fetch-Site: {site})"
+                ));
+            }
+        }
+    }
+    let json = value(header::CONTENT_TYPE).is_some_and(|ct| {
+        ct.split(';')
+            .next()
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+    });
+    if !json && !headers.contains_key(LAB_REQUEST_HEADER) {
+        return Err(format!(
+            "send Content-Type: application/json or an {LAB_REQUEST_HEADER} header \
+             (refused as a possible cross-site form)"
+        ));
+    }
+    Ok(())
+}
+
+/// Lets GET and HEAD through; anything else only past [`check_same_origin`].
+async fn same_origin_only(State(lab): State<Arc<Lab>>, req: Request, next: Next) -> Response {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let allowed = allowed_origins(&lab.info());
+        if let Err(why) = check_same_origin(req.headers(), &allowed) {
+            tracing::warn!(method = %req.method(), path = %req.uri().path(), %why, "lab API request refused");
+            return json(StatusCode::FORBIDDEN, serde_json::json!({ "error": why }));
+        }
+    }
+    next.run(req).await
+}
+
 pub fn app(lab: Arc<Lab>) -> Router {
     Router::new()
         .route(
@@ -435,6 +551,10 @@ pub fn app(lab: Arc<Lab>) -> Router {
         .route("/_lab/api/autoscale", get(autoscale))
         .route("/_lab/api/edges/{name}/{action}", post(edge_action))
         .route("/_lab/api/viewers", post(viewer_report))
+        .layer(axum::middleware::from_fn_with_state(
+            lab.clone(),
+            same_origin_only,
+        ))
         .with_state(lab)
 }
 
@@ -447,5 +567,55 @@ pub async fn serve(listener: tokio::net::TcpListener, lab: Arc<Lab>) {
     if let Err(e) = cdn_http::server::serve(listener, app(lab), opts, std::future::pending()).await
     {
         tracing::error!(error = %e, "the lab UI stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, axum::http::HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn only_the_labs_own_origins_may_post() {
+        let allowed = allowed_origins(&serde_json::json!({
+            "router": "http://127.0.0.1:8080",
+            "control": "http://127.0.0.1:8082",
+        }));
+        assert!(allowed.contains(&"http://localhost:8080".to_owned()));
+        assert!(allowed.contains(&"http://[::1]:8082".to_owned()));
+        let json = ("content-type", "application/json");
+        // The dashboard through the router, or on the API's own port; curl with the header.
+        for h in [
+            headers(&[("origin", "http://127.0.0.1:8080"), json]),
+            headers(&[("origin", "http://LOCALHOST:8082"), ("x-cdn-lab", "1")]),
+            headers(&[("sec-fetch-site", "same-origin"), json]),
+            headers(&[("content-type", "application/json; charset=utf-8")]),
+            headers(&[("x-cdn-lab", "1")]),
+        ] {
+            assert_eq!(check_same_origin(&h, &allowed), Ok(()), "{h:?}");
+        }
+        for h in [
+            headers(&[("origin", "http://evil.example"), json]),
+            headers(&[("origin", "http://127.0.0.1:9999"), json]),
+            headers(&[("origin", "https://127.0.0.1:8080"), json]),
+            headers(&[("origin", "null"), json]),
+            headers(&[("sec-fetch-site", "cross-site"), json]),
+            headers(&[("sec-fetch-site", "same-site"), ("x-cdn-lab", "1")]),
+            // A form a page may send cross-origin without a preflight.
+            headers(&[
+                ("origin", "http://127.0.0.1:8080"),
+                ("content-type", "text/plain"),
+            ]),
+            headers(&[]),
+        ] {
+            assert!(check_same_origin(&h, &allowed).is_err(), "{h:?}");
+        }
     }
 }
