@@ -974,11 +974,7 @@ async fn unvalidated_origin(changed: Arc<AtomicBool>, chunked: bool) -> SocketAd
                 } else {
                     axum::body::Body::from(body)
                 };
-                (
-                    [("cache-control", "public, max-age=3600")],
-                    body,
-                )
-                    .into_response()
+                ([("cache-control", "public, max-age=3600")], body).into_response()
             }
         }),
     );

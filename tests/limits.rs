@@ -785,18 +785,25 @@ async fn max_connections_fits_the_open_file_limit() {
     )
     .await;
     assert_eq!(status, 503, "{head}");
-    assert!(head.to_ascii_lowercase().contains("retry-after: 1"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 1"),
+        "{head}"
+    );
     // A flood beyond the 503 responders: each is answered or closed, none hangs.
     let flood: Vec<_> = futures::future::join_all((0..150).map(|_| async move {
         let mut s = TcpStream::connect(addr).await.unwrap();
-        let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        let _ = s
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await;
         let mut got = Vec::new();
         let _ = s.read_to_end(&mut got).await;
         got
     }))
     .await;
     assert!(
-        flood.iter().all(|g| g.is_empty() || g.starts_with(b"HTTP/1.1 503")),
+        flood
+            .iter()
+            .all(|g| g.is_empty() || g.starts_with(b"HTTP/1.1 503")),
         "a flood connection was served past the cap"
     );
     // One leaves: a new client is served again (once the server has seen the close).
@@ -848,13 +855,20 @@ async fn max_connections_fits_the_open_file_limit() {
     let raised = with("raised the open-file limit");
     assert_eq!(raised.len(), 1, "{text}");
     assert_eq!(
-        (raised[0]["fields"]["from"].as_u64(), raised[0]["fields"]["to"].as_u64()),
+        (
+            raised[0]["fields"]["from"].as_u64(),
+            raised[0]["fields"]["to"].as_u64()
+        ),
         (Some(100), Some(256)),
         "{text}"
     );
     let clamped = with("max_connections clamped");
     assert_eq!(clamped.len(), 1, "{text}");
-    assert_eq!(clamped[0]["fields"]["effective"].as_u64(), Some(56), "{text}");
+    assert_eq!(
+        clamped[0]["fields"]["effective"].as_u64(),
+        Some(56),
+        "{text}"
+    );
     assert_eq!(with("accept failed").len(), 0, "{text}");
     assert!(log.len() <= 5, "{} log lines:\n{text}", log.len());
 }

@@ -496,8 +496,14 @@ async fn big_file_is_hashed_once_off_the_request_path() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let text = metrics_text(&origin.url()).await;
-    assert_eq!(cdn_http::metrics::sum(&text, "cdn_origin_digests_started_total"), 1.0);
-    assert_eq!(cdn_http::metrics::sum(&text, "cdn_origin_digests_completed_total"), 1.0);
+    assert_eq!(
+        cdn_http::metrics::sum(&text, "cdn_origin_digests_started_total"),
+        1.0
+    );
+    assert_eq!(
+        cdn_http::metrics::sum(&text, "cdn_origin_digests_completed_total"),
+        1.0
+    );
     assert!(cdn_http::metrics::sum(&text, "cdn_origin_responses_before_digest_total") >= 1.0);
     let r = client().get(&url).send().await.unwrap();
     assert_eq!(r.headers()["etag"], etag.as_str());
@@ -515,13 +521,19 @@ async fn big_file_is_hashed_once_off_the_request_path() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(r.headers()["etag"], etag.as_str());
-    assert_eq!(metric_sum(&origin.url(), "cdn_origin_digests_started_total").await, 1.0);
+    assert_eq!(
+        metric_sum(&origin.url(), "cdn_origin_digests_started_total").await,
+        1.0
+    );
     // A new version (other length) gets another ETag and its own single hash.
     std::fs::write(dir.join("big.mp4"), &content[..1000]).unwrap();
     let r = client().get(&url).send().await.unwrap();
     assert_ne!(r.headers()["etag"], etag.as_str());
     assert_eq!(&r.bytes().await.unwrap()[..], &content[..1000]);
-    assert_eq!(metric_sum(&origin.url(), "cdn_origin_digests_started_total").await, 2.0);
+    assert_eq!(
+        metric_sum(&origin.url(), "cdn_origin_digests_started_total").await,
+        2.0
+    );
     origin.stop().await;
     std::fs::remove_dir_all(&dir).ok();
 }

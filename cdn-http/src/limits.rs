@@ -265,9 +265,15 @@ mod tests {
     fn connection_budget_fits_the_descriptors() {
         // No limit known, or plenty: as configured.
         let b = connection_budget(10_000, None);
-        assert_eq!((b.max_connections, b.overflow, b.clamped), (10_000, 1000, false));
+        assert_eq!(
+            (b.max_connections, b.overflow, b.clamped),
+            (10_000, 1000, false)
+        );
         let b = connection_budget(10_000, Some(1 << 20));
-        assert_eq!((b.max_connections, b.overflow, b.clamped), (10_000, 1000, false));
+        assert_eq!(
+            (b.max_connections, b.overflow, b.clamped),
+            (10_000, 1000, false)
+        );
         // 256: budget 128, overflow 16, (128 - 16) / 2 = 56 served.
         let b = connection_budget(10_000, Some(256));
         assert_eq!((b.max_connections, b.overflow, b.clamped), (56, 16, true));

@@ -65,7 +65,12 @@ fn raise_now() -> Option<NofileLimit> {
     }
     let (soft, hard) = get().unwrap_or((before, hard));
     if soft > before {
-        tracing::info!(from = before, to = soft, hard, "raised the open-file limit (RLIMIT_NOFILE)");
+        tracing::info!(
+            from = before,
+            to = soft,
+            hard,
+            "raised the open-file limit (RLIMIT_NOFILE)"
+        );
     }
     Some(NofileLimit { before, soft, hard })
 }

@@ -730,6 +730,9 @@ mod tests {
         assert_eq!(b.failed(t0 + Duration::from_secs(11)).1, Some(999));
         // A success resets the delay.
         b.succeeded();
-        assert_eq!(b.failed(t0 + Duration::from_secs(12)).0, Duration::from_millis(10));
+        assert_eq!(
+            b.failed(t0 + Duration::from_secs(12)).0,
+            Duration::from_millis(10)
+        );
     }
 }

@@ -244,8 +244,7 @@ pub fn check_version(
     let text = |name: HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
     let len = match status.as_u16() {
         200 => text(header::CONTENT_LENGTH).and_then(|v| v.trim().parse::<u64>().ok()),
-        206 => match text(header::CONTENT_RANGE).and_then(cdn_http::range::parse_content_range)
-        {
+        206 => match text(header::CONTENT_RANGE).and_then(cdn_http::range::parse_content_range) {
             Some((_, Some(complete))) => Some(complete),
             // `bytes a-b/*`: the origin does not say which length it is serving.
             Some((_, None)) => {

@@ -116,8 +116,7 @@ async fn metrics(State(o): State<Arc<Origin>>) -> impl IntoResponse {
     let stats = o.metas.stats();
     o.metrics.with(|| {
         use std::sync::atomic::Ordering::Relaxed;
-        metrics::counter!("cdn_origin_digests_started_total")
-            .absolute(stats.started.load(Relaxed));
+        metrics::counter!("cdn_origin_digests_started_total").absolute(stats.started.load(Relaxed));
         metrics::counter!("cdn_origin_digests_completed_total")
             .absolute(stats.completed.load(Relaxed));
         metrics::counter!("cdn_origin_digests_failed_total").absolute(stats.failed.load(Relaxed));
@@ -190,7 +189,8 @@ async fn file(
     };
     // Content-Digest goes only on a full 200: a request for the whole file starts its
     // computation (once per version, in the background) and is answered without waiting.
-    let full = cdn_http::range::evaluate(&headers, version.len) == cdn_http::range::RangeRequest::Full;
+    let full =
+        cdn_http::range::evaluate(&headers, version.len) == cdn_http::range::RangeRequest::Full;
     let digest = if full {
         let d = o.metas.digest_or_start(&version);
         if d.is_none() {
