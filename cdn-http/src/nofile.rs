@@ -23,7 +23,9 @@ pub fn raise() -> Option<NofileLimit> {
     *RAISED.get_or_init(raise_now)
 }
 
+// `rlim_t` is u64 here but narrower on some targets: the casts are needed there.
 #[cfg(unix)]
+#[allow(clippy::unnecessary_cast)]
 fn get() -> Option<(u64, u64)> {
     let mut r = libc::rlimit {
         rlim_cur: 0,
@@ -32,10 +34,11 @@ fn get() -> Option<(u64, u64)> {
     // SAFETY: `r` is a valid, writable `rlimit` that outlives the call; getrlimit only
     // writes into it.
     let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
-    (rc == 0).then(|| (r.rlim_cur as u64, r.rlim_max as u64))
+    (rc == 0).then_some((r.rlim_cur as u64, r.rlim_max as u64))
 }
 
 #[cfg(unix)]
+#[allow(clippy::unnecessary_cast)]
 fn raise_now() -> Option<NofileLimit> {
     let (before, hard) = get()?;
     // An infinite hard limit cannot be the soft one for descriptors (Linux caps it at
