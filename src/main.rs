@@ -64,6 +64,8 @@ fn init_logging(filter: &str, json: bool) {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.log, cli.log_json);
+    // Before any socket: every node fits its connection cap to this limit (and logs it).
+    cdn_http::nofile::raise();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -944,3 +944,110 @@ async fn a_cut_peer_link_falls_back_to_origin_and_no_request_fails() {
     origin.stop().await;
     std::fs::remove_dir_all(&dir).ok();
 }
+
+// ---------------------------------------------------------------------------------------------
+// An origin that ignores Range and sends no validator, and whose object changes length.
+
+/// Serves `/obj` whole (200, Range ignored, no ETag, no Last-Modified): version A
+/// ([`SIZE`] bytes) until `changed`, then version B (other bytes, 5000 more of them). With
+/// `chunked`, B's body has no Content-Length (chunked coding; the edge stores nothing without
+/// a length, so A always has one).
+async fn unvalidated_origin(changed: Arc<AtomicBool>, chunked: bool) -> SocketAddr {
+    use axum::response::IntoResponse;
+    let app = axum::Router::new().route(
+        "/obj",
+        axum::routing::get(move || {
+            let changed = changed.clone();
+            async move {
+                let b = changed.load(Ordering::SeqCst);
+                let body = if b {
+                    synthetic("version-b", 0..=SIZE + 4999)
+                } else {
+                    synthetic("version-a", 0..=SIZE - 1)
+                };
+                let body = if chunked && b {
+                    let parts: Vec<Result<Bytes, std::io::Error>> = body
+                        .chunks(10_000)
+                        .map(|c| Ok(Bytes::copy_from_slice(c)))
+                        .collect();
+                    axum::body::Body::from_stream(futures::stream::iter(parts))
+                } else {
+                    axum::body::Body::from(body)
+                };
+                ([("cache-control", "public, max-age=3600")], body).into_response()
+            }
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
+}
+
+/// The object changes length at an origin without ranges or validators between the probe and
+/// a later chunk fill: the fill is refused as a change, so the client never gets the two
+/// versions mixed as one complete body, and no byte of the new version is stored under the
+/// old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunk_refetched_from_a_changed_unvalidated_origin_is_not_mixed_in() {
+    for chunked in [false, true] {
+        let changed = Arc::new(AtomicBool::new(false));
+        let addr = unvalidated_origin(changed.clone(), chunked).await;
+        let (node, edge) = fault_edge(&format!("http://{addr}")).await;
+        let url = format!("{}/obj", node.url());
+        let want = synthetic("version-a", 0..=SIZE - 1);
+        // The probe gets the whole of version A (a 200) and stores it in chunks.
+        let got = fetch(&url, None).await;
+        assert!(check(&got, &want, "first fetch"), "{got:?}");
+        edge.store.chunks.run_pending_tasks().await;
+        let stored: Vec<_> = edge.store.chunks.iter().map(|(k, _)| k).collect();
+        assert_eq!(stored.len(), 4, "chunks of version A stored");
+        // The origin changes; chunk 2 leaves the store, so the next request refills it.
+        changed.store(true, Ordering::SeqCst);
+        let evicted = stored.iter().find(|k| k.index == 2).unwrap().clone();
+        edge.store.chunks.invalidate(&evicted).await;
+        let fills_before = metric_sum(&node.url(), "cdn_edge_origin_fetches_total").await;
+        for range in [None, Some((2 * CHUNK + 10, 2 * CHUNK + 20))] {
+            let got = fetch(&url, range).await;
+            let want_part = match range {
+                None => want.clone(),
+                Some((a, b)) => want.slice(a as usize..=b as usize),
+            };
+            assert!(
+                !check(&got, &want_part, &format!("chunked={chunked} {range:?}")),
+                "chunked={chunked} {range:?}: served whole although chunk 2 changed: {got:?}"
+            );
+        }
+        assert!(
+            metric_sum(&node.url(), "cdn_edge_origin_fetches_total").await > fills_before,
+            "the edge went to the origin for chunk 2"
+        );
+        // Whatever is stored under version A's key is version A's bytes.
+        edge.store.chunks.run_pending_tasks().await;
+        let old_version = evicted.version.clone();
+        let of_old = || {
+            edge.store
+                .chunks
+                .iter()
+                .filter(|(k, _)| k.version == old_version)
+                .collect::<Vec<_>>()
+        };
+        for (key, bytes) in of_old() {
+            let start = key.index * CHUNK;
+            let end = (start + CHUNK).min(SIZE) - 1;
+            assert_eq!(
+                sha256(&bytes),
+                sha256(&synthetic("version-a", start..=end)),
+                "chunked={chunked}: chunk {} of version A holds other bytes",
+                key.index
+            );
+        }
+        assert!(
+            !of_old().iter().any(|(k, _)| k.index == 2),
+            "chunked={chunked}: a chunk 2 was stored under version A"
+        );
+        node.stop().await;
+    }
+}

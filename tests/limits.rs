@@ -817,3 +817,147 @@ async fn vary_selected_values_are_keyed_exactly() {
     edge.stop().await;
     origin.stop().await;
 }
+
+/// A node started under a low open-file limit (`cdn origin` as a child of `sh`, hard limit
+/// 256, soft 100): it raises the soft limit to 256, clamps `max_connections` (10 000 by
+/// default) to (256 - 128 - 16) / 2 = 56 with one warning, answers the 57th connection 503
+/// instead of leaving it in the backlog, serves again once a connection closes, and a flood
+/// of connections beyond does not flood its log.
+#[tokio::test]
+async fn max_connections_fits_the_open_file_limit() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let script = format!(
+        "ulimit -S -n 100 && ulimit -H -n 256 && exec '{}' --log-json origin --listen 127.0.0.1:0 --root '{}'",
+        env!("CARGO_BIN_EXE_cdn"),
+        media_root().display()
+    );
+    let mut child = tokio::process::Command::new("sh")
+        .args(["-c", &script])
+        .env("CDN_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn cdn origin");
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut log = Vec::new();
+    let addr: SocketAddr = loop {
+        let line = out
+            .next_line()
+            .await
+            .unwrap()
+            .expect("the origin logs its address");
+        let found = serde_json::from_str::<serde_json::Value>(&line)
+            .ok()
+            .and_then(|v| v["fields"]["listen"].as_str()?.parse().ok());
+        log.push(line);
+        if let Some(a) = found {
+            break a;
+        }
+    };
+    let healthz = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    // 56 connections, each accepted and served (kept alive).
+    let mut held = Vec::new();
+    for i in 0..56 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(healthz).await.unwrap();
+        let mut buf = vec![0u8; 1024];
+        let n = s.read(&mut buf).await.unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]).to_string();
+        assert!(head.starts_with("HTTP/1.1 200"), "connection {i}: {head}");
+        held.push(s);
+    }
+    // The 57th is answered 503, not left hanging.
+    let (status, head, _) = raw_request(
+        addr,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 503, "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 1"),
+        "{head}"
+    );
+    // A flood beyond the 503 responders: each is answered or closed, none hangs.
+    let flood: Vec<_> = futures::future::join_all((0..150).map(|_| async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let _ = s
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await;
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got).await;
+        got
+    }))
+    .await;
+    assert!(
+        flood
+            .iter()
+            .all(|g| g.is_empty() || g.starts_with(b"HTTP/1.1 503")),
+        "a flood connection was served past the cap"
+    );
+    // One leaves: a new client is served again (once the server has seen the close).
+    drop(held.pop());
+    loop {
+        let (status, _, body) = raw_request(
+            addr,
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        if status == 200 {
+            assert_eq!(body, b"ok\n");
+            break;
+        }
+        assert_eq!(status, 503);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(held);
+    // The log: the raise, one clamp warning, the serving line; no accept errors.
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
+    while let Ok(Some(line)) = out.next_line().await {
+        log.push(line);
+    }
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .await
+        .unwrap();
+    log.extend(err.lines().map(str::to_string));
+    let text = log.join("\n");
+    let lines: Vec<serde_json::Value> = log
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_default())
+        .collect();
+    let with = |needle: &str| {
+        lines
+            .iter()
+            .filter(|v| {
+                v["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(needle))
+            })
+            .collect::<Vec<_>>()
+    };
+    let raised = with("raised the open-file limit");
+    assert_eq!(raised.len(), 1, "{text}");
+    assert_eq!(
+        (
+            raised[0]["fields"]["from"].as_u64(),
+            raised[0]["fields"]["to"].as_u64()
+        ),
+        (Some(100), Some(256)),
+        "{text}"
+    );
+    let clamped = with("max_connections clamped");
+    assert_eq!(clamped.len(), 1, "{text}");
+    assert_eq!(
+        clamped[0]["fields"]["effective"].as_u64(),
+        Some(56),
+        "{text}"
+    );
+    assert_eq!(with("accept failed").len(), 0, "{text}");
+    assert!(log.len() <= 5, "{} log lines:\n{text}", log.len());
+}

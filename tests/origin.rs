@@ -34,8 +34,20 @@ async fn full_get_head_and_headers() {
     );
     let body = r.bytes().await.unwrap();
     assert_eq!(&body[..], &want[..]);
-    // Content-Digest is the SHA-256 of the whole body.
-    let digest = cdn_http::digest::parse_content_digest(h["content-digest"].to_str().unwrap());
+    // Content-Digest is the SHA-256 of the whole body: computed in the background after the
+    // first full request (which does not wait for it), then sent on full 200s.
+    assert!(!h.contains_key("content-digest"));
+    while metric_sum(&origin.url(), "cdn_origin_digests_completed_total").await < 1.0 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let r = client()
+        .get(format!("{}{MP4}", origin.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["etag"], etag.as_str());
+    let digest =
+        cdn_http::digest::parse_content_digest(r.headers()["content-digest"].to_str().unwrap());
     assert_eq!(digest, Some(sha256(&want)));
 
     let r = client()
@@ -444,5 +456,121 @@ async fn bad_config_names_file_line_and_field() {
         .to_string();
     assert!(e.starts_with(&format!("{}:5:", path.display())), "{e}");
     assert!(e.contains("valu"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Concurrent first requests for a big file: every one is answered at once with the same
+/// stat-based strong ETag and no Content-Digest (the request that starts the hash cannot have
+/// its result), exactly one hash runs, and once it has finished full 200s carry the digest
+/// under the unchanged ETag.
+#[tokio::test]
+async fn big_file_is_hashed_once_off_the_request_path() {
+    let dir = std::env::temp_dir().join(format!("cdn-origin-bighash-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let content: Vec<u8> = (0..24_000_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(dir.join("big.mp4"), &content).unwrap();
+    let origin = start_origin(&dir, &Default::default()).await;
+    let url = format!("{}/big.mp4", origin.url());
+    // The first request alone, to know it is the one that starts the hash.
+    let first = client().get(&url).send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert!(
+        !first.headers().contains_key("content-digest"),
+        "the first response waited for the hash"
+    );
+    let etag = first.headers()["etag"].to_str().unwrap().to_string();
+    assert!(etag.starts_with('"'), "strong etag {etag}");
+    let rest = futures::future::join_all((0..12).map(|_| {
+        let url = url.clone();
+        async move { client().get(url).send().await.unwrap() }
+    }))
+    .await;
+    assert_eq!(&first.bytes().await.unwrap()[..], &content[..]);
+    for r in rest {
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["etag"], etag.as_str());
+        assert_eq!(&r.bytes().await.unwrap()[..], &content[..]);
+    }
+    // Wait for the hash to finish (an event the metric shows), then: one hash, digest served.
+    while metric_sum(&origin.url(), "cdn_origin_digests_completed_total").await < 1.0 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let text = metrics_text(&origin.url()).await;
+    assert_eq!(
+        cdn_http::metrics::sum(&text, "cdn_origin_digests_started_total"),
+        1.0
+    );
+    assert_eq!(
+        cdn_http::metrics::sum(&text, "cdn_origin_digests_completed_total"),
+        1.0
+    );
+    assert!(cdn_http::metrics::sum(&text, "cdn_origin_responses_before_digest_total") >= 1.0);
+    let r = client().get(&url).send().await.unwrap();
+    assert_eq!(r.headers()["etag"], etag.as_str());
+    let digest = r.headers()["content-digest"].to_str().unwrap().to_string();
+    assert_eq!(
+        cdn_http::digest::parse_content_digest(&digest),
+        Some(sha256(&content))
+    );
+    // Ranges never start or need a hash.
+    let r = client()
+        .get(&url)
+        .header("range", "bytes=0-9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.headers()["etag"], etag.as_str());
+    assert_eq!(
+        metric_sum(&origin.url(), "cdn_origin_digests_started_total").await,
+        1.0
+    );
+    // A new version (other length) gets another ETag and its own single hash.
+    std::fs::write(dir.join("big.mp4"), &content[..1000]).unwrap();
+    let r = client().get(&url).send().await.unwrap();
+    assert_ne!(r.headers()["etag"], etag.as_str());
+    assert_eq!(&r.bytes().await.unwrap()[..], &content[..1000]);
+    assert_eq!(
+        metric_sum(&origin.url(), "cdn_origin_digests_started_total").await,
+        2.0
+    );
+    origin.stop().await;
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Dotfiles and dot-directories answer 404 like missing files, unless `serve_dotfiles`.
+#[tokio::test]
+async fn dotfiles_are_not_served_by_default() {
+    let dir = std::env::temp_dir().join(format!("cdn-origin-dotfiles-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join(".git")).unwrap();
+    std::fs::create_dir_all(dir.join("media")).unwrap();
+    std::fs::write(dir.join(".env"), b"SECRET=hunter2").unwrap();
+    std::fs::write(dir.join(".git/config"), b"[remote]").unwrap();
+    std::fs::write(dir.join("media/.hidden"), b"hidden").unwrap();
+    std::fs::write(dir.join("media/ok.txt"), b"visible").unwrap();
+    let paths = ["/.env", "/.git/config", "/media/.hidden", "/%2egit/config"];
+    let origin = start_origin(&dir, &Default::default()).await;
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    // Exactly what a missing file gets.
+    let (_, _, missing) = raw_request(origin.addr, &get("/no-such-file")).await;
+    for path in paths {
+        let (status, _, body) = raw_request(origin.addr, &get(path)).await;
+        assert_eq!((status, &body), (404, &missing), "{path}");
+    }
+    let (status, _, body) = raw_request(
+        origin.addr,
+        "GET /media/ok.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!((status, &body[..]), (200, &b"visible"[..]));
+    origin.stop().await;
+    let origin = start_origin_with(&dir, "serve_dotfiles = true\n").await;
+    let (status, _, body) = raw_request(
+        origin.addr,
+        "GET /.env HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!((status, &body[..]), (200, &b"SECRET=hunter2"[..]));
+    origin.stop().await;
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -80,6 +80,7 @@ enum Act {
 struct RawOrigin {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// Connections accepted so far.
     connections: Arc<AtomicU64>,
 }
 
@@ -280,6 +281,7 @@ async fn a_fill_on_a_pooled_connection_closed_under_it_is_retried_once() {
         [(0, "/one".into()), (0, "/two".into()), (1, "/two".into())],
         "the second fill went out on the pooled connection, then once on a new one"
     );
+    assert_eq!(origin.connections.load(Ordering::SeqCst), 2);
     assert_eq!(
         metric_sum(&edge.url(), "cdn_edge_origin_retries_total").await,
         1.0

@@ -13,6 +13,9 @@
 //!
 //! A head larger than `max_header_bytes + max_uri_bytes + 1 KiB` cannot be buffered at all and
 //! is answered `431` by hyper before its request line is looked at.
+//!
+//! `max_connections` is also bounded by the open-file limit ([`connection_budget`]): a node
+//! out of descriptors cannot accept a connection even to refuse it, and its clients hang.
 
 use serde::{Deserialize, Serialize};
 
@@ -144,6 +147,52 @@ impl Limits {
     }
 }
 
+/// Descriptors kept out of the connection budget: listeners, the peers' UDP socket, logs,
+/// config and geo files, the runtime's own (epoll, eventfd, blocking threads' files).
+pub const FD_RESERVE: u64 = 128;
+
+/// How many connections a node serves and refuses (503) at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionBudget {
+    /// Connections served at once (the effective `max_connections`).
+    pub max_connections: usize,
+    /// Connections beyond those answered `503` at once (the rest are closed unanswered).
+    pub overflow: usize,
+    /// Whether the open-file limit lowered `max_connections`.
+    pub clamped: bool,
+}
+
+/// The connections a node can hold with `soft` descriptors (`None`: no limit known):
+///
+/// ```text
+/// budget    = soft - FD_RESERVE (128)
+/// overflow  = min(clamp(max_connections / 10, 64, 1024), budget / 8)   1 fd each (503, close)
+/// effective = min(max_connections, (budget - overflow) / 2)            2 fds each
+/// ```
+///
+/// A served connection counts twice: its socket, plus the origin connection (edge), open file
+/// (origin) or health check (router) it may cause. With the default 10 000 connections a node
+/// needs about 21 200 descriptors; at a soft limit of 1024 it serves 392 at once.
+pub fn connection_budget(max_connections: usize, soft: Option<u64>) -> ConnectionBudget {
+    let wanted_overflow = (max_connections / 10).clamp(64, 1024);
+    let Some(soft) = soft else {
+        return ConnectionBudget {
+            max_connections,
+            overflow: wanted_overflow,
+            clamped: false,
+        };
+    };
+    let budget = soft.saturating_sub(FD_RESERVE);
+    let overflow = (wanted_overflow as u64).min(budget / 8);
+    let fits = usize::try_from(budget.saturating_sub(overflow) / 2).unwrap_or(usize::MAX);
+    let effective = max_connections.min(fits).max(1);
+    ConnectionBudget {
+        max_connections: effective,
+        overflow: usize::try_from(overflow).unwrap_or(usize::MAX).max(1),
+        clamped: effective < max_connections,
+    }
+}
+
 /// The size of a request target as sent: the absolute form when there is a scheme, else the
 /// path and query.
 pub fn uri_len(uri: &http::Uri) -> usize {
@@ -210,6 +259,31 @@ mod tests {
         let text = toml::to_string(&l).unwrap();
         let back: Limits = toml::from_str(&text).unwrap();
         assert_eq!(back, l);
+    }
+
+    #[test]
+    fn connection_budget_fits_the_descriptors() {
+        // No limit known, or plenty: as configured.
+        let b = connection_budget(10_000, None);
+        assert_eq!(
+            (b.max_connections, b.overflow, b.clamped),
+            (10_000, 1000, false)
+        );
+        let b = connection_budget(10_000, Some(1 << 20));
+        assert_eq!(
+            (b.max_connections, b.overflow, b.clamped),
+            (10_000, 1000, false)
+        );
+        // 256: budget 128, overflow 16, (128 - 16) / 2 = 56 served.
+        let b = connection_budget(10_000, Some(256));
+        assert_eq!((b.max_connections, b.overflow, b.clamped), (56, 16, true));
+        assert!(2 * b.max_connections + b.overflow + FD_RESERVE as usize <= 256);
+        let b = connection_budget(10_000, Some(1024));
+        assert_eq!((b.max_connections, b.overflow), (392, 112));
+        // A configured value that fits is kept; a limit below the reserve still serves one.
+        assert_eq!(connection_budget(30, Some(1024)).max_connections, 30);
+        assert!(!connection_budget(30, Some(1024)).clamped);
+        assert_eq!(connection_budget(10_000, Some(10)).max_connections, 1);
     }
 
     #[test]

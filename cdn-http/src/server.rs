@@ -14,6 +14,12 @@
 //! - a connection over `max_connections`: `503` with `Retry-After`, served by a minimal
 //!   responder that keeps nothing alive; when even those are too many (a flood), the
 //!   connection is closed at once.
+//!
+//! `max_connections` is lowered to what the open-file limit allows
+//! ([`crate::limits::connection_budget`], after [`crate::nofile::raise`]), with a warning, so
+//! that the 503 can always be sent: a process out of descriptors cannot accept, and its
+//! clients would hang in the listen backlog. Accept errors back off (10 ms doubling to 1 s)
+//! and are logged at most once per 10 s.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -62,9 +68,51 @@ impl Default for ServeOptions {
     }
 }
 
-/// Connections beyond `max_connections` that still get their 503 (the rest are closed at once).
-fn overflow_cap(limits: &Limits) -> usize {
-    (limits.max_connections / 10).clamp(64, 1024)
+/// Accept errors (EMFILE, ENFILE, ENOBUFS...): the loop sleeps, doubling from 10 ms to 1 s
+/// while they last, and logs the first and then at most one line per [`AcceptBackoff::EVERY`]
+/// with the count of the errors in between, so a node out of descriptors does not spin nor
+/// flood its log.
+#[derive(Debug)]
+struct AcceptBackoff {
+    delay: Duration,
+    last_log: Option<Instant>,
+    suppressed: u64,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(10);
+    const MAX: Duration = Duration::from_secs(1);
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn new() -> Self {
+        AcceptBackoff {
+            delay: Self::FIRST,
+            last_log: None,
+            suppressed: 0,
+        }
+    }
+
+    /// One failed accept at `now`: how long to sleep, and whether to log it (with the number
+    /// of errors not logged since the last line).
+    fn failed(&mut self, now: Instant) -> (Duration, Option<u64>) {
+        let sleep = self.delay;
+        self.delay = (self.delay * 2).min(Self::MAX);
+        let log = match self.last_log {
+            Some(t) if now.duration_since(t) < Self::EVERY => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last_log = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        };
+        (sleep, log)
+    }
+
+    fn succeeded(&mut self) {
+        self.delay = Self::FIRST;
+    }
 }
 
 fn builder(limits: &Limits, keep_alive: bool) -> auto::Builder<TokioExecutor> {
@@ -88,7 +136,26 @@ pub async fn serve(
     opts: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> io::Result<()> {
-    let limits = Arc::new(opts.limits.clone());
+    // Fit the connection cap to the descriptors this process may open (raising the soft
+    // limit first, once per process).
+    let budget = crate::limits::connection_budget(
+        opts.limits.max_connections,
+        crate::nofile::raise().map(|l| l.soft),
+    );
+    if budget.clamped {
+        tracing::warn!(
+            configured = opts.limits.max_connections,
+            effective = budget.max_connections,
+            refused_with_503 = budget.overflow,
+            nofile = crate::nofile::raise().map(|l| l.soft),
+            "max_connections clamped to what the open-file limit (RLIMIT_NOFILE) allows: \
+             (soft - 128 - overflow) / 2; raise the limit to serve more"
+        );
+    }
+    let limits = Arc::new(Limits {
+        max_connections: budget.max_connections,
+        ..opts.limits.clone()
+    });
     let full = builder(&limits, true);
     // Over the cap: a short-lived responder with tight timeouts.
     let overflow_limits = Arc::new(Limits {
@@ -99,18 +166,29 @@ pub async fn serve(
     let refuse = builder(&overflow_limits, false);
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let overflow = Arc::new(Semaphore::new(overflow_cap(&limits)));
+    let overflow = Arc::new(Semaphore::new(budget.overflow));
+    let mut backoff = AcceptBackoff::new();
     // Owned here: when this future is dropped (NodeHandle::abort) every connection goes too.
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
-                Ok(x) => x,
+                Ok(x) => {
+                    backoff.succeeded();
+                    x
+                }
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // EMFILE and friends: back off instead of spinning, log sparingly.
+                    let (sleep, log) = backoff.failed(Instant::now());
+                    if let Some(suppressed) = log {
+                        tracing::warn!(
+                            error = %e,
+                            suppressed,
+                            "accept failed; backing off (out of file descriptors? see RLIMIT_NOFILE)"
+                        );
+                    }
+                    tokio::time::sleep(sleep).await;
                     continue;
                 }
             },
@@ -625,5 +703,36 @@ impl NodeHandle {
     /// dropped, mid-response or not.
     pub fn abort(self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_errors_back_off_and_log_sparingly() {
+        let mut b = AcceptBackoff::new();
+        let t0 = Instant::now();
+        let mut logged = 0;
+        let mut sleeps = Vec::new();
+        // A thousand errors within a second: one line, sleeps growing to the cap.
+        for i in 0..1000 {
+            let (sleep, log) = b.failed(t0 + Duration::from_millis(i));
+            logged += usize::from(log.is_some());
+            sleeps.push(sleep);
+        }
+        assert_eq!(logged, 1);
+        assert_eq!(sleeps[0], Duration::from_millis(10));
+        assert_eq!(sleeps[1], Duration::from_millis(20));
+        assert_eq!(*sleeps.last().unwrap(), Duration::from_secs(1));
+        // Ten seconds on: one more line, counting the 999 not logged.
+        assert_eq!(b.failed(t0 + Duration::from_secs(11)).1, Some(999));
+        // A success resets the delay.
+        b.succeeded();
+        assert_eq!(
+            b.failed(t0 + Duration::from_secs(12)).0,
+            Duration::from_millis(10)
+        );
     }
 }

@@ -1,6 +1,10 @@
 //! The origin as seen from the edge: an HTTP client (reqwest, pooled, with connect and read
 //! timeouts) that fetches chunks by Range (as a [`FillSource`]), sends probes and
 //! revalidations, and forwards requests the cache passes through. Every request is counted.
+//!
+//! A chunk fill's answer is checked against the stored version before its bytes are used
+//! ([`check_version`]: length, ETag, Last-Modified), so an origin that ignores Range and has
+//! no strong validator cannot slip a span of a changed object into the old version.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -266,6 +270,100 @@ fn closed_under_us(e: &reqwest::Error) -> bool {
     false
 }
 
+/// Checks that a chunk fill's response is of the version `meta` describes, before any of its
+/// bytes are used: the representation's length (Content-Length of a 200, the complete length
+/// in Content-Range of a 206), and the ETag and Last-Modified when the stored version has
+/// them (a response must then carry the same values). Without this, an origin that ignores
+/// Range and sends no strong validator could hand over a span of a new version, stored and
+/// served as part of the old one. What cannot be told apart from the headers (a 200 without
+/// Content-Length) is checked by [`OriginClient::read_whole_checked`]. Anything else than
+/// 200 and 206 is left to [`OriginClient::read_span`].
+pub fn check_version(
+    meta: &ObjectMeta,
+    headers: &HeaderMap,
+    status: http::StatusCode,
+) -> Result<(), FillError> {
+    let text = |name: HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let len = match status.as_u16() {
+        200 => text(header::CONTENT_LENGTH).and_then(|v| v.trim().parse::<u64>().ok()),
+        206 => match text(header::CONTENT_RANGE).and_then(cdn_http::range::parse_content_range) {
+            Some((_, Some(complete))) => Some(complete),
+            // `bytes a-b/*`: the origin does not say which length it is serving.
+            Some((_, None)) => {
+                return Err(FillError::Mismatch(
+                    "206 without the complete length in Content-Range".into(),
+                ));
+            }
+            None => return Ok(()), // read_span refuses it
+        },
+        _ => return Ok(()),
+    };
+    if let Some(len) = len
+        && len != meta.len
+    {
+        tracing::debug!(key = %meta.version.key, held = meta.len, got = len, "chunk fill: length changed");
+        return Err(FillError::Changed);
+    }
+    // A 206 answered a request carrying the held validator as a precondition, so a field it
+    // leaves out is not a change; a 200 (no precondition was applied) must repeat both.
+    let required = status == http::StatusCode::OK;
+    let etag = text(header::ETAG);
+    if let Some(held) = &meta.etag
+        && (required || etag.is_some())
+        && etag != Some(held.as_str())
+    {
+        return Err(FillError::Changed);
+    }
+    let lm = text(header::LAST_MODIFIED);
+    if let Some(held) = meta.last_modified
+        && (required || lm.is_some())
+        && lm.and_then(|v| httpdate::parse_http_date(v).ok()) != Some(held)
+    {
+        return Err(FillError::Changed);
+    }
+    Ok(())
+}
+
+impl OriginClient {
+    /// Like [`OriginClient::read_span`] for a 200 whose length only its end tells: reads the
+    /// whole body, keeps `[start, start+len)`, and fails with [`FillError::Changed`] unless the
+    /// body is exactly `meta.len` bytes (it stops reading as soon as it is longer).
+    async fn read_whole_checked(
+        &self,
+        mut resp: reqwest::Response,
+        meta: &ObjectMeta,
+        start: u64,
+        len: u64,
+    ) -> Result<Bytes, FillError> {
+        let end = start.checked_add(len).ok_or(FillError::Changed)?;
+        let mut out = BytesMut::with_capacity(usize::try_from(len).unwrap_or(0));
+        let mut at = 0u64;
+        loop {
+            let chunk = match resp.chunk().await {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(e) => return Err(FillError::Request(error_chain(&e))),
+            };
+            self.count_bytes(chunk.len());
+            let next = at.saturating_add(chunk.len() as u64);
+            if next > meta.len {
+                return Err(FillError::Changed);
+            }
+            let lo = start.clamp(at, next);
+            let hi = end.clamp(at, next);
+            if lo < hi {
+                // Both within `chunk`, whose length fits in usize.
+                out.extend_from_slice(&chunk[(lo - at) as usize..(hi - at) as usize]);
+            }
+            at = next;
+        }
+        if at != meta.len {
+            return Err(FillError::Changed);
+        }
+        Ok(out.freeze())
+    }
+}
+
 /// The message of an error and its causes ("error sending request: connection refused").
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -317,17 +415,13 @@ impl FillSource for Arc<OriginClient> {
             if resp.status() == http::StatusCode::PRECONDITION_FAILED {
                 return Err(FillError::Changed);
             }
-            if resp.status() == http::StatusCode::OK
-                && let Some(etag) = &meta.etag
-                && resp
-                    .headers()
-                    .get(header::ETAG)
-                    .and_then(|v| v.to_str().ok())
-                    != Some(etag)
-            {
-                return Err(FillError::Changed);
+            check_version(&meta, resp.headers(), resp.status())?;
+            let want = end - start + 1;
+            if resp.status() == http::StatusCode::OK && resp.content_length().is_none() {
+                // No length to compare before the body: read to its end and count.
+                return this.read_whole_checked(resp, &meta, start, want).await;
             }
-            this.read_span(resp, start, end - start + 1).await
+            this.read_span(resp, start, want).await
         }
         .boxed()
     }

@@ -1,6 +1,7 @@
 //! The origin's configuration file (`--config FILE`, TOML): Cache-Control per path pattern,
-//! the synthetic object size cap, the response-head timeout and the connection and request
-//! limits shared by every node (`[limits]`, see `cdn_http::limits`).
+//! the synthetic object size cap, the response-head timeout, whether dotfiles are served and
+//! the connection and request limits shared by every node (`[limits]`, see
+//! `cdn_http::limits`).
 
 use std::path::Path;
 
@@ -27,6 +28,11 @@ pub struct OriginConfig {
     pub cache_control: Vec<CacheControlRule>,
     /// Time to produce a response head, seconds (then 408).
     pub request_timeout_secs: u64,
+    /// Serve files and directories whose name starts with `.` (`/.env`, `/.git/config`,
+    /// `/media/.hidden`). Off by default: such paths answer `404`, exactly as a missing file
+    /// does. Not `403`, which would tell anyone probing for `/.git/` or `/.env` that the file
+    /// exists, and which edges never store (a `404` they may cache negatively).
+    pub serve_dotfiles: bool,
     /// Connection and request limits (`[limits]`, see `cdn_http::limits`).
     pub limits: cdn_http::limits::Limits,
 }
@@ -37,6 +43,7 @@ impl Default for OriginConfig {
             synthetic_max_bytes: 64 * 1024 * 1024,
             cache_control: Vec::new(),
             request_timeout_secs: 30,
+            serve_dotfiles: false,
             limits: Default::default(),
         }
     }

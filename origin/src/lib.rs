@@ -2,8 +2,8 @@
 //! synthetic objects, with byte ranges, strong validators, Content-Digest and Cache-Control
 //! per path pattern. Edges fetch from it; its metrics measure what the edges save.
 //!
-//! Modules: [`config`] (the TOML file), [`files`] (safe path resolution, validators, disk
-//! streams), [`synthetic`] (generated objects). The RFC 9110 logic (ranges, preconditions)
+//! Modules: [`config`] (the TOML file), [`files`] (safe path resolution, validators and the
+//! background content digest, disk streams), [`synthetic`] (generated objects). The RFC 9110 logic (ranges, preconditions)
 //! is `cdn_http::respond`, shared with the edge.
 
 pub mod config;
@@ -51,6 +51,7 @@ pub struct OriginArgs {
 struct Origin {
     root: PathBuf,
     rules: config::CacheRules,
+    serve_dotfiles: bool,
     synthetic_max: u64,
     metas: files::MetaCache,
     synthetic_digests: moka::future::Cache<(String, u64), [u8; 32]>,
@@ -64,6 +65,7 @@ pub fn app(root: PathBuf, cfg: &OriginConfig) -> std::io::Result<Router> {
     let state = Arc::new(Origin {
         root,
         rules: cfg.rules(),
+        serve_dotfiles: cfg.serve_dotfiles,
         synthetic_max: cfg.synthetic_max_bytes,
         metas: files::MetaCache::default(),
         synthetic_digests: moka::future::Cache::new(1024),
@@ -111,6 +113,14 @@ pub async fn run(args: OriginArgs) -> anyhow::Result<()> {
 }
 
 async fn metrics(State(o): State<Arc<Origin>>) -> impl IntoResponse {
+    let stats = o.metas.stats();
+    o.metrics.with(|| {
+        use std::sync::atomic::Ordering::Relaxed;
+        metrics::counter!("cdn_origin_digests_started_total").absolute(stats.started.load(Relaxed));
+        metrics::counter!("cdn_origin_digests_completed_total")
+            .absolute(stats.completed.load(Relaxed));
+        metrics::counter!("cdn_origin_digests_failed_total").absolute(stats.failed.load(Relaxed));
+    });
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         o.metrics.render(),
@@ -167,31 +177,45 @@ async fn file(
     if method != Method::GET && method != Method::HEAD {
         return method_not_allowed();
     }
-    let Some(path) = files::resolve(&o.root, uri.path()).await else {
+    let Some(path) = files::resolve(&o.root, uri.path(), o.serve_dotfiles).await else {
         return not_found();
     };
-    let meta = match o.metas.get(&path).await {
-        Ok(m) => m,
+    let version = match o.metas.get(&path).await {
+        Ok(v) => v,
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "cannot read file");
             return not_found();
         }
     };
+    // Content-Digest goes only on a full 200: a request for the whole file starts its
+    // computation (once per version, in the background) and is answered without waiting.
+    let full =
+        cdn_http::range::evaluate(&headers, version.len) == cdn_http::range::RangeRequest::Full;
+    let digest = if full {
+        let d = o.metas.digest_or_start(&version);
+        if d.is_none() {
+            o.metrics.with(|| {
+                metrics::counter!("cdn_origin_responses_before_digest_total").increment(1)
+            });
+        }
+        d
+    } else {
+        version.digest()
+    };
     let mut rep_headers = HeaderMap::new();
     rep_headers.insert(header::CACHE_CONTROL, o.rules.for_path(uri.path()));
     let rep = Representation {
-        len: meta.len,
+        len: version.len,
         content_type: HeaderValue::from_static(cdn_http::mime::content_type_for(uri.path())),
         validators: Validators {
-            etag: Some(digest::etag_from_digest(&meta.sha256)),
-            last_modified: Some(meta.modified),
+            etag: Some(version.etag.clone()),
+            last_modified: Some(version.modified),
         },
         headers: rep_headers,
-        full_headers: digest_header(&meta.sha256),
+        full_headers: digest.as_ref().map(digest_header).unwrap_or_default(),
     };
-    let file_path = meta.path.clone();
     respond(&method, &headers, &rep, move |r| {
-        files::range_stream(file_path.clone(), r)
+        files::range_stream(version.clone(), r)
     })
 }
 
