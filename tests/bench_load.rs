@@ -102,11 +102,18 @@ fn load_runs_three_modes_and_counts_add_up() {
             // the origin; every hit an edge counted reached a viewer as one, unless that
             // request failed.
             let edges = m["edges"].as_array().expect("edges");
-            let edge = |key: &str| -> f64 { edges.iter().map(|e| e[key].as_f64().expect(key)).sum() };
+            let edge =
+                |key: &str| -> f64 { edges.iter().map(|e| e[key].as_f64().expect(key)).sum() };
             let (edge_hits, edge_stale) = (edge("hits"), edge("stale"));
-            assert!(hits as f64 <= edge_hits + edge_stale, "{hits} hits seen: {m}");
+            assert!(
+                hits as f64 <= edge_hits + edge_stale,
+                "{hits} hits seen: {m}"
+            );
             let failed = n(&total["errors"]) + n(&total["bad_status"]) + n(&total["corrupt"]);
-            assert!(edge_hits <= (hits + failed) as f64, "{edge_hits} hits served: {m}");
+            assert!(
+                edge_hits <= (hits + failed) as f64,
+                "{edge_hits} hits served: {m}"
+            );
             // The second session of each viewer replays the first.
             assert!(hits > 0, "no hit on a replayed video: {m}");
             assert!(

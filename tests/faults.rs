@@ -430,7 +430,10 @@ async fn assert_recovers(edge_url: &str, origin: &RawOrigin, target: &str) {
         if let Got::Complete(s, _, cs) = &got {
             assert!(!cs.contains("; hit"), "{target}: a cached {s}: {cs}");
         }
-        assert!(Instant::now() < give_up, "{target} never recovered: {got:?}");
+        assert!(
+            Instant::now() < give_up,
+            "{target} never recovered: {got:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Then a hit, without the origin.
@@ -514,9 +517,10 @@ async fn origin_stalling_past_the_read_timeout_fails_fast_and_stores_nothing() {
         }
         // The cause: the edge's read timeout, which gives up on the origin connection (the
         // stall outlasts every wait here, so nothing else ends it).
-        until(&format!("{fault:?}: the edge never hung up on the stalled origin"), || {
-            origin.hangups() > hangups
-        })
+        until(
+            &format!("{fault:?}: the edge never hung up on the stalled origin"),
+            || origin.hangups() > hangups,
+        )
         .await;
         assert_store_clean(&state).await;
         assert!(!has_meta(&state, &origin, target).await, "{fault:?}");
@@ -702,7 +706,7 @@ async fn edge_killed_under_load_is_routed_around_once_its_checks_fail() {
     until("both edges up", || {
         ["eu-1", "eu-2"]
             .iter()
-            .all(|e| health(*e).state == cdn_geo_router::EdgeState::Up)
+            .all(|e| health(e).state == cdn_geo_router::EdgeState::Up)
     })
     .await;
 
@@ -807,8 +811,7 @@ async fn edge_killed_under_load_is_routed_around_once_its_checks_fail() {
     let h = health("eu-1");
     let since_kill = h.checks - checks_at_kill;
     assert!(
-        h.consecutive_failures >= down_after
-            && since_kill <= u64::from(h.consecutive_failures) + 1,
+        h.consecutive_failures >= down_after && since_kill <= u64::from(h.consecutive_failures) + 1,
         "down after {since_kill} checks since the kill: {h:?}"
     );
     // Then more load, all of it on eu-2.
@@ -1005,7 +1008,10 @@ async fn a_cut_peer_link_falls_back_to_origin_and_no_request_fails() {
     );
     assert!(served.load(Ordering::Relaxed) > 50);
     assert!(errors_during_cut > 0.0, "the cut link was never tried");
-    assert!(during_cut > 0.0, "nothing fell back to the origin while cut");
+    assert!(
+        during_cut > 0.0,
+        "nothing fell back to the origin while cut"
+    );
     // Fresh objects while cut went to the origin (fall back), and bytes stayed right.
     to_p2.cut.store(true, Ordering::Relaxed);
     to_p1.cut.store(true, Ordering::Relaxed);

@@ -269,7 +269,11 @@ async fn bodies_over_the_limit_get_413_and_no_byte_past_the_limit_reaches_the_or
     )
     .await;
     assert_eq!(status_of(&x.text), 413, "{}", x.text);
-    assert!(x.closed, "the edge waited for a body it refused: {}", x.text);
+    assert!(
+        x.closed,
+        "the edge waited for a body it refused: {}",
+        x.text
+    );
     assert_eq!(received.load(Ordering::Relaxed), 0);
 
     // Chunked, no length: refused when it passes the limit.
@@ -344,7 +348,10 @@ async fn slow_heads_get_408_after_the_timeout_and_silent_connections_are_closed(
         // Part of a head, then nothing: 408 and close, not before the timeout.
         let x = exchange(node.addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await;
         assert_eq!(status_of(&x.text), 408, "{kind}: {:?}", x.text);
-        assert!(x.closed, "{kind}: the connection was left open after the 408");
+        assert!(
+            x.closed,
+            "{kind}: the connection was left open after the 408"
+        );
         assert!(x.took >= timeout, "{kind}: cut early, after {:?}", x.took);
 
         // A slowloris trickling one byte every 50 ms does not extend the deadline: the
@@ -372,7 +379,10 @@ async fn slow_heads_get_408_after_the_timeout_and_silent_connections_are_closed(
             .await
             .unwrap_or_else(|_| panic!("{kind}: a slowloris that sent its whole head is kept"))
             .expect("reader");
-        assert!(sent < head.len(), "{kind}: the slowloris sent its whole head");
+        assert!(
+            sent < head.len(),
+            "{kind}: the slowloris sent its whole head"
+        );
         let resp = String::from_utf8_lossy(&out);
         assert!(
             resp.is_empty() || status_of(&resp) == 408,

@@ -16,8 +16,8 @@ use cdn_edge::config::{PeerConfig, PeerTls};
 use cdn_edge::peer::{PeerChange, Peers};
 use cdn_edge::{Edge, EdgeConfig};
 use cdn_http::server::NodeHandle;
-use futures::StreamExt;
 use common::*;
+use futures::StreamExt;
 
 const CHUNK: u64 = 64 * 1024;
 
@@ -1043,10 +1043,7 @@ async fn a_peer_advertising_many_long_keys_cannot_grow_the_advert_table_past_its
         .chunks(7)
         .map(|c| c.iter().map(|&i| long_key(i)).collect())
         .collect();
-    messages
-        .last_mut()
-        .expect("messages")
-        .push(key(&b, &path));
+    messages.last_mut().expect("messages").push(key(&b, &path));
     let to_b = peers_of(&s).peer_set().get("b").expect("b").client.clone();
     let sent = futures::stream::iter(messages)
         .map(|keys| {
@@ -1068,7 +1065,11 @@ async fn a_peer_advertising_many_long_keys_cannot_grow_the_advert_table_past_its
     let entries = metric(&b, "cdn_edge_peer_table_entries{table=\"advertised\"}").await;
     assert!(bytes > 0.0, "b reports the table it keeps");
     assert!(bytes <= budget as f64, "{bytes} bytes > budget {budget}");
-    assert!(entries >= 1.0 && entries <= (budget / KEY_LEN as u64) as f64, "{entries}");
+    let fit = budget / KEY_LEN as u64;
+    assert!(
+        entries >= 1.0 && entries <= fit as f64,
+        "{entries} adverts held; {fit} of {KEY_LEN} bytes fit in {budget}"
+    );
     // The table still works: b takes the object the newest advert named from s.
     let before = origin_requests(&origin.url()).await;
     get_one_chunk(&b, "advert-flood").await;

@@ -10,6 +10,10 @@
 //!   peers only cache-only, never as owner, so there are no fetch loops.
 //! - **Hot push.** Requests per object are counted over a sliding window; an object that
 //!   becomes hot is pushed, rate-limited, to the push peers and advertised to every peer.
+//! - **Bounded tables.** The tables keyed by object key (hot windows, pushed objects, peers'
+//!   adverts) are weighed in bytes, key plus [`TABLE_ENTRY_OVERHEAD`], each within
+//!   `peer_table_bytes`: viewers choose URLs and peers send adverts, so an entry count alone
+//!   would not bound their memory. [`Peers::table_sizes`] reports them (`/metrics`).
 //! - **Membership.** The peer set can change at runtime ([`Peers::set_peers`]; `cdn edge`
 //!   calls it when its config file changes or on SIGHUP). Requests work on a snapshot
 //!   ([`PeerSet`]); a peer that stays keeps its connection and push budget, and a removed
@@ -300,9 +304,11 @@ impl Peers {
             },
             // Adverts and pushes: the newest win (LRU). Hot windows: TinyLFU, so a flood of
             // one-off URLs does not push out the windows of objects requested often.
-            advertised: table(cfg.peer_table_bytes, EvictionPolicy::lru(), |names: &Vec<String>| {
-                names.iter().map(|n| n.len()).sum()
-            })
+            advertised: table(
+                cfg.peer_table_bytes,
+                EvictionPolicy::lru(),
+                |names: &Vec<String>| names.iter().map(|n| n.len()).sum(),
+            )
             .time_to_live(window * 30)
             .build(),
             hot: table(cfg.peer_table_bytes, EvictionPolicy::tiny_lfu(), |_| 0)
@@ -961,12 +967,20 @@ mod tests {
             );
             assert!(entries > 0, "{t} holds something");
             assert!(size.bytes <= budget, "{t}: {size:?}");
-            assert_eq!((size.bytes, size.entries), (weight, entries), "{t}: {size:?}");
+            assert_eq!(
+                (size.bytes, size.entries),
+                (weight, entries),
+                "{t}: {size:?}"
+            );
         }
         // What matters survives: the newest advert and push, the often requested object.
         let last = long_key(KEYS - 1, KEY_LEN);
         let set = peers.peer_set();
-        assert_eq!(peers.advertisers(&set, &last).len(), 1, "newest advert kept");
+        assert_eq!(
+            peers.advertisers(&set, &last).len(),
+            1,
+            "newest advert kept"
+        );
         assert!(peers.pushed.contains_key(&last), "newest push kept");
         assert!(
             peers.hot.contains_key(&popular.version.key),
