@@ -17,6 +17,7 @@ use cdn_edge::peer::{PeerChange, Peers};
 use cdn_edge::{Edge, EdgeConfig};
 use cdn_http::server::NodeHandle;
 use common::*;
+use futures::StreamExt;
 
 const CHUNK: u64 = 64 * 1024;
 
@@ -1004,6 +1005,78 @@ async fn pushes_and_advertisements_are_taken_only_from_peers() {
     assert!(
         metric_sum(&b.handle.url(), "cdn_edge_peer_fetches_total").await >= 1.0,
         "b asked s, the advertiser its certificate proved"
+    );
+    stop(vec![b, s]).await;
+    origin.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_advertising_many_long_keys_cannot_grow_the_advert_table_past_its_budget() {
+    const KEYS: usize = 10_000;
+    const KEY_LEN: usize = 8 * 1024;
+    let origin = start_origin(&media_root(), &Default::default()).await;
+    let dir = pki("advert-flood", &["b", "s"]);
+    let (pb, ps) = (udp_port(), udp_port());
+    // b (region r2) and s (r1) list each other: s is an advertiser b may ask.
+    let b = member_with(&dir, &origin.url(), "b", pb, vec![peer("s", ps)], |c| {
+        c.region = "r2".into()
+    })
+    .await;
+    let b_in_r2 = PeerConfig {
+        region: "r2".into(),
+        ..peer("b", pb)
+    };
+    let s = member(&dir, &origin.url(), "s", ps, vec![b_in_r2]).await;
+    let budget = b.edge.cfg.peer_table_bytes;
+    let path = format!("/synthetic/advert-flood?size={CHUNK}");
+    get_one_chunk(&s, "advert-flood").await;
+
+    // s advertises 10,000 distinct 8 KiB keys, 7 to a message (a frame holds 64 KiB), over
+    // its real connection to b; the object it holds comes last.
+    let long_key = |i: usize| {
+        let mut k = key(&b, &format!("/flood/{i}/"));
+        k.extend(std::iter::repeat_n('x', KEY_LEN - k.len()));
+        k
+    };
+    let mut messages: Vec<Vec<String>> = (0..KEYS)
+        .collect::<Vec<_>>()
+        .chunks(7)
+        .map(|c| c.iter().map(|&i| long_key(i)).collect())
+        .collect();
+    messages.last_mut().expect("messages").push(key(&b, &path));
+    let to_b = peers_of(&s).peer_set().get("b").expect("b").client.clone();
+    let sent = futures::stream::iter(messages)
+        .map(|keys| {
+            let to_b = to_b.clone();
+            async move {
+                let msg = cdn_edge::peer::client::Advertise {
+                    from: "s".into(),
+                    keys,
+                };
+                to_b.advertise(&msg).await
+            }
+        })
+        .buffered(8)
+        .collect::<Vec<_>>()
+        .await;
+    assert!(sent.iter().all(|r| r.is_ok()), "every advert answered");
+
+    let bytes = metric(&b, "cdn_edge_peer_table_bytes{table=\"advertised\"}").await;
+    let entries = metric(&b, "cdn_edge_peer_table_entries{table=\"advertised\"}").await;
+    assert!(bytes > 0.0, "b reports the table it keeps");
+    assert!(bytes <= budget as f64, "{bytes} bytes > budget {budget}");
+    let fit = budget / KEY_LEN as u64;
+    assert!(
+        entries >= 1.0 && entries <= fit as f64,
+        "{entries} adverts held; {fit} of {KEY_LEN} bytes fit in {budget}"
+    );
+    // The table still works: b takes the object the newest advert named from s.
+    let before = origin_requests(&origin.url()).await;
+    get_one_chunk(&b, "advert-flood").await;
+    assert_eq!(origin_requests(&origin.url()).await, before, "from s");
+    assert_eq!(
+        metric(&b, "cdn_edge_peer_fetches_total{result=\"found\"}").await,
+        1.0
     );
     stop(vec![b, s]).await;
     origin.stop().await;

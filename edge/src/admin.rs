@@ -27,11 +27,17 @@ pub async fn healthz(State(edge): State<Arc<Edge>>) -> Response {
     .into_response()
 }
 
-/// `GET /metrics`: Prometheus text; refreshes the cache size gauges first.
+/// `GET /metrics`: Prometheus text; refreshes the cache and peer-table size gauges first.
 pub async fn metrics(State(edge): State<Arc<Edge>>) -> Response {
     let bytes = edge.store.weighted_size().await;
     let objects = edge.store.metas.entry_count();
+    let peer_tables = edge.peers.as_ref().map(|p| p.table_sizes());
     edge.metrics.with(|| {
+        for t in peer_tables.iter().flatten() {
+            metrics::gauge!("cdn_edge_peer_table_bytes", "table" => t.table).set(t.bytes as f64);
+            metrics::gauge!("cdn_edge_peer_table_entries", "table" => t.table)
+                .set(t.entries as f64);
+        }
         metrics::gauge!("cdn_edge_cache_bytes").set(bytes as f64);
         metrics::gauge!("cdn_edge_cache_capacity_bytes").set(edge.store.capacity() as f64);
         metrics::gauge!("cdn_edge_cache_objects").set(objects as f64);

@@ -109,6 +109,12 @@ pub struct EdgeConfig {
     /// Push budget per peer, bytes per second.
     #[serde(deserialize_with = "de_bytes")]
     pub push_bytes_per_sec: u64,
+    /// Memory budget of each of the three peer tables keyed by object URL (hot-window counts,
+    /// objects pushed, peers' advertisements), bytes; accepts `4MiB`. An entry weighs its key
+    /// plus a fixed overhead (`peer::TABLE_ENTRY_OVERHEAD`), so the tables stay bounded
+    /// whatever URLs viewers request or peers advertise; the least useful entries go first.
+    #[serde(deserialize_with = "de_bytes")]
+    pub peer_table_bytes: u64,
     /// Test hook: flip one byte of every chunk this node sends to a peer (after its digest is
     /// computed), to show receivers reject it. Never set outside tests.
     pub test_corrupt_peer_chunks: bool,
@@ -176,6 +182,7 @@ impl Default for EdgeConfig {
             hot_window_secs: 10,
             peer_warmup_secs: 300,
             push_bytes_per_sec: 50 * 1024 * 1024,
+            peer_table_bytes: 4 * 1024 * 1024,
             test_corrupt_peer_chunks: false,
         }
     }
@@ -233,6 +240,9 @@ impl EdgeConfig {
                     "not a valid field name",
                 ));
             }
+        }
+        if self.peer_table_bytes < 1024 * 1024 {
+            return Err(bad("peer_table_bytes", "must be at least 1MiB"));
         }
         if self.peer_listen.is_some() && self.peer_tls.is_none() {
             return Err(bad("peer_tls", "peering needs the cluster's certificates"));
@@ -294,6 +304,7 @@ impl EdgeConfig {
             hot_window_secs,
             peer_warmup_secs,
             push_bytes_per_sec,
+            peer_table_bytes,
             test_corrupt_peer_chunks,
         )
     }

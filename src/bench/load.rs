@@ -176,6 +176,11 @@ pub struct EdgeReport {
     pub peer_bytes_in: f64,
     /// 1 − origin bytes / bytes served.
     pub byte_hit_ratio: f64,
+    /// Responses the edge counted as hits (`cdn_edge_requests_total{cache="hit"}`) and as
+    /// stale (`{cache="stale"}`: served stale, some of them without asking the origin, which
+    /// Cache-Status also reports as a hit). The viewers' `hits` must agree with these.
+    pub hits: f64,
+    pub stale: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -674,35 +679,55 @@ fn region_report(name: &str, viewers: usize, parts: &[&ViewerStats], seconds: f6
     }
 }
 
-async fn edge_counters(edges: &[(String, String, String)]) -> Vec<(f64, f64, f64)> {
+/// One edge's counters at one moment.
+#[derive(Debug, Clone, Copy, Default)]
+struct EdgeCounters {
+    served: f64,
+    from_origin: f64,
+    peer_in: f64,
+    hits: f64,
+    stale: f64,
+}
+
+async fn edge_counters(edges: &[(String, String, String)]) -> Vec<EdgeCounters> {
     let mut out = Vec::new();
     for (_, _, url) in edges {
-        out.push((
-            loadgen::metric(url, "cdn_edge_bytes_served_total").await,
-            loadgen::metric(url, "cdn_edge_origin_bytes_total").await,
-            peer_in(url).await,
-        ));
+        out.push(counters_of(url).await);
     }
     out
 }
 
-/// Bytes an edge received from peers.
-async fn peer_in(url: &str) -> f64 {
+/// The counters of the edge at `url` (zeros when it does not answer).
+async fn counters_of(url: &str) -> EdgeCounters {
     let Ok(client) = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(5))
         .build()
     else {
-        return 0.0;
+        return EdgeCounters::default();
     };
     let Ok(r) = client.get(format!("{url}/metrics")).send().await else {
-        return 0.0;
+        return EdgeCounters::default();
     };
     let text = r.text().await.unwrap_or_default();
-    text.lines()
-        .filter(|l| l.starts_with("cdn_edge_peer_bytes_total") && l.contains("direction=\"in\""))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
+    let requests = |cache: &str| {
+        let series = format!("cdn_edge_requests_total{{cache=\"{cache}\"}}");
+        cdn_http::metrics::sample(&text, &series).unwrap_or(0.0)
+    };
+    EdgeCounters {
+        served: cdn_http::metrics::sum(&text, "cdn_edge_bytes_served_total"),
+        from_origin: cdn_http::metrics::sum(&text, "cdn_edge_origin_bytes_total"),
+        // Bytes the edge received from peers.
+        peer_in: text
+            .lines()
+            .filter(|l| {
+                l.starts_with("cdn_edge_peer_bytes_total") && l.contains("direction=\"in\"")
+            })
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum(),
+        hits: requests("hit"),
+        stale: requests("stale"),
+    }
 }
 
 async fn run_mode(
@@ -779,14 +804,16 @@ async fn run_mode(
                 .iter()
                 .zip(edges_before.iter().zip(&edges_after))
                 .map(|((name, region, _), (b, a))| {
-                    let served = a.0 - b.0;
-                    let from_origin = a.1 - b.1;
+                    let served = a.served - b.served;
+                    let from_origin = a.from_origin - b.from_origin;
                     EdgeReport {
                         name: name.clone(),
                         region: region.clone(),
                         bytes_served: served,
                         origin_bytes: from_origin,
-                        peer_bytes_in: a.2 - b.2,
+                        peer_bytes_in: a.peer_in - b.peer_in,
+                        hits: a.hits - b.hits,
+                        stale: a.stale - b.stale,
                         byte_hit_ratio: if served > 0.0 {
                             1.0 - from_origin / served
                         } else {

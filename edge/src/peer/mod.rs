@@ -10,6 +10,10 @@
 //!   peers only cache-only, never as owner, so there are no fetch loops.
 //! - **Hot push.** Requests per object are counted over a sliding window; an object that
 //!   becomes hot is pushed, rate-limited, to the push peers and advertised to every peer.
+//! - **Bounded tables.** The tables keyed by object key (hot windows, pushed objects, peers'
+//!   adverts) are weighed in bytes, key plus [`TABLE_ENTRY_OVERHEAD`], each within
+//!   `peer_table_bytes`: viewers choose URLs and peers send adverts, so an entry count alone
+//!   would not bound their memory. [`Peers::table_sizes`] reports them (`/metrics`).
 //! - **Membership.** The peer set can change at runtime ([`Peers::set_peers`]; `cdn edge`
 //!   calls it when its config file changes or on SIGHUP). Requests work on a snapshot
 //!   ([`PeerSet`]); a peer that stays keeps its connection and push budget, and a removed
@@ -47,6 +51,7 @@ use http::HeaderMap;
 use sha2::{Digest, Sha256};
 
 use cdn_http::metrics::NodeMetrics;
+use moka::policy::EvictionPolicy;
 
 use crate::config::{EdgeConfig, PeerConfig};
 use crate::fill::{FillError, FillSource};
@@ -155,10 +160,14 @@ pub struct Peers {
     /// Never held across an await: readers clone the `Arc` out.
     set: RwLock<Arc<PeerSet>>,
     settings: ClientSettings,
-    /// Object key → names of the peers that advertised it.
+    /// Object key → names of the peers that advertised it. The three tables keyed by object
+    /// key are bounded in bytes ([`table`]), each by `peer_table_bytes`.
     advertised: moka::sync::Cache<String, Vec<String>>,
+    /// Object key → its request count over the sliding window.
     hot: moka::sync::Cache<String, Arc<Mutex<Window>>>,
+    /// Objects pushed lately (not pushed again while they stay here).
     pushed: moka::sync::Cache<String, ()>,
+    table_budget: u64,
     hot_threshold: f64,
     hot_window: Duration,
     /// Until then, chunks this node owns are first asked of their previous owner.
@@ -166,6 +175,49 @@ pub struct Peers {
     chunk_size: u64,
     corrupt: bool,
     metrics: Arc<NodeMetrics>,
+}
+
+/// Bytes counted for each entry of a peer table on top of its key (and, for adverts, the
+/// advertisers' names): the key's `String` header, the value, moka's entry and hash-map slot
+/// and its eviction-queue node, rounded up.
+pub const TABLE_ENTRY_OVERHEAD: u64 = 256;
+
+/// What one entry of a peer table weighs: its key, `extra` bytes of value, and
+/// [`TABLE_ENTRY_OVERHEAD`].
+fn entry_weight(key: &str, extra: usize) -> u32 {
+    let bytes = (key.len() as u64)
+        .saturating_add(extra as u64)
+        .saturating_add(TABLE_ENTRY_OVERHEAD);
+    u32::try_from(bytes).unwrap_or(u32::MAX)
+}
+
+/// A peer table keyed by object key, holding at most `budget` bytes as [`entry_weight`]
+/// counts them: keys come from viewers' URLs and peers' adverts (up to a frame, 64 KiB), so an
+/// entry count alone would not bound memory. moka evicts in batches on later operations, so
+/// between two of them a table may briefly hold a few hundred entries more; its weighted size
+/// is within `budget` once pending work has run ([`Peers::table_sizes`] runs it).
+fn table<V: Clone + Send + Sync + 'static>(
+    budget: u64,
+    policy: EvictionPolicy,
+    value_bytes: impl Fn(&V) -> usize + Send + Sync + 'static,
+) -> moka::sync::CacheBuilder<String, V, moka::sync::Cache<String, V>> {
+    moka::sync::Cache::builder()
+        .max_capacity(budget)
+        .eviction_policy(policy)
+        .weigher(move |k: &String, v: &V| entry_weight(k, value_bytes(v)))
+}
+
+/// The size of one peer table (`cdn_edge_peer_table_bytes{table}`,
+/// `cdn_edge_peer_table_entries{table}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableSize {
+    /// `hot`, `pushed` or `advertised`.
+    pub table: &'static str,
+    /// Weighted size: key bytes plus [`TABLE_ENTRY_OVERHEAD`] per entry.
+    pub bytes: u64,
+    pub entries: u64,
+    /// The budget `bytes` stays within (`peer_table_bytes`).
+    pub budget: u64,
 }
 
 /// Push to those marked, or by default to the first listed peer of each other region.
@@ -250,18 +302,22 @@ impl Peers {
                 chunk_size: cfg.chunk_size,
                 push_bytes_per_sec: cfg.push_bytes_per_sec,
             },
-            advertised: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(window * 30)
-                .build(),
-            hot: moka::sync::Cache::builder()
-                .max_capacity(100_000)
+            // Adverts and pushes: the newest win (LRU). Hot windows: TinyLFU, so a flood of
+            // one-off URLs does not push out the windows of objects requested often.
+            advertised: table(
+                cfg.peer_table_bytes,
+                EvictionPolicy::lru(),
+                |names: &Vec<String>| names.iter().map(|n| n.len()).sum(),
+            )
+            .time_to_live(window * 30)
+            .build(),
+            hot: table(cfg.peer_table_bytes, EvictionPolicy::tiny_lfu(), |_| 0)
                 .time_to_idle(window * 2)
                 .build(),
-            pushed: moka::sync::Cache::builder()
-                .max_capacity(100_000)
+            pushed: table(cfg.peer_table_bytes, EvictionPolicy::lru(), |_| 0)
                 .time_to_live(window * 30)
                 .build(),
+            table_budget: cfg.peer_table_bytes,
             hot_threshold: cfg.hot_threshold.max(1) as f64,
             hot_window: window,
             warm_until: Instant::now() + Duration::from_secs(cfg.peer_warmup_secs),
@@ -605,6 +661,29 @@ impl Peers {
     pub fn corrupt(&self) -> bool {
         self.corrupt
     }
+
+    /// The sizes of the tables keyed by object key, after running their pending evictions
+    /// (cheap: a batch of queue operations). `/metrics` reports them.
+    pub fn table_sizes(&self) -> [TableSize; 3] {
+        fn size<V>(table: &'static str, c: &moka::sync::Cache<String, V>, budget: u64) -> TableSize
+        where
+            V: Clone + Send + Sync + 'static,
+        {
+            c.run_pending_tasks();
+            TableSize {
+                table,
+                bytes: c.weighted_size(),
+                entries: c.entry_count(),
+                budget,
+            }
+        }
+        let b = self.table_budget;
+        [
+            size("hot", &self.hot, b),
+            size("pushed", &self.pushed, b),
+            size("advertised", &self.advertised, b),
+        ]
+    }
 }
 
 /// Which peer a request goes to, for metrics and the `owner` flag.
@@ -785,6 +864,130 @@ mod tests {
             identify(members.iter().copied(), &names).map_err(|e| e.reason()),
             Err("ambiguous-name")
         );
+    }
+
+    /// A key of exactly `len` bytes, distinct per `i`.
+    fn long_key(i: usize, len: usize) -> String {
+        let mut k = format!("http://origin.test/v/{i}/");
+        k.extend(std::iter::repeat_n('x', len - k.len()));
+        k
+    }
+
+    /// Key bytes and entries a table really holds, counted apart from its weigher, and what
+    /// the weigher says they weigh.
+    fn held<V: Clone + Send + Sync + 'static>(
+        c: &moka::sync::Cache<String, V>,
+        extra: impl Fn(&V) -> usize,
+    ) -> (u64, u64, u64) {
+        c.iter().fold((0, 0, 0), |(keys, n, w), (k, v)| {
+            let weight = entry_weight(&k, extra(&v)) as u64;
+            (keys + k.len() as u64, n + 1, w + weight)
+        })
+    }
+
+    /// Requests (`note_request`) and a peer's adverts (`advertised_by`) for 10,000 distinct
+    /// 8 KiB keys: every table keyed by object key stays within its byte budget, its size as
+    /// `/metrics` reports it is what it holds, and the entries that matter survive the flood.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tables_keyed_by_url_stay_within_their_byte_budget() {
+        const KEYS: usize = 10_000;
+        const KEY_LEN: usize = 8 * 1024;
+        let dir = std::env::temp_dir().join(format!("cdn-peer-tables-{}", std::process::id()));
+        pki::write_lab_pki(&dir, &["a".to_string(), "b".to_string()]).expect("pki");
+        let cfg = EdgeConfig {
+            name: "a".into(),
+            peer_listen: Some("127.0.0.1:0".parse().expect("addr")),
+            peer_tls: Some(crate::config::PeerTls {
+                ca: dir.join("ca.pem"),
+                cert: dir.join("a.pem"),
+                key: dir.join("a.key"),
+            }),
+            // Every object turns hot at its first request, so each fills `hot` and `pushed`.
+            hot_threshold: 1,
+            ..EdgeConfig::default()
+        };
+        let budget = cfg.peer_table_bytes;
+        let metrics = Arc::new(NodeMetrics::new());
+        let peers = Peers::new(&cfg, metrics).expect("peers").expect("peering");
+        let store = Store::new(cfg.capacity, cfg.policy);
+        let json = r#"{"key":"k","validator":"\"v\"","primary":"k","path_and_query":"/k",
+            "len":10,"chunk_size":1048576,"content_type":"video/mp4","etag":null,
+            "last_modified":null,"headers":[],"digest":null,"lifetime_ms":60000,
+            "request_time_ms":1,"response_time_ms":2,"date_ms":1,"age_value":0,
+            "ranges":true,"selecting":[]}"#;
+        let template: WireMeta = serde_json::from_str(json).expect("wire meta");
+        let meta = |key: String| {
+            Arc::new(
+                WireMeta {
+                    key,
+                    ..template.clone()
+                }
+                .into_meta()
+                .expect("meta"),
+            )
+        };
+
+        // Requests, with no peers (nothing to push to): one-off keys, and an object that
+        // keeps being requested among them.
+        let popular = meta(long_key(usize::MAX, KEY_LEN));
+        for i in 0..KEYS {
+            if i % 20 == 0 {
+                peers.note_request(&store, &popular);
+            }
+            peers.note_request(&store, &meta(long_key(i, KEY_LEN)));
+        }
+        // A peer's adverts, a few keys per message as a 64 KiB frame allows.
+        peers
+            .set_peers(vec![PeerConfig {
+                name: "b".into(),
+                region: "other".into(),
+                addr: "127.0.0.1:9".parse().expect("addr"),
+                push: None,
+            }])
+            .expect("peers");
+        let keys: Vec<usize> = (0..KEYS).collect();
+        for batch in keys.chunks(7) {
+            peers.advertised_by("b", batch.iter().map(|&i| long_key(i, KEY_LEN)).collect());
+        }
+
+        let sizes = peers.table_sizes();
+        let names = |v: &Vec<String>| v.iter().map(|n| n.len()).sum();
+        let held = [
+            held(&peers.hot, |_| 0),
+            held(&peers.pushed, |_| 0),
+            held(&peers.advertised, names),
+        ];
+        for (size, (key_bytes, entries, weight)) in sizes.iter().zip(held) {
+            let t = size.table;
+            assert_eq!(size.budget, budget);
+            assert!(key_bytes <= budget, "{t}: {key_bytes} key bytes > {budget}");
+            assert!(
+                entries <= budget / KEY_LEN as u64,
+                "{t}: {entries} entries of {KEY_LEN} bytes in {budget}"
+            );
+            assert!(entries > 0, "{t} holds something");
+            assert!(size.bytes <= budget, "{t}: {size:?}");
+            assert_eq!(
+                (size.bytes, size.entries),
+                (weight, entries),
+                "{t}: {size:?}"
+            );
+        }
+        // What matters survives: the newest advert and push, the often requested object.
+        let last = long_key(KEYS - 1, KEY_LEN);
+        let set = peers.peer_set();
+        assert_eq!(
+            peers.advertisers(&set, &last).len(),
+            1,
+            "newest advert kept"
+        );
+        assert!(peers.pushed.contains_key(&last), "newest push kept");
+        assert!(
+            peers.hot.contains_key(&popular.version.key),
+            "the popular object's window survives the flood of one-off keys"
+        );
+        peers.endpoint.close(0u32.into(), b"done");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]
