@@ -156,9 +156,9 @@ pub enum Decision {
 }
 
 /// Response fields not replayed from the store (the responder sets them from metadata).
+/// Content-Range is kept from a 200 only (where it is just another field, RFC 9111 §3.1).
 const NOT_STORED: &[header::HeaderName] = &[
     header::CONTENT_LENGTH,
-    header::CONTENT_RANGE,
     header::CONTENT_TYPE,
     header::ETAG,
     header::LAST_MODIFIED,
@@ -167,11 +167,14 @@ const NOT_STORED: &[header::HeaderName] = &[
     header::SET_COOKIE,
 ];
 
-fn stored_headers(resp: &HeaderMap) -> HeaderMap {
+fn stored_headers(resp: &HeaderMap, status: StatusCode) -> HeaderMap {
     let mut h = resp.clone();
     strip_hop_by_hop(&mut h);
     for n in NOT_STORED {
         h.remove(n);
+    }
+    if status != StatusCode::OK {
+        h.remove(header::CONTENT_RANGE);
     }
     h.remove("content-digest");
     h
@@ -604,7 +607,7 @@ impl Edge {
                     )
                     .await;
             }
-            let cc = CacheControl::parse(resp.headers());
+            let cc = self.cfg.response_cc(resp.headers());
             let (len, ranges) = match object_length(&resp, first * cs) {
                 Some(x) => x,
                 None => {
@@ -654,7 +657,7 @@ impl Edge {
                     .unwrap_or(HeaderValue::from_static("application/octet-stream")),
                 etag,
                 last_modified,
-                headers: stored_headers(resp.headers()),
+                headers: stored_headers(resp.headers(), status),
                 digest: if ranges {
                     None
                 } else {
@@ -719,7 +722,7 @@ impl Edge {
         response_time: SystemTime,
     ) -> ObjectMeta {
         let mut headers = old.headers.clone();
-        let update = stored_headers(not_modified);
+        let update = stored_headers(not_modified, StatusCode::NOT_MODIFIED);
         for name in update.keys() {
             headers.remove(name);
         }
@@ -732,7 +735,7 @@ impl Edge {
         {
             all.insert(header::LAST_MODIFIED, v);
         }
-        let cc = CacheControl::parse(&headers);
+        let cc = self.cfg.response_cc(&headers);
         let lifetime = match &old.negative {
             Some(n) => freshness::negative_lifetime(n.status, &all, &cc, self.negative_ttl())
                 .unwrap_or_default(),
@@ -773,7 +776,7 @@ impl Edge {
         response_time: SystemTime,
     ) -> Result<ProbeOutcome, FillError> {
         let status = resp.status();
-        let cc = CacheControl::parse(resp.headers());
+        let cc = self.cfg.response_cc(resp.headers());
         let lifetime =
             freshness::negative_lifetime(status, resp.headers(), &cc, self.negative_ttl());
         let storable = freshness::storable(status, resp.headers(), &cc, req, req_cc);

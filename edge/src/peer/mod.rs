@@ -166,6 +166,9 @@ pub struct Peers {
     chunk_size: u64,
     corrupt: bool,
     metrics: Arc<NodeMetrics>,
+    /// This node's `targeted_cache_control`: a peer's metadata is read as this node reads
+    /// an origin response.
+    pub targets: Vec<String>,
 }
 
 /// Push to those marked, or by default to the first listed peer of each other region.
@@ -268,6 +271,7 @@ impl Peers {
             chunk_size: cfg.chunk_size,
             corrupt: cfg.test_corrupt_peer_chunks,
             metrics,
+            targets: cfg.targeted_cache_control.clone(),
         });
         peers.set_peers(cfg.peers.clone())?;
         Ok(Some(peers))
@@ -512,7 +516,7 @@ impl Peers {
                 selecting,
             })
             .await?;
-        let meta = meta.into_meta()?;
+        let meta = meta.into_meta(&self.targets)?;
         let (s, e) = meta.chunk_span(index);
         (index < meta.chunk_count() && chunk.len() as u64 == e - s + 1).then_some((meta, chunk))
     }
