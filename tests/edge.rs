@@ -1265,7 +1265,11 @@ async fn a_stored_200_keeps_its_content_range_field() {
     for round in 0..2 {
         let r = client().get(&url).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::OK);
-        assert_eq!(values(&r, "content-range"), ["not a range"], "round {round}");
+        assert_eq!(
+            values(&r, "content-range"),
+            ["not a range"],
+            "round {round}"
+        );
         assert_eq!(r.text().await.unwrap(), "0123456789");
     }
     assert_eq!(hits.lock().unwrap()["/content-range"], 1);

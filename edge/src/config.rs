@@ -412,7 +412,10 @@ mod tests {
         .unwrap();
         let mut h = http::HeaderMap::new();
         h.insert("cache-control", http::HeaderValue::from_static("no-store"));
-        h.insert("cdn-cache-control", http::HeaderValue::from_static("max-age=60"));
+        h.insert(
+            "cdn-cache-control",
+            http::HeaderValue::from_static("max-age=60"),
+        );
         h.insert(
             "example-cdn-cache-control",
             http::HeaderValue::from_static("max-age=5"),

@@ -246,7 +246,9 @@ mod sf {
                 _ => return None,
             }
             self.skip(|c| {
-                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-' | b'.' | b'*')
+                c.is_ascii_lowercase()
+                    || c.is_ascii_digit()
+                    || matches!(c, b'_' | b'-' | b'.' | b'*')
             });
             Some(String::from_utf8_lossy(&self.s[start..self.i]).into_owned())
         }
@@ -350,7 +352,10 @@ mod sf {
             if int_digits > 15 {
                 return None;
             }
-            let n: i64 = std::str::from_utf8(&self.s[start..self.i]).ok()?.parse().ok()?;
+            let n: i64 = std::str::from_utf8(&self.s[start..self.i])
+                .ok()?
+                .parse()
+                .ok()?;
             Some(Value::Integer(if neg { -n } else { n }))
         }
     }
@@ -910,7 +915,13 @@ mod tests {
             ("cdn-cache-control", "private"),
         ]);
         assert_eq!(
-            storable(StatusCode::OK, &h, &cc(&h), &hm(&[]), &CacheControl::default()),
+            storable(
+                StatusCode::OK,
+                &h,
+                &cc(&h),
+                &hm(&[]),
+                &CacheControl::default()
+            ),
             Err(NotStorable::Private)
         );
         let h = hm(&[
@@ -1054,9 +1065,19 @@ mod tests {
             "max-age=10, no-cache, stale-if-error=600, stale-while-revalidate=600",
         )]));
         let none = CacheControl::default();
-        assert!(!stale_if_error_allows(&nc, &none, l, Duration::from_secs(12)));
+        assert!(!stale_if_error_allows(
+            &nc,
+            &none,
+            l,
+            Duration::from_secs(12)
+        ));
         let req = CacheControl::parse(&hm(&[("cache-control", "stale-if-error=600")]));
-        assert!(!stale_if_error_allows(&nc, &req, l, Duration::from_secs(12)));
+        assert!(!stale_if_error_allows(
+            &nc,
+            &req,
+            l,
+            Duration::from_secs(12)
+        ));
     }
 
     #[test]
