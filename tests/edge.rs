@@ -1128,3 +1128,184 @@ async fn read_ahead_only_when_a_response_reads_across_chunks() {
     edge.stop().await;
     origin.stop().await;
 }
+
+/// An origin for targeted cache control (RFC 9213) and stored fields: each path answers 200
+/// with its own fields, ignoring Range, and counts its requests.
+async fn fields_origin(
+    hits: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+) -> cdn_http::server::NodeHandle {
+    use axum::response::IntoResponse;
+    let app = axum::Router::new().fallback(move |uri: http::Uri| {
+        let hits = hits.clone();
+        async move {
+            let path = uri.path().to_string();
+            *hits.lock().unwrap().entry(path.clone()).or_default() += 1;
+            let fields: &[(&str, &str)] = match path.as_str() {
+                "/cdn-only" => &[
+                    ("cache-control", "no-store"),
+                    ("cdn-cache-control", "max-age=60"),
+                    ("cache-status", "shield; fwd=uri-miss; stored"),
+                ],
+                "/cc-only" => &[
+                    ("cache-control", "max-age=60"),
+                    ("cdn-cache-control", "no-store"),
+                ],
+                "/example" => &[
+                    ("cdn-cache-control", "no-store"),
+                    ("example-cdn-cache-control", "max-age=60"),
+                ],
+                "/content-range" => &[
+                    ("cache-control", "max-age=60"),
+                    ("content-range", "not a range"),
+                    ("etag", "\"cr1\""),
+                ],
+                _ => &[],
+            };
+            let mut headers = http::HeaderMap::new();
+            for (k, v) in fields {
+                headers.append(*k, http::HeaderValue::from_static(v));
+            }
+            (headers, "0123456789").into_response()
+        }
+    });
+    cdn_http::server::NodeHandle::spawn(listener().await, app, Default::default()).unwrap()
+}
+
+fn values(r: &reqwest::Response, name: &str) -> Vec<String> {
+    r.headers()
+        .get_all(name)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn cdn_cache_control_decides_what_the_edge_stores() {
+    let hits = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let origin = fields_origin(hits.clone()).await;
+    let count = |path: &str| hits.lock().unwrap().get(path).copied().unwrap_or(0);
+    let (edge, state) = start_edge(&origin.url(), |c| c.name = "e1".into()).await;
+    let get = |path: &str| client().get(format!("{}{path}", edge.url())).send();
+
+    // `Cache-Control: no-store` for everyone else, `CDN-Cache-Control: max-age=60` for the
+    // edge: stored, and the second request is a hit. Both fields reach the client as the
+    // origin sent them; the upstream's Cache-Status member comes first, the edge's last.
+    for round in 0..2 {
+        let r = get("/cdn-only").await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(values(&r, "cache-control"), ["no-store"]);
+        assert_eq!(values(&r, "cdn-cache-control"), ["max-age=60"]);
+        let cs = values(&r, "cache-status");
+        assert_eq!(cs.len(), 2, "{cs:?}");
+        assert_eq!(cs[0], "shield; fwd=uri-miss; stored");
+        let ours = if round == 0 {
+            "e1; fwd=miss; ttl=60; stored"
+        } else {
+            "e1; hit; ttl="
+        };
+        assert!(cs[1].starts_with(ours), "round {round}: {cs:?}");
+        assert_eq!(r.text().await.unwrap(), "0123456789");
+    }
+    assert_eq!(count("/cdn-only"), 1, "one origin request for two GETs");
+
+    // `Cache-Control: max-age=60` with `CDN-Cache-Control: no-store`: never stored here.
+    for _ in 0..2 {
+        let before = count("/cc-only");
+        let r = get("/cc-only").await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(!cache_status(&r).contains("; hit"), "{}", cache_status(&r));
+        assert_eq!(values(&r, "cache-control"), ["max-age=60"]);
+        assert_eq!(values(&r, "cdn-cache-control"), ["no-store"]);
+        assert_eq!(r.text().await.unwrap(), "0123456789");
+        assert!(count("/cc-only") > before, "every GET reaches the origin");
+    }
+    // A field not on the target list changes nothing: CDN-Cache-Control: no-store rules.
+    for _ in 0..2 {
+        let r = get("/example").await.unwrap();
+        assert!(!cache_status(&r).contains("; hit"), "{}", cache_status(&r));
+        assert_eq!(values(&r, "example-cdn-cache-control"), ["max-age=60"]);
+        r.bytes().await.unwrap();
+    }
+    let example_hits = count("/example");
+    assert!(example_hits >= 2, "{example_hits}");
+    state.store.metas.run_pending_tasks().await;
+    assert_eq!(
+        state.store.metas.entry_count(),
+        1,
+        "only /cdn-only is stored"
+    );
+    edge.stop().await;
+
+    // An operator's own field first in the target list wins over CDN-Cache-Control.
+    let (edge, _) = start_edge(&origin.url(), |c| {
+        c.targeted_cache_control = vec![
+            "Example-CDN-Cache-Control".into(),
+            "CDN-Cache-Control".into(),
+        ]
+    })
+    .await;
+    for round in 0..2 {
+        let r = client()
+            .get(format!("{}/example", edge.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(cache_status(&r).contains("; hit"), round == 1);
+        assert_eq!(values(&r, "cdn-cache-control"), ["no-store"]);
+        r.bytes().await.unwrap();
+    }
+    assert_eq!(count("/example"), example_hits + 1);
+    edge.stop().await;
+    origin.stop().await;
+}
+
+#[tokio::test]
+async fn a_stored_200_keeps_its_content_range_field() {
+    let hits = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let origin = fields_origin(hits.clone()).await;
+    let (edge, _) = start_edge(&origin.url(), |_| {}).await;
+    let url = format!("{}/content-range", edge.url());
+    // RFC 9111 §3.1: a 200's Content-Range is one of its fields, stored and replayed.
+    for round in 0..2 {
+        let r = client().get(&url).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(
+            values(&r, "content-range"),
+            ["not a range"],
+            "round {round}"
+        );
+        assert_eq!(r.text().await.unwrap(), "0123456789");
+    }
+    assert_eq!(hits.lock().unwrap()["/content-range"], 1);
+    // A range of it is a 206 with the edge's own Content-Range, and only that one.
+    let r = client()
+        .get(&url)
+        .header("range", "bytes=2-4")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(values(&r, "content-range"), ["bytes 2-4/10"]);
+    assert_eq!(r.text().await.unwrap(), "234");
+    // Two ranges: multipart/byteranges, whose parts carry the ranges; none at the top.
+    let r = client()
+        .get(&url)
+        .header("range", "bytes=0-0,5-5")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert!(values(&r, "content-range").is_empty());
+    // A conditional hit: 304, without it.
+    let r = client()
+        .get(&url)
+        .header("if-none-match", "\"cr1\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+    assert!(values(&r, "content-range").is_empty());
+    assert_eq!(hits.lock().unwrap()["/content-range"], 1);
+    edge.stop().await;
+    origin.stop().await;
+}

@@ -170,9 +170,9 @@ pub enum Decision {
 }
 
 /// Response fields not replayed from the store (the responder sets them from metadata).
+/// Content-Range is kept from a 200 only (where it is just another field, RFC 9111 §3.1).
 const NOT_STORED: &[header::HeaderName] = &[
     header::CONTENT_LENGTH,
-    header::CONTENT_RANGE,
     header::CONTENT_TYPE,
     header::ETAG,
     header::LAST_MODIFIED,
@@ -183,11 +183,14 @@ const NOT_STORED: &[header::HeaderName] = &[
 
 /// The fields of a response that are stored and replayed, each in memory of its own (see
 /// [`store::detached`]).
-fn stored_headers(resp: &HeaderMap) -> HeaderMap {
+fn stored_headers(resp: &HeaderMap, status: StatusCode) -> HeaderMap {
     let mut h = resp.clone();
     strip_hop_by_hop(&mut h);
     for n in NOT_STORED {
         h.remove(n);
+    }
+    if status != StatusCode::OK {
+        h.remove(header::CONTENT_RANGE);
     }
     h.remove("content-digest");
     store::detached_map(&h)
@@ -690,7 +693,7 @@ impl Edge {
                     }
                 });
             }
-            let cc = CacheControl::parse(resp.headers());
+            let cc = self.cfg.response_cc(resp.headers());
             let (len, ranges) = match object_length(&resp, first * cs) {
                 Some(x) => x,
                 None => {
@@ -731,7 +734,7 @@ impl Edge {
                     .unwrap_or(HeaderValue::from_static("application/octet-stream")),
                 etag,
                 last_modified,
-                headers: stored_headers(resp.headers()),
+                headers: stored_headers(resp.headers(), status),
                 digest: if ranges {
                     None
                 } else {
@@ -796,7 +799,7 @@ impl Edge {
         response_time: SystemTime,
     ) -> ObjectMeta {
         let mut headers = old.headers.clone();
-        let update = stored_headers(not_modified);
+        let update = stored_headers(not_modified, StatusCode::NOT_MODIFIED);
         for name in update.keys() {
             headers.remove(name);
         }
@@ -809,7 +812,7 @@ impl Edge {
         {
             all.insert(header::LAST_MODIFIED, v);
         }
-        let cc = CacheControl::parse(&headers);
+        let cc = self.cfg.response_cc(&headers);
         let lifetime = match &old.negative {
             Some(n) => freshness::negative_lifetime(n.status, &all, &cc, self.negative_ttl())
                 .unwrap_or_default(),
@@ -850,7 +853,7 @@ impl Edge {
         response_time: SystemTime,
     ) -> Result<Negative_, FillError> {
         let status = resp.status();
-        let cc = CacheControl::parse(resp.headers());
+        let cc = self.cfg.response_cc(resp.headers());
         let lifetime =
             freshness::negative_lifetime(status, resp.headers(), &cc, self.negative_ttl());
         let storable = freshness::storable(status, resp.headers(), &cc, req, req_cc);

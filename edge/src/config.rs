@@ -9,6 +9,8 @@ use std::time::Duration;
 use cdn_http::config::{ConfigError, line_of_field, parse_toml};
 use serde::{Deserialize, Deserializer};
 
+use crate::freshness::CacheControl;
+
 /// Which eviction policy the chunk store uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -74,6 +76,11 @@ pub struct EdgeConfig {
     /// those. Never stored: 5xx other than 501, no-store, private, Set-Cookie, bodies over
     /// 64 KiB.
     pub negative_ttl_secs: u64,
+    /// Targeted cache-control fields this edge obeys (RFC 9213), in priority order, e.g.
+    /// `["Example-CDN-Cache-Control", "CDN-Cache-Control"]`. The first one a response carries
+    /// (valid and not empty) replaces its Cache-Control and Expires for this cache's
+    /// decisions; all are forwarded unchanged, as is Cache-Control. Empty: Cache-Control only.
+    pub targeted_cache_control: Vec<String>,
     /// Whether the query string is part of the cache key.
     pub cache_query: bool,
     /// Bearer token for PURGE and /_admin/purge; purging is refused when unset.
@@ -168,6 +175,7 @@ impl Default for EdgeConfig {
             ],
             heuristic_max_secs: 86_400,
             negative_ttl_secs: 10,
+            targeted_cache_control: vec!["CDN-Cache-Control".into()],
             cache_query: true,
             purge_token: None,
             overload_inflight: 1_000,
@@ -244,6 +252,12 @@ impl EdgeConfig {
         if self.peer_table_bytes < 1024 * 1024 {
             return Err(bad("peer_table_bytes", "must be at least 1MiB"));
         }
+        for (i, name) in self.targeted_cache_control.iter().enumerate() {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                let field = format!("targeted_cache_control[{i}]");
+                return Err(bad(&field, "not a header field name"));
+            }
+        }
         if self.peer_listen.is_some() && self.peer_tls.is_none() {
             return Err(bad("peer_tls", "peering needs the cluster's certificates"));
         }
@@ -291,6 +305,7 @@ impl EdgeConfig {
             amplification_burst,
             heuristic_max_secs,
             negative_ttl_secs,
+            targeted_cache_control,
             cache_query,
             purge_token,
             overload_inflight,
@@ -315,6 +330,12 @@ impl EdgeConfig {
             .iter()
             .filter_map(|n| http::HeaderName::from_bytes(n.trim().as_bytes()).ok())
             .collect()
+    }
+
+    /// The response directives this edge obeys: the first targeted field of
+    /// `targeted_cache_control` the response carries, else its Cache-Control.
+    pub fn response_cc(&self, headers: &http::HeaderMap) -> CacheControl {
+        CacheControl::for_response(headers, &self.targeted_cache_control)
     }
 
     pub fn coalesce_wait(&self) -> Duration {
@@ -429,6 +450,37 @@ mod tests {
         b.capacity *= 2;
         b.hot_threshold += 1;
         assert_eq!(a.fields_changed(&b), ["capacity", "hot_threshold"]);
+    }
+
+    #[test]
+    fn targeted_cache_control_is_a_list_of_field_names() {
+        let c = EdgeConfig::default();
+        assert_eq!(c.targeted_cache_control, ["CDN-Cache-Control"]);
+        let c = EdgeConfig::parse(
+            "targeted_cache_control = [\"Example-CDN-Cache-Control\", \"CDN-Cache-Control\"]\n",
+            "e",
+        )
+        .unwrap();
+        let mut h = http::HeaderMap::new();
+        h.insert("cache-control", http::HeaderValue::from_static("no-store"));
+        h.insert(
+            "cdn-cache-control",
+            http::HeaderValue::from_static("max-age=60"),
+        );
+        h.insert(
+            "example-cdn-cache-control",
+            http::HeaderValue::from_static("max-age=5"),
+        );
+        assert_eq!(c.response_cc(&h).max_age, Some(5));
+        h.remove("example-cdn-cache-control");
+        assert_eq!(c.response_cc(&h).max_age, Some(60));
+        let c = EdgeConfig::parse("targeted_cache_control = []\n", "e").unwrap();
+        assert!(c.response_cc(&h).no_store);
+        let e = EdgeConfig::parse("targeted_cache_control = [\"a b\"]\n", "edge.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("edge.toml:1:"), "{e}");
+        assert!(e.contains("targeted_cache_control[0]"), "{e}");
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! RFC 9111 for a shared cache, without I/O: Cache-Control parsing, whether a response may be
-//! stored, its freshness lifetime (s-maxage, max-age, Expires, heuristic), its current age
-//! (§4.2.3), and when a stale response may still be served (RFC 5861). Besides 200 and 206
+//! RFC 9111 for a shared cache, without I/O: Cache-Control parsing, targeted cache control
+//! (RFC 9213: `CDN-Cache-Control` and the like, Structured Field Dictionaries that replace
+//! Cache-Control and Expires for this cache), whether a response may be stored, its freshness
+//! lifetime (s-maxage, max-age, Expires, heuristic), its current age (§4.2.3, Age parsed as
+//! §5.1 says), and when a stale response may still be served (RFC 5861). Besides 200 and 206
 //! (objects, stored in chunks), some final statuses are stored whole as *negative* responses
 //! (404, 410, 301, ...): [`negative_status`] and [`negative_lifetime`] say which and how long.
 
@@ -20,6 +22,9 @@ pub struct CacheControl {
     pub proxy_revalidate: bool,
     pub immutable: bool,
     pub only_if_cached: bool,
+    /// `must-understand`: no-store does not apply when the cache understands the status
+    /// (RFC 9111 §5.2.2.3); every status it stores is one it understands.
+    pub must_understand: bool,
     pub max_age: Option<u64>,
     pub s_maxage: Option<u64>,
     pub stale_while_revalidate: Option<u64>,
@@ -27,6 +32,9 @@ pub struct CacheControl {
     pub min_fresh: Option<u64>,
     /// `max-stale` with no value accepts any staleness: `Some(u64::MAX)`.
     pub max_stale: Option<u64>,
+    /// The directives come from a targeted field (RFC 9213), not Cache-Control: Expires is
+    /// ignored as well.
+    pub targeted: bool,
 }
 
 fn min_opt(a: Option<u64>, b: u64) -> Option<u64> {
@@ -47,7 +55,7 @@ impl CacheControl {
                     Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
                     None => (directive.trim(), None),
                 };
-                let secs = arg.and_then(|a| a.parse::<u64>().ok());
+                let secs = arg.and_then(delta_seconds);
                 match name.to_ascii_lowercase().as_str() {
                     "no-store" => cc.no_store = true,
                     "no-cache" => cc.no_cache = true,
@@ -57,6 +65,7 @@ impl CacheControl {
                     "proxy-revalidate" => cc.proxy_revalidate = true,
                     "immutable" => cc.immutable = true,
                     "only-if-cached" => cc.only_if_cached = true,
+                    "must-understand" => cc.must_understand = true,
                     // An invalid delta-seconds makes the response stale (RFC 9111 §4.2.1).
                     "max-age" => cc.max_age = min_opt(cc.max_age, secs.unwrap_or(0)),
                     "s-maxage" => cc.s_maxage = min_opt(cc.s_maxage, secs.unwrap_or(0)),
@@ -85,6 +94,270 @@ impl CacheControl {
             cc.no_cache = true;
         }
         cc
+    }
+}
+
+/// delta-seconds (RFC 9111 §1.2.2): digits only; a value too large to represent saturates.
+fn delta_seconds(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(s.parse::<u64>().unwrap_or(u64::MAX))
+}
+
+impl CacheControl {
+    /// The response directives this cache obeys: those of the first field of `targets` (its
+    /// target list, in priority order, e.g. `["CDN-Cache-Control"]`) that is present, valid
+    /// and not empty (RFC 9213 §2.1); otherwise Cache-Control's.
+    pub fn for_response<S: AsRef<str>>(headers: &HeaderMap, targets: &[S]) -> Self {
+        targets
+            .iter()
+            .find_map(|name| Self::targeted(headers, name.as_ref()))
+            .unwrap_or_else(|| Self::parse(headers))
+    }
+
+    /// The directives of the targeted field `name` (RFC 9213 §2.2): its field lines combined
+    /// and parsed as a Structured Fields Dictionary. `None` when it is absent, empty or
+    /// invalid, as if it were not there. A directive whose value has the wrong type (e.g.
+    /// `max-age="60"`) is ignored; parameters are ignored.
+    pub fn targeted(headers: &HeaderMap, name: &str) -> Option<Self> {
+        let mut combined = String::new();
+        for line in headers.get_all(name) {
+            let line = line.to_str().ok()?;
+            if !combined.is_empty() {
+                combined.push_str(", ");
+            }
+            combined.push_str(line);
+        }
+        if combined.trim().is_empty() {
+            return None;
+        }
+        let members = sf::parse_dictionary(&combined)?;
+        let mut cc = CacheControl {
+            targeted: true,
+            ..Default::default()
+        };
+        for (key, value) in members {
+            // Flags: a Boolean true; no-cache and private may also name fields (a String),
+            // which a shared cache treats as the unqualified directive.
+            let flag = match &value {
+                sf::Value::Boolean(b) => *b,
+                sf::Value::String => matches!(key.as_str(), "no-cache" | "private"),
+                _ => false,
+            };
+            let secs = match value {
+                sf::Value::Integer(n) => u64::try_from(n).ok(),
+                _ => None,
+            };
+            match key.as_str() {
+                "no-store" => cc.no_store |= flag,
+                "no-cache" => cc.no_cache |= flag,
+                "private" => cc.private |= flag,
+                "public" => cc.public |= flag,
+                "must-revalidate" => cc.must_revalidate |= flag,
+                "proxy-revalidate" => cc.proxy_revalidate |= flag,
+                "immutable" => cc.immutable |= flag,
+                "must-understand" => cc.must_understand |= flag,
+                "max-age" => cc.max_age = secs,
+                "s-maxage" => cc.s_maxage = secs,
+                "stale-while-revalidate" => cc.stale_while_revalidate = secs,
+                "stale-if-error" => cc.stale_if_error = secs,
+                _ => {}
+            }
+        }
+        Some(cc)
+    }
+}
+
+/// Just enough of RFC 8941 (Structured Field Values) to parse a Dictionary strictly: any
+/// syntax error fails the whole field.
+mod sf {
+    /// A member's value, as far as cache directives care.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Value {
+        Integer(i64),
+        Boolean(bool),
+        String,
+        /// Decimal, Token, Byte Sequence or Inner List.
+        Other,
+    }
+
+    struct Parser<'a> {
+        s: &'a [u8],
+        i: usize,
+    }
+
+    /// The members in order; a repeated key keeps its last value (RFC 8941 §4.2.2).
+    pub fn parse_dictionary(input: &str) -> Option<Vec<(String, Value)>> {
+        let mut p = Parser {
+            s: input.as_bytes(),
+            i: 0,
+        };
+        p.skip(|c| c == b' ');
+        let mut out: Vec<(String, Value)> = Vec::new();
+        while p.i < p.s.len() {
+            let key = p.key()?;
+            let value = if p.eat(b'=') {
+                p.item_or_inner_list()?
+            } else {
+                p.parameters()?;
+                Value::Boolean(true)
+            };
+            out.retain(|(k, _)| *k != key);
+            out.push((key, value));
+            p.skip(|c| c == b' ' || c == b'\t');
+            if p.i == p.s.len() {
+                return Some(out);
+            }
+            if !p.eat(b',') {
+                return None;
+            }
+            p.skip(|c| c == b' ' || c == b'\t');
+            if p.i == p.s.len() {
+                return None; // trailing comma
+            }
+        }
+        Some(out)
+    }
+
+    impl Parser<'_> {
+        fn peek(&self) -> Option<u8> {
+            self.s.get(self.i).copied()
+        }
+
+        fn eat(&mut self, c: u8) -> bool {
+            let hit = self.peek() == Some(c);
+            if hit {
+                self.i += 1;
+            }
+            hit
+        }
+
+        fn skip(&mut self, f: impl Fn(u8) -> bool) {
+            while self.peek().is_some_and(&f) {
+                self.i += 1;
+            }
+        }
+
+        fn key(&mut self) -> Option<String> {
+            let start = self.i;
+            match self.peek() {
+                Some(c) if c.is_ascii_lowercase() || c == b'*' => self.i += 1,
+                _ => return None,
+            }
+            self.skip(|c| {
+                c.is_ascii_lowercase()
+                    || c.is_ascii_digit()
+                    || matches!(c, b'_' | b'-' | b'.' | b'*')
+            });
+            Some(String::from_utf8_lossy(&self.s[start..self.i]).into_owned())
+        }
+
+        fn parameters(&mut self) -> Option<()> {
+            while self.eat(b';') {
+                self.skip(|c| c == b' ');
+                self.key()?;
+                if self.eat(b'=') {
+                    self.bare_item()?;
+                }
+            }
+            Some(())
+        }
+
+        fn item_or_inner_list(&mut self) -> Option<Value> {
+            if self.eat(b'(') {
+                loop {
+                    self.skip(|c| c == b' ');
+                    if self.eat(b')') {
+                        break;
+                    }
+                    self.bare_item()?;
+                    self.parameters()?;
+                    match self.peek() {
+                        Some(b' ') | Some(b')') => {}
+                        _ => return None,
+                    }
+                }
+                self.parameters()?;
+                return Some(Value::Other);
+            }
+            let v = self.bare_item()?;
+            self.parameters()?;
+            Some(v)
+        }
+
+        fn bare_item(&mut self) -> Option<Value> {
+            match self.peek()? {
+                b'-' | b'0'..=b'9' => self.number(),
+                b'"' => {
+                    self.i += 1;
+                    loop {
+                        match self.peek()? {
+                            b'\\' => {
+                                self.i += 1;
+                                if !matches!(self.peek()?, b'"' | b'\\') {
+                                    return None;
+                                }
+                                self.i += 1;
+                            }
+                            b'"' => {
+                                self.i += 1;
+                                return Some(Value::String);
+                            }
+                            0x20..=0x7e => self.i += 1,
+                            _ => return None,
+                        }
+                    }
+                }
+                b'?' => {
+                    self.i += 1;
+                    let b = match self.peek()? {
+                        b'0' => false,
+                        b'1' => true,
+                        _ => return None,
+                    };
+                    self.i += 1;
+                    Some(Value::Boolean(b))
+                }
+                b':' => {
+                    self.i += 1;
+                    self.skip(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'='));
+                    self.eat(b':').then_some(Value::Other)
+                }
+                c if c.is_ascii_alphabetic() || c == b'*' => {
+                    self.i += 1;
+                    self.skip(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&c));
+                    Some(Value::Other)
+                }
+                _ => None,
+            }
+        }
+
+        /// sf-integer (at most 15 digits) or sf-decimal (at most 12 + 3 digits).
+        fn number(&mut self) -> Option<Value> {
+            let neg = self.eat(b'-');
+            let start = self.i;
+            self.skip(|c| c.is_ascii_digit());
+            let int_digits = self.i - start;
+            if int_digits == 0 {
+                return None;
+            }
+            if self.eat(b'.') {
+                let frac = self.i;
+                self.skip(|c| c.is_ascii_digit());
+                let frac_digits = self.i - frac;
+                return (int_digits <= 12 && (1..=3).contains(&frac_digits))
+                    .then_some(Value::Other);
+            }
+            if int_digits > 15 {
+                return None;
+            }
+            let n: i64 = std::str::from_utf8(&self.s[start..self.i])
+                .ok()?
+                .parse()
+                .ok()?;
+            Some(Value::Integer(if neg { -n } else { n }))
+        }
     }
 }
 
@@ -146,7 +419,9 @@ pub fn negative_status(status: StatusCode) -> bool {
 /// Whether the response carries an explicit expiration time (RFC 9111 §4.2.1): s-maxage,
 /// max-age or Expires.
 pub fn has_explicit_freshness(resp: &HeaderMap, cc: &CacheControl) -> bool {
-    cc.s_maxage.is_some() || cc.max_age.is_some() || resp.contains_key(header::EXPIRES)
+    cc.s_maxage.is_some()
+        || cc.max_age.is_some()
+        || (!cc.targeted && resp.contains_key(header::EXPIRES))
 }
 
 /// The freshness lifetime of a negative response (a [`negative_status`]), or `None` when it
@@ -184,7 +459,7 @@ pub fn storable(
     if req_cc.no_store {
         return Err(NotStorable::RequestNoStore);
     }
-    if resp_cc.no_store {
+    if resp_cc.no_store && !resp_cc.must_understand {
         return Err(NotStorable::NoStore);
     }
     if resp_cc.private {
@@ -221,7 +496,7 @@ pub fn lifetime(resp: &HeaderMap, cc: &CacheControl, heuristic_max: Duration) ->
     if let Some(s) = cc.s_maxage.or(cc.max_age) {
         return Duration::from_secs(s);
     }
-    if resp.contains_key(header::EXPIRES) {
+    if !cc.targeted && resp.contains_key(header::EXPIRES) {
         // An invalid Expires means "already expired".
         let expires = date(resp, header::EXPIRES);
         let base = date(resp, header::DATE);
@@ -236,6 +511,16 @@ pub fn lifetime(resp: &HeaderMap, cc: &CacheControl, heuristic_max: Duration) ->
     }
 }
 
+/// The value of an Age field line (RFC 9111 §5.1): of a list, the first member; anything but
+/// delta-seconds (a sign, a fraction, a parameter, letters) is ignored (0); a value too
+/// large to represent saturates.
+pub fn age_value(v: &http::HeaderValue) -> u64 {
+    v.to_str()
+        .ok()
+        .and_then(|v| delta_seconds(v.split(',').next().unwrap_or("").trim()))
+        .unwrap_or(0)
+}
+
 /// The timing facts kept with a stored response for the age calculation of RFC 9111 §4.2.3.
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
@@ -247,11 +532,7 @@ pub struct Timing {
 
 impl Timing {
     pub fn new(request_time: SystemTime, response_time: SystemTime, resp: &HeaderMap) -> Self {
-        let age_value = resp
-            .get(header::AGE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0);
+        let age_value = resp.get(header::AGE).map_or(0, age_value);
         Timing {
             request_time,
             response_time,
@@ -324,9 +605,13 @@ pub fn usability(
 }
 
 /// Whether the response allows serving it stale at all (must-revalidate, proxy-revalidate
-/// and s-maxage forbid it for a shared cache).
+/// and s-maxage forbid it for a shared cache; no-cache forbids any use without a successful
+/// validation, RFC 9111 §5.2.2.4).
 pub fn may_serve_stale(resp_cc: &CacheControl) -> bool {
-    !(resp_cc.must_revalidate || resp_cc.proxy_revalidate || resp_cc.s_maxage.is_some())
+    !(resp_cc.must_revalidate
+        || resp_cc.proxy_revalidate
+        || resp_cc.no_cache
+        || resp_cc.s_maxage.is_some())
 }
 
 /// Whether a stale response may answer for an origin error (RFC 5861 stale-if-error, from the
@@ -600,6 +885,201 @@ mod tests {
             Duration::from_secs(80)
         ));
     }
+    const CDN: &[&str] = &["CDN-Cache-Control"];
+
+    #[test]
+    fn targeted_field_replaces_cache_control_and_expires() {
+        let max = Duration::from_secs(86400);
+        let cc = |h: &HeaderMap| CacheControl::for_response(h, CDN);
+        // no-store downstream, stored here for 60 s.
+        let h = hm(&[
+            ("cache-control", "no-store"),
+            ("cdn-cache-control", "max-age=60"),
+        ]);
+        let c = cc(&h);
+        assert!(c.targeted && !c.no_store);
+        assert_eq!(storable(StatusCode::OK, &h, &c, &hm(&[]), &c), Ok(()));
+        assert_eq!(lifetime(&h, &c, max), Duration::from_secs(60));
+        // The other way round: not stored here.
+        let h = hm(&[
+            ("cache-control", "max-age=60"),
+            ("cdn-cache-control", "no-store"),
+        ]);
+        let c = cc(&h);
+        assert_eq!(
+            storable(StatusCode::OK, &h, &c, &hm(&[]), &CacheControl::default()),
+            Err(NotStorable::NoStore)
+        );
+        let h = hm(&[
+            ("cache-control", "max-age=60"),
+            ("cdn-cache-control", "private"),
+        ]);
+        assert_eq!(
+            storable(
+                StatusCode::OK,
+                &h,
+                &cc(&h),
+                &hm(&[]),
+                &CacheControl::default()
+            ),
+            Err(NotStorable::Private)
+        );
+        let h = hm(&[
+            ("cache-control", "max-age=60"),
+            ("cdn-cache-control", "no-cache"),
+        ]);
+        let c = cc(&h);
+        assert!(c.no_cache && !may_serve_stale(&c));
+        // Expires is ignored with the targeted field, whichever way it points.
+        let h = hm(&[
+            ("cdn-cache-control", "max-age=0"),
+            ("date", "Sun, 01 Nov 2026 00:00:00 GMT"),
+            ("expires", "Sun, 01 Nov 2026 01:00:00 GMT"),
+        ]);
+        assert_eq!(lifetime(&h, &cc(&h), max), Duration::ZERO);
+        let h = hm(&[
+            ("cdn-cache-control", "max-age=3600"),
+            ("date", "Sun, 01 Nov 2026 00:00:00 GMT"),
+            ("expires", "0"),
+        ]);
+        assert_eq!(lifetime(&h, &cc(&h), max), Duration::from_secs(3600));
+        // A short targeted max-age wins over a long Cache-Control one, and an extension
+        // directive is ignored.
+        let h = hm(&[
+            ("cache-control", "max-age=3600"),
+            ("cdn-cache-control", "foobar, max-age=1"),
+        ]);
+        assert_eq!(lifetime(&h, &cc(&h), max), Duration::from_secs(1));
+        // Field lines combine into one dictionary.
+        let h = hm(&[
+            ("cdn-cache-control", "max-age=30"),
+            ("cdn-cache-control", "must-revalidate"),
+        ]);
+        let c = cc(&h);
+        assert_eq!((c.max_age, c.must_revalidate), (Some(30), true));
+        // Without the field, or with only a field not on the target list: Cache-Control.
+        let h = hm(&[
+            ("cache-control", "max-age=7"),
+            ("other-cdn-cache-control", "max-age=60"),
+        ]);
+        assert_eq!(cc(&h).max_age, Some(7));
+        assert!(!cc(&h).targeted);
+        // Target list order decides, not field order.
+        let h = hm(&[
+            ("cdn-cache-control", "max-age=60"),
+            ("example-cdn-cache-control", "max-age=5"),
+        ]);
+        let c = CacheControl::for_response(&h, &["Example-CDN-Cache-Control", "CDN-Cache-Control"]);
+        assert_eq!(c.max_age, Some(5));
+    }
+
+    #[test]
+    fn invalid_or_empty_targeted_fields_are_ignored() {
+        let base = [("cache-control", "no-store")];
+        for bad in [
+            "max-age=10000, &&&&&",
+            "max-age =100",
+            "max-age= 100",
+            "MaX-aGe=3600",
+            "max-age=60,",
+            ", max-age=60",
+            "max-age=1234567890123456",
+            "max-age=\"60",
+            "max-age=60 no-store",
+            "",
+            " ",
+        ] {
+            let mut h = hm(&base);
+            h.append("cdn-cache-control", HeaderValue::from_str(bad).unwrap());
+            let c = CacheControl::for_response(&h, CDN);
+            assert!(!c.targeted && c.no_store, "{bad:?}: {c:?}");
+        }
+        // Valid, but a value of the wrong type: that directive alone is ignored.
+        for (value, want) in [
+            ("max-age=\"10000\"", None),
+            ("max-age=-5", None),
+            ("max-age=1.5", None),
+            ("max-age=?1", None),
+            ("max-age=60;foo=bar", Some(60)),
+            ("max-age=60, x=(a b);q=1, y=:aGVsbG8=:, z=tok/en", Some(60)),
+        ] {
+            let mut h = hm(&base);
+            h.append("cdn-cache-control", HeaderValue::from_str(value).unwrap());
+            let c = CacheControl::for_response(&h, CDN);
+            assert!(c.targeted && !c.no_store, "{value:?}: {c:?}");
+            assert_eq!(c.max_age, want, "{value:?}");
+        }
+        let h = hm(&[("cdn-cache-control", "no-store=?0, private=\"x\"")]);
+        let c = CacheControl::for_response(&h, CDN);
+        assert!(!c.no_store && c.private);
+        // The largest Integer a Structured Field holds.
+        let h = hm(&[("cdn-cache-control", "max-age=999999999999999")]);
+        let c = CacheControl::for_response(&h, CDN);
+        assert_eq!(c.max_age, Some(999_999_999_999_999));
+    }
+
+    #[test]
+    fn age_is_the_first_member_of_the_first_line_or_ignored() {
+        let age = |lines: &[&str]| {
+            let mut h = HeaderMap::new();
+            for l in lines {
+                h.append(header::AGE, HeaderValue::from_str(l).unwrap());
+            }
+            let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+            Timing::new(t0, t0, &h).age_value
+        };
+        assert_eq!(age(&["7200, 0"]), 7200);
+        assert_eq!(age(&["0, 7200"]), 0);
+        assert_eq!(age(&["7200", "0"]), 7200);
+        assert_eq!(age(&[" 30 "]), 30);
+        for invalid in ["abc", "-7200", "7200.0", "10abc", "7200;foo=bar", "+5", ""] {
+            assert_eq!(age(&[invalid]), 0, "{invalid:?}");
+        }
+        assert_eq!(age(&["2147483648"]), 2_147_483_648);
+        assert_eq!(age(&["99999999999999999999999"]), u64::MAX);
+        assert_eq!(age(&[]), 0);
+    }
+
+    #[test]
+    fn delta_seconds_saturate_and_must_understand_lifts_no_store() {
+        let cc = CacheControl::parse(&hm(&[("cache-control", "max-age=99999999999999999999")]));
+        assert_eq!(cc.max_age, Some(u64::MAX));
+        let cc = CacheControl::parse(&hm(&[("cache-control", "max-age=-1")]));
+        assert_eq!(cc.max_age, Some(0));
+        let h = hm(&[("cache-control", "max-age=3600, no-store, must-understand")]);
+        let c = CacheControl::parse(&h);
+        let none = CacheControl::default();
+        assert_eq!(storable(StatusCode::OK, &h, &c, &hm(&[]), &none), Ok(()));
+        let s599 = StatusCode::from_u16(599).unwrap();
+        assert_eq!(
+            storable(s599, &h, &c, &hm(&[]), &none),
+            Err(NotStorable::Status)
+        );
+    }
+
+    #[test]
+    fn no_cache_is_never_served_stale() {
+        let l = Duration::from_secs(10);
+        let nc = CacheControl::parse(&hm(&[(
+            "cache-control",
+            "max-age=10, no-cache, stale-if-error=600, stale-while-revalidate=600",
+        )]));
+        let none = CacheControl::default();
+        assert!(!stale_if_error_allows(
+            &nc,
+            &none,
+            l,
+            Duration::from_secs(12)
+        ));
+        let req = CacheControl::parse(&hm(&[("cache-control", "stale-if-error=600")]));
+        assert!(!stale_if_error_allows(
+            &nc,
+            &req,
+            l,
+            Duration::from_secs(12)
+        ));
+    }
+
     #[test]
     fn huge_values_do_not_overflow() {
         // Regression (fuzz/cache_headers): Age and min-fresh of u64::MAX seconds.

@@ -163,7 +163,13 @@ async fn serve(
     }
     let fields = match plan {
         Plan::Failed => HeaderMap::new(),
-        _ => fields(edge, &meta, &verdict),
+        Plan::Full => fields(edge, &meta, &verdict),
+        // A stored 200's own Content-Range (RFC 9111 §3.1) belongs to that 200 alone.
+        _ => {
+            let mut f = fields(edge, &meta, &verdict);
+            f.remove(header::CONTENT_RANGE);
+            f
+        }
     };
     let mut full_headers = HeaderMap::new();
     if plan == Plan::Full
@@ -470,16 +476,9 @@ fn add_ours(headers: &mut HeaderMap, via: Option<HeaderValue>, status: Option<He
     if let Some(v) = via {
         headers.append(header::VIA, v);
     }
-    let Some(v) = status else { return };
-    if headers.contains_key(CACHE_STATUS) {
-        // Prepend ours: Cache-Status lists the cache nearest the client first.
-        let older: Vec<HeaderValue> = headers.get_all(CACHE_STATUS).iter().cloned().collect();
-        headers.remove(CACHE_STATUS);
-        headers.append(CACHE_STATUS, v);
-        for o in older {
-            headers.append(CACHE_STATUS, o);
-        }
-    } else {
+    // Appended: Cache-Status lists the caches from the origin's side, the one nearest the
+    // client last (RFC 9211 §2).
+    if let Some(v) = status {
         headers.append(CACHE_STATUS, v);
     }
 }
@@ -651,12 +650,7 @@ mod tests {
         let mut headers = stored.clone();
         headers.insert(header::AGE, HeaderValue::from(age));
         headers.append(header::VIA, via);
-        let older: Vec<HeaderValue> = headers.get_all("cache-status").iter().cloned().collect();
-        headers.remove("cache-status");
         headers.append("cache-status", status);
-        for o in older {
-            headers.append("cache-status", o);
-        }
         Representation {
             len: 1,
             content_type: HeaderValue::from_static("video/mp4"),
@@ -726,6 +720,28 @@ mod tests {
                 assert_eq!(listed(&got), listed(&want), "{s:?}");
             }
         }
+    }
+
+    #[test]
+    fn our_cache_status_member_comes_last() {
+        // RFC 9211 §2: the upstream's members as received, then this cache's, nearest the
+        // client last; on a stored response and on a relayed one alike.
+        let mut stored = HeaderMap::new();
+        stored.append("cache-status", HeaderValue::from_static("shield; hit"));
+        stored.append("cache-status", HeaderValue::from_static("mid; fwd=miss"));
+        let ours = HeaderValue::from_static("edge-a; hit; ttl=60");
+        let members = |h: &HeaderMap| -> Vec<String> {
+            h.get_all("cache-status")
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .collect()
+        };
+        let want = ["shield; hit", "mid; fwd=miss", "edge-a; hit; ttl=60"];
+        let got = assemble(None, None, &stored, 0, None, Some(ours.clone()));
+        assert_eq!(members(&got), want);
+        let mut relayed = stored.clone();
+        add_ours(&mut relayed, None, Some(ours));
+        assert_eq!(members(&relayed), want);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The edge's RFC 9111 arithmetic on arbitrary request and response headers
-//! (cdn_edge::freshness: Cache-Control parsing, storable, lifetime, age, usability,
-//! stale-if-error) and the Vary-derived cache key (cdn_edge::store): no panic, no overflow.
+//! (cdn_edge::freshness: Cache-Control and targeted (CDN-Cache-Control, a Structured Fields
+//! Dictionary) parsing, storable, lifetime, age, usability, stale-if-error) and the Vary-derived cache key (cdn_edge::store): no panic, no overflow.
 #![no_main]
 
 #[path = "common.rs"]
@@ -23,7 +23,8 @@ fuzz_target!(|data: &[u8]| {
     let (resp_part, req_part) = common::split_sections(data);
     let resp = common::headers(resp_part);
     let req = common::headers(req_part);
-    let cc = CacheControl::parse(&resp);
+    // A response may carry CDN-Cache-Control: the targeted field replaces Cache-Control.
+    let cc = CacheControl::for_response(&resp, &["CDN-Cache-Control"]);
     let req_cc = CacheControl::parse(&req);
     let _ = freshness::storable(status, &resp, &cc, &req, &req_cc);
     let lifetime = freshness::lifetime(&resp, &cc, Duration::from_secs(86_400));

@@ -14,7 +14,7 @@ use cdn_edge::peer::client::{Advertise, PushHeader};
 use cdn_edge::peer::wire::{GetRequest, WireMeta};
 
 fn check_meta(w: WireMeta) {
-    let Some(meta) = w.into_meta() else {
+    let Some(meta) = w.into_meta(&["CDN-Cache-Control"]) else {
         return;
     };
     let count = meta.chunk_count();

@@ -614,12 +614,15 @@ async fn viewer(
                 .await
             {
                 Ok(r) => {
+                    // The nearest cache's member is the last one (RFC 9211 §2).
                     let hit = r
                         .headers
-                        .get("cache-status")
+                        .get_all("cache-status")
+                        .iter()
+                        .next_back()
                         .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.split(',').next())
-                        .is_some_and(|first| first.split(';').any(|p| p.trim() == "hit"));
+                        .and_then(|v| v.rsplit(',').next())
+                        .is_some_and(|last| last.split(';').any(|p| p.trim() == "hit"));
                     let before = vs.st.corrupt + vs.st.bad_status;
                     vs.st.check(&job, &r);
                     if vs.st.corrupt + vs.st.bad_status == before && hit {

@@ -175,6 +175,9 @@ pub struct Peers {
     chunk_size: u64,
     corrupt: bool,
     metrics: Arc<NodeMetrics>,
+    /// This node's `targeted_cache_control`: a peer's metadata is read as this node reads
+    /// an origin response.
+    pub targets: Vec<String>,
 }
 
 /// Bytes counted for each entry of a peer table on top of its key (and, for adverts, the
@@ -324,6 +327,7 @@ impl Peers {
             chunk_size: cfg.chunk_size,
             corrupt: cfg.test_corrupt_peer_chunks,
             metrics,
+            targets: cfg.targeted_cache_control.clone(),
         });
         peers.set_peers(cfg.peers.clone())?;
         Ok(Some(peers))
@@ -568,7 +572,7 @@ impl Peers {
                 selecting,
             })
             .await?;
-        let meta = meta.into_meta()?;
+        let meta = meta.into_meta(&self.targets)?;
         let (s, e) = meta.chunk_span(index);
         (index < meta.chunk_count() && chunk.len() as u64 == e - s + 1).then_some((meta, chunk))
     }
@@ -922,7 +926,7 @@ mod tests {
                     key,
                     ..template.clone()
                 }
-                .into_meta()
+                .into_meta(&["CDN-Cache-Control"])
                 .expect("meta"),
             )
         };

@@ -245,7 +245,7 @@ async fn get(
 /// Admits a pushed chunk through the normal cache admission, keeping the origin's validators
 /// and freshness; a push of another version than the one held is refused.
 async fn admit(edge: &Arc<Edge>, header: PushHeader, chunk: bytes::Bytes) -> bool {
-    let Some(meta) = header.meta.into_meta() else {
+    let Some(meta) = header.meta.into_meta(&edge.cfg.targeted_cache_control) else {
         return false;
     };
     if meta.chunk_size != edge.cfg.chunk_size || header.index >= meta.chunk_count() {

@@ -166,8 +166,9 @@ impl WireMeta {
         }
     }
 
-    /// Rebuilds stored metadata; `None` when a field is not valid HTTP.
-    pub fn into_meta(self) -> Option<ObjectMeta> {
+    /// Rebuilds stored metadata; `None` when a field is not valid HTTP. `targets` is the
+    /// receiving node's `targeted_cache_control`.
+    pub fn into_meta<S: AsRef<str>>(self, targets: &[S]) -> Option<ObjectMeta> {
         let mut headers = HeaderMap::new();
         for (k, v) in &self.headers {
             headers.append(
@@ -208,7 +209,7 @@ impl WireMeta {
                 Some(s) => Some(time(s.checked_mul(1000)?)),
                 None => None,
             },
-            cc: CacheControl::parse(&headers),
+            cc: CacheControl::for_response(&headers, targets),
             headers,
             digest: match self.digest {
                 Some(d) => Some(HeaderValue::from_str(&d).ok()?),
@@ -368,12 +369,12 @@ mod tests {
             "lifetime_ms":60000,"request_time_ms":1,"response_time_ms":2,"date_ms":1,
             "age_value":18446744073709551615,"ranges":true,"selecting":[]}"#;
         let w: WireMeta = serde_json::from_str(json).unwrap();
-        assert!(w.clone().into_meta().is_none());
+        assert!(w.clone().into_meta(&["CDN-Cache-Control"]).is_none());
         let ok = WireMeta {
             last_modified: Some(1_700_000_000),
             ..w
         };
-        let meta = ok.into_meta().expect("valid");
+        let meta = ok.into_meta(&["CDN-Cache-Control"]).expect("valid");
         // A huge Age from a peer saturates instead of overflowing.
         let _ = meta.age(SystemTime::now());
     }
