@@ -583,11 +583,11 @@ impl Edge {
         // Whether to ask for the whole representation: once a Range probe told that it is
         // empty (every range of 0 bytes is unsatisfiable, so only a plain GET gets its 200).
         let mut whole = false;
-        // The fields the cache key includes: the Vary of what is stored, or of this probe's
-        // own answer when it names a field the client sent that the fill did not forward
-        // (then the answer was chosen without it: asked again, once, with it).
-        let mut keyed = self.fill_vary(&primary).await;
-        let mut asked_with_vary = false;
+        // The fields the cache key includes (the Vary of what is stored) go with the fill.
+        // The first answer for a URL may name in its Vary a field the fill did not send
+        // (not on the allow list): it is still keyed by the client's value of that field, so
+        // it is only ever served to requests with that same value, and later fills send it.
+        let keyed = self.fill_vary(&primary).await;
         loop {
             let sent = self.origin.fill_headers(&req, &keyed);
             let mut h = sent.clone();
@@ -655,22 +655,6 @@ impl Edge {
                 path_and_query: pq.clone(),
                 sent: sent.clone(),
             };
-            let vary = store::vary_names(resp.headers());
-            let unsent: Vec<_> = vary
-                .iter()
-                .filter(|n| req.contains_key(*n) && !sent.contains_key(*n))
-                .collect();
-            if !unsent.is_empty() {
-                if !asked_with_vary {
-                    asked_with_vary = true;
-                    keyed = vary;
-                    continue;
-                }
-                // Still not forwarded (a value over the fill's bound): this answer was not
-                // chosen for the client's request, so it is nobody's but this request's.
-                tracing::debug!(%pq, ?unsent, "answer varies on a field the fill could not send");
-                return Ok(unstored_outcome(unstored(resp)));
-            }
             if status != StatusCode::OK && status != StatusCode::PARTIAL_CONTENT {
                 let outcome = self
                     .negative(
@@ -694,19 +678,37 @@ impl Edge {
                 });
             }
             let cc = self.cfg.response_cc(resp.headers());
-            let (len, ranges) = match object_length(&resp, first * cs) {
+            if let Err(why) = freshness::storable(status, resp.headers(), &cc, &req, &req_cc) {
+                tracing::debug!(%pq, ?why, "not storable");
+                self.remember_uncacheable(&primary).await;
+                return Ok(unstored_outcome(unstored(resp)));
+            }
+            let mut resp = resp;
+            let (len, ranges) = match object_length(&resp, first.saturating_mul(cs)) {
                 Some(x) => x,
+                // A 200 whose length only its end tells (chunked): up to a chunk of it is
+                // read to learn it; a longer one is not stored.
+                None if status == StatusCode::OK && body_length(&resp) == Some(None) => {
+                    let (version, headers) = (resp.version(), resp.headers().clone());
+                    match read_small(&self.origin, resp, cs, false).await? {
+                        SmallBody::Whole(body) => {
+                            let len = body.len() as u64;
+                            resp = rebuilt(status, version, headers, body);
+                            (len, false)
+                        }
+                        SmallBody::TooBig(resp) => {
+                            tracing::debug!(%pq, "chunked answer longer than a chunk: not stored");
+                            self.remember_uncacheable(&primary).await;
+                            return Ok(unstored_outcome(unstored(resp)));
+                        }
+                    }
+                }
                 None => {
                     tracing::debug!(%pq, "origin response has no usable length: not stored");
                     self.remember_uncacheable(&primary).await;
                     return Ok(unstored_outcome(unstored(resp)));
                 }
             };
-            if let Err(why) = freshness::storable(status, resp.headers(), &cc, &req, &req_cc) {
-                tracing::debug!(%pq, ?why, "not storable");
-                self.remember_uncacheable(&primary).await;
-                return Ok(unstored_outcome(unstored(resp)));
-            }
             let vary = store::vary_names(resp.headers());
             let key = store::variant_key(&primary, &vary, &req);
             let (etag, last_modified) = validators_of(resp.headers());
@@ -748,9 +750,10 @@ impl Edge {
                 cc,
                 timing: Timing::new(request_time, response_time, resp.headers()),
                 ranges,
+                // What this fill sent, so that chunk fills ask for the same variant.
                 selecting: vary
                     .iter()
-                    .map(|n| (n.clone(), req.get(n).map(store::detached)))
+                    .map(|n| (n.clone(), sent.get(n).map(store::detached)))
                     .collect(),
                 negative: None,
             });
@@ -866,7 +869,7 @@ impl Edge {
             return Ok(Negative_::Unstored(resp));
         }
         let resp_headers = resp.headers().clone();
-        let body = match read_small(&self.origin, resp, NEGATIVE_MAX_BODY).await? {
+        let body = match read_small(&self.origin, resp, NEGATIVE_MAX_BODY, true).await? {
             SmallBody::Whole(b) => b,
             SmallBody::TooBig(resp) => return Ok(Negative_::Unstored(resp)),
         };
@@ -1041,12 +1044,15 @@ enum SmallBody {
     TooBig(reqwest::Response),
 }
 
-/// Reads a body of at most `max` bytes; a broken body is an error.
+/// Reads a body of at most `max` bytes; a broken body is an error. `count`: whether the
+/// bytes are counted here (not when the body is read again, from a [`rebuilt`] response).
 async fn read_small(
     origin: &OriginClient,
     mut resp: reqwest::Response,
     max: u64,
+    count: bool,
 ) -> Result<SmallBody, FillError> {
+    let origin = count.then_some(origin);
     let mut buf = BytesMut::new();
     loop {
         match resp.chunk().await {
@@ -1059,13 +1065,31 @@ async fn read_small(
             }
             Ok(None) => break,
             Err(e) => {
-                origin.count_bytes(buf.len());
+                if let Some(o) = origin {
+                    o.count_bytes(buf.len());
+                }
                 return Err(FillError::Request(crate::origin::error_chain(&e)));
             }
         }
     }
-    origin.count_bytes(buf.len());
+    if let Some(o) = origin {
+        o.count_bytes(buf.len());
+    }
     Ok(SmallBody::Whole(buf.freeze()))
+}
+
+/// A response with `body` read already, as the origin sent it otherwise.
+fn rebuilt(
+    status: StatusCode,
+    version: http::Version,
+    headers: HeaderMap,
+    body: Bytes,
+) -> reqwest::Response {
+    let mut out = http::Response::new(reqwest::Body::from(body));
+    *out.status_mut() = status;
+    *out.version_mut() = version;
+    *out.headers_mut() = headers;
+    reqwest::Response::from(out)
 }
 
 /// `resp` with `head`, bytes already read from its body, put back in front of the rest.

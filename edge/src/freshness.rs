@@ -402,18 +402,34 @@ pub fn heuristically_cacheable(status: StatusCode) -> bool {
     )
 }
 
-/// Final statuses other than 200 and 206 that the edge understands well enough to store and
-/// replay whole (RFC 9111 §3: "the cache understands the response status code"): the
-/// heuristically cacheable ones plus the temporary redirects 302 and 307.
-///
-/// Never stored: 1xx; 304, 412 and 416 (answers to the edge's own conditional and Range
-/// requests, not to the client's); 5xx other than 501 (a failing origin must be asked again);
-/// and statuses that typically depend on request fields outside the cache key or on the
-/// client — 400, 401, 403, 407, 408, 413, 429, 431 ... — since storing those would let one
-/// malformed request deny a URL to everyone (cache-poisoned denial of service).
+/// Final statuses other than 200 and 206 that the edge stores without being told how long
+/// (with `negative_ttl_secs` when they carry no explicit freshness): the heuristically
+/// cacheable ones, plus the temporary redirects 302 and 307 (only with explicit freshness,
+/// see [`negative_lifetime`]).
 pub fn negative_status(status: StatusCode) -> bool {
     let s = status.as_u16();
     s != 200 && s != 206 && (heuristically_cacheable(status) || s == 302 || s == 307)
+}
+
+/// Whether `status` is one RFC 9110 defines (§15), so its caching rules are known.
+fn understood(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200..=206 | 300..=305 | 307 | 308 | 400..=417 | 421 | 422 | 426 | 500..=505
+    )
+}
+
+/// Whether a final status other than 200 and 206 may be stored when the origin gives it an
+/// explicit lifetime (RFC 9111 §3: any final status the cache understands): every status but
+/// 1xx, and 304, 412 and 416, which answer the edge's own conditional and Range requests, not
+/// the client's. A 400 or a 503 with `max-age` is stored for that long, as the origin asked:
+/// what could make the origin fail for one client and not for another cannot reach it on a
+/// fill (fills carry an allow list of fields, all of them keyed or content negotiation), so
+/// no client can store an error in another's place (CPDoS). Without explicit freshness only
+/// [`negative_status`] statuses are stored.
+pub fn storable_with_explicit_freshness(status: StatusCode) -> bool {
+    let s = status.as_u16();
+    s >= 200 && s != 200 && s != 206 && s != 304 && s != 412 && s != 416
 }
 
 /// Whether the response carries an explicit expiration time (RFC 9111 §4.2.1): s-maxage,
@@ -433,11 +449,11 @@ pub fn negative_lifetime(
     cc: &CacheControl,
     heuristic: Duration,
 ) -> Option<Duration> {
+    if has_explicit_freshness(resp, cc) && storable_with_explicit_freshness(status) {
+        return Some(lifetime(resp, cc, Duration::ZERO));
+    }
     if !negative_status(status) {
         return None;
-    }
-    if has_explicit_freshness(resp, cc) {
-        return Some(lifetime(resp, cc, Duration::ZERO));
     }
     (heuristically_cacheable(status) && !heuristic.is_zero()).then_some(heuristic)
 }
@@ -452,14 +468,19 @@ pub fn storable(
     req: &HeaderMap,
     req_cc: &CacheControl,
 ) -> Result<(), NotStorable> {
-    if status != StatusCode::OK && status != StatusCode::PARTIAL_CONTENT && !negative_status(status)
+    if status != StatusCode::OK
+        && status != StatusCode::PARTIAL_CONTENT
+        && !negative_status(status)
+        && !(storable_with_explicit_freshness(status) && has_explicit_freshness(resp, resp_cc))
     {
         return Err(NotStorable::Status);
     }
     if req_cc.no_store {
         return Err(NotStorable::RequestNoStore);
     }
-    if resp_cc.no_store && !resp_cc.must_understand {
+    // must-understand (RFC 9111 §5.2.2.3) lifts no-store only for a status whose caching
+    // rules the edge knows: RFC 9110's own.
+    if resp_cc.no_store && !(resp_cc.must_understand && understood(status)) {
         return Err(NotStorable::NoStore);
     }
     if resp_cc.private {
@@ -779,16 +800,23 @@ mod tests {
             at(307, hm(&[("cache-control", "s-maxage=30")]), ttl),
             Some(Duration::from_secs(30))
         );
-        // Never: objects, 5xx but 501, answers to the edge's own conditionals and ranges, and
-        // statuses that may depend on request fields outside the key.
-        for status in [
-            200, 206, 304, 400, 401, 403, 412, 416, 429, 500, 502, 503, 504,
-        ] {
+        // Never: objects (stored as such), answers to the edge's own conditionals and ranges.
+        for status in [200, 206, 304, 412, 416] {
             assert_eq!(
                 at(status, hm(&[("cache-control", "max-age=60")]), ttl),
                 None,
                 "{status}"
             );
+        }
+        // Any other final status with explicit freshness, for as long as it says; without
+        // it, errors are not stored.
+        for status in [299, 303, 400, 401, 403, 429, 499, 500, 502, 503, 504, 599] {
+            assert_eq!(
+                at(status, hm(&[("cache-control", "max-age=60")]), ttl),
+                Some(Duration::from_secs(60)),
+                "{status}"
+            );
+            assert_eq!(at(status, hm(&[]), ttl), None, "{status}");
         }
     }
 
@@ -1051,10 +1079,13 @@ mod tests {
         let none = CacheControl::default();
         assert_eq!(storable(StatusCode::OK, &h, &c, &hm(&[]), &none), Ok(()));
         let s599 = StatusCode::from_u16(599).unwrap();
+        // A status the edge does not understand: no-store holds.
         assert_eq!(
             storable(s599, &h, &c, &hm(&[]), &none),
-            Err(NotStorable::Status)
+            Err(NotStorable::NoStore)
         );
+        let s404 = StatusCode::NOT_FOUND;
+        assert_eq!(storable(s404, &h, &c, &hm(&[]), &none), Ok(()));
     }
 
     #[test]
