@@ -24,7 +24,14 @@ fn the_edges_amplification_is_within_its_documented_bounds() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("scratch dir");
     let out = Command::new(env!("CARGO_BIN_EXE_cdn"))
-        .args(["--log", "warn", "bench", "amplification", "--servers", "edge"])
+        .args([
+            "--log",
+            "warn",
+            "bench",
+            "amplification",
+            "--servers",
+            "edge",
+        ])
         .args(["--size", &SIZE.to_string(), "--ranges", &RANGES.to_string()])
         .args(["--repeats", &REPEATS.to_string(), "--edge-burst", "2MiB"])
         // 1 byte/s: the bucket does not refill during the run, so the burst is the budget.
@@ -55,7 +62,9 @@ fn the_edges_amplification_is_within_its_documented_bounds() {
         })
         .collect();
     let num = |case: &str, col: &str| -> f64 {
-        let v = &rows.get(case).unwrap_or_else(|| panic!("no {case} row:\n{csv}"))[col];
+        let v = &rows
+            .get(case)
+            .unwrap_or_else(|| panic!("no {case} row:\n{csv}"))[col];
         v.parse()
             .unwrap_or_else(|_| panic!("{case}.{col} = {v:?}\n{csv}"))
     };
@@ -80,15 +89,27 @@ fn the_edges_amplification_is_within_its_documented_bounds() {
         repeat <= BURST + REPEATS as f64 + 1.0,
         "{REPEATS} one-byte ranges cost the origin {repeat} bytes\n{csv}"
     );
-    assert!(num("sbr-repeat", "forwarded") >= (REPEATS - 2) as f64, "{csv}");
-    assert!(num("sbr-repeat", "origin_requests_per_request") <= 1.0, "{csv}");
+    assert!(
+        num("sbr-repeat", "forwarded") >= (REPEATS - 2) as f64,
+        "{csv}"
+    );
+    assert!(
+        num("sbr-repeat", "origin_requests_per_request") <= 1.0,
+        "{csv}"
+    );
 
     // Sparse multi-range: forwarded as asked, not filled (at most the probe's chunk, the
     // ranges and the origin's multipart framing).
     let obr = num("obr", "origin_bytes");
     let bound = 2.0 * CHUNK + 2.0 * RANGES as f64 + 128.0 * RANGES as f64;
-    assert!(obr <= bound, "obr: origin sent {obr} (bound {bound})\n{csv}");
-    assert!(num("obr", "forwarded") >= 1.0, "obr was not forwarded\n{csv}");
+    assert!(
+        obr <= bound,
+        "obr: origin sent {obr} (bound {bound})\n{csv}"
+    );
+    assert!(
+        num("obr", "forwarded") >= 1.0,
+        "obr was not forwarded\n{csv}"
+    );
     assert_eq!(rows["obr"]["statuses"], "206", "{csv}");
 
     // Uncacheable miss of an object within a chunk: one origin request, each byte once.
@@ -101,5 +122,8 @@ fn the_edges_amplification_is_within_its_documented_bounds() {
 
     // A 1 MiB range across two chunks: at most two chunks plus twice the range.
     let asked = num("mid-range", "asked_bytes");
-    assert!(num("mid-range", "origin_bytes") <= 2.0 * CHUNK + 2.0 * asked, "{csv}");
+    assert!(
+        num("mid-range", "origin_bytes") <= 2.0 * CHUNK + 2.0 * asked,
+        "{csv}"
+    );
 }

@@ -233,7 +233,7 @@ fn fmt_bytes(v: f64) -> String {
     let s = v.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -244,15 +244,30 @@ fn fmt_bytes(v: f64) -> String {
 fn fmt_factor(v: Option<f64>) -> String {
     match v {
         None => "–".into(),
-        Some(v) if v >= 100.0 => format!("{}", fmt_bytes(v)),
+        Some(v) if v >= 100.0 => fmt_bytes(v),
         Some(v) if v >= 10.0 => format!("{v:.1}"),
         Some(v) => format!("{v:.3}"),
     }
 }
 
+/// `a / b` with two decimals, or two significant digits below 0.01; `–` when `b` is 0.
+pub fn fmt_ratio(a: f64, b: f64) -> String {
+    match factor(a, b) {
+        None => "–".into(),
+        Some(r) if r > 0.0 && r < 0.01 => format!("{r:.1e}"),
+        Some(r) => format!("{r:.2}"),
+    }
+}
+
 fn fmt_statuses(s: &BTreeMap<u16, u64>) -> String {
     s.iter()
-        .map(|(k, n)| if *n == 1 { format!("{k}") } else { format!("{k}×{n}") })
+        .map(|(k, n)| {
+            if *n == 1 {
+                format!("{k}")
+            } else {
+                format!("{k}×{n}")
+            }
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -280,7 +295,11 @@ pub fn table(rows: &[Row]) -> String {
             fmt_statuses(&r.statuses),
             r.forwarded.map_or("–".into(), |f| format!("{f:.0}")),
             match (r.bound, r.within_bound()) {
-                (Some(b), Some(w)) => format!("{} ({})", fmt_bytes(b as f64), if w { "yes" } else { "**no**" }),
+                (Some(b), Some(w)) => format!(
+                    "{} ({})",
+                    fmt_bytes(b as f64),
+                    if w { "yes" } else { "**no**" }
+                ),
                 _ => "–".into(),
             },
             r.note
@@ -308,7 +327,7 @@ pub fn ratios(rows: &[Row]) -> String {
         let get = |srv: &str| rows.iter().find(|r| r.case == case && r.server == srv);
         let Some(e) = get("edge") else { continue };
         let r = |o: Option<&Row>, f: fn(&Row) -> Option<f64>| match (o.and_then(f), f(e)) {
-            (Some(b), Some(a)) => compare::ratio(a, b),
+            (Some(b), Some(a)) => fmt_ratio(a, b),
             _ => "–".into(),
         };
         let bytes = |r: &Row| Some(r.origin_bytes);
@@ -360,7 +379,7 @@ pub fn csv(rows: &[Row]) -> String {
 }
 
 /// Reads the origin's counters once they have stopped moving (the same values three reads
-/// 200 ms apart), at most 30 s after `since`.
+/// 200 ms apart), for at most 30 s.
 async fn settled(origin_url: &str) -> (f64, f64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut last = compare::origin_counters(origin_url).await;
@@ -428,7 +447,7 @@ fn requests(case: Case, args: &AmplificationArgs, id: &str) -> Vec<Req> {
     }
 }
 
-/// Runs `case` against the server at `addr`; `edge` is the edge's URL when it is the edge.
+/// Runs `case` against `server` at `addr`, its origin at `origin_url`.
 async fn measure(
     case: Case,
     server: Server,
@@ -437,7 +456,11 @@ async fn measure(
     origin_url: &str,
     nonce: u64,
 ) -> anyhow::Result<Row> {
-    let prefix = if case == Case::NoStore { "nostore-" } else { "" };
+    let prefix = if case == Case::NoStore {
+        "nostore-"
+    } else {
+        ""
+    };
     let id = format!("{prefix}amp-{}-{}-{nonce}", case.name(), server.name());
     let reqs = requests(case, args, &id);
     let edge_url = (server == Server::Edge).then(|| format!("http://{addr}"));
@@ -558,7 +581,9 @@ pub async fn run(args: AmplificationArgs) -> anyhow::Result<()> {
     let missing = compare::missing_packages(&servers, false);
     if !missing.is_empty() {
         let why = if args.install {
-            compare::apt_install(&missing).err().map(|e| format!("{e:#}"))
+            compare::apt_install(&missing)
+                .err()
+                .map(|e| format!("{e:#}"))
         } else {
             Some(format!(
                 "not installed (`apt-get install -y {}`, or pass --install)",
@@ -732,10 +757,20 @@ mod tests {
 
     #[test]
     fn ranges_of_the_cases() {
-        assert_eq!(sparse_ranges(4 * MIB, 4), format!("bytes=0-0,{MIB}-{MIB},{m2}-{m2},{m3}-{m3}", m2 = 2 * MIB, m3 = 3 * MIB));
+        assert_eq!(
+            sparse_ranges(4 * MIB, 4),
+            format!(
+                "bytes=0-0,{MIB}-{MIB},{m2}-{m2},{m3}-{m3}",
+                m2 = 2 * MIB,
+                m3 = 3 * MIB
+            )
+        );
         assert_eq!(sparse_ranges(3, 8), "bytes=0-0,1-1,2-2");
         // 1 MiB from 32.5 MiB of 64 MiB: the second half of chunk 32, the first of chunk 33.
-        assert_eq!(mid_range(64 * MIB, MIB), (32 * MIB + MIB / 2, 33 * MIB + MIB / 2 - 1));
+        assert_eq!(
+            mid_range(64 * MIB, MIB),
+            (32 * MIB + MIB / 2, 33 * MIB + MIB / 2 - 1)
+        );
         assert_eq!(mid_range(10, 100), (0, 9));
         assert_eq!(mid_range(10, 4), (6, 9));
     }
@@ -759,9 +794,19 @@ mod tests {
             "{r}"
         );
         let t = table(&rows);
-        assert!(t.contains("| sbr | varnish | 1 | 1 | 1 | 67,108,864 | 67,108,864 |"), "{t}");
+        assert!(
+            t.contains("| sbr | varnish | 1 | 1 | 1 | 67,108,864 | 67,108,864 |"),
+            "{t}"
+        );
+        assert_eq!(fmt_ratio(8_388_650.0, 3_355_443_200.0), "2.5e-3");
+        assert_eq!(fmt_ratio(1.0, 0.0), "–");
         let c = csv(&rows);
         assert_eq!(c.lines().count(), 6);
-        assert!(c.lines().nth(1).unwrap().starts_with("sbr,edge,1,1,1,1,1048576,1,1048576.000000,"));
+        assert!(
+            c.lines()
+                .nth(1)
+                .unwrap()
+                .starts_with("sbr,edge,1,1,1,1,1048576,1,1048576.000000,")
+        );
     }
 }

@@ -1145,7 +1145,7 @@ async fn scenarios(
     Ok(rows)
 }
 
-pub(super) fn ratio(a: f64, b: f64) -> String {
+fn ratio(a: f64, b: f64) -> String {
     if b > 0.0 {
         format!("{:.2}", a / b)
     } else {
