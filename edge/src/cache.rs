@@ -148,7 +148,9 @@ impl Verdict {
     }
 }
 
-/// What the HTTP layer must do with a request.
+/// What the HTTP layer must do with a request. (`Unstored` is large, but a decision is made
+/// once per request and moved, not copied around: no box.)
+#[allow(clippy::large_enum_variant)]
 pub enum Decision {
     Serve {
         meta: Arc<ObjectMeta>,

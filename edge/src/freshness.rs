@@ -429,7 +429,7 @@ fn understood(status: StatusCode) -> bool {
 /// [`negative_status`] statuses are stored.
 pub fn storable_with_explicit_freshness(status: StatusCode) -> bool {
     let s = status.as_u16();
-    s >= 200 && s != 200 && s != 206 && s != 304 && s != 412 && s != 416
+    s > 200 && s != 206 && s != 304 && s != 412 && s != 416
 }
 
 /// Whether the response carries an explicit expiration time (RFC 9111 §4.2.1): s-maxage,

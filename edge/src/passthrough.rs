@@ -86,7 +86,7 @@ impl http_body::Body for ForwardBody {
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.hint.clone()
+        self.hint
     }
 }
 
@@ -157,6 +157,7 @@ fn counted(origin: &Arc<OriginClient>, resp: reqwest::Response) -> ByteStream {
 /// `Err` gives the answer back when it cannot be shaped for the request (several ranges, or
 /// a range starting outside what the probe fetched): the request then goes to the origin as
 /// it is.
+#[allow(clippy::result_large_err)] // once per uncacheable miss: the answer moves back
 pub fn answer(
     origin: &Arc<OriginClient>,
     method: &Method,

@@ -41,7 +41,7 @@ pub enum Server {
 }
 
 impl Server {
-    fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         match self {
             Server::Edge => "edge",
             Server::Nginx => "nginx",
@@ -334,10 +334,21 @@ pub(super) async fn start_edge(
     dir: &Path,
     threads: usize,
 ) -> anyhow::Result<ServerProc> {
+    start_edge_with(bin, origin, dir, threads, None).await
+}
+
+/// [`start_edge`] with a config file (`dir/edge.toml`, written from `config`) under the flags.
+pub(super) async fn start_edge_with(
+    bin: &Path,
+    origin: SocketAddr,
+    dir: &Path,
+    threads: usize,
+    config: Option<&str>,
+) -> anyhow::Result<ServerProc> {
     let addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let log = dir.join("edge.log");
-    let a: Vec<String> = [
+    let mut a: Vec<String> = [
         "--log",
         "warn",
         "edge",
@@ -355,6 +366,11 @@ pub(super) async fn start_edge(
     .iter()
     .map(|s| s.to_string())
     .collect();
+    if let Some(text) = config {
+        let file = dir.join("edge.toml");
+        std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
+        a.extend(["--config".to_string(), file.display().to_string()]);
+    }
     let mut child = spawn_child(
         bin,
         &a,
@@ -369,25 +385,47 @@ pub(super) async fn start_edge(
     })
 }
 
-async fn start_server(
+/// What a server under test is started with, besides its origin and run directory.
+pub(super) struct Setup<'a> {
+    /// `--cdn-bin`: the binary whose `cdn edge` is measured (default: this one).
+    pub(super) cdn_bin: Option<&'a Path>,
+    /// Where nginx keeps its cache.
+    pub(super) cache_base: &'a Path,
+    /// Worker threads of the edge, worker processes of nginx.
+    pub(super) threads: usize,
+    /// The edge's config file (TOML), if any.
+    pub(super) edge_config: Option<&'a str>,
+}
+
+impl Setup<'_> {
+    /// nginx's cache directory of this process's runs.
+    pub(super) fn nginx_cache(&self) -> PathBuf {
+        self.cache_base
+            .join(format!("cdn-bench-nginx-{}", std::process::id()))
+    }
+}
+
+/// Starts `server` (edge, nginx with `bench/nginx.conf.in`, varnishd with
+/// `bench/varnish.vcl.in`) with a cold cache on a free port in front of `origin`, its files
+/// in `dir`; returns once it answers.
+pub(super) async fn start_server(
     server: Server,
-    args: &CompareArgs,
+    setup: &Setup<'_>,
     origin: SocketAddr,
     dir: &Path,
-    threads: usize,
 ) -> anyhow::Result<ServerProc> {
+    let threads = setup.threads;
     let port = free_port()?;
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     std::fs::create_dir_all(dir)?;
     let log = dir.join(format!("{}.log", server.name()));
     let (mut child, ready_path) = match server {
         Server::Edge => {
-            return start_edge(&cdn_bin(args.cdn_bin.as_deref())?, origin, dir, threads).await;
+            let bin = cdn_bin(setup.cdn_bin)?;
+            return start_edge_with(&bin, origin, dir, threads, setup.edge_config).await;
         }
         Server::Nginx => {
-            let cache = args
-                .cache_base
-                .join(format!("cdn-bench-nginx-{}", std::process::id()));
+            let cache = setup.nginx_cache();
             let _ = std::fs::remove_dir_all(&cache);
             std::fs::create_dir_all(cache.join("tmp"))?;
             let conf = fill(
@@ -467,9 +505,19 @@ pub(super) fn cdn_bin(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
 /// `cdn origin` (binary `bin`) on a free port, serving synthetic objects (and an empty
 /// root), without access logs; its log is `out/origin.log`.
 pub(super) async fn start_origin(bin: &Path, root: &Path, out: &Path) -> anyhow::Result<Origin> {
+    start_origin_with(bin, root, out, None).await
+}
+
+/// [`start_origin`] with a config file (`out/origin.toml`, written from `config`).
+pub(super) async fn start_origin_with(
+    bin: &Path,
+    root: &Path,
+    out: &Path,
+    config: Option<&str>,
+) -> anyhow::Result<Origin> {
     let addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
     let log = out.join("origin.log");
-    let a: Vec<String> = vec![
+    let mut a: Vec<String> = vec![
         "--log".into(),
         "warn".into(),
         "origin".into(),
@@ -478,6 +526,11 @@ pub(super) async fn start_origin(bin: &Path, root: &Path, out: &Path) -> anyhow:
         "--root".into(),
         root.display().to_string(),
     ];
+    if let Some(text) = config {
+        let file = out.join("origin.toml");
+        std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
+        a.extend(["--config".to_string(), file.display().to_string()]);
+    }
     let mut child = spawn_child(bin, &a, &[], &log)?;
     wait_ready(addr, Some("/healthz"), &mut child, "origin", &log).await?;
     Ok(Origin {
@@ -499,17 +552,23 @@ fn which(program: &str) -> bool {
     })
 }
 
-fn install_missing(args: &CompareArgs) -> anyhow::Result<()> {
+/// The Debian packages `servers` (and wrk, with `wrk`) need that are not installed.
+pub(super) fn missing_packages(servers: &[Server], wrk: bool) -> Vec<&'static str> {
     let mut want = Vec::new();
-    if args.servers.contains(&Server::Nginx) && !which("nginx") {
+    if servers.contains(&Server::Nginx) && !which("nginx") {
         want.push("nginx");
     }
-    if args.servers.contains(&Server::Varnish) && !which("varnishd") {
+    if servers.contains(&Server::Varnish) && !which("varnishd") {
         want.push("varnish");
     }
-    if args.wrk && !which("wrk") {
+    if wrk && !which("wrk") {
         want.push("wrk");
     }
+    want
+}
+
+fn install_missing(args: &CompareArgs) -> anyhow::Result<()> {
+    let want = missing_packages(&args.servers, args.wrk);
     if want.is_empty() {
         return Ok(());
     }
@@ -520,10 +579,15 @@ fn install_missing(args: &CompareArgs) -> anyhow::Result<()> {
             want.join(" ")
         );
     }
+    apt_install(&want)
+}
+
+/// `apt-get install -y --no-install-recommends PACKAGES`.
+pub(super) fn apt_install(want: &[&str]) -> anyhow::Result<()> {
     eprintln!("installing {} with apt-get ...", want.join(" "));
     let status = std::process::Command::new("apt-get")
         .args(["install", "-y", "--no-install-recommends"])
-        .args(&want)
+        .args(want)
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status()
         .context("running apt-get")?;
@@ -535,7 +599,7 @@ fn install_missing(args: &CompareArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn version(program: &str, arg: &str) -> String {
+pub(super) fn version(program: &str, arg: &str) -> String {
     std::process::Command::new(program)
         .arg(arg)
         .output()
@@ -924,7 +988,13 @@ async fn run_all(
     for &server in &args.servers {
         let dir = out.join(server.name());
         let _ = std::fs::remove_dir_all(&dir);
-        match start_server(server, args, origin.proc.addr, &dir, threads).await {
+        let setup = Setup {
+            cdn_bin: args.cdn_bin.as_deref(),
+            cache_base: &args.cache_base,
+            threads,
+            edge_config: None,
+        };
+        match start_server(server, &setup, origin.proc.addr, &dir).await {
             Ok(proc) => running.push(Running { server, proc, dir }),
             Err(e) => {
                 for r in running {
@@ -937,20 +1007,24 @@ async fn run_all(
     let result = scenarios(args, origin, &running, nonce).await;
     for r in running {
         r.proc.stop().await;
-        // Keep configs, logs and wrk output; drop Varnish's shared-memory files and nginx's
-        // empty temp directories.
-        for junk in [
-            "varnish",
-            "client_body",
-            "proxy_temp",
-            "fastcgi_temp",
-            "uwsgi_temp",
-            "scgi_temp",
-        ] {
-            let _ = std::fs::remove_dir_all(r.dir.join(junk));
-        }
+        clean_run_dir(&r.dir);
     }
     result
+}
+
+/// Keeps a stopped server's configs, logs and wrk output; drops Varnish's shared-memory files
+/// and nginx's empty temp directories.
+pub(super) fn clean_run_dir(dir: &Path) {
+    for junk in [
+        "varnish",
+        "client_body",
+        "proxy_temp",
+        "fastcgi_temp",
+        "uwsgi_temp",
+        "scgi_temp",
+    ] {
+        let _ = std::fs::remove_dir_all(dir.join(junk));
+    }
 }
 
 async fn scenarios(

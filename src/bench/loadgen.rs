@@ -78,6 +78,19 @@ impl Conn {
         keep_body: bool,
         timeout: Duration,
     ) -> anyhow::Result<Resp> {
+        let range = range.map(|(s, e)| format!("bytes={s}-{e}"));
+        self.get_ranges(path, range.as_deref(), keep_body, timeout)
+            .await
+    }
+
+    /// `GET path` with `range` as the Range field's whole value (e.g. `bytes=0-0,10-10`).
+    pub async fn get_ranges(
+        &mut self,
+        path: &str,
+        range: Option<&str>,
+        keep_body: bool,
+        timeout: Duration,
+    ) -> anyhow::Result<Resp> {
         tokio::time::timeout(timeout, self.get_inner(path, range, keep_body))
             .await
             .map_err(|_| anyhow::anyhow!("GET {path}: no complete response in {timeout:?}"))?
@@ -86,13 +99,13 @@ impl Conn {
     async fn get_inner(
         &mut self,
         path: &str,
-        range: Option<(u64, u64)>,
+        range: Option<&str>,
         keep_body: bool,
     ) -> anyhow::Result<Resp> {
         self.tx.ready().await?;
         let mut b = http::Request::get(path).header(http::header::HOST, &self.host);
-        if let Some((s, e)) = range {
-            b = b.header(http::header::RANGE, format!("bytes={s}-{e}"));
+        if let Some(r) = range {
+            b = b.header(http::header::RANGE, r);
         }
         let req = b.body(Empty::new())?;
         let t0 = Instant::now();

@@ -1,9 +1,11 @@
 //! `cdn bench`: the benchmark commands. Owns the command line; each benchmark lives in its
 //! own module (`hit_ratio` and the simulator pieces it uses: `trace`, `synth`, `policies`,
-//! `moka_policy`, `edge_policy`, `sim`, `report`). `compare` also holds what starts nodes as
+//! `moka_policy`, `edge_policy`, `sim`, `report`). `amplification` measures origin bytes per
+//! client request. `compare` also holds what starts nodes as
 //! child processes (origin, edge) and the hot workloads, which `capacity` reuses; `loadgen` is
 //! the HTTP load generator of `load`, `compare` and `capacity`.
 
+mod amplification;
 mod capacity;
 mod compare;
 mod edge_policy;
@@ -34,6 +36,10 @@ pub enum BenchCommand {
     /// doubling concurrency), written to bench/results/edge-capacity.json for `cdn plan
     /// --from-lab` and the lab's autoscaler.
     Capacity(capacity::CapacityArgs),
+    /// Origin bytes and requests per client request on cold objects (RangeAmp: small and
+    /// sparse ranges, per-client budget; uncacheable, whole and mid-object misses) through
+    /// the edge, nginx and Varnish, with ratios, in one run.
+    Amplification(amplification::AmplificationArgs),
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -44,5 +50,6 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Load(args) => load::run(args).await,
         BenchCommand::Compare(args) => compare::run(args).await,
         BenchCommand::Capacity(args) => capacity::run(args).await,
+        BenchCommand::Amplification(args) => amplification::run(args).await,
     }
 }
