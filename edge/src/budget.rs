@@ -7,7 +7,10 @@
 //! beyond the bytes they ask for ("amplified" bytes) are drawn from a token bucket per client
 //! address (per /64 for IPv6), refilled at `amplification_bytes_per_sec` up to
 //! `amplification_burst`. A request that would overdraw it is not refused: it is forwarded
-//! to the origin as asked, uncached, so it costs the origin what it asks for and no more.
+//! to the origin as asked, uncached, so it costs the origin what it asks for and no more. A
+//! miss's probe (the chunk holding the first byte asked for) is charged once its answer tells
+//! what was asked of it, possibly into debt: a client in debt has its Range misses forwarded
+//! as asked before any probe, until the refill repays it.
 //!
 //! Viewers that read what they ask for (whole objects, open-ended or chunk-sized ranges, as
 //! players do) draw nothing. Buckets live in a bounded cache (idle ones expire), so the
@@ -52,6 +55,30 @@ impl Budgets {
     /// Takes `n` amplified bytes from `client`'s budget; false (and nothing taken) when the
     /// budget does not hold them. Always true when budgets are disabled or `n` is 0.
     pub fn take(&self, client: Option<IpAddr>, n: u64) -> bool {
+        self.with(client, n, |balance| {
+            if balance >= n as f64 {
+                (true, balance - n as f64)
+            } else {
+                (false, balance)
+            }
+        })
+    }
+
+    /// Charges `n` bytes already spent (a probe's chunk): the budget may go into debt, down
+    /// to minus one burst, which later refills repay.
+    pub fn charge(&self, client: Option<IpAddr>, n: u64) {
+        self.with(client, n, |balance| {
+            (true, (balance - n as f64).max(-self.burst))
+        });
+    }
+
+    /// Whether `client` has nothing left to spend (its next Range miss goes as asked).
+    pub fn exhausted(&self, client: Option<IpAddr>) -> bool {
+        !self.with(client, 1, |balance| (balance > 0.0, balance))
+    }
+
+    /// Runs `f` on `client`'s refilled balance and stores the balance it returns.
+    fn with(&self, client: Option<IpAddr>, n: u64, f: impl FnOnce(f64) -> (bool, f64)) -> bool {
         let Some(ip) = client.filter(|_| self.enabled() && n > 0) else {
             return true;
         };
@@ -70,12 +97,9 @@ impl Budgets {
         let mut b = bucket.lock().unwrap_or_else(|p| p.into_inner());
         b.0 = (b.0 + now.duration_since(b.1).as_secs_f64() * self.rate).min(self.burst);
         b.1 = now;
-        if b.0 >= n as f64 {
-            b.0 -= n as f64;
-            true
-        } else {
-            false
-        }
+        let (ok, balance) = f(b.0);
+        b.0 = balance;
+        ok
     }
 }
 
@@ -98,7 +122,14 @@ mod tests {
         let y: IpAddr = "2001:db8::2".parse().unwrap();
         assert!(b.take(Some(x), 1000));
         assert!(!b.take(Some(y), 10));
+        // Spent bytes are charged even past zero; the debt is repaid before anything else.
+        let d: IpAddr = "127.0.0.9".parse().unwrap();
+        assert!(!b.exhausted(Some(d)));
+        b.charge(Some(d), 1500);
+        assert!(b.exhausted(Some(d)));
+        assert!(!b.take(Some(d), 1));
         let off = Budgets::new(0, 0);
         assert!(off.take(Some(a), u64::MAX));
+        assert!(!off.exhausted(Some(a)));
     }
 }

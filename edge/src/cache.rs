@@ -396,13 +396,10 @@ impl Edge {
         if req_cc.only_if_cached {
             return gateway_timeout();
         }
-        // A probe costs a chunk: what a small range does not ask for of it is amplification,
-        // drawn from the client's budget, or the request goes to the origin as it is.
-        let asked = cdn_http::range::closed_span(req).unwrap_or(u64::MAX);
-        if !self
-            .budgets
-            .take(client, self.cfg.chunk_size.saturating_sub(asked))
-        {
+        // A probe costs a chunk, of which a Range may ask a few bytes: a client whose
+        // amplification budget is spent has its Range misses go to the origin as asked (the
+        // probe's cost is charged when the answer is shaped, `proxy::within_bounds`).
+        if req.contains_key(header::RANGE) && self.budgets.exhausted(client) {
             return over_budget(&self.metrics);
         }
         let (fut, leader) = self.probe(&primary, &variant, &pq, req, None, hint);

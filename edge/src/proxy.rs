@@ -225,10 +225,13 @@ async fn stored(
 
 /// Whether filling what `plan`'s body needs keeps within the bounds on origin bytes (RangeAmp):
 /// per request, at most two chunks plus twice the bytes asked for (the chunk a miss probed
-/// counts as one of the two); per client, amplified bytes (fetched beyond what is asked)
-/// within its budget ([`crate::budget`]). A single range always keeps the per-request bound
-/// (its chunks exceed it by at most the two partly covered ones), so only those two are
-/// looked at; sparse multi-range requests count missing chunks, stopping past the bound.
+/// counts as one of the two); per client, amplified bytes (chunk bytes fetched for it beyond
+/// what it asks for, the probed chunk included) within its budget ([`crate::budget`]). The
+/// probe has happened already: its cost is charged whatever the answer, so a client that
+/// overspends is in debt and its next Range misses go to the origin as asked. A single range
+/// always keeps the per-request bound (its chunks exceed it by at most the two partly
+/// covered ones), so only those (and the probed chunk) are looked at; sparse multi-range
+/// requests count missing chunks, stopping past the bound.
 fn within_bounds(
     edge: &Edge,
     parts: &http::request::Parts,
@@ -247,72 +250,85 @@ fn within_bounds(
         e - s + 1
     };
     let ranges: Vec<_> = plan.body_ranges(&parts.method, meta.len).collect();
-    let asked: u64 = ranges.iter().map(|r| r.end() - r.start() + 1).sum();
-    let amplified = if ranges.len() <= 1 {
-        // Only the partly covered first and last chunks hold bytes not asked for.
-        ranges.first().map_or(0, |r| {
-            let (a, b) = (r.start() / cs, r.end() / cs);
-            let mut extra = 0;
-            for i in if a == b { vec![a] } else { vec![a, b] } {
-                let (s, e) = meta.chunk_span(i);
-                let covered = e.min(*r.end()) - s.max(*r.start()) + 1;
-                if covered < e - s + 1 && missing(i) {
-                    extra += e - s + 1 - covered;
-                }
-            }
-            extra
-        })
-    } else {
-        // The probe that led to this response, if this request made it, fetched a chunk.
-        let led = verdict.kind == Kind::Miss && verdict.stored && !verdict.collapsed;
-        let bound = asked
-            .saturating_mul(2)
-            .saturating_add(if led { cs } else { 2 * cs });
-        let touched: u64 = ranges
+    // Bytes of chunk `i` the request asks for.
+    let asked_in = |i: u64| -> u64 {
+        let (s, e) = meta.chunk_span(i);
+        ranges
             .iter()
-            .map(|r| (r.end() / cs - r.start() / cs + 1).saturating_mul(cs))
-            .fold(0, u64::saturating_add);
-        let mut fetch = 0u64;
-        if touched > bound {
-            let mut seen = std::collections::HashSet::new();
-            'count: for r in &ranges {
-                for i in r.start() / cs..=r.end() / cs {
-                    if seen.insert(i) && missing(i) {
-                        fetch += span_len(i);
-                        if fetch > bound {
-                            break 'count;
-                        }
-                    }
-                }
-            }
-            if fetch > bound {
-                edge.metrics.with(|| {
-                    metrics::counter!("cdn_edge_amplification_refused_total").increment(1)
-                });
-                return false;
-            }
-        } else {
-            fetch = ranges
-                .iter()
-                .flat_map(|r| r.start() / cs..=r.end() / cs)
-                .collect::<std::collections::BTreeSet<_>>()
-                .into_iter()
-                .filter(|&i| missing(i))
-                .map(span_len)
-                .sum();
-        }
-        fetch.saturating_sub(asked)
+            .filter(|r| *r.start() <= e && *r.end() >= s)
+            .map(|r| e.min(*r.end()) - s.max(*r.start()) + 1)
+            .sum::<u64>()
+            .min(e - s + 1)
     };
+    let asked: u64 = ranges.iter().map(|r| r.end() - r.start() + 1).sum();
+    // The chunk this request's own probe fetched (the one holding its first byte, or the
+    // first chunk when that byte was past the end).
+    let led = verdict.kind == Kind::Miss
+        && verdict.fwd == Some("miss")
+        && verdict.stored
+        && !verdict.collapsed
+        && meta.len > 0;
+    let probed = led.then(|| {
+        let hint = cdn_http::range::first_byte_hint(&parts.headers);
+        if hint < meta.len { hint / cs } else { 0 }
+    });
+    let probe_cost = probed.map_or(0, |p| span_len(p) - asked_in(p));
     let client = parts
         .extensions
         .get::<ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip());
-    if edge.budgets.take(client, amplified) {
+    let refuse = || {
+        edge.budgets.charge(client, probe_cost);
+        edge.metrics
+            .with(|| metrics::counter!("cdn_edge_amplification_refused_total").increment(1));
+        false
+    };
+    let fill_cost = if ranges.len() <= 1 {
+        // Only the partly covered first and last chunks hold bytes not asked for.
+        ranges.first().map_or(0, |r| {
+            let (a, b) = (r.start() / cs, r.end() / cs);
+            let ends = if a == b { vec![a] } else { vec![a, b] };
+            ends.into_iter()
+                .filter(|&i| Some(i) != probed && missing(i))
+                .map(|i| span_len(i) - asked_in(i))
+                .sum()
+        })
+    } else {
+        // What the fills may cost besides the probe: two chunks (less the probed one) plus
+        // twice the bytes asked for.
+        let bound = asked
+            .saturating_mul(2)
+            .saturating_add(if led { cs } else { 2 * cs });
+        let mut fetch = 0u64;
+        let mut extra = 0u64;
+        let mut seen = std::collections::BTreeSet::new();
+        'count: for r in &ranges {
+            for i in r.start() / cs..=r.end() / cs {
+                if seen.insert(i) && Some(i) != probed && missing(i) {
+                    fetch += span_len(i);
+                    extra += span_len(i) - asked_in(i);
+                    if fetch > bound {
+                        break 'count;
+                    }
+                }
+            }
+        }
+        if fetch > bound {
+            return refuse();
+        }
+        extra
+    };
+    if fill_cost == 0 {
+        edge.budgets.charge(client, probe_cost);
         return true;
     }
-    edge.metrics
-        .with(|| metrics::counter!("cdn_edge_amplification_refused_total").increment(1));
-    false
+    if edge
+        .budgets
+        .take(client, fill_cost.saturating_add(probe_cost))
+    {
+        return true;
+    }
+    refuse()
 }
 
 /// The fields of a stored response, in the order they are sent: ETag and Last-Modified, the

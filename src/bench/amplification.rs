@@ -204,9 +204,17 @@ pub fn edge_bound(chunk: u64, requests: u64, asked_per_request: u64, parts: u64)
 
 /// The per-client budget's bound on what `requests` requests of `asked` bytes each cost the
 /// origin within `seconds`: what they ask for, plus the burst, plus what the bucket refills
-/// meanwhile.
-pub fn budget_bound(burst: u64, rate: u64, seconds: f64, requests: u64, asked: u64) -> u64 {
-    requests * asked + burst + (rate as f64 * seconds).ceil() as u64
+/// meanwhile, plus the chunk probed by the request that overdrew the budget (a probe is
+/// charged once its answer tells what was asked of it, possibly into debt).
+pub fn budget_bound(
+    chunk: u64,
+    burst: u64,
+    rate: u64,
+    seconds: f64,
+    requests: u64,
+    asked: u64,
+) -> u64 {
+    requests * asked + burst + chunk + (rate as f64 * seconds).ceil() as u64
 }
 
 /// The `obr` Range value: `n` one-byte ranges, one at the start of every `size / n` bytes.
@@ -545,6 +553,7 @@ async fn measure(
                 cdn_edge::config::EdgeConfig::default().amplification_bytes_per_sec
             });
             bound = bound.min(budget_bound(
+                CHUNK,
                 args.edge_burst,
                 rate,
                 row.seconds,
@@ -747,7 +756,7 @@ mod tests {
         assert_eq!(edge_bound(MIB, 1, 64, 64), 2 * MIB + 128 + 64 * 128);
         assert_eq!(edge_bound(MIB, 50, 1, 1), 50 * (2 * MIB + 2));
         // 8 MiB burst, 1 MiB/s for 2 s, 50 one-byte requests.
-        assert_eq!(budget_bound(8 * MIB, MIB, 2.0, 50, 1), 50 + 10 * MIB);
+        assert_eq!(budget_bound(MIB, 8 * MIB, MIB, 2.0, 50, 1), 50 + 11 * MIB);
         let mut b = r.clone();
         b.bound = Some(edge_bound(MIB, 1, 1, 1));
         assert_eq!(b.within_bound(), Some(true));
