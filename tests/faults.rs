@@ -1079,7 +1079,10 @@ async fn unvalidated_origin(changed: Arc<AtomicBool>, chunked: bool) -> SocketAd
 /// old one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunk_refetched_from_a_changed_unvalidated_origin_is_not_mixed_in() {
-    for chunked in [false, true] {
+    for (chunked, range) in [false, true]
+        .into_iter()
+        .flat_map(|c| [(c, None), (c, Some((2 * CHUNK + 10, 2 * CHUNK + 20)))])
+    {
         let changed = Arc::new(AtomicBool::new(false));
         let addr = unvalidated_origin(changed.clone(), chunked).await;
         let (node, edge) = fault_edge(&format!("http://{addr}")).await;
@@ -1096,7 +1099,7 @@ async fn chunk_refetched_from_a_changed_unvalidated_origin_is_not_mixed_in() {
         let evicted = stored.iter().find(|k| k.index == 2).unwrap().clone();
         edge.store.chunks.invalidate(&evicted).await;
         let fills_before = metric_sum(&node.url(), "cdn_edge_origin_fetches_total").await;
-        for range in [None, Some((2 * CHUNK + 10, 2 * CHUNK + 20))] {
+        {
             let got = fetch(&url, range).await;
             let want_part = match range {
                 None => want.clone(),
@@ -1134,6 +1137,14 @@ async fn chunk_refetched_from_a_changed_unvalidated_origin_is_not_mixed_in() {
         assert!(
             !of_old().iter().any(|(k, _)| k.index == 2),
             "chunked={chunked}: a chunk 2 was stored under version A"
+        );
+        // And it heals: the change dropped version A's metadata, so the next request gets
+        // version B whole instead of failing until A expires.
+        let got = fetch(&url, None).await;
+        let b = synthetic("version-b", 0..=SIZE + 4999);
+        assert!(
+            check(&got, &b, "after the change"),
+            "chunked={chunked}: {got:?}"
         );
         node.stop().await;
     }

@@ -142,7 +142,21 @@ impl Filler {
             if let Some(b) = this.store.chunks.get(&key).await {
                 return Ok(b);
             }
-            let bytes = this.fetch(meta, index).await.map_err(Arc::new)?;
+            let bytes = match this.fetch(meta.clone(), index).await {
+                Ok(b) => b,
+                Err(FillError::Changed) => {
+                    // The origin no longer has this version: forget its metadata (if it is
+                    // still the stored one), so the next request probes the new version
+                    // instead of failing on this one until it expires.
+                    if let Some(held) = this.store.metas.get(&meta.version.key).await
+                        && held.version == meta.version
+                    {
+                        this.store.metas.invalidate(&meta.version.key).await;
+                    }
+                    return Err(Arc::new(FillError::Changed));
+                }
+                Err(e) => return Err(Arc::new(e)),
+            };
             this.store.chunks.insert(key, bytes.clone()).await;
             Ok(bytes)
         })
