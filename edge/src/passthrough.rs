@@ -363,3 +363,109 @@ fn limit(inner: ByteStream, len: u64) -> ByteStream {
 pub fn bad_gateway(why: &str) -> Response {
     (StatusCode::BAD_GATEWAY, format!("{why}\n")).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cdn_http::metrics::NodeMetrics;
+    use http_body_util::BodyExt;
+    use std::time::Duration;
+
+    fn origin() -> Arc<OriginClient> {
+        Arc::new(
+            OriginClient::new(
+                "http://127.0.0.1:9",
+                "t",
+                Duration::from_secs(1),
+                Duration::from_secs(1),
+                Arc::new(NodeMetrics::new()),
+            )
+            .unwrap(),
+        )
+    }
+
+    /// The probe's answer: a 206 of bytes `from..=to` of a 100-byte representation.
+    fn probe_206(from: u64, to: u64) -> Unstored {
+        let body: Vec<u8> = (from..=to).map(|i| i as u8).collect();
+        let mut r = http::Response::new(reqwest::Body::from(body));
+        *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+        let h = r.headers_mut();
+        h.insert(
+            "content-range",
+            format!("bytes {from}-{to}/100").parse().unwrap(),
+        );
+        h.insert(
+            "content-length",
+            (to - from + 1).to_string().parse().unwrap(),
+        );
+        h.insert("content-type", "video/mp4".parse().unwrap());
+        h.insert("cache-control", "private".parse().unwrap());
+        h.insert("set-cookie", "a=1".parse().unwrap());
+        Unstored {
+            resp: reqwest::Response::from(r),
+            path_and_query: "/x".into(),
+            sent: HeaderMap::new(),
+        }
+    }
+
+    fn req(range: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(r) = range {
+            h.insert(header::RANGE, r.parse().unwrap());
+        }
+        h
+    }
+
+    async fn body(r: Response) -> Vec<u8> {
+        r.into_body().collect().await.unwrap().to_bytes().to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_probe_answer_is_shaped_for_the_request_that_caused_it() {
+        let all: Vec<u8> = (0..100u8).collect();
+        // The whole object in the probe: the 200 the client asked for, with its own fields.
+        let r = answer(&origin(), &Method::GET, &req(None), probe_206(0, 99))
+            .unwrap_or_else(|_| panic!());
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["content-length"], "100");
+        assert_eq!(r.headers()["set-cookie"], "a=1");
+        assert!(!r.headers().contains_key("content-range"));
+        assert_eq!(body(r).await, all);
+        // A range within it.
+        let r = answer(
+            &origin(),
+            &Method::GET,
+            &req(Some("bytes=10-19")),
+            probe_206(0, 99),
+        )
+        .unwrap_or_else(|_| panic!());
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(r.headers()["content-range"], "bytes 10-19/100");
+        assert_eq!(body(r).await, &all[10..=19]);
+        // HEAD: the whole object's fields, no body.
+        let r = answer(&origin(), &Method::HEAD, &req(None), probe_206(0, 99))
+            .unwrap_or_else(|_| panic!());
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["content-length"], "100");
+        assert!(body(r).await.is_empty());
+        // Not shapeable: several ranges, or a range that starts before what the probe holds.
+        assert!(
+            answer(
+                &origin(),
+                &Method::GET,
+                &req(Some("bytes=0-1,5-6")),
+                probe_206(0, 99)
+            )
+            .is_err()
+        );
+        assert!(
+            answer(
+                &origin(),
+                &Method::GET,
+                &req(Some("bytes=0-9")),
+                probe_206(50, 99)
+            )
+            .is_err()
+        );
+    }
+}
