@@ -147,7 +147,17 @@ async function play() {
     if (video.canPlayType(mime) === '' && id !== 'hls') {
       text($('state'), `this browser cannot play ${mime}`);
     }
-    video.src = src;
+    let url = src;
+    if (id === 'hls') {
+      // Some native HLS players (Chromium's) resolve segment URLs against the playlist's URL
+      // before the router's redirect, so each segment would be routed without the region:
+      // follow the redirect once and play from the edge's link, as hls.js does.
+      try {
+        const r = await fetch(src, { method: 'HEAD' });
+        if (r.ok && r.url) url = r.url;
+      } catch (e) { /* play from the router's URL */ }
+    }
+    video.src = url;
   }
   video.play().catch((e) => { text($('state'), `press play (${e.name})`); });
 }
