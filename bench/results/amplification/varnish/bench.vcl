@@ -7,7 +7,7 @@ vcl 4.1;
 
 backend origin {
     .host = "127.0.0.1";
-    .port = "35809";
+    .port = "35399";
 }
 
 sub vcl_backend_response {
