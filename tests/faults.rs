@@ -204,8 +204,11 @@ async fn serve_raw(o: Arc<RawOrigin>, mut s: TcpStream) -> std::io::Result<()> {
             Fault::None
         };
         if let Fault::Status(code) = fault {
+            // An error page: its own fields, not the object's (no validators, no caching
+            // directives: a 5xx with explicit freshness would be stored, for a few seconds).
             let msg = format!(
-                "HTTP/1.1 {code} Injected\r\n{common_fields}content-length: 6\r\n\r\nboom!\n"
+                "HTTP/1.1 {code} Injected\r\ndate: {date}\r\ncontent-type: text/plain\r\n\
+                 content-length: 6\r\n\r\nboom!\n"
             );
             s.write_all(msg.as_bytes()).await?;
             continue;

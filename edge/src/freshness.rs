@@ -419,6 +419,9 @@ fn understood(status: StatusCode) -> bool {
     )
 }
 
+/// Longest a stored 5xx is fresh, even with a longer explicit lifetime.
+pub const ERROR_TTL_MAX: Duration = Duration::from_secs(10);
+
 /// Whether a final status other than 200 and 206 may be stored when the origin gives it an
 /// explicit lifetime (RFC 9111 §3: any final status the cache understands): every status but
 /// 1xx, and 304, 412 and 416, which answer the edge's own conditional and Range requests, not
@@ -450,7 +453,15 @@ pub fn negative_lifetime(
     heuristic: Duration,
 ) -> Option<Duration> {
     if has_explicit_freshness(resp, cc) && storable_with_explicit_freshness(status) {
-        return Some(lifetime(resp, cc, Duration::ZERO));
+        let explicit = lifetime(resp, cc, Duration::ZERO);
+        // A server error is kept at most ERROR_TTL_MAX, whatever it says: a blanket
+        // Cache-Control on every response of an origin must not turn a moment's failure into
+        // minutes of errors for every viewer (a cache may always expire early).
+        return Some(if status.is_server_error() {
+            explicit.min(ERROR_TTL_MAX)
+        } else {
+            explicit
+        });
     }
     if !negative_status(status) {
         return None;
@@ -811,9 +822,19 @@ mod tests {
         // Any other final status with explicit freshness, for as long as it says; without
         // it, errors are not stored.
         for status in [299, 303, 400, 401, 403, 429, 499, 500, 502, 503, 504, 599] {
+            let want = if status >= 500 {
+                ERROR_TTL_MAX
+            } else {
+                Duration::from_secs(60)
+            };
             assert_eq!(
                 at(status, hm(&[("cache-control", "max-age=60")]), ttl),
-                Some(Duration::from_secs(60)),
+                Some(want),
+                "{status}"
+            );
+            assert_eq!(
+                at(status, hm(&[("cache-control", "max-age=3")]), ttl),
+                Some(Duration::from_secs(3)),
                 "{status}"
             );
             assert_eq!(at(status, hm(&[]), ttl), None, "{status}");
