@@ -2,14 +2,12 @@
 //!
 //! `cdn lab` (the default) runs a whole multi-region CDN on this machine; `cdn origin`,
 //! `cdn edge` and `cdn router` run one node each; `cdn geo` builds the lab's MaxMind database;
-//! `cdn bench` runs the benchmarks.
+//! `cdn bench` runs the benchmarks; `cdn plan` plans capacity. The commands other than the
+//! single nodes live in the `cdn` library (`src/lib.rs`); this file is only the command line
+//! and its dispatch.
 
+use cdn::{bench, lab, plan};
 use clap::{Parser, Subcommand};
-
-mod autoscale;
-mod bench;
-mod lab;
-mod plan;
 
 #[derive(Parser)]
 #[command(

@@ -9,14 +9,6 @@
 //!   its sibling and serves), then the load drops and that edge is drained and stopped, with
 //!   every response a byte-exact 200.
 
-#[allow(dead_code)]
-#[path = "../src/plan/mod.rs"]
-mod plan;
-
-#[allow(dead_code)]
-#[path = "../src/autoscale/mod.rs"]
-mod autoscale;
-
 mod common;
 
 #[path = "common/inprocess_fleet.rs"]
@@ -29,8 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use autoscale::driver::{self, Fleet, HttpObserver, Load, Observer, RegionSpec};
-use autoscale::{
+use cdn::autoscale::driver::{self, Fleet, HttpObserver, Load, Observer, RegionSpec};
+use cdn::autoscale::{
     Action, AutoscaleConfig, AutoscaleError, Autoscaler, EventKind, RegionObservation,
 };
 use inprocess::{FleetOptions, InProcessFleet, Site};
@@ -239,7 +231,7 @@ fn bounds_minimum_and_saturation() {
                 ..config()
             }
         ),
-        Err(AutoscaleError::Plan(plan::PlanError::Capacity(_)))
+        Err(AutoscaleError::Plan(cdn::plan::PlanError::Capacity(_)))
     ));
 }
 

@@ -1,15 +1,11 @@
 //! Tests of capacity planning (issue 9): the formula and its edge cases, the plan's
 //! recommendations, and the `cdn plan` command line (output and invalid input).
 
-#[allow(dead_code)]
-#[path = "../src/plan/mod.rs"]
-mod plan;
-
 mod common;
 
 use std::process::Command;
 
-use plan::{CachingReason, Plan, PlanError, PlanInput, Recommendation, edges_needed};
+use cdn::plan::{CachingReason, Plan, PlanError, PlanInput, Recommendation, edges_needed};
 
 #[test]
 fn formula_is_exact_on_the_numbers_as_written() {

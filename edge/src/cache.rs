@@ -303,7 +303,6 @@ impl Edge {
     /// headers; the probed chunk is there for the GETs that follow).
     pub async fn decide(
         self: &Arc<Self>,
-        _method: &Method,
         uri: &Uri,
         req: &HeaderMap,
         client: Option<std::net::IpAddr>,

@@ -61,9 +61,7 @@ pub async fn handle(State(edge): State<Arc<Edge>>, req: Request) -> Response {
             .extensions
             .get::<ConnectInfo<std::net::SocketAddr>>()
             .map(|c| c.0.ip());
-        let decision = edge
-            .decide(&parts.method, &parts.uri, &parts.headers, client)
-            .await;
+        let decision = edge.decide(&parts.uri, &parts.headers, client).await;
         respond_to(&edge, &parts, decision).await
     } else if method.as_str() == "PURGE" {
         let (parts, _) = req.into_parts();

@@ -221,14 +221,12 @@ impl Shared {
 /// A running autoscaler.
 pub struct AutoscaleHandle {
     shared: Arc<Shared>,
-    #[allow(dead_code)] // read by `stop`
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl AutoscaleHandle {
     /// The whole status.
-    #[allow(dead_code)] // used by tests/autoscale.rs
     pub fn status(&self) -> AutoscaleStatus {
         self.status_since(None)
     }
@@ -268,7 +266,6 @@ impl AutoscaleHandle {
     }
 
     /// The edges serving in `region` now.
-    #[allow(dead_code)] // used by tests/autoscale.rs
     pub fn edges(&self, region: &str) -> Vec<String> {
         self.shared
             .with(|s| s.regions.get(region).map(|r| r.edges.clone()))
@@ -282,7 +279,6 @@ impl AutoscaleHandle {
     }
 
     /// Stops deciding, then waits for the starts and drains under way.
-    #[allow(dead_code)] // used by tests/autoscale.rs; the lab aborts
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;

@@ -345,7 +345,6 @@ impl Autoscaler {
     }
 
     /// The decisions made, oldest first (at most [`EVENT_LIMIT`]).
-    #[allow(dead_code)] // read by tests/autoscale.rs; the driver keeps its own log
     pub fn events(&self) -> impl Iterator<Item = &ScalingEvent> {
         self.events.iter()
     }
