@@ -1,13 +1,9 @@
-//! The lab's config file (`testdata/lab.toml`, `src/lab/config.rs`): load, check and plan. The
-//! parser lives in the `cdn` binary crate, which a fuzz target cannot link, so its source is
-//! compiled in here as a module.
+//! The lab's config file (`testdata/lab.toml`, `src/lab/config.rs`): load, check and plan,
+//! through the `cdn` library.
 #![no_main]
 
+use cdn::lab::config as lab_config;
 use libfuzzer_sys::fuzz_target;
-
-#[allow(dead_code, unused_imports)]
-#[path = "../../src/lab/config.rs"]
-mod lab_config;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
