@@ -182,6 +182,11 @@ pub fn answer(
         _ => None,
     };
     let Some((span, len)) = fetched else {
+        if status == StatusCode::PARTIAL_CONTENT {
+            // A part of unknown extent answers the probe's range, not the client's request:
+            // the request goes to the origin as it is.
+            return Err(answer);
+        }
         // Another status, or a body whose length is not known: the answer as it is.
         return Ok(relay(origin, answer.resp, method));
     };
@@ -467,5 +472,12 @@ mod tests {
             )
             .is_err()
         );
+        // A 206 whose complete length is unknown cannot be reshaped.
+        let mut unknown = probe_206(0, 9);
+        unknown
+            .resp
+            .headers_mut()
+            .insert("content-range", "bytes 0-9/*".parse().unwrap());
+        assert!(answer(&origin(), &Method::GET, &req(None), unknown).is_err());
     }
 }
