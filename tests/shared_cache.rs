@@ -262,7 +262,9 @@ async fn a_fill_on_a_pooled_connection_closed_under_it_is_retried_once() {
     })
     .await;
     let (edge, _) = start_edge(&origin.url(), |_| {}).await;
-    for path in ["/one", "/two"] {
+    // "/one" twice: the second is a hit, a round trip that leaves the edge time to put
+    // connection 0 back in its pool before "/two" needs a connection.
+    for path in ["/one", "/one", "/two"] {
         let r = client()
             .get(format!("{}{path}", edge.url()))
             .send()
