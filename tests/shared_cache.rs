@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -30,15 +30,6 @@ fn cache_status(r: &reqwest::Response) -> String {
         .get("cache-status")
         .map(|v| v.to_str().unwrap().to_string())
         .unwrap_or_default()
-}
-
-/// A client whose requests come from `ip` (any 127.0.0.0/8 address is a simulated client).
-fn client_from(ip: &str) -> reqwest::Client {
-    reqwest::Client::builder()
-        .local_address(ip.parse::<IpAddr>().unwrap())
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
 }
 
 /// Polls `cond` every 10 ms until it holds, for at most 30 s (a hang guard, not a bound).

@@ -83,22 +83,6 @@ pub fn parse_content_range(value: &str) -> Option<(RangeInclusive<u64>, Option<u
     Some((first..=last, complete))
 }
 
-/// How many bytes a Range of one closed range (`bytes=A-B`) asks for; `None` for any other
-/// Range (open-ended, suffix, several ranges: their size depends on the representation's
-/// length) or none. Lets a cache tell a small range before it knows the length.
-pub fn closed_span(headers: &HeaderMap) -> Option<u64> {
-    use http_range_header::SyntacticallyCorrectRange as R;
-    let ranges = headers
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| http_range_header::parse_range_header(v).ok())?
-        .into_ranges();
-    match ranges.as_slice() {
-        [R::Indexed(a, b)] => b.checked_sub(*a)?.checked_add(1),
-        _ => None,
-    }
-}
-
 /// The first byte a Range header asks for, when that is known without the representation's
 /// length (a suffix range is not): lets a cache fetch the right chunk first.
 pub fn first_byte_hint(headers: &HeaderMap) -> u64 {

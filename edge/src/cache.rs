@@ -666,8 +666,8 @@ impl Edge {
                     )
                     .await?;
                 return Ok(match outcome {
-                    Negative_::Stored(o) => o,
-                    Negative_::Unstored(resp) => {
+                    NegativeOutcome::Stored(o) => o,
+                    NegativeOutcome::Unstored(resp) => {
                         if resp.status().as_u16() < 500 {
                             self.remember_uncacheable(&primary).await;
                         }
@@ -852,7 +852,7 @@ impl Edge {
         resp: reqwest::Response,
         request_time: SystemTime,
         response_time: SystemTime,
-    ) -> Result<Negative_, FillError> {
+    ) -> Result<NegativeOutcome, FillError> {
         let status = resp.status();
         let cc = self.cfg.response_cc(resp.headers());
         let lifetime =
@@ -861,15 +861,15 @@ impl Edge {
         let (Some(lifetime), Ok(()), Some(declared)) = (lifetime, storable, body_length(&resp))
         else {
             tracing::debug!(%pq, %status, ?storable, "negative response not stored");
-            return Ok(Negative_::Unstored(resp));
+            return Ok(NegativeOutcome::Unstored(resp));
         };
         if declared.is_some_and(|n| n > NEGATIVE_MAX_BODY) {
-            return Ok(Negative_::Unstored(resp));
+            return Ok(NegativeOutcome::Unstored(resp));
         }
         let resp_headers = resp.headers().clone();
         let body = match read_small(&self.origin, resp, NEGATIVE_MAX_BODY, true).await? {
             SmallBody::Whole(b) => b,
-            SmallBody::TooBig(resp) => return Ok(Negative_::Unstored(resp)),
+            SmallBody::TooBig(resp) => return Ok(NegativeOutcome::Unstored(resp)),
         };
         if let Some(want) = declared
             && want != body.len() as u64
@@ -937,7 +937,7 @@ impl Edge {
             .insert(meta.version.key.clone(), meta.clone())
             .await;
         tracing::debug!(%pq, %status, ?lifetime, "negative response stored");
-        Ok(Negative_::Stored(ProbeOutcome::Stored {
+        Ok(NegativeOutcome::Stored(ProbeOutcome::Stored {
             meta,
             revalidated: false,
         }))
@@ -972,7 +972,7 @@ impl Edge {
 }
 
 /// What became of a probe answered with a status other than 200/206.
-enum Negative_ {
+enum NegativeOutcome {
     Stored(ProbeOutcome),
     Unstored(reqwest::Response),
 }
@@ -996,7 +996,7 @@ fn unsatisfied_length(h: &HeaderMap) -> Option<u64> {
 }
 
 /// The ETag and Last-Modified of a response.
-fn validators_of(h: &HeaderMap) -> (Option<String>, Option<SystemTime>) {
+pub(crate) fn validators_of(h: &HeaderMap) -> (Option<String>, Option<SystemTime>) {
     let etag = h
         .get(header::ETAG)
         .and_then(|v| v.to_str().ok())

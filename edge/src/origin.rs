@@ -364,6 +364,24 @@ impl OriginClient {
     }
 }
 
+/// Adds the precondition that lets only the version with these validators answer a request:
+/// `If-Match` with a strong ETag, else `If-Unmodified-Since` with Last-Modified.
+pub fn require_version(
+    h: &mut HeaderMap,
+    etag: Option<&str>,
+    last_modified: Option<std::time::SystemTime>,
+) {
+    if let Some(etag) = etag.filter(|e| !e.starts_with("W/"))
+        && let Ok(v) = HeaderValue::from_str(etag)
+    {
+        h.insert(header::IF_MATCH, v);
+    } else if let Some(lm) = last_modified
+        && let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(lm))
+    {
+        h.insert(header::IF_UNMODIFIED_SINCE, v);
+    }
+}
+
 /// The message of an error and its causes ("error sending request: connection refused").
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -399,15 +417,7 @@ impl FillSource for Arc<OriginClient> {
                 let range = format!("bytes={start}-{end}");
                 h.insert(header::RANGE, HeaderValue::from_str(&range).expect("ascii"));
                 // The chunk must come from the version we hold, or not at all.
-                if let Some(etag) = meta.etag.as_deref().filter(|e| !e.starts_with("W/"))
-                    && let Ok(v) = HeaderValue::from_str(etag)
-                {
-                    h.insert(header::IF_MATCH, v);
-                } else if let Some(lm) = meta.last_modified
-                    && let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(lm))
-                {
-                    h.insert(header::IF_UNMODIFIED_SINCE, v);
-                }
+                require_version(&mut h, meta.etag.as_deref(), meta.last_modified);
             }
             let resp = this
                 .send("chunk", Method::GET, &meta.path_and_query, h, None)

@@ -30,7 +30,7 @@ use cdn_http::conditional::Validators;
 use cdn_http::represent::{self, Plan, Shape, Source};
 
 use crate::cache::{Edge, Unstored};
-use crate::origin::{OriginClient, error_chain, strip_hop_by_hop};
+use crate::origin::{OriginClient, error_chain, require_version, strip_hop_by_hop};
 
 /// Why a GET or HEAD request is refused for carrying a body (RFC 9110 §9.3.1: a body on
 /// them has no defined meaning, and some origins read it while others do not, which is how
@@ -190,14 +190,7 @@ pub fn answer(
         // Another status, or a body whose length is not known: the answer as it is.
         return Ok(relay(origin, answer.resp, method));
     };
-    let etag = h
-        .get(header::ETAG)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let last_modified = h
-        .get(header::LAST_MODIFIED)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate::parse_http_date(v).ok());
+    let (etag, last_modified) = crate::cache::validators_of(h);
     let validators = Validators {
         etag,
         last_modified,
@@ -288,20 +281,15 @@ impl Rest {
         let (s0, s1) = (*self.span.start(), *self.span.end());
         // From the probe's answer: skip to `start`, take up to the end of what it carries.
         let mut skip = start.saturating_sub(s0);
-        let mut take = end.min(s1).saturating_sub(start) + 1;
         let first = counted(&self.origin, self.answer.resp).try_filter_map(move |mut b| {
             let cut = usize::try_from(skip.min(b.len() as u64)).unwrap_or(b.len());
             skip -= cut as u64;
             let _ = b.split_to(cut);
-            let keep = usize::try_from(take.min(b.len() as u64)).unwrap_or(b.len());
-            take -= keep as u64;
-            b.truncate(keep);
             futures::future::ready(Ok((!b.is_empty()).then_some(b)))
         });
-        // Stop reading the probe's answer once its part is taken (the rest of it, if any,
-        // is left unread and its connection closed).
-        let need = end.min(s1) - start + 1;
-        let first = limit(first.boxed(), need);
+        // Take the probe's part only, and stop reading its answer there (the rest of it, if
+        // any, is left unread and its connection closed).
+        let first = limit(first.boxed(), end.min(s1) - start + 1);
         if end <= s1 {
             return first;
         }
@@ -312,15 +300,7 @@ impl Rest {
         let rest = async move {
             let range = format!("bytes={from}-{end}");
             h.insert(header::RANGE, HeaderValue::from_str(&range).expect("ascii"));
-            if let Some(etag) = validators.etag.as_deref().filter(|e| !e.starts_with("W/"))
-                && let Ok(v) = HeaderValue::from_str(etag)
-            {
-                h.insert(header::IF_MATCH, v);
-            } else if let Some(lm) = validators.last_modified
-                && let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(lm))
-            {
-                h.insert(header::IF_UNMODIFIED_SINCE, v);
-            }
+            require_version(&mut h, validators.etag.as_deref(), validators.last_modified);
             let resp = origin
                 .send("pass", Method::GET, &pq, h, None)
                 .await
@@ -346,16 +326,18 @@ impl Rest {
     }
 }
 
-/// Ends `inner` once it has yielded `len` bytes (without polling it again).
+/// The first `len` bytes of `inner`: the piece that reaches `len` is cut there, and `inner` is
+/// not polled again.
 fn limit(inner: ByteStream, len: u64) -> ByteStream {
     futures::stream::unfold((inner, len), |(mut inner, left)| async move {
         if left == 0 {
             return None;
         }
         match inner.next().await {
-            Some(Ok(b)) => {
+            Some(Ok(mut b)) => {
+                b.truncate(usize::try_from(left).unwrap_or(usize::MAX));
                 let n = b.len() as u64;
-                Some((Ok(b), (inner, left.saturating_sub(n))))
+                Some((Ok(b), (inner, left - n)))
             }
             Some(Err(e)) => Some((Err(e), (inner, 0))),
             None => None,

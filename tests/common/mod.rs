@@ -38,6 +38,17 @@ pub fn client() -> reqwest::Client {
         .expect("client")
 }
 
+/// A client whose requests come from `ip` (any 127.0.0.0/8 address is a simulated client).
+/// (tests/router.rs, lab.rs and autoscale.rs keep their own, with other timeouts.)
+pub fn client_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(ip.parse::<std::net::IpAddr>().expect("source ip"))
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
 /// Fetches `/metrics` of a node.
 pub async fn metrics_text(base: &str) -> String {
     client()
