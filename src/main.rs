@@ -64,6 +64,8 @@ fn main() -> anyhow::Result<()> {
     init_logging(&cli.log, cli.log_json);
     // Before any socket: every node fits its connection cap to this limit (and logs it).
     cdn_http::nofile::raise();
+    // The one rustls provider (ring), for clients that do not name theirs.
+    cdn_http::tls::install_crypto_provider();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -372,6 +372,7 @@ fn path(i: usize) -> String {
 
 fn client_from(source: &str) -> reqwest::Client {
     let ip: IpAddr = source.parse().expect("source ip");
+    cdn_http::tls::install_crypto_provider();
     reqwest::Client::builder()
         .local_address(ip)
         .redirect(reqwest::redirect::Policy::none())
@@ -639,6 +640,7 @@ async fn load_ramp_starts_an_edge_that_serves_then_drains_it_with_zero_failed_re
         status.events[0]
     );
     // The stopped edge is gone for good.
+    cdn_http::tls::install_crypto_provider();
     assert!(reqwest::get(format!("{second_url}/healthz")).await.is_err());
 
     fleet.stop_all().await;

@@ -670,9 +670,12 @@ async fn edge_killed_under_load_is_routed_around_once_its_checks_fail() {
         url,
         weight: 1.0,
         health_url: None,
+        https_url: None,
     };
     let config = RouterConfig {
         origin_url: origin.url(),
+        origin_https_url: None,
+        tls: Default::default(),
         trusted_proxies: Vec::new(),
         geo_miss: GeoMissConfig {
             latitude: 50.0,
@@ -733,6 +736,7 @@ async fn edge_killed_under_load_is_routed_around_once_its_checks_fail() {
             let ip: IpAddr = format!("127.1.{}.{}", v / 200, 10 + v % 200)
                 .parse()
                 .unwrap();
+            cdn_http::tls::install_crypto_provider();
             let viewer = reqwest::Client::builder()
                 .local_address(ip)
                 .redirect(reqwest::redirect::Policy::none())

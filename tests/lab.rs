@@ -21,6 +21,7 @@ use lab_run::{LabRun, alive, signal, wait_gone};
 use serde_json::Value;
 
 fn client() -> reqwest::Client {
+    cdn_http::tls::install_crypto_provider();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
@@ -31,6 +32,7 @@ fn client() -> reqwest::Client {
 
 fn client_from(source: &str) -> reqwest::Client {
     let ip: IpAddr = source.parse().expect("source ip");
+    cdn_http::tls::install_crypto_provider();
     reqwest::Client::builder()
         .local_address(ip)
         .redirect(reqwest::redirect::Policy::none())
@@ -375,15 +377,19 @@ async fn router_sends_lab_clients_to_their_link_and_forwards_the_ui() {
         url,
         weight: 1.0,
         health_url: None,
+        https_url: None,
     };
     let link = |edge: &str, region: &str, net: &str, url: &str| LabLink {
         edge: edge.into(),
         region: Some(region.into()),
         networks: vec![net.parse().expect("net")],
         url: url.into(),
+        https_url: None,
     };
     let cfg = cdn_geo_router::RouterConfig {
         origin_url: origin.url(),
+        origin_https_url: None,
+        tls: Default::default(),
         trusted_proxies: Vec::new(),
         geo_miss: GeoMissConfig {
             latitude: 50.11,
@@ -792,6 +798,7 @@ fn readme_screenshot() {
             .build()
             .expect("runtime");
         rt.block_on(async {
+            cdn_http::tls::install_crypto_provider();
             let c = reqwest::Client::builder()
                 .no_proxy()
                 .build()
@@ -910,6 +917,7 @@ impl Viewers {
         let (stop, rx) = tokio::sync::watch::channel(false);
         let tasks = (0..workers)
             .map(|w| {
+                cdn_http::tls::install_crypto_provider();
                 let client = reqwest::Client::builder()
                     .local_address(IpAddr::from([127, 1, 0, 10 + w as u8]))
                     .no_proxy()

@@ -568,6 +568,7 @@ async fn every_node_reads_its_limits_from_its_config_file() {
         idle_timeout_ms: 400,
         max_connections: 3,
         retry_after_secs: 2,
+        ..Limits::default()
     };
     let o = cdn_origin::OriginConfig::parse(t, "origin.toml").unwrap();
     assert_eq!(o.limits, want);

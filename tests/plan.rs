@@ -413,6 +413,7 @@ async fn from_lab_measures_the_rate_per_region() {
     let load = {
         let (url, stop) = (router.url(), stop.clone());
         tokio::spawn(async move {
+            cdn_http::tls::install_crypto_provider();
             let client = reqwest::Client::builder()
                 .local_address("127.1.0.7".parse::<std::net::IpAddr>().expect("ip"))
                 .no_proxy()

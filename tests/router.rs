@@ -61,12 +61,15 @@ fn edge(e: &FakeEdge, at: (f64, f64)) -> EdgeConfig {
         url: e.url(),
         weight: 1.0,
         health_url: None,
+        https_url: None,
     }
 }
 
 fn config(edges: Vec<EdgeConfig>, interval_ms: u64) -> RouterConfig {
     RouterConfig {
         origin_url: ORIGIN.to_owned(),
+        origin_https_url: None,
+        tls: Default::default(),
         trusted_proxies: Vec::new(),
         geo_miss: GeoMissConfig {
             latitude: MID_ATLANTIC.0,
@@ -98,6 +101,7 @@ async fn start_router(config: RouterConfig, db: &Path) -> RouterHandle {
 /// A client whose connections come from `source` (a simulated client region).
 fn client_from(source: &str) -> reqwest::Client {
     let ip: IpAddr = source.parse().expect("source ip");
+    cdn_http::tls::install_crypto_provider();
     reqwest::Client::builder()
         .local_address(ip)
         .redirect(reqwest::redirect::Policy::none())
@@ -107,6 +111,7 @@ fn client_from(source: &str) -> reqwest::Client {
 }
 
 fn plain_client() -> reqwest::Client {
+    cdn_http::tls::install_crypto_provider();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
@@ -1194,6 +1199,7 @@ async fn real_edges_serve_routed_viewers_and_fail_over() {
         url,
         weight: 1.0,
         health_url: None,
+        https_url: None,
     };
     let edges = vec![
         real_edge("eu-real", "europe", eu.url(), FRANKFURT),

@@ -242,6 +242,7 @@ async fn soak_two_edges_behind_the_router_under_hundreds_of_viewers() {
             let ip: std::net::IpAddr = format!("127.{region}.{}.{}", v / 250, 1 + v % 250)
                 .parse()
                 .unwrap();
+            cdn_http::tls::install_crypto_provider();
             let viewer = reqwest::Client::builder()
                 .local_address(ip)
                 .redirect(reqwest::redirect::Policy::none())

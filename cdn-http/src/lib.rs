@@ -15,5 +15,6 @@ pub mod nofile;
 pub mod range;
 pub mod represent;
 pub mod server;
+pub mod tls;
 
 pub use represent::{ByteStream, Representation, respond};

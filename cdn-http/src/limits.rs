@@ -10,6 +10,13 @@
 //! | `header_read_timeout_ms` | 10 s | `408` then close, when part of a head came; a silent close when nothing did |
 //! | `idle_timeout_ms` | 60 s | close, when no byte moved either way for that long |
 //! | `max_connections` | 10 000 | `503` with `Retry-After`, then close |
+//! | `h2_max_concurrent_streams` | 100 | HTTP/2: streams over it are refused (`REFUSED_STREAM`) |
+//! | `h2_max_pending_accept_reset_streams` | 20 | HTTP/2: streams the client opens and resets before they are served (rapid reset, CVE-2023-44487) → `GOAWAY` `ENHANCE_YOUR_CALM`, close |
+//! | `h2_max_local_error_reset_streams` | 128 | HTTP/2: streams the server must reset for the client's protocol errors → `GOAWAY`, close |
+//!
+//! HTTP/2's header list is bounded by the same buffer as HTTP/1.1's head (below); h2 also
+//! bounds the CONTINUATION frames of one header block by it (the 2024 CONTINUATION flood),
+//! answering more with `GOAWAY` and closing.
 //!
 //! A head larger than `max_header_bytes + max_uri_bytes + 1 KiB` cannot be buffered at all and
 //! is answered `431` by hyper before its request line is looked at.
@@ -43,6 +50,14 @@ pub struct Limits {
     pub max_connections: usize,
     /// Seconds in the `Retry-After` of a 503 for too many connections.
     pub retry_after_secs: u64,
+    /// HTTP/2: most streams a client may have open at once on one connection.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2: most streams a client may open and reset before the server accepted them
+    /// (rapid reset); more closes the connection with `ENHANCE_YOUR_CALM`.
+    pub h2_max_pending_accept_reset_streams: usize,
+    /// HTTP/2: most streams the server may reset for the client's errors on one connection;
+    /// more closes it.
+    pub h2_max_local_error_reset_streams: usize,
 }
 
 impl Default for Limits {
@@ -56,6 +71,9 @@ impl Default for Limits {
             idle_timeout_ms: 60_000,
             max_connections: 10_000,
             retry_after_secs: 1,
+            h2_max_concurrent_streams: 100,
+            h2_max_pending_accept_reset_streams: 20,
+            h2_max_local_error_reset_streams: 128,
         }
     }
 }
@@ -72,6 +90,9 @@ struct RawLimits {
     idle_timeout_ms: u64,
     max_connections: usize,
     retry_after_secs: u64,
+    h2_max_concurrent_streams: u32,
+    h2_max_pending_accept_reset_streams: usize,
+    h2_max_local_error_reset_streams: usize,
 }
 
 impl Default for RawLimits {
@@ -86,6 +107,9 @@ impl Default for RawLimits {
             idle_timeout_ms: d.idle_timeout_ms,
             max_connections: d.max_connections,
             retry_after_secs: d.retry_after_secs,
+            h2_max_concurrent_streams: d.h2_max_concurrent_streams,
+            h2_max_pending_accept_reset_streams: d.h2_max_pending_accept_reset_streams,
+            h2_max_local_error_reset_streams: d.h2_max_local_error_reset_streams,
         }
     }
 }
@@ -103,6 +127,9 @@ impl TryFrom<RawLimits> for Limits {
             idle_timeout_ms: r.idle_timeout_ms,
             max_connections: r.max_connections,
             retry_after_secs: r.retry_after_secs,
+            h2_max_concurrent_streams: r.h2_max_concurrent_streams,
+            h2_max_pending_accept_reset_streams: r.h2_max_pending_accept_reset_streams,
+            h2_max_local_error_reset_streams: r.h2_max_local_error_reset_streams,
         };
         l.check().map(|()| l)
     }
@@ -129,6 +156,9 @@ impl Limits {
         }
         if self.max_connections == 0 {
             return fail("max_connections", "must be at least 1");
+        }
+        if self.h2_max_concurrent_streams == 0 {
+            return fail("h2_max_concurrent_streams", "must be at least 1");
         }
         Ok(())
     }

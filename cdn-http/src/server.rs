@@ -1,4 +1,5 @@
-//! The accept loop every node runs: HTTP/1.1 and h2c on one listener, the [`Limits`] of
+//! The accept loop every node runs: HTTP/1.1 and h2c on one listener, or HTTPS (HTTP/2 and
+//! HTTP/1.1 by ALPN, [`serve_tls`], certificates from [`crate::tls`]), the [`Limits`] of
 //! [`crate::limits`] (head size and field count, URI length, body size, head-read and idle
 //! timeouts, a connection cap answered with 503), the peer address as axum's `ConnectInfo`,
 //! and graceful shutdown that lets in-flight responses finish within a deadline.
@@ -123,17 +124,95 @@ fn builder(limits: &Limits, keep_alive: bool) -> auto::Builder<TokioExecutor> {
         .header_read_timeout(limits.header_read_timeout())
         .max_buf_size(limits.head_buffer_bytes())
         .max_headers(limits.max_headers);
+    // The HTTP/2 limits (crate::limits): a header list no larger than an HTTP/1.1 head (h2
+    // also bounds one block's CONTINUATION frames by it), concurrent streams, and the
+    // rapid-reset and error-reset counts after which the connection is closed.
     b.http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.head_buffer_bytes()).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(limits.head_buffer_bytes()).unwrap_or(u32::MAX))
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
+        .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams);
     b
 }
 
-/// Serves `app` on `listener` until `shutdown` completes, then drains.
+/// A request extension: the request came over TLS (the HTTPS listener).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ViaTls;
+
+/// HTTPS on a listener: the rustls configuration (from [`crate::tls::Tls::server_config`])
+/// and the time a client has to complete its handshake.
+#[derive(Clone)]
+pub struct TlsAccept {
+    pub config: Arc<rustls::ServerConfig>,
+    pub handshake_timeout: Duration,
+}
+
+impl TlsAccept {
+    /// The TCP configuration of `tls`, with its handshake timeout.
+    pub fn from_tls(tls: &crate::tls::Tls) -> Self {
+        TlsAccept {
+            config: tls.server_config(),
+            handshake_timeout: tls.settings().handshake_timeout(),
+        }
+    }
+}
+
+/// Serves `app` on `listener` (plain HTTP/1.1 and h2c) until `shutdown` completes, then
+/// drains.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     opts: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> io::Result<()> {
+    serve_on(listener, app, opts, None, shutdown).await
+}
+
+/// Serves `app` over TLS on `listener` (HTTP/2 or HTTP/1.1 as ALPN says) with the same
+/// limits as [`serve`], until `shutdown` completes, then drains. The handshake runs in the
+/// connection's task, after the connection took its place under `max_connections`, within
+/// `tls.handshake_timeout`; a client that fails it or runs out of time is closed (logged at
+/// debug). A head not received in time is closed without a 408 (it would have to go through
+/// TLS; hyper has already given up on the connection).
+pub async fn serve_tls(
+    listener: TcpListener,
+    app: Router,
+    opts: ServeOptions,
+    tls: TlsAccept,
+    shutdown: impl Future<Output = ()> + Send,
+) -> io::Result<()> {
+    serve_on(listener, app, opts, Some(tls), shutdown).await
+}
+
+/// Serves `plain` on `listener` and, when given, the HTTPS app on its listener, side by side
+/// with the same limits, until `shutdown` completes; then both drain.
+pub async fn serve_both(
+    listener: TcpListener,
+    plain: Router,
+    https: Option<(TcpListener, Router, TlsAccept)>,
+    opts: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> io::Result<()> {
+    use futures::FutureExt;
+    let shutdown = Box::pin(shutdown).shared();
+    match https {
+        None => serve(listener, plain, opts, shutdown).await,
+        Some((tls_listener, app, tls)) => {
+            let (a, b) = tokio::join!(
+                serve(listener, plain, opts.clone(), shutdown.clone()),
+                serve_tls(tls_listener, app, opts, tls, shutdown),
+            );
+            a.and(b)
+        }
+    }
+}
+
+async fn serve_on(
+    listener: TcpListener,
+    app: Router,
+    opts: ServeOptions,
+    tls: Option<TlsAccept>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> io::Result<()> {
     // Fit the connection cap to the descriptors this process may open (raising the soft
@@ -156,14 +235,20 @@ pub async fn serve(
         max_connections: budget.max_connections,
         ..opts.limits.clone()
     });
-    let full = builder(&limits, true);
+    let full = Arc::new(builder(&limits, true));
     // Over the cap: a short-lived responder with tight timeouts.
     let overflow_limits = Arc::new(Limits {
         header_read_timeout_ms: limits.header_read_timeout_ms.min(2_000),
         idle_timeout_ms: limits.idle_timeout_ms.min(2_000),
         ..(*limits).clone()
     });
-    let refuse = builder(&overflow_limits, false);
+    let refuse = Arc::new(builder(&overflow_limits, false));
+    let acceptor = tls.as_ref().map(|t| {
+        (
+            tokio_rustls::TlsAcceptor::from(t.config.clone()),
+            t.handshake_timeout,
+        )
+    });
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let overflow = Arc::new(Semaphore::new(budget.overflow));
@@ -208,19 +293,29 @@ pub async fn serve(
         };
         let stream = Arc::new(stream);
         let state = Arc::new(ConnState::new());
-        let io = TokioIo::new(SharedIo {
+        let io = SharedIo {
             stream: stream.clone(),
             state: state.clone(),
-        });
+        };
+        let conn = Conn {
+            stream,
+            state: state.clone(),
+            peer,
+            permit,
+            watcher: graceful.watcher(),
+        };
         if admitted {
             let (app, lim, st) = (app.clone(), limits.clone(), state.clone());
+            let via_tls = acceptor.is_some();
             let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 st.on_request();
                 req.extensions_mut().insert(ConnectInfo(peer));
+                if via_tls {
+                    req.extensions_mut().insert(ViaTls);
+                }
                 guarded(app.clone(), lim.clone(), req)
             });
-            let conn = graceful.watch(full.serve_connection_with_upgrades(io, svc).into_owned());
-            conns.spawn(drive(conn, stream, state, limits.clone(), peer, permit));
+            conns.spawn(conn.run(io, acceptor.clone(), full.clone(), svc, limits.clone()));
         } else {
             tracing::debug!(%peer, "over max_connections: 503");
             let (retry, st) = (limits.retry_after_secs, state.clone());
@@ -234,14 +329,12 @@ pub async fn serve(
                 );
                 async move { Ok::<_, Infallible>(r) }
             });
-            let conn = graceful.watch(refuse.serve_connection(io, svc).into_owned());
-            conns.spawn(drive(
-                conn,
-                stream,
-                state,
+            conns.spawn(conn.run(
+                io,
+                acceptor.clone(),
+                refuse.clone(),
+                svc,
                 overflow_limits.clone(),
-                peer,
-                permit,
             ));
         }
     }
@@ -254,6 +347,76 @@ pub async fn serve(
     }
     conns.shutdown().await;
     Ok(())
+}
+
+/// One accepted connection, before its protocol runs.
+struct Conn {
+    stream: Arc<TcpStream>,
+    state: Arc<ConnState>,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    watcher: hyper_util::server::graceful::Watcher,
+}
+
+impl Conn {
+    /// Runs the connection: the TLS handshake first when `tls` is set (within its
+    /// timeout), then HTTP with `builder` and `svc` under `limits`.
+    async fn run<S, B>(
+        self,
+        io: SharedIo,
+        tls: Option<(tokio_rustls::TlsAcceptor, Duration)>,
+        builder: Arc<auto::Builder<TokioExecutor>>,
+        svc: S,
+        limits: Arc<Limits>,
+    ) where
+        S: hyper::service::Service<hyper::Request<Incoming>, Response = http::Response<B>>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let Conn {
+            stream,
+            state,
+            peer,
+            permit,
+            watcher,
+        } = self;
+        match tls {
+            None => {
+                let conn = watcher.watch(
+                    builder
+                        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+                        .into_owned(),
+                );
+                drive(conn, Some(stream), state, limits, peer, permit).await;
+            }
+            Some((acceptor, timeout)) => {
+                let tls_io = match tokio::time::timeout(timeout, acceptor.accept(io)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake not completed in time: closed");
+                        return;
+                    }
+                };
+                let conn = watcher.watch(
+                    builder
+                        .serve_connection_with_upgrades(TokioIo::new(tls_io), svc)
+                        .into_owned(),
+                );
+                drop(stream);
+                drive(conn, None, state, limits, peer, permit).await;
+            }
+        }
+    }
 }
 
 /// Runs `app` for a request within the limits, or answers the limit's status.
@@ -353,7 +516,7 @@ enum End {
 /// timeout. Sends the 408 itself, since hyper closes silently.
 async fn drive<C>(
     conn: C,
-    stream: Arc<TcpStream>,
+    stream: Option<Arc<TcpStream>>,
     state: Arc<ConnState>,
     limits: Arc<Limits>,
     peer: SocketAddr,
@@ -376,22 +539,24 @@ async fn drive<C>(
         _ = no_request_within(&state, head_timeout) => End::HeadTimeout,
         _ = idle_for(&state, limits.idle_timeout()) => End::Idle,
     };
-    match end {
-        End::HeadTimeout if state.partial_head() => {
+    match (end, stream.as_ref()) {
+        (End::HeadTimeout, Some(stream)) if state.partial_head() => {
             tracing::info!(target: "cdn_http::limits", %peer, status = 408, "request head not received in time");
             let _ = tokio::time::timeout(Duration::from_secs(1), async {
                 write_shared(
-                    &stream,
+                    stream,
                     b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
                 )
                 .await?;
-                close_gently(&stream).await
+                close_gently(stream).await
             })
             .await;
         }
-        End::HeadTimeout => tracing::debug!(%peer, "no request within the head timeout: closed"),
-        End::Idle => tracing::debug!(%peer, "idle timeout: closed"),
-        End::Done => {}
+        (End::HeadTimeout, _) => {
+            tracing::debug!(%peer, "no request within the head timeout: closed")
+        }
+        (End::Idle, _) => tracing::debug!(%peer, "idle timeout: closed"),
+        (End::Done, _) => {}
     }
     drop(stream);
     drop(permit);
@@ -667,6 +832,7 @@ pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 pub struct NodeHandle {
     /// The address the node listens on (the real port when bound to port 0).
     pub addr: SocketAddr,
+    scheme: &'static str,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<io::Result<()>>,
 }
@@ -681,14 +847,35 @@ impl NodeHandle {
         }));
         Ok(NodeHandle {
             addr,
+            scheme: "http",
             stop: Some(tx),
             task,
         })
     }
 
-    /// `http://ADDR`
+    /// Starts serving `app` over TLS on `listener` in a background task.
+    pub fn spawn_tls(
+        listener: TcpListener,
+        app: Router,
+        opts: ServeOptions,
+        tls: TlsAccept,
+    ) -> io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve_tls(listener, app, opts, tls, async move {
+            let _ = rx.await;
+        }));
+        Ok(NodeHandle {
+            addr,
+            scheme: "https",
+            stop: Some(tx),
+            task,
+        })
+    }
+
+    /// `http://ADDR` or `https://ADDR`
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// Stops accepting, drains in-flight responses, and waits for the node to end.

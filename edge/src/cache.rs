@@ -204,14 +204,7 @@ impl Edge {
     pub fn new(cfg: EdgeConfig, metrics: Arc<NodeMetrics>) -> anyhow::Result<Arc<Self>> {
         let store = Store::new(cfg.capacity, cfg.policy);
         let origin = Arc::new(
-            OriginClient::new(
-                &cfg.origin,
-                &cfg.name,
-                Duration::from_millis(cfg.origin_connect_timeout_ms),
-                Duration::from_millis(cfg.origin_read_timeout_ms),
-                metrics.clone(),
-            )?
-            .with_fill_fields(cfg.fill_fields()),
+            OriginClient::from_config(&cfg, metrics.clone())?.with_fill_fields(cfg.fill_fields()),
         );
         let m = metrics.clone();
         let peers = crate::peer::Peers::new(&cfg, metrics.clone())?;

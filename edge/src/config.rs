@@ -125,6 +125,21 @@ pub struct EdgeConfig {
     /// Test hook: flip one byte of every chunk this node sends to a peer (after its digest is
     /// computed), to show receivers reject it. Never set outside tests.
     pub test_corrupt_peer_chunks: bool,
+    /// An `https://` origin's certificate is verified against this CA file (PEM) only;
+    /// unset: against the system's roots. A certificate that does not verify (unknown
+    /// issuer, expired, another name) fails the request: 502, never a plain-HTTP retry.
+    pub origin_ca: Option<std::path::PathBuf>,
+    /// Connect to this address instead of resolving the origin URL's host; TLS still sends
+    /// and verifies the URL's host name (SNI). Its port must be the URL's.
+    pub origin_connect: Option<std::net::SocketAddr>,
+    /// Speak HTTP/2 to the origin: offered by ALPN over TLS (HTTP/1.1 when the origin does
+    /// not pick it), with prior knowledge over cleartext. One connection then carries many
+    /// chunk fills.
+    pub origin_http2: bool,
+    /// HTTPS for viewers (`[tls]`: listener, certificates by SNI, reload, redirect).
+    pub tls: cdn_http::tls::TlsSettings,
+    /// HTTP/3 on the HTTPS port over UDP (`--no-http3` turns it off).
+    pub http3: bool,
 }
 
 /// The cluster's TLS material for one node.
@@ -192,6 +207,11 @@ impl Default for EdgeConfig {
             push_bytes_per_sec: 50 * 1024 * 1024,
             peer_table_bytes: 4 * 1024 * 1024,
             test_corrupt_peer_chunks: false,
+            origin_ca: None,
+            origin_connect: None,
+            origin_http2: false,
+            tls: Default::default(),
+            http3: true,
         }
     }
 }
@@ -237,9 +257,26 @@ impl EdgeConfig {
         if self.capacity < 4 * self.chunk_size {
             return Err(bad("capacity", "must hold at least 4 chunks"));
         }
-        match reqwest::Url::parse(&self.origin) {
-            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+        let origin = match reqwest::Url::parse(&self.origin) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => u,
             _ => return Err(bad("origin", "must be an http:// or https:// URL")),
+        };
+        if let Some(a) = self.origin_connect {
+            if origin.host_str().is_none() {
+                return Err(bad("origin_connect", "the origin URL has no host"));
+            }
+            if origin.port_or_known_default() != Some(a.port()) {
+                return Err(bad(
+                    "origin_connect",
+                    "its port must be the origin URL's (only the address is overridden)",
+                ));
+            }
+        }
+        if self.origin_ca.is_some() && origin.scheme() != "https" {
+            return Err(bad("origin_ca", "only for an https:// origin"));
+        }
+        if let Err(e) = self.tls.check() {
+            return Err(bad("tls", &e));
         }
         for (i, n) in self.fill_request_headers.iter().enumerate() {
             if http::HeaderName::from_bytes(n.as_bytes()).is_err() {
@@ -321,6 +358,11 @@ impl EdgeConfig {
             push_bytes_per_sec,
             peer_table_bytes,
             test_corrupt_peer_chunks,
+            origin_ca,
+            origin_connect,
+            origin_http2,
+            tls,
+            http3,
         )
     }
 

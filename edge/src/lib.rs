@@ -35,7 +35,7 @@ use axum::routing::{get, post};
 
 use cdn_http::config::ConfigError;
 use cdn_http::metrics::NodeMetrics;
-use cdn_http::server::{NodeHandle, ServeOptions, bind, serve, shutdown_signal};
+use cdn_http::server::{NodeHandle, ServeOptions, TlsAccept, bind, serve_both, shutdown_signal};
 
 pub use cache::Edge;
 pub use config::{EdgeConfig, Policy};
@@ -71,6 +71,22 @@ pub struct EdgeArgs {
     /// applied (polled every second, and on SIGHUP); other fields need a restart.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// HTTPS listener (TCP; HTTP/3 on the same port over UDP unless --no-http3).
+    #[arg(long)]
+    pub tls_listen: Option<SocketAddr>,
+    /// Certificate chain (PEM) of the HTTPS listener; the default one when the config's
+    /// `[tls]` lists more for SNI.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// No HTTP/3 on the HTTPS port.
+    #[arg(long)]
+    pub no_http3: bool,
+    /// CA (PEM) an https:// origin's certificate must chain to, instead of the system roots.
+    #[arg(long)]
+    pub origin_ca: Option<PathBuf>,
 }
 
 impl EdgeArgs {
@@ -119,6 +135,26 @@ impl EdgeArgs {
         if let Some(v) = self.peer_listen {
             cfg.peer_listen = Some(v);
         }
+        if let Some(v) = &self.origin_ca {
+            cfg.origin_ca = Some(v.clone());
+        }
+        if self.no_http3 {
+            cfg.http3 = false;
+        }
+        cfg.tls = cfg
+            .tls
+            .with_flags(
+                self.tls_listen,
+                self.tls_cert.as_deref(),
+                self.tls_key.as_deref(),
+            )
+            .map_err(|message| ConfigError::Invalid {
+                file: "command line".into(),
+                line: 0,
+                column: 0,
+                field: "tls".into(),
+                message,
+            })?;
         cfg.check("command line")
     }
 }
@@ -157,10 +193,20 @@ pub struct EdgeNode {
     pub edge: Arc<Edge>,
     /// The HTTP address (the real port when bound to port 0).
     pub addr: SocketAddr,
+    /// The HTTPS address, when `[tls]` has a listener.
+    pub tls_addr: Option<SocketAddr>,
+    /// The certificates (reloaded as their files change): the HTTP/3 endpoint takes
+    /// [`cdn_http::tls::Tls::server_config_h3`] from here, sharing their rotation.
+    pub tls: Option<Arc<cdn_http::tls::Tls>>,
+    /// The `Alt-Svc` value every HTTPS response carries (`h3=":PORT"`), set where HTTP/3 is
+    /// started; `None` sends none.
+    pub alt_svc: Option<http::HeaderValue>,
     listener: tokio::net::TcpListener,
+    tls_listener: Option<tokio::net::TcpListener>,
     router: Router,
     opts: ServeOptions,
     watcher: Option<reload::Watcher>,
+    tls_watcher: Option<cdn_http::tls::TlsWatcher>,
 }
 
 /// The start of `cdn edge` ([`run`] is this, then [`EdgeNode::serve`]): resolves the config
@@ -183,6 +229,16 @@ pub async fn start(args: &EdgeArgs) -> anyhow::Result<EdgeNode> {
     }
     let listener = bind(args.listen).await?;
     let addr = listener.local_addr()?;
+    let (tls, tls_listener, tls_watcher) = match running.tls.listen {
+        Some(at) => {
+            let tls = cdn_http::tls::Tls::load(&running.tls)?;
+            let l = bind(at).await?;
+            let w = tls.watch();
+            (Some(tls), Some(l), Some(w))
+        }
+        None => (None, None, None),
+    };
+    let tls_addr = tls_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let watcher = match (&args.config, text) {
         (Some(path), Some(text)) => Some(reload::watch(reload::Reloader::new(
             path.clone(),
@@ -197,11 +253,34 @@ pub async fn start(args: &EdgeArgs) -> anyhow::Result<EdgeNode> {
     Ok(EdgeNode {
         edge,
         addr,
+        tls_addr,
+        tls,
+        // HTTP/3 sets this when it starts its endpoint (`cfg.http3`).
+        alt_svc: None,
         listener,
+        tls_listener,
         router,
         opts,
         watcher,
+        tls_watcher,
     })
+}
+
+/// The app of the HTTPS listener: the edge's router, with `Alt-Svc` on every response when
+/// `alt_svc` is set (HTTP/3 on).
+pub fn https_app(router: Router, alt_svc: Option<http::HeaderValue>) -> Router {
+    match alt_svc {
+        None => router,
+        Some(v) => router.layer(axum::middleware::map_response(
+            move |mut r: axum::response::Response| {
+                let v = v.clone();
+                async move {
+                    r.headers_mut().insert(http::header::ALT_SVC, v);
+                    r
+                }
+            },
+        )),
+    }
 }
 
 impl EdgeNode {
@@ -214,15 +293,36 @@ impl EdgeNode {
         let EdgeNode {
             edge,
             addr,
+            tls_addr,
+            tls,
+            alt_svc,
             listener,
+            tls_listener,
             router,
             opts,
             watcher,
+            tls_watcher,
         } = self;
         let name = edge.cfg.name.clone();
-        tracing::info!(%name, listen = %addr, origin = %edge.cfg.origin, "edge serving");
-        let served = serve(listener, router, opts, shutdown).await;
+        let tls_listen = tls_addr.map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(%name, listen = %addr, %tls_listen, origin = %edge.cfg.origin, "edge serving");
+        let https = match (tls_listener, &tls) {
+            (Some(l), Some(t)) => Some((
+                l,
+                https_app(router.clone(), alt_svc),
+                TlsAccept::from_tls(t),
+            )),
+            _ => None,
+        };
+        let plain = match (&tls, tls_addr) {
+            (Some(t), Some(at)) if t.settings().redirect_http => {
+                cdn_http::tls::redirect_to_https(router, at.port())
+            }
+            _ => router,
+        };
+        let served = serve_both(listener, plain, https, opts, shutdown).await;
         drop(watcher);
+        drop(tls_watcher);
         edge.close_peers();
         served?;
         tracing::info!(%name, "edge stopped");
@@ -245,6 +345,11 @@ mod tests {
             policy: None,
             peer_listen: None,
             config,
+            tls_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            no_http3: false,
+            origin_ca: None,
         }
     }
 

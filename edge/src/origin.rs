@@ -63,6 +63,66 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// on the origin, whose error would then be shared) is left out of the fill.
 const FILL_FIELD_MAX: usize = 1024;
 
+/// How the edge reaches its origin beyond the URL: the CA its certificate must chain to
+/// (`None`: the system's roots), an address to connect to instead of resolving the URL's
+/// host (the TLS name stays the host's), and HTTP/2.
+#[derive(Debug, Clone, Default)]
+pub struct OriginTransport {
+    pub ca: Option<std::path::PathBuf>,
+    pub connect: Option<std::net::SocketAddr>,
+    pub http2: bool,
+}
+
+/// Why the origin client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum OriginClientError {
+    #[error("origin CA {path}: {message}")]
+    Ca {
+        path: std::path::PathBuf,
+        message: String,
+    },
+    #[error("origin TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("origin client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+/// The trust roots of origin certificates: the CA file only, or the system's roots.
+fn origin_roots(ca: Option<&std::path::Path>) -> Result<rustls::RootCertStore, OriginClientError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            let err = |message: String| OriginClientError::Ca {
+                path: path.to_path_buf(),
+                message,
+            };
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| err(e.to_string()))? {
+                let cert = cert.map_err(|e| err(e.to_string()))?;
+                roots.add(cert).map_err(|e| err(e.to_string()))?;
+            }
+            if roots.is_empty() {
+                return Err(err("no CERTIFICATE in the file".into()));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for e in &found.errors {
+                tracing::warn!(error = %e, "reading the system's trust roots");
+            }
+            let (added, ignored) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                tracing::warn!(
+                    ignored,
+                    "no system trust roots found: an https:// origin will be refused unless origin_ca names its CA"
+                );
+            }
+        }
+    }
+    Ok(roots)
+}
+
 impl OriginClient {
     pub fn new(
         base: &str,
@@ -70,16 +130,87 @@ impl OriginClient {
         connect_timeout: Duration,
         read_timeout: Duration,
         metrics: Arc<NodeMetrics>,
-    ) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
+    ) -> Result<Self, OriginClientError> {
+        Self::with_transport(
+            base,
+            name,
+            connect_timeout,
+            read_timeout,
+            &OriginTransport::default(),
+            metrics,
+        )
+    }
+
+    /// The client an edge with `cfg` uses.
+    pub fn from_config(
+        cfg: &crate::config::EdgeConfig,
+        metrics: Arc<NodeMetrics>,
+    ) -> Result<Self, OriginClientError> {
+        Self::with_transport(
+            &cfg.origin,
+            &cfg.name,
+            Duration::from_millis(cfg.origin_connect_timeout_ms),
+            Duration::from_millis(cfg.origin_read_timeout_ms),
+            &OriginTransport {
+                ca: cfg.origin_ca.clone(),
+                connect: cfg.origin_connect,
+                http2: cfg.origin_http2,
+            },
+            metrics,
+        )
+    }
+
+    /// A client of the origin at `base`: over TLS for an `https://` base (rustls with the
+    /// ring provider, TLS 1.2 and 1.3, the certificate verified against `transport.ca` or
+    /// the system's roots and the URL's host name, sent as SNI), never falling back to
+    /// cleartext.
+    pub fn with_transport(
+        base: &str,
+        name: &str,
+        connect_timeout: Duration,
+        read_timeout: Duration,
+        transport: &OriginTransport,
+        metrics: Arc<NodeMetrics>,
+    ) -> Result<Self, OriginClientError> {
+        let mut b = reqwest::Client::builder()
             .connect_timeout(connect_timeout)
             .read_timeout(read_timeout)
             .redirect(reqwest::redirect::Policy::none())
             // Below common origin keep-alive timeouts (Apache 5 s, nginx 75 s, ours 10 s), so
             // a fill is not sent on a connection the origin is closing at that moment.
             .pool_idle_timeout(Duration::from_secs(4))
-            .tcp_nodelay(true)
-            .build()?;
+            .tcp_nodelay(true);
+        let url = reqwest::Url::parse(base).ok();
+        let https = url.as_ref().is_some_and(|u| u.scheme() == "https");
+        if https {
+            let roots = origin_roots(transport.ca.as_deref())?;
+            let mut tls = rustls::ClientConfig::builder_with_provider(cdn_http::tls::provider())
+                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            tls.alpn_protocols = if transport.http2 {
+                vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+            } else {
+                vec![b"http/1.1".to_vec()]
+            };
+            b = b.tls_backend_preconfigured(tls);
+        } else {
+            // reqwest builds a TLS configuration even for cleartext: with the ring provider.
+            cdn_http::tls::install_crypto_provider();
+        }
+        if transport.http2 {
+            if !https {
+                b = b.http2_prior_knowledge();
+            }
+        } else {
+            b = b.http1_only();
+        }
+        if let (Some(addr), Some(host)) =
+            (transport.connect, url.as_ref().and_then(|u| u.host_str()))
+        {
+            b = b.resolve(host, addr);
+        }
+        let http = b.build()?;
         Ok(OriginClient {
             http,
             base: base.trim_end_matches('/').to_string(),
@@ -152,7 +283,14 @@ impl OriginClient {
         let fail = |e: &reqwest::Error| {
             self.metrics
                 .with(|| metrics::counter!("cdn_edge_origin_errors_total").increment(1));
-            FillError::Request(error_chain(e))
+            let chain = error_chain(e);
+            if let Some(why) = certificate_refused(e) {
+                // Never retried in cleartext: the viewer gets a 502.
+                tracing::error!(origin = %self.base, reason = %why, error = %chain, "origin TLS certificate refused");
+                self.metrics
+                    .with(|| metrics::counter!("cdn_edge_origin_tls_refused_total").increment(1));
+            }
+            FillError::Request(chain)
         };
         count();
         let mut req = self
@@ -241,6 +379,25 @@ impl OriginClient {
         }
         Ok(out.freeze())
     }
+}
+
+/// The reason when `e` is the origin's certificate failing verification (expired, another
+/// name, an unknown issuer...).
+fn certificate_refused(e: &reqwest::Error) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        if let Some(rustls::Error::InvalidCertificate(why)) = c.downcast_ref::<rustls::Error>() {
+            return Some(format!("{why:?}"));
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>()
+            && let Some(rustls::Error::InvalidCertificate(why)) =
+                io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
+        {
+            return Some(format!("{why:?}"));
+        }
+        cur = c.source();
+    }
+    None
 }
 
 /// Whether a request failed because the connection it went out on was closed before any

@@ -20,6 +20,10 @@ use crate::error::RouterError;
 pub struct RouterConfig {
     /// Where viewers are sent when every edge is down (`http://host:port`, optional path prefix).
     pub origin_url: String,
+    /// Where viewers that came over HTTPS are sent when every edge is down; `origin_url`
+    /// when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin_https_url: Option<String>,
     /// The proxies whose forwarding header is believed, each with the one header it sets
     /// (`{ net = "10.0.0.0/8", header = "x-forwarded-for" }`). Empty (the default): the socket
     /// peer address is the client.
@@ -47,6 +51,13 @@ pub struct RouterConfig {
     /// `cdn_http::limits`); read at start, not on reload.
     #[serde(default)]
     pub limits: cdn_http::limits::Limits,
+    /// HTTPS for viewers (`[tls]`: listener, certificates by SNI, reload, redirect); read at
+    /// start (the certificate files are followed), not on reload.
+    #[serde(
+        default,
+        skip_serializing_if = "cdn_http::tls::TlsSettings::is_default"
+    )]
+    pub tls: cdn_http::tls::TlsSettings,
 }
 
 /// One trusted proxy network and the forwarding header its proxies append the client to.
@@ -124,6 +135,10 @@ pub struct EdgeConfig {
     pub longitude: f64,
     /// The edge's public base URL that viewers are redirected to.
     pub url: String,
+    /// The edge's HTTPS base URL (`https://host:port`), where viewers that reached the router
+    /// over HTTPS are redirected; without it they get `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_url: Option<String>,
     /// Relative share of its region's paths (rendezvous-hashing weight), > 0.
     #[serde(default = "default_weight")]
     pub weight: f64,
@@ -231,6 +246,9 @@ pub struct LabLink {
     pub networks: Vec<IpNet>,
     /// Where those clients are redirected to reach the edge.
     pub url: String,
+    /// The same link for viewers that came over HTTPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_url: Option<String>,
 }
 
 fn default_lookup_cache_entries() -> u64 {
@@ -306,6 +324,10 @@ impl RouterConfig {
     /// Checks what serde cannot: ranges, URLs, unique names, sane health settings.
     pub fn validate(&self) -> Result<(), ConfigIssue> {
         check_url("origin_url", &self.origin_url)?;
+        if let Some(u) = &self.origin_https_url {
+            check_url("origin_https_url", u)?;
+        }
+        self.tls.check().map_err(|e| ConfigIssue::new("tls", e))?;
         check_coordinates("geo_miss", self.geo_miss.latitude, self.geo_miss.longitude)?;
         let h = &self.health;
         if h.interval_ms == 0 {
@@ -386,6 +408,9 @@ impl RouterConfig {
                 ));
             }
             check_url(&field("url"), &e.url)?;
+            if let Some(u) = &e.https_url {
+                check_url(&field("https_url"), u)?;
+            }
             if let Some(u) = &e.health_url {
                 check_url(&field("health_url"), u)?;
             }
@@ -408,6 +433,9 @@ impl RouterConfig {
                 ));
             }
             check_url(&field("url"), &l.url)?;
+            if let Some(u) = &l.https_url {
+                check_url(&field("https_url"), u)?;
+            }
         }
         Ok(())
     }

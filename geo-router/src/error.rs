@@ -33,6 +33,9 @@ pub enum RouterError {
     /// Writing an .mmdb failed.
     #[error("cannot build the geo database: {0}")]
     MmdbWrite(#[from] mmdb_writer::Error),
+    /// The HTTPS certificates could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] cdn_http::tls::TlsError),
     /// Binding or serving failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),

@@ -212,6 +212,7 @@ pub async fn probe(client: &reqwest::Client, url: &str, timeout: Duration) -> Pr
 /// The HTTP client of the checks: no proxies, no connection reuse (every probe opens a fresh
 /// connection, so a restarted or dead edge is seen at once).
 pub fn http_client() -> reqwest::Client {
+    cdn_http::tls::install_crypto_provider();
     reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(0)

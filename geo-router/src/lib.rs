@@ -91,6 +91,17 @@ pub struct RouterArgs {
     /// The router config (TOML), e.g. testdata/geo/router.example.toml.
     #[arg(long)]
     pub config: PathBuf,
+    /// HTTPS listener (TCP); viewers that come over HTTPS are redirected to the edges'
+    /// `https_url`.
+    #[arg(long)]
+    pub tls_listen: Option<SocketAddr>,
+    /// Certificate chain (PEM) of the HTTPS listener (the default one when `[tls]` lists
+    /// more for SNI).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `cdn geo ...`
@@ -112,7 +123,15 @@ pub enum GeoCommand {
 /// `cdn router`: runs until SIGTERM or Ctrl-C; SIGHUP reloads the config and the geo database.
 pub async fn run(args: RouterArgs) -> anyhow::Result<()> {
     // Check both files before binding, so a bad file is the first thing reported.
-    RouterConfig::load(&args.config)?;
+    let file_tls = RouterConfig::load(&args.config)?.tls;
+    let tls = file_tls
+        .with_flags(
+            args.tls_listen,
+            args.tls_cert.as_deref(),
+            args.tls_key.as_deref(),
+        )
+        .map_err(anyhow::Error::msg)?;
+    tls.check().map_err(anyhow::Error::msg)?;
     // Signal handlers first: once "router listening" is logged, SIGHUP and SIGTERM must
     // already be handled (their default action would kill the process).
     let shutdown = cdn_http::server::shutdown_signal();
@@ -121,7 +140,7 @@ pub async fn run(args: RouterArgs) -> anyhow::Result<()> {
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("cannot listen for SIGHUP")?;
     let listener = cdn_http::server::bind(args.listen).await?;
-    let handle = spawn_from_files(&args.config, &args.geo_db, listener)
+    let handle = state::spawn_from_files_with_tls(&args.config, &args.geo_db, listener, Some(tls))
         .await
         .context("router did not start")?;
     #[cfg(unix)]

@@ -196,7 +196,8 @@ async fn redirect(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         Ok(d) => d,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
-    let location = decision.location(path, query.as_deref());
+    let https = req.extensions().get::<cdn_http::server::ViaTls>().is_some();
+    let location = decision.location_for(path, query.as_deref(), https);
     record(&shared, &decision);
     tracing::debug!(
         client = ?decision.client.ip,

@@ -104,6 +104,10 @@ pub struct RouteDecision {
     pub region: Option<String>,
     /// The base URL redirected to (the edge's, a lab link's or the origin's).
     pub base_url: String,
+    /// The HTTPS base URL redirected to when the viewer came over HTTPS (the edge's or lab
+    /// link's `https_url`); `None` when it has none (`base_url` is then used).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub https_base_url: Option<String>,
     /// The lab client region named by a `?region=` override.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lab_region: Option<String>,
@@ -127,7 +131,17 @@ pub struct RouteDecision {
 impl RouteDecision {
     /// The redirect target for `path` and a raw `query`.
     pub fn location(&self, path: &str, query: Option<&str>) -> String {
-        let mut url = format!("{}{}", self.base_url.trim_end_matches('/'), path);
+        self.location_for(path, query, false)
+    }
+
+    /// The redirect target for a viewer that came over HTTPS (`https`): the HTTPS base URL
+    /// when the target has one, so a page served over HTTPS is not sent to cleartext.
+    pub fn location_for(&self, path: &str, query: Option<&str>, https: bool) -> String {
+        let base = match (&self.https_base_url, https) {
+            (Some(u), true) => u,
+            _ => &self.base_url,
+        };
+        let mut url = format!("{}{}", base.trim_end_matches('/'), path);
         if let Some(q) = query.filter(|q| !q.is_empty()) {
             url.push('?');
             url.push_str(q);
@@ -155,10 +169,10 @@ pub struct UnknownRegion(pub String);
 impl Snapshot {
     /// Where a client is sent to reach `edge` (the origin when `None`): the URL of the lab link
     /// that matches the client, else the edge's own URL.
-    fn base_url(&self, edge: Option<&str>, client: &ClientSpec) -> String {
+    fn base_url(&self, edge: Option<&str>, client: &ClientSpec) -> (String, Option<String>) {
         let cfg = &self.config;
         let Some(name) = edge else {
-            return cfg.origin_url.clone();
+            return (cfg.origin_url.clone(), cfg.origin_https_url.clone());
         };
         let link = cfg
             .lab
@@ -170,12 +184,15 @@ impl Snapshot {
                 ClientSpec::Region(r) => l.region.as_deref() == Some(r.as_str()),
             });
         match link {
-            Some(l) => l.url.clone(),
+            Some(l) => (l.url.clone(), l.https_url.clone()),
             None => self
                 .edges
                 .iter()
                 .find(|e| e.config.name == name)
-                .map_or_else(|| cfg.origin_url.clone(), |e| e.config.url.clone()),
+                .map_or_else(
+                    || (cfg.origin_url.clone(), cfg.origin_https_url.clone()),
+                    |e| (e.config.url.clone(), e.config.https_url.clone()),
+                ),
         }
     }
 
@@ -258,7 +275,7 @@ impl Snapshot {
                             let mut d =
                                 self.decide(ClientSpec::Ip(ip, ClientSource::LabRegion), path)?;
                             d.lab_region = Some(region.clone());
-                            d.base_url = self
+                            (d.base_url, d.https_base_url) = self
                                 .base_url(d.edge.as_deref(), &ClientSpec::Region(region.clone()));
                             Ok(d)
                         }
@@ -307,11 +324,13 @@ impl Snapshot {
         };
         let choice = select::choose(&candidates, &target, key);
         let edge = choice.edge.and_then(|i| self.edges.get(i));
-        let base_url = self.base_url(edge.map(|e| e.config.name.as_str()), &client);
+        let (base_url, https_base_url) =
+            self.base_url(edge.map(|e| e.config.name.as_str()), &client);
         Ok(RouteDecision {
             edge: edge.map(|e| e.config.name.clone()),
             region: edge.map(|e| e.config.region.clone()),
             base_url,
+            https_base_url,
             lab_region: match &client {
                 ClientSpec::Region(r) => Some(r.clone()),
                 ClientSpec::Ip(..) => None,
@@ -351,6 +370,7 @@ impl Shared {
         let healths = health.reconcile(&config.edges).await;
         let edges = runtime_edges(&config.edges, healths);
         let stamps = (config_path.as_deref().and_then(stamp), stamp(&geo_path));
+        cdn_http::tls::install_crypto_provider();
         Ok(Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(Snapshot {
                 config: Arc::new(config),
@@ -534,6 +554,8 @@ async fn watch_files(shared: Weak<Shared>) {
 /// A running router.
 pub struct RouterHandle {
     node: NodeHandle,
+    /// The HTTPS listener, when `[tls]` has one, and the task following its certificates.
+    tls_node: Option<(NodeHandle, cdn_http::tls::TlsWatcher)>,
     shared: Arc<Shared>,
     watcher: tokio::task::JoinHandle<()>,
 }
@@ -555,6 +577,16 @@ impl RouterHandle {
     /// `http://ADDR`
     pub fn url(&self) -> String {
         self.node.url()
+    }
+
+    /// The HTTPS address, when the router has an HTTPS listener.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_node.as_ref().map(|(n, _)| n.addr)
+    }
+
+    /// `https://ADDR`, when the router has an HTTPS listener.
+    pub fn https_url(&self) -> Option<String> {
+        self.tls_node.as_ref().map(|(n, _)| n.url())
     }
 
     /// The config in force.
@@ -593,7 +625,13 @@ impl RouterHandle {
     pub async fn stop(self) {
         self.watcher.abort();
         self.shared.health.stop_all();
-        self.node.stop().await;
+        match self.tls_node {
+            Some((tls, watcher)) => {
+                drop(watcher);
+                tokio::join!(self.node.stop(), tls.stop());
+            }
+            None => self.node.stop().await,
+        }
     }
 }
 
@@ -613,8 +651,22 @@ pub async fn spawn_from_files(
     geo_db: impl AsRef<Path>,
     listener: TcpListener,
 ) -> Result<RouterHandle, RouterError> {
+    spawn_from_files_with_tls(config_path, geo_db, listener, None).await
+}
+
+/// [`spawn_from_files`] with the HTTPS settings given (the command line's flags applied to
+/// the file's `[tls]`) instead of the file's.
+pub async fn spawn_from_files_with_tls(
+    config_path: impl AsRef<Path>,
+    geo_db: impl AsRef<Path>,
+    listener: TcpListener,
+    tls: Option<cdn_http::tls::TlsSettings>,
+) -> Result<RouterHandle, RouterError> {
     let path = config_path.as_ref().to_owned();
-    let config = RouterConfig::load(&path)?;
+    let mut config = RouterConfig::load(&path)?;
+    if let Some(t) = tls {
+        config.tls = t;
+    }
     spawn_inner(config, Some(path), geo_db.as_ref().to_owned(), listener).await
 }
 
@@ -628,14 +680,40 @@ async fn spawn_inner(
         limits: config.limits.clone(),
         ..ServeOptions::default()
     };
+    let tls_settings = config.tls.clone();
     let shared = Shared::start(config, config_path, geo_path).await?;
     let app = crate::server::app(shared.clone());
-    let node = NodeHandle::spawn(listener, app, opts)?;
+    let (node, tls_node) = match tls_settings.listen {
+        Some(at) => {
+            let tls = cdn_http::tls::Tls::load(&tls_settings)?;
+            let l = cdn_http::server::bind(at).await?;
+            let port = l.local_addr()?.port();
+            let https = NodeHandle::spawn_tls(
+                l,
+                app.clone(),
+                opts.clone(),
+                cdn_http::server::TlsAccept::from_tls(&tls),
+            )?;
+            let plain = if tls_settings.redirect_http {
+                cdn_http::tls::redirect_to_https(app, port)
+            } else {
+                app
+            };
+            let w = tls.watch();
+            (NodeHandle::spawn(listener, plain, opts)?, Some((https, w)))
+        }
+        None => (NodeHandle::spawn(listener, app, opts)?, None),
+    };
     let watcher = tokio::spawn(watch_files(Arc::downgrade(&shared)));
     {
         let snap = shared.snapshot.load();
+        let tls_addr = tls_node
+            .as_ref()
+            .map(|(n, _)| n.addr.to_string())
+            .unwrap_or_default();
         tracing::info!(
             addr = %node.addr,
+            %tls_addr,
             edges = snap.edges.len(),
             edges_up = snap.edges.iter().filter(|e| e.health.is_up()).count(),
             geo_db = %snap.geo.path().display(),
@@ -652,6 +730,7 @@ async fn spawn_inner(
     }
     Ok(RouterHandle {
         node,
+        tls_node,
         shared,
         watcher,
     })
@@ -667,6 +746,7 @@ mod tests {
             edge: None,
             region: None,
             base_url: "http://e.example/base/".into(),
+            https_base_url: None,
             lab_region: None,
             distance_km: None,
             reason: Reason::OriginFallback,

@@ -35,6 +35,8 @@ pub struct OriginConfig {
     pub serve_dotfiles: bool,
     /// Connection and request limits (`[limits]`, see `cdn_http::limits`).
     pub limits: cdn_http::limits::Limits,
+    /// HTTPS (`[tls]`: listener, certificates by SNI, reload, redirect).
+    pub tls: cdn_http::tls::TlsSettings,
 }
 
 impl Default for OriginConfig {
@@ -45,6 +47,7 @@ impl Default for OriginConfig {
             request_timeout_secs: 30,
             serve_dotfiles: false,
             limits: Default::default(),
+            tls: Default::default(),
         }
     }
 }
@@ -77,6 +80,15 @@ impl OriginConfig {
     }
 
     fn check(&self, file: &str) -> Result<(), ConfigError> {
+        if let Err(message) = self.tls.check() {
+            return Err(ConfigError::Invalid {
+                file: file.to_string(),
+                line: 0,
+                column: 0,
+                field: "tls".into(),
+                message,
+            });
+        }
         for (i, rule) in self.cache_control.iter().enumerate() {
             if let Err(e) = Glob::new(&rule.pattern) {
                 return Err(ConfigError::Invalid {

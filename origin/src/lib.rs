@@ -28,7 +28,7 @@ use serde::Deserialize;
 use cdn_http::conditional::Validators;
 use cdn_http::digest;
 use cdn_http::metrics::NodeMetrics;
-use cdn_http::server::{NodeHandle, bind, serve, shutdown_signal};
+use cdn_http::server::{NodeHandle, TlsAccept, bind, serve_both, shutdown_signal};
 use cdn_http::{Representation, respond};
 
 pub use config::OriginConfig;
@@ -45,6 +45,16 @@ pub struct OriginArgs {
     /// Origin configuration file (TOML).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// HTTPS listener (TCP).
+    #[arg(long)]
+    pub tls_listen: Option<SocketAddr>,
+    /// Certificate chain (PEM) of the HTTPS listener (the default one when `[tls]` lists
+    /// more for SNI).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Shared state of one origin instance.
@@ -87,6 +97,16 @@ pub fn app(root: PathBuf, cfg: &OriginConfig) -> std::io::Result<Router> {
         .with_state(state))
 }
 
+/// Starts an origin serving HTTPS on `listener` in the background.
+pub fn spawn_tls(
+    listener: tokio::net::TcpListener,
+    root: PathBuf,
+    cfg: &OriginConfig,
+    tls: TlsAccept,
+) -> std::io::Result<NodeHandle> {
+    NodeHandle::spawn_tls(listener, app(root, cfg)?, cfg.serve_options(), tls)
+}
+
 /// Starts an origin on `listener` in the background.
 pub fn spawn(
     listener: tokio::net::TcpListener,
@@ -100,14 +120,42 @@ pub fn spawn(
 pub async fn run(args: OriginArgs) -> anyhow::Result<()> {
     // Handlers first, so a signal right after the "serving" line still drains.
     let shutdown = shutdown_signal();
-    let cfg = match &args.config {
+    let mut cfg = match &args.config {
         Some(p) => OriginConfig::load(p)?,
         None => OriginConfig::default(),
     };
+    cfg.tls = cfg
+        .tls
+        .with_flags(
+            args.tls_listen,
+            args.tls_cert.as_deref(),
+            args.tls_key.as_deref(),
+        )
+        .map_err(anyhow::Error::msg)?;
+    cfg.tls.check().map_err(anyhow::Error::msg)?;
     let app = app(args.root.clone(), &cfg)?;
     let listener = bind(args.listen).await?;
-    tracing::info!(listen = %listener.local_addr()?, root = %args.root.display(), "origin serving");
-    serve(listener, app, cfg.serve_options(), shutdown).await?;
+    let (https, _watcher) = match cfg.tls.listen {
+        Some(at) => {
+            let tls = cdn_http::tls::Tls::load(&cfg.tls)?;
+            let l = bind(at).await?;
+            let w = tls.watch();
+            (Some((l, app.clone(), TlsAccept::from_tls(&tls))), Some(w))
+        }
+        None => (None, None),
+    };
+    let tls_listen = match &https {
+        Some((l, _, _)) => l.local_addr()?.to_string(),
+        None => String::new(),
+    };
+    let plain = match &https {
+        Some((l, _, _)) if cfg.tls.redirect_http => {
+            cdn_http::tls::redirect_to_https(app, l.local_addr()?.port())
+        }
+        _ => app,
+    };
+    tracing::info!(listen = %listener.local_addr()?, %tls_listen, root = %args.root.display(), "origin serving");
+    serve_both(listener, plain, https, cfg.serve_options(), shutdown).await?;
     tracing::info!("origin stopped");
     Ok(())
 }

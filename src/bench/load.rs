@@ -702,6 +702,7 @@ async fn edge_counters(edges: &[(String, String, String)]) -> Vec<EdgeCounters> 
 
 /// The counters of the edge at `url` (zeros when it does not answer).
 async fn counters_of(url: &str) -> EdgeCounters {
+    cdn_http::tls::install_crypto_provider();
     let Ok(client) = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(5))

@@ -468,6 +468,7 @@ fn pop(jobs: &std::sync::Mutex<Vec<Job>>) -> Option<Job> {
 
 /// `GET {base}/metrics` and the sum of one metric's series (0 when unreachable).
 pub async fn metric(base: &str, name: &str) -> f64 {
+    cdn_http::tls::install_crypto_provider();
     let client = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(5))

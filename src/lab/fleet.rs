@@ -264,6 +264,7 @@ pub struct LabFleet {
 
 impl LabFleet {
     pub fn new(edges: Arc<Edges>, router_url: String, options: FleetOptions) -> Self {
+        cdn_http::tls::install_crypto_provider();
         LabFleet {
             edges,
             router_url,

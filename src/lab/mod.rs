@@ -340,6 +340,7 @@ fn router_config(
     let (olat, olon) = plan.origin_point;
     cdn_geo_router::RouterConfig {
         origin_url: origin_url.to_owned(),
+        origin_https_url: None,
         trusted_proxies: Vec::new(),
         geo_miss: GeoMissConfig {
             latitude: olat,
@@ -363,12 +364,14 @@ fn router_config(
                         .map(|r| ipnet::IpNet::V4(r.network))
                         .collect(),
                     url: url.clone(),
+                    https_url: None,
                 })
                 .collect(),
         },
         lookup_cache_entries: 10_000,
         watch_interval_ms: 1_000,
         limits: Default::default(),
+        tls: Default::default(),
         edges: edges
             .iter()
             .map(|(i, url)| (&plan.edges[*i], url))
@@ -378,6 +381,7 @@ fn router_config(
                 latitude: e.latitude,
                 longitude: e.longitude,
                 url: url.clone(),
+                https_url: None,
                 weight: 1.0,
                 health_url: None,
             })
@@ -398,6 +402,7 @@ fn absolute(p: &Path) -> PathBuf {
 
 /// Waits until every node answers its health check and the router sees every edge up.
 async fn wait_healthy(urls: &[String], router: &str, edges: usize) -> anyhow::Result<()> {
+    cdn_http::tls::install_crypto_provider();
     let client = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(2))

@@ -183,6 +183,7 @@ fn parse_edge(text: &str) -> EdgeSample {
 
 /// Polls every node's metrics and the router's health view once a second.
 pub async fn poll_metrics(lab: Arc<Lab>) {
+    cdn_http::tls::install_crypto_provider();
     let client = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_millis(800))

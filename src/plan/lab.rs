@@ -242,6 +242,7 @@ fn delta(before: f64, after: f64) -> f64 {
 impl HttpSampler {
     /// A sampler of the router at `router` (base URL).
     pub fn new(router: &str) -> Self {
+        cdn_http::tls::install_crypto_provider();
         HttpSampler {
             client: reqwest::Client::builder()
                 .no_proxy()

@@ -204,6 +204,7 @@ impl InProcessFleet {
             url,
             weight: 1.0,
             health_url: None,
+            https_url: None,
         };
         let registered = self.change_router(|edges| edges.push(route)).await;
         let ready = match registered {

@@ -31,6 +31,7 @@ pub async fn start_origin_with(root: &Path, toml: &str) -> NodeHandle {
 }
 
 pub fn client() -> reqwest::Client {
+    cdn_http::tls::install_crypto_provider();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(30))
@@ -41,6 +42,7 @@ pub fn client() -> reqwest::Client {
 /// A client whose requests come from `ip` (any 127.0.0.0/8 address is a simulated client).
 /// (tests/router.rs, lab.rs and autoscale.rs keep their own, with other timeouts.)
 pub fn client_from(ip: &str) -> reqwest::Client {
+    cdn_http::tls::install_crypto_provider();
     reqwest::Client::builder()
         .local_address(ip.parse::<std::net::IpAddr>().expect("source ip"))
         .redirect(reqwest::redirect::Policy::none())
