@@ -151,6 +151,8 @@ impl TlsSettings {
 pub enum TlsError {
     #[error("no certificate configured")]
     NoCertificates,
+    #[error("[tls]: {0}")]
+    Settings(String),
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
     #[error("{cert} and {key} do not go together: {message}")]

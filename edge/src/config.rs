@@ -257,27 +257,11 @@ impl EdgeConfig {
         if self.capacity < 4 * self.chunk_size {
             return Err(bad("capacity", "must hold at least 4 chunks"));
         }
-        let origin = match reqwest::Url::parse(&self.origin) {
-            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => u,
+        match reqwest::Url::parse(&self.origin) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
             _ => return Err(bad("origin", "must be an http:// or https:// URL")),
-        };
-        if let Some(a) = self.origin_connect {
-            if origin.host_str().is_none() {
-                return Err(bad("origin_connect", "the origin URL has no host"));
-            }
-            if origin.port_or_known_default() != Some(a.port()) {
-                return Err(bad(
-                    "origin_connect",
-                    "its port must be the origin URL's (only the address is overridden)",
-                ));
-            }
         }
-        if self.origin_ca.is_some() && origin.scheme() != "https" {
-            return Err(bad("origin_ca", "only for an https:// origin"));
-        }
-        if let Err(e) = self.tls.check() {
-            return Err(bad("tls", &e));
-        }
+
         for (i, n) in self.fill_request_headers.iter().enumerate() {
             if http::HeaderName::from_bytes(n.as_bytes()).is_err() {
                 return Err(bad(
@@ -308,6 +292,36 @@ impl EdgeConfig {
             }
         }
         Ok(self)
+    }
+
+    /// [`EdgeConfig::check`], then what depends on fields a flag may set (the origin URL):
+    /// what `cdn edge` runs with once the flags are applied.
+    pub fn check_complete(self, file: &str) -> Result<Self, ConfigError> {
+        let c = self.check(file)?;
+        let bad = |field: &str, message: &str| ConfigError::Invalid {
+            file: file.into(),
+            line: 0,
+            column: 0,
+            field: field.into(),
+            message: message.into(),
+        };
+        let origin = reqwest::Url::parse(&c.origin)
+            .map_err(|_| bad("origin", "must be an http:// or https:// URL"))?;
+        if let Some(a) = c.origin_connect {
+            if origin.host_str().is_none() {
+                return Err(bad("origin_connect", "the origin URL has no host"));
+            }
+            if origin.port_or_known_default() != Some(a.port()) {
+                return Err(bad(
+                    "origin_connect",
+                    "its port must be the origin URL's (only the address is overridden)",
+                ));
+            }
+        }
+        if c.origin_ca.is_some() && origin.scheme() != "https" {
+            return Err(bad("origin_ca", "only for an https:// origin"));
+        }
+        Ok(c)
     }
 
     /// The fields other than `peers` whose values differ between `self` and `other`: what a

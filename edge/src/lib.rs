@@ -155,7 +155,17 @@ impl EdgeArgs {
                 field: "tls".into(),
                 message,
             })?;
-        cfg.check("command line")
+        // Checked with the flags applied: the listener may come from --tls-listen.
+        if let Err(message) = cfg.tls.check() {
+            return Err(ConfigError::Invalid {
+                file: "command line".into(),
+                line: 0,
+                column: 0,
+                field: "tls".into(),
+                message,
+            });
+        }
+        cfg.check_complete("command line")
     }
 }
 

@@ -681,6 +681,9 @@ async fn spawn_inner(
         ..ServeOptions::default()
     };
     let tls_settings = config.tls.clone();
+    tls_settings
+        .check()
+        .map_err(cdn_http::tls::TlsError::Settings)?;
     let shared = Shared::start(config, config_path, geo_path).await?;
     let app = crate::server::app(shared.clone());
     let (node, tls_node) = match tls_settings.listen {

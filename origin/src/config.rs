@@ -80,15 +80,6 @@ impl OriginConfig {
     }
 
     fn check(&self, file: &str) -> Result<(), ConfigError> {
-        if let Err(message) = self.tls.check() {
-            return Err(ConfigError::Invalid {
-                file: file.to_string(),
-                line: 0,
-                column: 0,
-                field: "tls".into(),
-                message,
-            });
-        }
         for (i, rule) in self.cache_control.iter().enumerate() {
             if let Err(e) = Glob::new(&rule.pattern) {
                 return Err(ConfigError::Invalid {
