@@ -676,3 +676,71 @@ async fn requests_served(pki: &Pki, at: std::net::SocketAddr) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+#[tokio::test]
+async fn the_router_sends_https_viewers_to_the_edges_https_url() {
+    let pki = Pki::new("router");
+    let (c, k, _) = pki.leaf("node", &["localhost"], false);
+    let origin = common::start_origin(&common::media_root(), &Default::default()).await;
+    let (plain, https, _, _stop) = tls_edge(&origin.url(), &c, &k, None).await;
+    let edge_http = format!("http://127.0.0.1:{}", plain.port());
+    let edge_https = format!("https://localhost:{}", https.port());
+    let toml = format!(
+        "origin_url = \"{}\"\n[geo_miss]\nlatitude = 0.0\nlongitude = 0.0\n\
+         [health]\ninterval_ms = 100\n\
+         [[edge]]\nname = \"e1\"\nregion = \"r\"\nlatitude = 0.0\nlongitude = 0.0\n\
+         url = \"{edge_http}\"\nhttps_url = \"{edge_https}\"\n",
+        origin.url()
+    );
+    let mut cfg = cdn_geo_router::RouterConfig::parse(&toml).expect("router config");
+    cfg.tls = cdn_http::tls::TlsSettings {
+        listen: Some("127.0.0.1:0".parse().expect("addr")),
+        ..settings(&[(&c, &k)])
+    };
+    let db = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/geo/lab-geo.mmdb");
+    let router = cdn_geo_router::spawn(cfg, &db, listener().await)
+        .await
+        .expect("router starts");
+    let router_https = router.tls_addr().expect("https listener");
+    let viewer = pki.https_client(router_https, true);
+    let url = format!("https://localhost:{}/demo.mp4?t=1", router_https.port());
+    // The edge is routed to once its health checks pass.
+    let mut location = String::new();
+    for _ in 0..600 {
+        let r = viewer.get(&url).send().await.expect("router over https");
+        assert_eq!(r.version(), http::Version::HTTP_2);
+        if r.headers().get("x-cdn-edge").is_some_and(|v| v == "e1") {
+            assert_eq!(r.status(), 302);
+            location = r.headers()["location"].to_str().unwrap().to_string();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(location, format!("{edge_https}/demo.mp4?t=1"));
+    // Over plain HTTP the same route goes to the edge's plain URL.
+    let r = common::client()
+        .get(format!("{}/demo.mp4?t=1", router.url()))
+        .send()
+        .await
+        .expect("router over http");
+    assert_eq!(
+        r.headers()["location"],
+        format!("{edge_http}/demo.mp4?t=1").as_str()
+    );
+    // And the HTTPS location serves.
+    let r = pki
+        .https_client(https, true)
+        .get(&location)
+        .send()
+        .await
+        .expect("edge over https");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.bytes().await.expect("body").len() as u64,
+        std::fs::metadata(common::media_root().join("demo.mp4"))
+            .expect("demo.mp4")
+            .len()
+    );
+    router.stop().await;
+    origin.stop().await;
+}
