@@ -540,6 +540,19 @@ mod tests {
     }
 
     #[test]
+    fn origin_transport_settings_are_checked_once_the_origin_is_known() {
+        let text = "origin = \"https://origin.test:8443\"\norigin_connect = \"127.0.0.1:8443\"\n";
+        let c = EdgeConfig::parse(text, "e").unwrap();
+        assert!(c.check_complete("e").is_ok());
+        let c = EdgeConfig::parse(&text.replace("127.0.0.1:8443", "127.0.0.1:9"), "e").unwrap();
+        let e = c.check_complete("e").unwrap_err().to_string();
+        assert!(e.contains("origin_connect") && e.contains("port"), "{e}");
+        let c = EdgeConfig::parse("origin_ca = \"ca.pem\"\n", "e").unwrap();
+        let e = c.check_complete("e").unwrap_err().to_string();
+        assert!(e.contains("origin_ca") && e.contains("https"), "{e}");
+    }
+
+    #[test]
     fn policy_names_in_files_and_flags() {
         for (name, policy) in [
             ("tiny-lfu", Policy::TinyLfu),

@@ -213,6 +213,10 @@ pub(super) struct ServerProc {
 }
 
 impl ServerProc {
+    pub(super) fn new(child: tokio::process::Child, addr: SocketAddr, what: &'static str) -> Self {
+        ServerProc { child, addr, what }
+    }
+
     /// CPU seconds used so far by the process and its children.
     pub(super) fn cpu(&self) -> f64 {
         self.child.id().map_or(0.0, tree_cpu)

@@ -18,6 +18,7 @@ mod queue;
 mod report;
 mod sim;
 mod synth;
+mod tls;
 mod trace;
 
 /// `cdn bench ...`
@@ -40,6 +41,9 @@ pub enum BenchCommand {
     /// sparse ranges, per-client budget; uncacheable, whole and mid-object misses) through
     /// the edge, nginx and Varnish, with ratios, in one run.
     Amplification(amplification::AmplificationArgs),
+    /// Hot hits over TLS (HTTP/1.1 and HTTP/2, 16 KiB and 1 MiB) through the edge and nginx
+    /// on the same certificate, with h2load, and new TLS handshakes per second.
+    Tls(tls::TlsArgs),
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -51,5 +55,6 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Compare(args) => compare::run(args).await,
         BenchCommand::Capacity(args) => capacity::run(args).await,
         BenchCommand::Amplification(args) => amplification::run(args).await,
+        BenchCommand::Tls(args) => tls::run(args).await,
     }
 }
