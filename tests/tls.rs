@@ -744,3 +744,29 @@ async fn the_router_sends_https_viewers_to_the_edges_https_url() {
     router.stop().await;
     origin.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_that_does_not_finish_its_handshake_is_closed() {
+    let pki = Pki::new("hstimeout");
+    let (c, k, _) = pki.leaf("origin", &["localhost"], false);
+    let tls = cdn_http::tls::Tls::load(&cdn_http::tls::TlsSettings {
+        handshake_timeout_ms: 300,
+        ..settings(&[(&c, &k)])
+    })
+    .expect("load");
+    let origin = tls_origin(&tls).await;
+    // Half a ClientHello's record header, then silence.
+    let mut tcp = tokio::net::TcpStream::connect(origin.addr)
+        .await
+        .expect("connect");
+    tcp.write_all(&[0x16, 0x03, 0x01]).await.expect("write");
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(60), tcp.read(&mut buf))
+        .await
+        .expect("the server closes the connection");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // A client that completes its handshake is served as before.
+    let config = pki.client_config(&[&rustls::version::TLS13], &[b"http/1.1"]);
+    handshake(origin.addr, config, "localhost").await;
+    origin.stop().await;
+}
