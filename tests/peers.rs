@@ -170,7 +170,7 @@ async fn a_hot_object_is_pushed_to_the_other_region() {
     let mut pushed = false;
     for _ in 0..200 {
         let ok = metric_sum(&nodes[0].handle.url(), "cdn_edge_pushes_total").await;
-        if ok >= 3.0 && b1.store.metas.entry_count() + b1.store.metas.iter().count() as u64 > 0 {
+        if ok >= 3.0 && b1.store.object_count() + b1.store.objects_held().len() as u64 > 0 {
             pushed = true;
             break;
         }
@@ -963,8 +963,7 @@ async fn pushes_and_advertisements_are_taken_only_from_peers() {
     assert!(
         b.edge
             .store
-            .metas
-            .get(&key(&b, &path("pushed-0")))
+            .lookup(&key(&b, &path("pushed-0")))
             .await
             .is_none(),
         "nothing admitted"

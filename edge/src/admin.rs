@@ -30,7 +30,7 @@ pub async fn healthz(State(edge): State<Arc<Edge>>) -> Response {
 /// `GET /metrics`: Prometheus text; refreshes the cache and peer-table size gauges first.
 pub async fn metrics(State(edge): State<Arc<Edge>>) -> Response {
     let bytes = edge.store.weighted_size().await;
-    let objects = edge.store.metas.entry_count();
+    let objects = edge.store.object_count();
     let peer_tables = edge.peers.as_ref().map(|p| p.table_sizes());
     edge.metrics.with(|| {
         for t in peer_tables.iter().flatten() {

@@ -25,7 +25,7 @@ use crate::config::EdgeConfig;
 use crate::fill::{FillError, FillSource, Filler, PendingChunks};
 use crate::freshness::{self, CacheControl, Timing, Usability};
 use crate::origin::{OriginClient, strip_hop_by_hop};
-use crate::store::{self, NEGATIVE_MAX_BODY, Negative, ObjectMeta, PrimaryEntry, Store, VersionId};
+use crate::store::{self, NEGATIVE_MAX_BODY, Negative, ObjectMeta, Store, VersionId};
 
 /// The edge's shared state.
 pub struct Edge {
@@ -314,7 +314,7 @@ impl Edge {
             };
         }
         let primary = self.primary_key(uri);
-        let entry = self.store.primaries.get(&primary).await;
+        let entry = self.store.primary(&primary).await;
         if let Some(e) = &entry
             && e.pass_until.is_some_and(|t| t > Instant::now())
         {
@@ -323,7 +323,7 @@ impl Edge {
             return Decision::Pass { verdict: v };
         }
         let vary = entry.map(|e| e.vary.clone()).unwrap_or_default();
-        let variant = store::variant_key(&primary, &vary, req);
+        let variant = variant_key(&primary, &vary, req);
         let hint = cdn_http::range::first_byte_hint(req);
         // The origin is asked for exactly what is keyed: without the query when the query is
         // not part of the key, or a query could choose what is stored under the bare path.
@@ -332,7 +332,7 @@ impl Edge {
             _ => uri.path().to_string(),
         };
 
-        if let Some(meta) = self.store.metas.get(&variant).await {
+        if let Some(meta) = self.store.lookup(&variant).await {
             let now = SystemTime::now();
             let age = meta.age(now);
             match freshness::usability(&meta.cc, meta.lifetime, age, &req_cc) {
@@ -406,7 +406,7 @@ impl Edge {
         if let Some(Ok(ProbeOutcome::Stored { meta, .. })) = &outcome {
             // A waiter whose request selects another variant fetches on its own.
             let names: Vec<_> = meta.selecting.iter().map(|(n, _)| n.clone()).collect();
-            if meta.version.key != store::variant_key(&primary, &names, req) {
+            if meta.version.key != variant_key(&primary, &names, req) {
                 let (fut, leader) = self.probe_alone(&primary, &pq, req, hint);
                 let outcome = self.wait(fut, leader).await;
                 return self.settle(outcome, leader);
@@ -510,7 +510,7 @@ impl Edge {
         stale: Option<&Arc<ObjectMeta>>,
         req: &HeaderMap,
     ) -> Option<Arc<ObjectMeta>> {
-        let meta = self.store.metas.get(variant).await?;
+        let meta = self.store.lookup(variant).await?;
         if stale.is_some_and(|s| Arc::ptr_eq(s, &meta)) {
             return None;
         }
@@ -557,21 +557,11 @@ impl Edge {
             && stale.is_none()
             && let Some(peers) = &self.peers
         {
-            let variant = store::variant_key(
-                &primary,
-                &self
-                    .store
-                    .primaries
-                    .get(&primary)
-                    .await
-                    .map(|e| e.vary.clone())
-                    .unwrap_or_default(),
-                &req,
-            );
+            let variant = variant_key(&primary, &self.store.vary_of(&primary).await, &req);
             if let Some((meta, chunk)) = peers.fetch_object(&variant, &pq, &req, first).await {
                 let meta = Arc::new(meta);
-                crate::peer::server::install(&self, &meta).await;
-                self.store.chunks.insert(meta.chunk_key(first), chunk).await;
+                self.store.install(&meta).await;
+                self.store.put_chunk(meta.chunk_key(first), chunk).await;
                 return Ok(ProbeOutcome::Stored {
                     meta,
                     revalidated: false,
@@ -627,10 +617,7 @@ impl Edge {
                 && let Some(s) = &stale
             {
                 let meta = Arc::new(self.refreshed(s, resp.headers(), request_time, response_time));
-                self.store
-                    .metas
-                    .insert(meta.version.key.clone(), meta.clone())
-                    .await;
+                self.store.refresh(&meta).await;
                 return Ok(ProbeOutcome::Stored {
                     meta,
                     revalidated: true,
@@ -707,8 +694,8 @@ impl Edge {
                     return Ok(unstored_outcome(unstored(resp)));
                 }
             };
-            let vary = store::vary_names(resp.headers());
-            let key = store::variant_key(&primary, &vary, &req);
+            let vary = vary_names(resp.headers());
+            let key = variant_key(&primary, &vary, &req);
             let (etag, last_modified) = validators_of(resp.headers());
             let validator = match (&etag, last_modified) {
                 (Some(e), _) if !e.starts_with("W/") => format!("e:{e}:{len}"),
@@ -755,16 +742,6 @@ impl Edge {
                     .collect(),
                 negative: None,
             });
-            self.store
-                .primaries
-                .insert(
-                    primary.clone(),
-                    Arc::new(PrimaryEntry {
-                        vary,
-                        pass_until: None,
-                    }),
-                )
-                .await;
             // The body's chunks, promised to waiters before the metadata is visible.
             let (start_index, end_index) = if ranges {
                 (first, (first + 1).min(meta.chunk_count()))
@@ -772,10 +749,7 @@ impl Edge {
                 (0, meta.chunk_count())
             };
             let pending = self.filler.pending(&meta, start_index..end_index);
-            self.store
-                .metas
-                .insert(meta.version.key.clone(), meta.clone())
-                .await;
+            self.store.install(&meta).await;
             tokio::spawn(read_body(
                 self.clone(),
                 meta.clone(),
@@ -879,7 +853,7 @@ impl Edge {
                 want,
             });
         }
-        let vary = store::vary_names(&resp_headers);
+        let vary = vary_names(&resp_headers);
         let (etag, last_modified) = validators_of(&resp_headers);
         let mut headers = store::detached_map(&resp_headers);
         strip_hop_by_hop(&mut headers);
@@ -897,7 +871,7 @@ impl Edge {
             .as_nanos();
         let meta = Arc::new(ObjectMeta {
             version: Arc::new(VersionId {
-                key: store::variant_key(primary, &vary, req),
+                key: variant_key(primary, &vary, req),
                 validator: format!("n:{}:{nanos}", status.as_u16()),
             }),
             primary: primary.to_string(),
@@ -922,20 +896,7 @@ impl Edge {
                 .collect(),
             negative: Some(Negative { status, body }),
         });
-        self.store
-            .primaries
-            .insert(
-                primary.to_string(),
-                Arc::new(PrimaryEntry {
-                    vary,
-                    pass_until: None,
-                }),
-            )
-            .await;
-        self.store
-            .metas
-            .insert(meta.version.key.clone(), meta.clone())
-            .await;
+        self.store.install(&meta).await;
         tracing::debug!(%pq, %status, ?lifetime, "negative response stored");
         Ok(NegativeOutcome::Stored(ProbeOutcome::Stored {
             meta,
@@ -947,27 +908,13 @@ impl Edge {
     /// requests go to the origin at once instead of queueing behind one another's probes.
     async fn remember_uncacheable(&self, primary: &str) {
         let pass_until = Instant::now() + Duration::from_secs(self.cfg.hit_for_pass_secs);
-        self.store
-            .primaries
-            .insert(
-                primary.to_string(),
-                Arc::new(PrimaryEntry {
-                    vary: Vec::new(),
-                    pass_until: Some(pass_until),
-                }),
-            )
-            .await;
+        self.store.pass_until(primary, pass_until).await;
     }
 
     /// The request fields a fill of `primary` forwards besides the configured ones: those
     /// the stored responses' Vary names, which are part of the cache key.
     async fn fill_vary(&self, primary: &str) -> Vec<header::HeaderName> {
-        self.store
-            .primaries
-            .get(primary)
-            .await
-            .map(|e| e.vary.clone())
-            .unwrap_or_default()
+        self.store.vary_of(primary).await
     }
 }
 
@@ -982,6 +929,32 @@ fn unstored_outcome(answer: Unstored) -> ProbeOutcome {
         status: answer.resp.status().as_u16(),
         answer: Arc::new(Mutex::new(Some(answer))),
     }
+}
+
+/// The variant key of a request for `primary`: the values `req` carries for each name in
+/// `vary` (the URL's stored Vary), handed to [`store::variant_key`].
+pub(crate) fn variant_key(primary: &str, vary: &[header::HeaderName], req: &HeaderMap) -> String {
+    let selected: Vec<_> = vary
+        .iter()
+        .map(|n| (n, req.get_all(n).iter().collect()))
+        .collect();
+    store::variant_key(primary, &selected)
+}
+
+/// The header names listed by Vary (lowercase, in order, without duplicates).
+pub(crate) fn vary_names(resp: &HeaderMap) -> Vec<header::HeaderName> {
+    let mut names: Vec<header::HeaderName> = Vec::new();
+    for v in resp.get_all(header::VARY) {
+        let Ok(v) = v.to_str() else { continue };
+        for f in v.split(',') {
+            if let Ok(n) = header::HeaderName::from_bytes(f.trim().to_ascii_lowercase().as_bytes())
+                && !names.contains(&n)
+            {
+                names.push(n);
+            }
+        }
+    }
+    names
 }
 
 /// The complete length a 416 reports (`Content-Range: bytes */N`).
@@ -1253,10 +1226,7 @@ async fn read_body(
         tracing::warn!(key = %meta.version.key, %error, "origin body failed: nothing of it is kept");
         edge.metrics
             .with(|| metrics::counter!("cdn_edge_fill_errors_total").increment(1));
-        edge.store.metas.invalidate(&meta.version.key).await;
-        for i in start_index..index {
-            edge.store.chunks.invalidate(&meta.chunk_key(i)).await;
-        }
+        edge.store.discard(&meta, start_index..index).await;
         pending.fail(error);
     }
 }

@@ -92,7 +92,7 @@ impl Filler {
         index: u64,
     ) -> Result<(Bytes, Obtained), Arc<FillError>> {
         let key = meta.chunk_key(index);
-        if let Some(b) = self.store.chunks.get(&key).await {
+        if let Some(b) = self.store.chunk(&key).await {
             return Ok((b, Obtained::Hit));
         }
         let (fill, leader) = self.start(meta, index, key);
@@ -123,7 +123,7 @@ impl Filler {
             return;
         }
         let key = meta.chunk_key(index);
-        if self.store.chunks.contains_key(&key) || self.fills.contains(&key) {
+        if self.store.has_chunk(&key) || self.fills.contains(&key) {
             return;
         }
         let _ = self.start(meta, index, key);
@@ -139,7 +139,7 @@ impl Filler {
         let meta = meta.clone();
         self.fills.join_or_start(key.clone(), move || async move {
             // A fill that ended between the caller's lookup and its join has stored the chunk.
-            if let Some(b) = this.store.chunks.get(&key).await {
+            if let Some(b) = this.store.chunk(&key).await {
                 return Ok(b);
             }
             let bytes = match this.fetch(meta.clone(), index).await {
@@ -148,16 +148,12 @@ impl Filler {
                     // The origin no longer has this version: forget its metadata (if it is
                     // still the stored one), so the next request probes the new version
                     // instead of failing on this one until it expires.
-                    if let Some(held) = this.store.metas.get(&meta.version.key).await
-                        && held.version == meta.version
-                    {
-                        this.store.metas.invalidate(&meta.version.key).await;
-                    }
+                    this.store.forget(&meta.version).await;
                     return Err(Arc::new(FillError::Changed));
                 }
                 Err(e) => return Err(Arc::new(e)),
             };
-            this.store.chunks.insert(key, bytes.clone()).await;
+            this.store.put_chunk(key, bytes.clone()).await;
             Ok(bytes)
         })
     }
@@ -220,8 +216,7 @@ impl PendingChunks {
                 let (_, key, tx) = self.senders.swap_remove(pos);
                 self.filler
                     .store
-                    .chunks
-                    .insert(key.clone(), bytes.clone())
+                    .put_chunk(key.clone(), bytes.clone())
                     .await;
                 let _ = tx.send(Ok(bytes));
                 key

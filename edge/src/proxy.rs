@@ -208,7 +208,7 @@ async fn stored(
         && r.start() / cs == r.end() / cs
     {
         let index = r.start() / cs;
-        return match edge.store.chunks.get(&meta.chunk_key(index)).await {
+        return match edge.store.chunk(&meta.chunk_key(index)).await {
             Some(bytes) => {
                 *at_hand = Some((index, bytes));
                 true
@@ -216,9 +216,11 @@ async fn stored(
             None => false,
         };
     }
-    first.into_iter().chain(second).chain(ranges).all(|r| {
-        (r.start() / cs..=r.end() / cs).all(|i| edge.store.chunks.contains_key(&meta.chunk_key(i)))
-    })
+    first
+        .into_iter()
+        .chain(second)
+        .chain(ranges)
+        .all(|r| (r.start() / cs..=r.end() / cs).all(|i| edge.store.has_chunk(&meta.chunk_key(i))))
 }
 
 /// Whether filling what `plan`'s body needs keeps within the bounds on origin bytes (RangeAmp):
@@ -241,7 +243,7 @@ fn within_bounds(
     // A chunk another fill (or the probe this request led) is bringing costs it nothing.
     let missing = |i: u64| {
         let key = meta.chunk_key(i);
-        !edge.store.chunks.contains_key(&key) && !edge.filler.in_flight(&key)
+        !edge.store.has_chunk(&key) && !edge.filler.in_flight(&key)
     };
     let span_len = |i: u64| {
         let (s, e) = meta.chunk_span(i);

@@ -77,7 +77,7 @@ impl EdgeStorePolicy {
 
     #[cfg(test)]
     fn chunk_bytes(&self) -> u64 {
-        self.store.chunks.weighted_size()
+        self.store.chunk_bytes()
     }
 }
 
@@ -98,15 +98,14 @@ impl CachePolicy for EdgeStorePolicy {
                 index: 0,
             })
             .clone();
-        let chunks = &self.store.chunks;
-        if block_on(chunks.get(&key)).is_some() {
+        if block_on(self.store.chunk(&key)).is_some() {
             return true;
         }
         let value = self.value(size);
-        let chunks = &self.store.chunks;
+        let store = &self.store;
         block_on(async {
-            chunks.insert(key, value).await;
-            chunks.run_pending_tasks().await;
+            store.put_chunk(key, value).await;
+            store.settle().await;
         });
         false
     }

@@ -616,7 +616,7 @@ impl Peers {
                 (store.clone(), meta.clone(), wire_meta.clone(), self.clone());
             async move {
                 for index in 0..meta.chunk_count() {
-                    let Some(chunk) = store.chunks.get(&meta.chunk_key(index)).await else {
+                    let Some(chunk) = store.chunk(&meta.chunk_key(index)).await else {
                         continue;
                     };
                     bucket.take(chunk.len() as u64).await;

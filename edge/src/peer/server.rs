@@ -22,7 +22,6 @@ use super::client::{Advertise, PENDING, PushHeader};
 use super::wire::{self, GetRequest, WireError, WireMeta};
 use super::{Peers, Refusal, pki};
 use crate::cache::Edge;
-use crate::store::{ObjectMeta, PrimaryEntry};
 
 /// Accepts peer connections until the endpoint is closed.
 pub async fn serve(endpoint: quinn::Endpoint, edge: Weak<Edge>) {
@@ -179,7 +178,7 @@ async fn get(
     req: GetRequest,
     send: &mut quinn::SendStream,
 ) -> Result<(), WireError> {
-    let cached = edge.store.metas.get(&req.key).await.filter(|m| {
+    let cached = edge.store.lookup(&req.key).await.filter(|m| {
         req.validator
             .as_ref()
             .is_none_or(|v| *v == m.version.validator)
@@ -215,7 +214,7 @@ async fn get(
         return wire::write_tag(send, wire::MISS).await;
     };
     let key = meta.chunk_key(req.index);
-    let chunk = match edge.store.chunks.get(&key).await {
+    let chunk = match edge.store.chunk(&key).await {
         Some(c) => Some(c),
         None if req.owner => {
             if !pending_sent {
@@ -255,37 +254,17 @@ async fn admit(edge: &Arc<Edge>, header: PushHeader, chunk: bytes::Bytes) -> boo
     if chunk.len() as u64 != e - s + 1 {
         return false;
     }
-    let meta = match edge.store.metas.get(&meta.version.key).await {
+    let meta = match edge.store.lookup(&meta.version.key).await {
         Some(held) if held.version.validator != meta.version.validator => return false,
         Some(held) => held,
         None => {
             let meta = Arc::new(meta);
-            install(edge, &meta).await;
+            edge.store.install(&meta).await;
             meta
         }
     };
     edge.store
-        .chunks
-        .insert(meta.chunk_key(header.index), chunk)
+        .put_chunk(meta.chunk_key(header.index), chunk)
         .await;
     true
-}
-
-/// Stores metadata that came from a peer, with its URL's Vary information.
-pub async fn install(edge: &Edge, meta: &Arc<ObjectMeta>) {
-    let vary = meta.selecting.iter().map(|(n, _)| n.clone()).collect();
-    edge.store
-        .primaries
-        .insert(
-            meta.primary.clone(),
-            Arc::new(PrimaryEntry {
-                vary,
-                pass_until: None,
-            }),
-        )
-        .await;
-    edge.store
-        .metas
-        .insert(meta.version.key.clone(), meta.clone())
-        .await;
 }
