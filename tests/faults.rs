@@ -366,8 +366,8 @@ fn check(got: &Got, want: &Bytes, what: &str) -> bool {
 /// Every chunk in the edge's store holds exactly the origin's bytes for its place, and no
 /// stored object claims another length.
 async fn assert_store_clean(edge: &Edge) {
-    edge.store.settle().await;
-    for (key, bytes) in edge.store.chunks_held() {
+    edge.store().settle().await;
+    for (key, bytes) in edge.store().chunks_held() {
         let target = key
             .version
             .key
@@ -391,14 +391,14 @@ async fn assert_store_clean(edge: &Edge) {
             want.len()
         );
     }
-    for (key, meta) in edge.store.objects_held() {
+    for (key, meta) in edge.store().objects_held() {
         let target = key.splitn(4, '/').nth(3).map(|t| format!("/{t}")).unwrap();
         assert_eq!(meta.len, object_of(&target).1, "metadata of {target}");
     }
 }
 
 async fn has_meta(edge: &Edge, origin: &RawOrigin, target: &str) -> bool {
-    edge.store
+    edge.store()
         .lookup(&format!("{}{target}", origin.url()))
         .await
         .is_some()
@@ -1093,9 +1093,9 @@ async fn chunk_refetched_from_a_changed_unvalidated_origin_is_not_mixed_in() {
         // The probe gets the whole of version A (a 200) and stores it in chunks.
         let got = fetch(&url, None).await;
         assert!(check(&got, &want, "first fetch"), "{got:?}");
-        edge.store.settle().await;
+        edge.store().settle().await;
         let stored: Vec<_> = edge
-            .store
+            .store()
             .chunks_held()
             .into_iter()
             .map(|(k, _)| k)
@@ -1104,7 +1104,7 @@ async fn chunk_refetched_from_a_changed_unvalidated_origin_is_not_mixed_in() {
         // The origin changes; chunk 2 leaves the store, so the next request refills it.
         changed.store(true, Ordering::SeqCst);
         let evicted = stored.iter().find(|k| k.index == 2).unwrap().clone();
-        edge.store.drop_chunk(&evicted).await;
+        edge.store().drop_chunk(&evicted).await;
         let fills_before = metric_sum(&node.url(), "cdn_edge_origin_fetches_total").await;
         {
             let got = fetch(&url, range).await;
@@ -1122,10 +1122,10 @@ async fn chunk_refetched_from_a_changed_unvalidated_origin_is_not_mixed_in() {
             "the edge went to the origin for chunk 2"
         );
         // Whatever is stored under version A's key is version A's bytes.
-        edge.store.settle().await;
+        edge.store().settle().await;
         let old_version = evicted.version.clone();
         let of_old = || {
-            edge.store
+            edge.store()
                 .chunks_held()
                 .into_iter()
                 .filter(|(k, _)| k.version == old_version)

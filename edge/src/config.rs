@@ -122,9 +122,6 @@ pub struct EdgeConfig {
     /// whatever URLs viewers request or peers advertise; the least useful entries go first.
     #[serde(deserialize_with = "de_bytes")]
     pub peer_table_bytes: u64,
-    /// Test hook: flip one byte of every chunk this node sends to a peer (after its digest is
-    /// computed), to show receivers reject it. Never set outside tests.
-    pub test_corrupt_peer_chunks: bool,
 }
 
 /// The cluster's TLS material for one node.
@@ -191,7 +188,6 @@ impl Default for EdgeConfig {
             peer_warmup_secs: 300,
             push_bytes_per_sec: 50 * 1024 * 1024,
             peer_table_bytes: 4 * 1024 * 1024,
-            test_corrupt_peer_chunks: false,
         }
     }
 }
@@ -320,7 +316,6 @@ impl EdgeConfig {
             peer_warmup_secs,
             push_bytes_per_sec,
             peer_table_bytes,
-            test_corrupt_peer_chunks,
         )
     }
 

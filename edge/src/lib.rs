@@ -18,6 +18,7 @@ pub mod coalesce;
 pub mod config;
 pub mod fill;
 pub mod freshness;
+pub mod node;
 pub mod origin;
 pub mod passthrough;
 pub mod peer;
@@ -37,8 +38,8 @@ use cdn_http::config::ConfigError;
 use cdn_http::metrics::NodeMetrics;
 use cdn_http::server::{NodeHandle, ServeOptions, bind, serve, shutdown_signal};
 
-pub use cache::Edge;
 pub use config::{EdgeConfig, Policy};
+pub use node::Edge;
 
 /// `cdn edge` arguments; flags override the config file.
 #[derive(Debug, Clone, clap::Args)]

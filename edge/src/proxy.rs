@@ -24,13 +24,14 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use http_body_util::BodyExt;
 
 use cdn_http::ByteStream;
-use cdn_http::conditional::Validators;
+use cdn_http::conditional::{Precondition, Validators};
 use cdn_http::metrics::NodeMetrics;
 use cdn_http::represent::{self, Plan, Shape, Source};
 
-use crate::cache::{Decision, Edge, Kind, Verdict};
+use crate::cache::{CacheOutcome, Decision, Verdict};
+use crate::node::Edge;
 use crate::passthrough;
-use crate::store::ObjectMeta;
+use crate::store::{Negative, ObjectMeta};
 
 const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 const CONTENT_DIGEST: HeaderName = HeaderName::from_static("content-digest");
@@ -51,25 +52,28 @@ pub async fn handle(State(edge): State<Arc<Edge>>, req: Request) -> Response {
     let (resp, kind) = if let Some(why) = passthrough::bodiless_with_body(&req) {
         // A GET or HEAD with a body: refused, never forwarded without it (the origin would
         // read the next request on the connection as this one's body).
-        let verdict = Verdict::new(Kind::Pass, Some("request"));
+        let verdict = Verdict::new(CacheOutcome::Pass, Some("request"));
         let mut r = (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response();
         decorate(&edge, r.headers_mut(), &verdict, None);
-        (r, Kind::Pass)
+        (r, CacheOutcome::Pass)
     } else if method == Method::GET || method == Method::HEAD {
         let (parts, _) = req.into_parts();
         let client = parts
             .extensions
             .get::<ConnectInfo<std::net::SocketAddr>>()
             .map(|c| c.0.ip());
-        let decision = edge.decide(&parts.uri, &parts.headers, client).await;
+        let decision = edge.cache.decide(&parts.uri, &parts.headers, client).await;
         respond_to(&edge, &parts, decision).await
     } else if method.as_str() == "PURGE" {
         let (parts, _) = req.into_parts();
-        (crate::admin::purge_method(&edge, &parts).await, Kind::Pass)
+        (
+            crate::admin::purge_method(&edge, &parts).await,
+            CacheOutcome::Pass,
+        )
     } else {
         (
-            pass(&edge, req, Verdict::new(Kind::Pass, Some("method"))).await,
-            Kind::Pass,
+            pass(&edge, req, Verdict::new(CacheOutcome::Pass, Some("method"))).await,
+            CacheOutcome::Pass,
         )
     };
     finish(&edge, resp, kind, started, line)
@@ -79,7 +83,7 @@ async fn respond_to(
     edge: &Arc<Edge>,
     parts: &http::request::Parts,
     decision: Decision,
-) -> (Response, Kind) {
+) -> (Response, CacheOutcome) {
     match decision {
         Decision::Serve { meta, verdict } => serve(edge, parts, meta, verdict).await,
         Decision::Pass { verdict } => {
@@ -89,7 +93,7 @@ async fn respond_to(
         }
         Decision::Unstored { answer, verdict } => {
             let kind = verdict.kind;
-            match passthrough::answer(&edge.origin, &parts.method, &parts.headers, answer) {
+            match passthrough::reshape(edge, &parts.method, &parts.headers, answer) {
                 Ok(mut r) => {
                     decorate(edge, r.headers_mut(), &verdict, None);
                     (r, kind)
@@ -119,14 +123,14 @@ async fn serve(
     parts: &http::request::Parts,
     meta: Arc<ObjectMeta>,
     mut verdict: Verdict,
-) -> (Response, Kind) {
+) -> (Response, CacheOutcome) {
     if let Some(neg) = &meta.negative {
         // A stored 404, 410, 301...: replayed whole with its own fields.
         let (age, ttl) = age_and_ttl(&meta);
         let mut headers = meta.headers.clone();
         headers.insert(header::AGE, HeaderValue::from(age));
         decorate(edge, &mut headers, &verdict, Some(ttl));
-        let resp = crate::cache::replay(&meta, neg, &parts.method, &parts.headers, headers);
+        let resp = replay(&meta, neg, &parts.method, &parts.headers, headers);
         return (resp, verdict.kind);
     }
     let (method, len) = (&parts.method, meta.len);
@@ -143,22 +147,21 @@ async fn serve(
     };
     let mut at_hand = None;
     // A hit whose body needs a chunk that is not stored goes to the origin for the rest.
-    if verdict.kind == Kind::Hit && !stored(edge, &meta, &plan, method, &mut at_hand).await {
-        verdict.kind = Kind::Miss;
+    if verdict.kind == CacheOutcome::Hit && !stored(edge, &meta, &plan, method, &mut at_hand).await
+    {
+        verdict.kind = CacheOutcome::Miss;
         verdict.fwd = Some("partial");
     }
     let multi = matches!(&plan, Plan::Ranges(r) if r.len() > 1);
-    if verdict.kind != Kind::Hit && !within_bounds(edge, parts, &meta, &plan, &verdict) {
+    if verdict.kind != CacheOutcome::Hit && !within_bounds(edge, parts, &meta, &plan, &verdict) {
         // Filling the chunks this body needs would cost the origin far more than the request
         // asks for: the request goes to the origin as it is, uncached.
-        verdict.kind = Kind::Pass;
+        verdict.kind = CacheOutcome::Pass;
         verdict.stored = false;
         let req = Request::from_parts(parts.clone(), Body::empty());
-        return (pass(edge, req, verdict).await, Kind::Pass);
+        return (pass(edge, req, verdict).await, CacheOutcome::Pass);
     }
-    if let Some(peers) = &edge.peers {
-        peers.note_request(&edge.store, &meta);
-    }
+    edge.cache.note_served(&meta);
     let fields = match plan {
         Plan::Failed => HeaderMap::new(),
         Plan::Full => fields(edge, &meta, &verdict),
@@ -191,6 +194,51 @@ async fn serve(
     (resp, verdict.kind)
 }
 
+/// The response a stored negative entry gives: its status, `headers` (the stored fields plus
+/// what the HTTP layer adds: Age, Via, Cache-Status), Content-Length and body (none to
+/// HEAD). Preconditions are evaluated for 2xx statuses only (RFC 9110 §13.2.1: a server
+/// ignores them when its answer would not be 2xx); Range is ignored (it applies to 200).
+pub fn replay(
+    meta: &ObjectMeta,
+    neg: &Negative,
+    method: &Method,
+    req: &HeaderMap,
+    mut headers: HeaderMap,
+) -> axum::response::Response {
+    let mut status = neg.status;
+    let mut body = neg.body.clone();
+    if status.is_success() {
+        let v = Validators {
+            etag: meta.etag.clone(),
+            last_modified: meta.last_modified,
+        };
+        let precondition = cdn_http::conditional::evaluate(method, req, &v);
+        if precondition != Precondition::Proceed {
+            status = match precondition {
+                Precondition::NotModified => StatusCode::NOT_MODIFIED,
+                _ => StatusCode::PRECONDITION_FAILED,
+            };
+            body = Bytes::new();
+            headers.remove(header::CONTENT_TYPE);
+            headers.remove("content-digest");
+        }
+    }
+    if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        headers.remove(header::CONTENT_LENGTH);
+    } else {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
+    let body = if method == Method::HEAD {
+        axum::body::Body::empty()
+    } else {
+        axum::body::Body::from(body)
+    };
+    let mut resp = axum::response::Response::new(body);
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    resp
+}
+
 /// Whether every chunk the planned body needs is stored. A body within one chunk takes that
 /// chunk in the same lookup (into `at_hand`); larger bodies only check, and stream the chunks
 /// when they get to them.
@@ -208,7 +256,7 @@ async fn stored(
         && r.start() / cs == r.end() / cs
     {
         let index = r.start() / cs;
-        return match edge.store.chunk(&meta.chunk_key(index)).await {
+        return match edge.cache.stored_chunk(meta, index).await {
             Some(bytes) => {
                 *at_hand = Some((index, bytes));
                 true
@@ -220,7 +268,7 @@ async fn stored(
         .into_iter()
         .chain(second)
         .chain(ranges)
-        .all(|r| (r.start() / cs..=r.end() / cs).all(|i| edge.store.has_chunk(&meta.chunk_key(i))))
+        .all(|r| (r.start() / cs..=r.end() / cs).all(|i| edge.cache.has_chunk(meta, i)))
 }
 
 /// Whether filling what `plan`'s body needs keeps within the bounds on origin bytes (RangeAmp):
@@ -241,10 +289,7 @@ fn within_bounds(
 ) -> bool {
     let cs = meta.chunk_size;
     // A chunk another fill (or the probe this request led) is bringing costs it nothing.
-    let missing = |i: u64| {
-        let key = meta.chunk_key(i);
-        !edge.store.has_chunk(&key) && !edge.filler.in_flight(&key)
-    };
+    let missing = |i: u64| edge.cache.must_fill(meta, i);
     let span_len = |i: u64| {
         let (s, e) = meta.chunk_span(i);
         e - s + 1
@@ -263,7 +308,7 @@ fn within_bounds(
     let asked: u64 = ranges.iter().map(|r| r.end() - r.start() + 1).sum();
     // The chunk this request's own probe fetched (the one holding its first byte, or the
     // first chunk when that byte was past the end).
-    let led = verdict.kind == Kind::Miss
+    let led = verdict.kind == CacheOutcome::Miss
         && verdict.fwd == Some("miss")
         && verdict.stored
         && !verdict.collapsed
@@ -278,7 +323,7 @@ fn within_bounds(
         .get::<ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip());
     let refuse = || {
-        edge.budgets.charge(client, probe_cost);
+        edge.cache.budgets().charge(client, probe_cost);
         edge.metrics
             .with(|| metrics::counter!("cdn_edge_amplification_refused_total").increment(1));
         false
@@ -319,11 +364,12 @@ fn within_bounds(
         extra
     };
     if fill_cost == 0 {
-        edge.budgets.charge(client, probe_cost);
+        edge.cache.budgets().charge(client, probe_cost);
         return true;
     }
     if edge
-        .budgets
+        .cache
+        .budgets()
         .take(client, fill_cost.saturating_add(probe_cost))
     {
         return true;
@@ -443,11 +489,11 @@ fn chunk_stream(
             let crossed = index > first;
             if end > cend || (crossed && end == cend) {
                 for ahead in 1..=readahead {
-                    edge.filler.prefetch(&meta, index + ahead);
+                    edge.cache.prefetch(&meta, index + ahead);
                 }
             }
-            match edge.filler.chunk(&meta, index).await {
-                Ok((bytes, _)) => {
+            match edge.cache.chunk(&meta, index).await {
+                Ok(bytes) => {
                     let (from, to) = ((pos - cstart) as usize, (end.min(cend) - cstart + 1) as usize);
                     if bytes.len() < to {
                         let e = std::io::Error::other("stored chunk shorter than its span");
@@ -526,19 +572,19 @@ fn cache_status(verdict: &Verdict, node: &str, ttl: Option<i64>) -> Option<Heade
 /// (by name and labels) on every request costs more than the request's own bookkeeping.
 struct Handles {
     node: Weak<NodeMetrics>,
-    /// `cdn_edge_requests_total` and `cdn_edge_response_seconds` per [`Kind`], registered at
+    /// `cdn_edge_requests_total` and `cdn_edge_response_seconds` per [`CacheOutcome`], registered at
     /// first use (a series appears once it has been counted, as with the macros).
     requests: [Option<(metrics::Counter, metrics::Histogram)>; 4],
     served: metrics::Counter,
     body: metrics::Histogram,
 }
 
-fn kind_index(kind: Kind) -> usize {
+fn kind_index(kind: CacheOutcome) -> usize {
     match kind {
-        Kind::Hit => 0,
-        Kind::Miss => 1,
-        Kind::Stale => 2,
-        Kind::Pass => 3,
+        CacheOutcome::Hit => 0,
+        CacheOutcome::Miss => 1,
+        CacheOutcome::Stale => 2,
+        CacheOutcome::Pass => 3,
     }
 }
 
@@ -546,7 +592,7 @@ fn kind_index(kind: Kind) -> usize {
 /// body's byte counter and duration histogram.
 fn record(
     node: &Arc<NodeMetrics>,
-    kind: Kind,
+    kind: CacheOutcome,
     elapsed: std::time::Duration,
 ) -> (metrics::Counter, metrics::Histogram) {
     thread_local! {
@@ -589,7 +635,7 @@ struct AccessLine {
 fn finish(
     edge: &Arc<Edge>,
     resp: Response,
-    kind: Kind,
+    kind: CacheOutcome,
     started: Instant,
     line: Option<Box<AccessLine>>,
 ) -> Response {
@@ -763,7 +809,7 @@ mod tests {
     #[test]
     fn cache_status_reads_as_the_verdict_says() {
         let v = |fwd, fwd_status, stored, collapsed, detail| Verdict {
-            kind: Kind::Hit,
+            kind: CacheOutcome::Hit,
             fwd,
             fwd_status,
             stored,

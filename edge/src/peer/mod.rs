@@ -173,7 +173,10 @@ pub struct Peers {
     /// Until then, chunks this node owns are first asked of their previous owner.
     warm_until: Instant,
     chunk_size: u64,
-    corrupt: bool,
+    /// Test hook (feature `test-hooks`, which the `cdn` binary is never built with): flip one
+    /// byte of every chunk this node sends to a peer, after its digest is taken.
+    #[cfg(feature = "test-hooks")]
+    corrupt: std::sync::atomic::AtomicBool,
     metrics: Arc<NodeMetrics>,
     /// This node's `targeted_cache_control`: a peer's metadata is read as this node reads
     /// an origin response.
@@ -325,7 +328,8 @@ impl Peers {
             hot_window: window,
             warm_until: Instant::now() + Duration::from_secs(cfg.peer_warmup_secs),
             chunk_size: cfg.chunk_size,
-            corrupt: cfg.test_corrupt_peer_chunks,
+            #[cfg(feature = "test-hooks")]
+            corrupt: std::sync::atomic::AtomicBool::new(false),
             metrics,
             targets: cfg.targeted_cache_control.clone(),
         });
@@ -624,7 +628,7 @@ impl Peers {
                         meta: wire_meta.clone(),
                         index,
                     };
-                    let result = match client.push(&header, &chunk, this.corrupt).await {
+                    let result = match client.push(&header, &chunk, this.corrupt()).await {
                         Ok(true) => "ok",
                         Ok(false) => "refused",
                         // This node is not (or no longer) the peer's peer: stop here.
@@ -662,8 +666,22 @@ impl Peers {
         }
     }
 
+    /// Whether chunks sent to peers are corrupted on the wire (a test hook; always false
+    /// without the `test-hooks` feature).
     pub fn corrupt(&self) -> bool {
-        self.corrupt
+        #[cfg(feature = "test-hooks")]
+        return self.corrupt.load(std::sync::atomic::Ordering::Relaxed);
+        #[cfg(not(feature = "test-hooks"))]
+        false
+    }
+
+    /// Test hook: from now on, flip one byte of every chunk this node sends to a peer (after
+    /// its digest is taken), to show that receivers reject it. Only with the `test-hooks`
+    /// feature, which the root package's tests enable and the `cdn` binary never has: no
+    /// config field or flag reaches it.
+    #[cfg(feature = "test-hooks")]
+    pub fn corrupt_chunks_sent(&self, on: bool) {
+        self.corrupt.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The sizes of the tables keyed by object key, after running their pending evictions
