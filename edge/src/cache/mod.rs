@@ -10,6 +10,8 @@
 
 mod negative;
 mod probe;
+#[cfg(test)]
+mod tests;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
