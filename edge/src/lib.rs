@@ -4,12 +4,16 @@
 //! is followed as a shared cache.
 //!
 //! Layers, outermost first (a request goes down, never back up):
-//! [`proxy`] (HTTP) → [`cache`] (RFC 9111 decisions, probes) → [`store`] (chunks and
-//! metadata) and [`fill`] (chunk fills from [`fill::FillSource`]s such as [`origin`]).
-//! [`freshness`] is the pure RFC 9111 arithmetic, [`coalesce`] the one-fill-per-key table,
-//! [`admin`] health, metrics and purge, [`config`] the settings, [`peer`] replication
-//! between edges over QUIC (another fill source, and hot-object push), [`reload`] following
-//! the config file at runtime (the peer list is applied on change and on SIGHUP).
+//! [`proxy`] (HTTP, with [`passthrough`] for what is not stored) → [`cache`] (RFC 9111
+//! decisions, probes, negative entries; its own types, no HTTP response types) → [`store`]
+//! (chunks and metadata behind a small API), [`fill`] (chunk fills from [`fill::FillSource`]s:
+//! peers, then [`origin`]) and [`origin`]. [`node`] holds the node's shared state and wires
+//! the parts from the config; [`peer`] is replication between edges over QUIC (another fill
+//! source, hot-object push; its server reaches the node through
+//! [`peer::server::ChunkSource`], never the cache). [`freshness`] is the pure RFC 9111
+//! arithmetic, [`coalesce`] the one-fill-per-key table, [`budget`] per-client amplification
+//! budgets, [`admin`] health, metrics and purge, [`config`] the settings, [`reload`]
+//! following the config file at runtime (the peer list is applied on change and on SIGHUP).
 
 pub mod admin;
 pub mod budget;

@@ -1,6 +1,8 @@
 //! The origin as seen from the edge: an HTTP client (reqwest, pooled, with connect and read
 //! timeouts) that fetches chunks by Range (as a [`FillSource`]), sends probes and
 //! revalidations, and forwards requests the cache passes through. Every request is counted.
+//! The cache reads a probe's answer through [`OriginResponse`] (status, fields, body length,
+//! bounded reads), so reqwest's types stay in this file and the passthrough.
 //!
 //! A chunk fill's answer is checked against the stored version before its bytes are used
 //! ([`check_version`]: length, ETag, Last-Modified), so an origin that ignores Range and has

@@ -362,7 +362,7 @@ impl Cache {
         }
         // A probe costs a chunk, of which a Range may ask a few bytes: a client whose
         // amplification budget is spent has its Range misses go to the origin as asked (the
-        // probe's cost is charged when the answer is shaped, `proxy::within_bounds`).
+        // probe's cost is charged when the answer is shaped, `proxy::body::within_bounds`).
         if req.contains_key(header::RANGE) && self.budgets.exhausted(client) {
             return over_budget(&self.metrics);
         }
