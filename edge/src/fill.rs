@@ -2,7 +2,7 @@
 //! [`Filler`], which serves chunks from the store or fills them from the sources in order,
 //! one fill per chunk key at a time, with bounded waits.
 //!
-//! The sources are the peers ([`crate::peer::PeerSource`]) and then the origin, in the order
+//! The sources are the peers (`peer::PeerSource`) and then the origin, in the order
 //! the node wires them; the filler writes what it gets through the store's API.
 
 use std::sync::Arc;
