@@ -476,7 +476,7 @@ impl Cache {
 
 /// The variant key of a request for `primary`: the values `req` carries for each name in
 /// `vary` (the URL's stored Vary), handed to [`store::variant_key`].
-pub(crate) fn variant_key(primary: &str, vary: &[header::HeaderName], req: &HeaderMap) -> String {
+pub fn variant_key(primary: &str, vary: &[header::HeaderName], req: &HeaderMap) -> String {
     let selected: Vec<_> = vary
         .iter()
         .map(|n| (n, req.get_all(n).iter().collect()))
@@ -485,7 +485,7 @@ pub(crate) fn variant_key(primary: &str, vary: &[header::HeaderName], req: &Head
 }
 
 /// The header names listed by Vary (lowercase, in order, without duplicates).
-pub(crate) fn vary_names(resp: &HeaderMap) -> Vec<header::HeaderName> {
+pub fn vary_names(resp: &HeaderMap) -> Vec<header::HeaderName> {
     let mut names: Vec<header::HeaderName> = Vec::new();
     for v in resp.get_all(header::VARY) {
         let Ok(v) = v.to_str() else { continue };
