@@ -2,11 +2,12 @@
 //!
 //! `cdn lab` (the default) runs a whole multi-region CDN on this machine; `cdn origin`,
 //! `cdn edge` and `cdn router` run one node each; `cdn geo` builds the lab's MaxMind database;
-//! `cdn bench` runs the benchmarks; `cdn plan` plans capacity. The commands other than the
-//! single nodes live in the `cdn` library (`src/lib.rs`); this file is only the command line
-//! and its dispatch.
+//! `cdn bench` runs the benchmarks; `cdn plan` plans capacity. Each command lives in a crate of
+//! its own (`cdn-origin`, `cdn-edge`, `cdn-geo-router`, `cdn-lab` with the planner and the
+//! autoscaler, `cdn-bench`); this file is only the command line and its dispatch.
 
-use cdn::{bench, lab, plan};
+use cdn_bench as bench;
+use cdn_lab::{self as lab, plan};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]

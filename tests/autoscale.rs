@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cdn::autoscale::driver::{self, Fleet, HttpObserver, Load, Observer, RegionSpec};
-use cdn::autoscale::{
+use cdn_lab::autoscale::driver::{self, Fleet, HttpObserver, Load, Observer, RegionSpec};
+use cdn_lab::autoscale::{
     Action, AutoscaleConfig, AutoscaleError, Autoscaler, EventKind, RegionObservation,
 };
 use inprocess::{FleetOptions, InProcessFleet, Site};
@@ -231,7 +231,7 @@ fn bounds_minimum_and_saturation() {
                 ..config()
             }
         ),
-        Err(AutoscaleError::Plan(cdn::plan::PlanError::Capacity(_)))
+        Err(AutoscaleError::Plan(cdn_lab::plan::PlanError::Capacity(_)))
     ));
 }
 

@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use cdn::plan::{CachingReason, Plan, PlanError, PlanInput, Recommendation, edges_needed};
+use cdn_lab::plan::{CachingReason, Plan, PlanError, PlanInput, Recommendation, edges_needed};
 
 #[test]
 fn formula_is_exact_on_the_numbers_as_written() {

@@ -25,7 +25,7 @@ use cdn_edge::config::{PeerConfig, PeerTls};
 use cdn_geo_router::{EdgeState, RouterHandle};
 use cdn_http::server::NodeHandle;
 
-use cdn::autoscale::driver::Fleet;
+use cdn_lab::autoscale::driver::Fleet;
 
 /// Where a region's edges are (the router places viewers by distance).
 #[derive(Debug, Clone)]

@@ -1,6 +1,6 @@
 //! `cdn bench capacity`: the requests/s one edge serves with its p99 under a target, written
 //! to the capacity file `cdn plan --from-lab` and the lab's autoscaler read
-//! (`bench/results/edge-capacity.json`, see [`crate::plan::lab`]).
+//! (`bench/results/edge-capacity.json`, see [`cdn_lab::plan::lab`]).
 //!
 //! By default the benchmark starts its own origin (`cdn origin`) and one edge (`cdn edge`,
 //! 2 GiB, 1 MiB chunks), each a child process as in `cdn bench compare`, so the edge measured
@@ -61,7 +61,7 @@ pub struct CapacityArgs {
     #[arg(long, default_value_t = 512)]
     pub max_concurrency: usize,
     /// Where to write the capacity (JSON; parent directories are created).
-    #[arg(long, default_value = crate::plan::lab::DEFAULT_CAPACITY_FILE)]
+    #[arg(long, default_value = cdn_lab::plan::lab::DEFAULT_CAPACITY_FILE)]
     pub out: PathBuf,
     /// Measure this running edge (base URL) instead of starting one; needs --origin.
     #[arg(long, requires = "origin")]
@@ -802,7 +802,7 @@ pub async fn run(args: CapacityArgs) -> anyhow::Result<()> {
     text.push('\n');
     write_file(&args.out, &text)?;
     // What `cdn plan` and the lab will read back.
-    let check = crate::plan::lab::read_capacity(&args.out)?
+    let check = cdn_lab::plan::lab::read_capacity(&args.out)?
         .with_context(|| format!("{} vanished after writing it", args.out.display()))?;
     let _ = std::fs::remove_dir_all(&work_dir);
     let mut s = String::new();
@@ -937,7 +937,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("cdn-capacity-unit-{}", std::process::id()));
         let p = dir.join("a/b/edge-capacity.json");
         write_file(&p, "{\"requests_per_sec\": 5.5}").expect("writes");
-        let c = crate::plan::lab::read_capacity(&p)
+        let c = cdn_lab::plan::lab::read_capacity(&p)
             .expect("reads")
             .expect("exists");
         assert_eq!(c.requests_per_sec, 5.5);

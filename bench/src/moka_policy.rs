@@ -72,7 +72,7 @@ impl CachePolicy for MokaPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::policies::{Lru, PolicyKind};
+    use crate::policies::{Lru, PolicyKind};
 
     #[test]
     fn moka_honours_capacity_after_each_access() {

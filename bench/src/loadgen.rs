@@ -489,7 +489,8 @@ mod tests {
     #[tokio::test]
     async fn fetches_and_verifies_against_an_origin() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/media");
+        let root =
+            std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join("testdata/media");
         let origin =
             cdn_origin::spawn(l, root, &cdn_origin::OriginConfig::default()).expect("origin");
         let next: JobGen = Arc::new(|_| Job::range("lg", 100_000, 1000, 70_999));

@@ -16,7 +16,7 @@
 //! - [`driver`] runs autoscalers on an interval against a [`driver::Fleet`] (start an edge;
 //!   drain and stop one) and a [`driver::Observer`] (measure each region), and publishes the
 //!   status ([`driver::AutoscaleStatus`]). [`driver::HttpObserver`] measures a lab over HTTP.
-//! - The lab's fleet (`crate::lab`) starts and stops edge processes; the tests' in-process
+//! - The lab's fleet (`crate::fleet`) starts and stops edge processes; the tests' in-process
 //!   fleet (`tests/common/inprocess_fleet.rs`) does the same with edges in one process: a new
 //!   edge peers with its region's edges (so it warms from them) and is routed to only once
 //!   its health check passed; a removed edge leaves the router, finishes its in-flight

@@ -12,7 +12,7 @@
 //! from the router's route counters, sampled twice; hit ratio and origin egress from the
 //! edges' counters; the capacity per edge from the file `cdn bench` writes (see [`lab`]).
 //!
-//! The autoscaler (`src/autoscale/`) uses the same formula ([`edges_needed`]) and the same
+//! The autoscaler (`lab/src/autoscale/`) uses the same formula ([`edges_needed`]) and the same
 //! measurements ([`lab::HttpSampler`]).
 
 pub mod lab;

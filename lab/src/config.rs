@@ -630,7 +630,7 @@ mod tests {
     use super::*;
 
     fn shipped() -> LabFile {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/lab.toml");
+        let p = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join("testdata/lab.toml");
         LabFile::load(&p).expect("testdata/lab.toml is valid")
     }
 
@@ -663,7 +663,7 @@ mod tests {
 
     #[test]
     fn errors_name_file_line_and_field() {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/lab.toml");
+        let p = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join("testdata/lab.toml");
         let text = std::fs::read_to_string(&p).expect("read");
         let bad = text.replacen(
             "network = \"127.3.0.0/16\"",
@@ -712,7 +712,7 @@ mod tests {
 
     #[test]
     fn autoscale_errors_name_the_field() {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/lab.toml");
+        let p = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join("testdata/lab.toml");
         let text = std::fs::read_to_string(&p).expect("read");
         let check = |bad: &str| {
             let lab: LabFile = cdn_http::config::parse_toml(bad, "lab.toml").expect("parses");

@@ -327,7 +327,7 @@ pub fn run(args: &HitRatioArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::BenchCommand;
+    use crate::BenchCommand;
     use clap::Parser;
 
     #[derive(Parser)]

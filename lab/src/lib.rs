@@ -13,9 +13,14 @@
 //! the viewers' links carry ([`sniff`]), and can stop and start edges. When every node is
 //! healthy it writes `state.json` in the run directory (what the tests read) and prints the
 //! nodes, the player URL and commands to try. Ctrl-C or SIGTERM stops every node.
+//!
+//! The crate also holds capacity planning ([`plan`]: edges needed for a request rate) and the
+//! per-region autoscaler built on it ([`autoscale`]), which the lab's fleet drives.
 
+pub mod autoscale;
 pub mod config;
 mod fleet;
+pub mod plan;
 mod procs;
 pub mod relay;
 mod sniff;
@@ -531,7 +536,7 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
     // `cargo run` from a subdirectory: the default lab file is found at the repository root.
     let default = LabArgs::default_config();
     if args.config == default && !default.exists() {
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let repo = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
         if repo.join(&default).exists() {
             std::env::set_current_dir(repo)
                 .with_context(|| format!("cannot change to {}", repo.display()))?;

@@ -39,7 +39,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::loadgen::{self, Conn, Job};
-use crate::lab::relay::{LinkShape, TcpRelay, TokenBucket};
+use cdn_lab::relay::{LinkShape, TcpRelay, TokenBucket};
 
 /// Who the viewers talk to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -465,7 +465,7 @@ impl LabRun {
         let uplink = TokenBucket::new(f("origin_uplink_mbps", 40.0) * 1e6 / 8.0);
         let mut out = BTreeMap::new();
         for r in &self.regions {
-            let km = crate::lab::config::distance_km((r.latitude, r.longitude), self.origin_point);
+            let km = cdn_lab::config::distance_km((r.latitude, r.longitude), self.origin_point);
             let rtt = Duration::from_secs_f64((base + km / 100.0 * per100) / 1e3);
             let mut shape = LinkShape::new(rtt, Some(client_bps), Some(client_bps));
             shape.down.buckets.push(uplink.clone());
@@ -1188,7 +1188,7 @@ mod tests {
 
     #[test]
     fn lab_file_sets_mode_and_links() {
-        let lab = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/lab.toml");
+        let lab = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join("testdata/lab.toml");
         let a = args(&[
             "--lab",
             lab.to_str().unwrap(),
@@ -1199,14 +1199,14 @@ mod tests {
             "64MiB",
         ]);
         let text = lab_file(&a, Mode::Cdn, Path::new("/tmp/x")).unwrap();
-        let f: crate::lab::config::LabFile = cdn_http::config::parse_toml(&text, "gen").unwrap();
+        let f: cdn_lab::config::LabFile = cdn_http::config::parse_toml(&text, "gen").unwrap();
         assert!(!f.peering.enabled);
         assert_eq!(f.links.base_rtt_ms, 0.0);
         assert_eq!(f.links.client_mbps, 500.0);
         assert_eq!(f.edges.capacity, "64MiB");
         assert!(f.origin.root.is_absolute());
         let text = lab_file(&a, Mode::CdnPeers, Path::new("/tmp/x")).unwrap();
-        let f: crate::lab::config::LabFile = cdn_http::config::parse_toml(&text, "gen").unwrap();
+        let f: cdn_lab::config::LabFile = cdn_http::config::parse_toml(&text, "gen").unwrap();
         assert!(f.peering.enabled);
     }
 }

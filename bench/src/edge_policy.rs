@@ -148,7 +148,7 @@ impl CachePolicy for EdgeS3FifoRaw {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::policies::S3Fifo;
+    use crate::policies::S3Fifo;
 
     /// A seeded request stream: skewed ids, sizes fixed per id in 1..=max_size.
     fn requests(n: usize, ids: u64, max_size: u64, seed: u64) -> Vec<(u64, u64)> {

@@ -158,7 +158,7 @@ pub fn run_jobs(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::trace::Request;
+    use crate::trace::Request;
 
     #[test]
     fn capacity_truncates_like_libcachesim() {

@@ -9,7 +9,7 @@
 //! a dashboard.
 //!
 //! # Use
-//! The lab (`start_autoscale` in `src/lab/mod.rs`) does:
+//! The lab (`start_autoscale` in `lab/src/lib.rs`) does:
 //! ```ignore
 //! let fleet = Arc::new(LabFleet::new(edges, router_url.clone(), options)); // impl Fleet
 //! let observer = HttpObserver::new(&router_url, Duration::from_secs(5));
@@ -36,7 +36,7 @@ use crate::plan::lab::{HttpSampler, LabSample};
 
 /// Edges the autoscaler can start and stop.
 ///
-/// Implementations: the lab's process fleet (`crate::lab`) and the tests' in-process fleet.
+/// Implementations: the lab's process fleet (`crate::fleet`) and the tests' in-process fleet.
 pub trait Fleet: Send + Sync + 'static {
     /// Starts one edge in `region` and registers it with the router (admin API or config
     /// reload). Returns the edge's name once the router routes to it: its health check has
