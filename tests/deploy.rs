@@ -4,10 +4,11 @@
 //!   prints one line and exits 0 for a good file, 1 with the node's error (file, line, field)
 //!   for a bad one, and binds nothing (it succeeds while the addresses it names are taken);
 //!   the shipped configs (deploy/config, the Kubernetes base and overlays) pass.
-//! - The edge runs under the container's constraints: an unprivileged user with no
-//!   capabilities and no new privileges (when the test runs as root; otherwise as the user it
-//!   runs as, with the reason printed), a home and temporary directory of its own as the only
-//!   place it might write, and the config read-only. It serves (miss, then hit, exact bytes),
+//! - The edge runs under the container's constraints: the image's user (65532) with no
+//!   capabilities and no new privileges, in a mount namespace where every file system is
+//!   read-only but one directory (its HOME and TMPDIR), as readOnlyRootFilesystem gives it
+//!   (when the test runs as root; otherwise as the user it runs as, with the reason printed),
+//!   and the config read-only. It serves (miss, then hit, exact bytes),
 //!   exports the metrics the autoscaler and the dashboard use, writes nothing anywhere, and on
 //!   SIGTERM refuses new connections (so a readiness probe on /healthz fails at once) while
 //!   the response in flight finishes byte for byte; then it exits 0.
@@ -270,6 +271,26 @@ fn owned_by(uid: u32, dirs: &[&Path]) -> Vec<PathBuf> {
     out
 }
 
+/// Run by `sh -c` in the edge's mount namespace with `$1` = the writable directory and the
+/// command after it: makes `$1` a mount of its own, every other mount (but /proc and /sys)
+/// read-only, then runs the command.
+const READ_ONLY_SCRIPT: &str = r#"w=$1; shift
+mount --bind "$w" "$w" || exit 111
+for m in $(awk '{print $2}' /proc/self/mounts | sort -u); do
+  case "$m" in /proc|/proc/*|/sys|/sys/*|"$w") continue;; esac
+  mount -o remount,bind,ro "$m" 2>/dev/null
+done
+exec "$@""#;
+
+/// The options of the mount at `target` as the process `pid` sees it (/proc/PID/mountinfo).
+fn mount_options(pid: u32, target: &Path) -> Option<String> {
+    let info = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
+    info.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.get(4).map(Path::new) == Some(target)).then(|| f.get(5).map(|o| o.to_string()))?
+    })
+}
+
 fn proc_status(pid: u32, field: &str) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -299,6 +320,16 @@ async fn the_edge_runs_unprivileged_writes_nothing_and_drains_on_sigterm() {
         println!("running the edge as uid {me}, not {IMAGE_UID}: {why}");
         me
     };
+    // A read-only root file system, as readOnlyRootFilesystem gives the container: needs root
+    // (a mount namespace) and unshare.
+    let read_only = uid == IMAGE_UID
+        && std::process::Command::new("/usr/bin/unshare")
+            .args(["--mount", "--propagation", "private", "--", "/bin/true"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if uid == IMAGE_UID && !read_only {
+        println!("the file systems stay writable (no mount namespace: unshare failed)");
+    }
     let origin = start_origin_with(&media_root(), "").await;
     let origin_url = format!("http://{}", origin.addr);
 
@@ -338,17 +369,29 @@ async fn the_edge_runs_unprivileged_writes_nothing_and_drains_on_sigterm() {
         .collect();
     let before = owned_by(uid, &shared);
 
-    let mut cmd = if uid == IMAGE_UID {
+    let setpriv_args = [
+        "--reuid=65532",
+        "--regid=65532",
+        "--clear-groups",
+        "--no-new-privs",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        CDN,
+    ];
+    let mut cmd = if uid == IMAGE_UID && read_only {
+        // A mount namespace of its own where every file system is read-only (remounted
+        // read-only bind mounts) except the writable directory, then the image's user.
+        let mut c = tokio::process::Command::new("/usr/bin/unshare");
+        c.args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
+            .arg(READ_ONLY_SCRIPT)
+            .arg("sh")
+            .arg(&writable)
+            .arg("/usr/bin/setpriv")
+            .args(setpriv_args);
+        c
+    } else if uid == IMAGE_UID {
         let mut c = tokio::process::Command::new("/usr/bin/setpriv");
-        c.args([
-            "--reuid=65532",
-            "--regid=65532",
-            "--clear-groups",
-            "--no-new-privs",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-            CDN,
-        ]);
+        c.args(setpriv_args);
         c
     } else {
         tokio::process::Command::new(CDN)
@@ -395,6 +438,17 @@ async fn the_edge_runs_unprivileged_writes_nothing_and_drains_on_sigterm() {
         assert_eq!(proc_status(pid, "CapEff"), "0000000000000000");
         assert_eq!(proc_status(pid, "CapBnd"), "0000000000000000");
         assert_eq!(proc_status(pid, "NoNewPrivs"), "1");
+    }
+    // What it may write: nothing but its own directory.
+    if read_only {
+        let root_fs = mount_options(pid, Path::new("/")).expect("root mount");
+        assert!(root_fs.split(',').any(|o| o == "ro"), "/ is {root_fs}");
+        let own = mount_options(pid, &writable).expect("writable mount");
+        assert!(
+            own.split(',').any(|o| o == "rw"),
+            "{} is {own}",
+            writable.display()
+        );
     }
 
     // It serves: a miss, then a hit, the exact bytes.
