@@ -714,6 +714,7 @@ async fn cdn_edge_follows_the_peers_in_its_config_file() {
         policy: None,
         peer_listen: None,
         config: Some(file.clone()),
+        check_config: None,
     };
     // What `cdn edge --config FILE` runs, in-process.
     let node = cdn_edge::start(&args).await.expect("edge starts");

@@ -76,12 +76,39 @@ pub struct EdgeArgs {
     /// applied (polled every second, and on SIGHUP); other fields need a restart.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Load and check FILE as `cdn edge --config FILE` would (the other flags applied), print
+    /// one line and exit: 0 when it is valid, 1 with the error (file:line:column: field) when
+    /// not. Nothing is bound or started; the files it names (peer certificates) are read at
+    /// start, not here.
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    pub check_config: Option<PathBuf>,
 }
 
 impl EdgeArgs {
     /// The configuration: the file (or defaults) with the flags applied.
     pub fn resolve(&self) -> anyhow::Result<EdgeConfig> {
         Ok(self.resolve_file()?.0)
+    }
+
+    /// `--check-config FILE`: the configuration `cdn edge --config FILE` would run with (the
+    /// same loader, the same errors), summarised in one line; binds nothing.
+    pub fn check_config(&self, file: &std::path::Path) -> Result<String, ConfigError> {
+        let text = config::read(file)?;
+        let c = self.resolve_text(&text, &file.display().to_string())?;
+        Ok(format!(
+            "{}: OK: edge `{}` in region `{}`, origin {}, capacity {} MiB in {} KiB chunks, {} peers{}",
+            file.display(),
+            c.name,
+            c.region,
+            c.origin,
+            c.capacity >> 20,
+            c.chunk_size >> 10,
+            c.peers.len(),
+            match c.peer_listen {
+                Some(a) => format!(", peer endpoint {a}"),
+                None => String::new(),
+            }
+        ))
     }
 
     /// The configuration and the text of the config file it came from (`None` without one).
@@ -250,6 +277,7 @@ mod tests {
             policy: None,
             peer_listen: None,
             config,
+            check_config: None,
         }
     }
 
