@@ -263,7 +263,8 @@ impl Edge {
         }
     }
 
-    /// Probes for a peer that asked this node as the chunk's owner: never via peers again.
+    /// Probes for a peer that asked this node as the chunk's owner: never via its region's
+    /// peers again, only via its parents (upper tier, `peer::tier`) when it has any.
     pub async fn probe_for_peer(
         self: &Arc<Self>,
         key: &str,
@@ -553,8 +554,7 @@ impl Edge {
         let cs = self.cfg.chunk_size;
         let mut first = hint / cs;
         let req_cc = CacheControl::parse(&req);
-        if via_peers
-            && stale.is_none()
+        if stale.is_none()
             && let Some(peers) = &self.peers
         {
             let variant = store::variant_key(
@@ -568,7 +568,13 @@ impl Edge {
                     .unwrap_or_default(),
                 &req,
             );
-            if let Some((meta, chunk)) = peers.fetch_object(&variant, &pq, &req, first).await {
+            // Tier hook: a probe made for a sibling (`!via_peers`) asks only the upper tier
+            // (`peer::tier`; nothing when this node is top tier), never its region again.
+            let found = match via_peers {
+                true => peers.fetch_object(&variant, &pq, &req, first).await,
+                false => peers.fetch_from_parents(&variant, &pq, &req, first).await,
+            };
+            if let Some((meta, chunk)) = found {
                 let meta = Arc::new(meta);
                 crate::peer::server::install(&self, &meta).await;
                 self.store.chunks.insert(meta.chunk_key(first), chunk).await;
