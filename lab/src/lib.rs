@@ -816,7 +816,7 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
         "link_model": plan.file.links,
         "renditions": web::RENDITIONS,
         // Each edge's tier role (shield, lower, flat) for the dashboard.
-        "tiers": tiers::roles(&plan),
+        "tiers": tiers::roles(plan),
     });
     // The shared state gets its facts now that the nodes are known.
     if let Ok(mut i) = lab.info.lock() {

@@ -70,7 +70,7 @@ impl Peers {
             .filter(|m| self.parents.contains(&m.cfg.name))
             .map(|m| (score(&m.cfg.name, key, index), m.client.clone()))
             .collect();
-        ranked.sort_by(|a, b| b.0.cmp(&a.0));
+        ranked.sort_by_key(|r| std::cmp::Reverse(r.0));
         ranked.into_iter().map(|(_, c)| (c, Role::Parent)).collect()
     }
 
