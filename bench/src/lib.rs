@@ -9,6 +9,7 @@ mod amplification;
 mod capacity;
 mod compare;
 mod edge_policy;
+mod flash;
 mod hit_ratio;
 pub mod load;
 mod loadgen;

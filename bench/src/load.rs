@@ -51,6 +51,8 @@ pub enum Mode {
     Cdn,
     /// Through the router to the edges, with peering.
     CdnPeers,
+    /// With peering and tiers: the origin's region shields it (`[tiers] mode = "shield"`).
+    CdnTiered,
 }
 
 impl Mode {
@@ -59,6 +61,7 @@ impl Mode {
             Mode::Origin => "origin",
             Mode::Cdn => "cdn",
             Mode::CdnPeers => "cdn-peers",
+            Mode::CdnTiered => "cdn-tiered",
         }
     }
 }
@@ -125,6 +128,14 @@ pub struct LoadArgs {
     /// Seed of the catalogue and the viewers' choices.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Flash crowd (`super::flash`): every viewer of every region starts the catalogue's
+    /// first video at the same moment, every session.
+    #[arg(long)]
+    pub flash_crowd: bool,
+    /// Failover run: this long after the start, SIGKILL the first edge of the shield region
+    /// (the origin's), in the CDN modes.
+    #[arg(long)]
+    pub kill_shield_after_ms: Option<u64>,
 }
 
 /// Counts and latencies of one region (or of all).
@@ -143,6 +154,9 @@ pub struct RegionReport {
     pub ttfb_p50_ms: f64,
     pub ttfb_p95_ms: f64,
     pub ttfb_p99_ms: f64,
+    /// TTFB of each session's first chunk (the wait when a video starts).
+    pub first_ttfb_p50_ms: f64,
+    pub first_ttfb_p99_ms: f64,
     /// Request to last byte of a chunk.
     pub chunk_p50_ms: f64,
     pub chunk_p99_ms: f64,
@@ -194,6 +208,10 @@ pub struct ModeReport {
     pub origin_bytes: f64,
     /// 1 − origin bytes / bytes the viewers received.
     pub offload: f64,
+    /// Bytes of the distinct chunks the viewers asked for (the ideal origin egress).
+    pub unique_bytes: u64,
+    /// The edge killed mid-run (`--kill-shield-after-ms`).
+    pub killed: Option<String>,
     pub edges: Vec<EdgeReport>,
     /// The lab's run directory (logs).
     pub run_dir: PathBuf,
@@ -292,8 +310,16 @@ fn lab_file(args: &LoadArgs, mode: Mode, dir: &Path) -> anyhow::Result<String> {
         }
     };
     let mut peering = section(&mut t, "peering")?;
-    peering.insert("enabled".into(), V::from(mode == Mode::CdnPeers));
+    peering.insert("enabled".into(), V::from(super::flash::peering(mode)));
     t.insert("peering".into(), V::Table(peering));
+    let mut tiers = section(&mut t, "tiers")?;
+    let tiered = if mode == Mode::CdnTiered {
+        "shield"
+    } else {
+        "off"
+    };
+    tiers.insert("mode".into(), V::from(tiered));
+    t.insert("tiers".into(), V::Table(tiers));
     let mut links = section(&mut t, "links")?;
     if args.no_distance {
         links.insert("base_rtt_ms".into(), V::from(0.0));
@@ -487,6 +513,8 @@ struct ViewerStats {
     hits: u64,
     resolves: Histogram<u64>,
     routed_to: BTreeMap<String, u64>,
+    /// Chunks asked for and first-chunk TTFBs (the flash-crowd report).
+    first: super::flash::FirstChunks,
 }
 
 struct Shared {
@@ -498,6 +526,8 @@ struct Shared {
     origin_relays: BTreeMap<String, SocketAddr>,
     deadline: Instant,
     requests: AtomicU64,
+    /// Flash crowd: every viewer waits here before its first session.
+    start: Option<tokio::sync::Barrier>,
 }
 
 impl Shared {
@@ -550,11 +580,17 @@ async fn viewer(
         hits: 0,
         resolves: loadgen::histogram(),
         routed_to: BTreeMap::new(),
+        first: Default::default(),
     };
+    if let Some(start) = &sh.start {
+        start.wait().await;
+    }
     let mut conn: Option<(SocketAddr, Conn)> = None;
     let mut n = 0u64;
     while sh.more() && (sh.args.sessions == 0 || vs.sessions < sh.args.sessions) {
         let rank = zipf.sample(&mut rng) as usize;
+        // A flash crowd: everyone plays the same (first) video.
+        let rank = if sh.args.flash_crowd { 1 } else { rank };
         let video = &sh.videos[rank.clamp(1, sh.videos.len()) - 1];
         // The whole session's choices are drawn first, so every mode sees the same ones.
         let chunks = video.size.div_ceil(CHUNK);
@@ -614,6 +650,7 @@ async fn viewer(
                 .await
             {
                 Ok(r) => {
+                    vs.first.record(&video.id, c, (c == 0).then_some(r.ttfb));
                     // The nearest cache's member is the last one (RFC 9211 §2).
                     let hit = r
                         .headers
@@ -655,6 +692,7 @@ fn region_report(name: &str, viewers: usize, parts: &[&ViewerStats], seconds: f6
         }
     }
     let ok = st.requests - st.errors - st.bad_status - st.corrupt;
+    let first = super::flash::first_ttfb_ms(parts.iter().map(|v| &v.first));
     RegionReport {
         region: name.to_owned(),
         viewers,
@@ -666,6 +704,8 @@ fn region_report(name: &str, viewers: usize, parts: &[&ViewerStats], seconds: f6
         ttfb_p50_ms: loadgen::ms(&st.ttfb, 0.5),
         ttfb_p95_ms: loadgen::ms(&st.ttfb, 0.95),
         ttfb_p99_ms: loadgen::ms(&st.ttfb, 0.99),
+        first_ttfb_p50_ms: first.0,
+        first_ttfb_p99_ms: first.1,
         chunk_p50_ms: loadgen::ms(&st.latency, 0.5),
         chunk_p99_ms: loadgen::ms(&st.latency, 0.99),
         resolves: resolves.len(),
@@ -760,7 +800,21 @@ async fn run_mode(
             origin_relays: relays.iter().map(|(k, r)| (k.clone(), r.addr)).collect(),
             deadline: started + Duration::from_secs_f64(args.duration),
             requests: AtomicU64::new(0),
+            start: args
+                .flash_crowd
+                .then(|| tokio::sync::Barrier::new(lab.regions.len() * args.viewers)),
         });
+        // Failover run: kill the shield edge mid-crowd.
+        let killer = args
+            .kill_shield_after_ms
+            .filter(|_| mode != Mode::Origin)
+            .map(|ms| {
+                let dir = lab.dir.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    super::flash::kill_shield(&dir)
+                })
+            });
         let mut tasks = Vec::new();
         for (ri, r) in lab.regions.iter().enumerate() {
             for v in 0..args.viewers {
@@ -781,6 +835,10 @@ async fn run_mode(
             all.push(t.await.context("a viewer panicked")?);
         }
         let seconds = started.elapsed().as_secs_f64();
+        let killed = match killer {
+            Some(k) => Some(k.await.context("the killer panicked")??),
+            None => None,
+        };
         // Read-ahead and pushes finish after the viewers; give them a moment.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let origin_after = (
@@ -838,6 +896,12 @@ async fn run_mode(
             total,
             origin_requests: origin_after.0 - origin_before.0,
             origin_bytes,
+            unique_bytes: super::flash::unique_bytes(
+                &videos.iter().map(|v| (v.id.clone(), v.size)).collect(),
+                CHUNK,
+                all.iter().map(|v| &v.first),
+            ),
+            killed,
             edges,
             run_dir: lab.dir.clone(),
         })
@@ -1139,6 +1203,8 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         }
     );
     md.push_str(&markdown(&report));
+    md.push_str("\nOrigin egress over unique bytes, first chunk per region:\n\n");
+    md.push_str(&super::flash::markdown(&report));
     std::fs::write(out.join("report.md"), &md)?;
     std::fs::write(
         out.join("report.json"),
@@ -1208,5 +1274,9 @@ mod tests {
         let text = lab_file(&a, Mode::CdnPeers, Path::new("/tmp/x")).unwrap();
         let f: cdn_lab::config::LabFile = cdn_http::config::parse_toml(&text, "gen").unwrap();
         assert!(f.peering.enabled);
+        assert!(!f.tiers.on());
+        let text = lab_file(&a, Mode::CdnTiered, Path::new("/tmp/x")).unwrap();
+        let f: cdn_lab::config::LabFile = cdn_http::config::parse_toml(&text, "gen").unwrap();
+        assert!(f.peering.enabled && f.tiers.on());
     }
 }

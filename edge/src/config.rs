@@ -104,6 +104,11 @@ pub struct EdgeConfig {
     /// every second) and on SIGHUP.
     #[serde(rename = "peers")]
     pub peers: Vec<PeerConfig>,
+    /// Upper tier (issue #14): names of peers (in `peers`, any region) this node asks, with
+    /// `tier: true`, for a chunk it would otherwise fill from the origin; per chunk the parent
+    /// is chosen by rendezvous hashing over them (`peer::tier`). Empty: this node is top
+    /// tier, and it is the only kind of node that fills for a lower tier's request.
+    pub parents: Vec<String>,
     /// Time a peer has to start answering before the next source is tried.
     pub peer_first_byte_timeout_ms: u64,
     /// For this long after the node starts, a chunk it owns is first asked of the sibling
@@ -182,6 +187,7 @@ impl Default for EdgeConfig {
             peer_listen: None,
             peer_tls: None,
             peers: Vec::new(),
+            parents: Vec::new(),
             peer_first_byte_timeout_ms: 200,
             hot_threshold: 20,
             hot_window_secs: 10,
@@ -266,6 +272,18 @@ impl EdgeConfig {
                 return Err(bad(&field, "peer names must be unique"));
             }
         }
+        for (i, parent) in self.parents.iter().enumerate() {
+            let field = format!("parents[{i}]");
+            if *parent == self.name {
+                return Err(bad(&field, "a node cannot be its own parent"));
+            }
+            if !self.peers.iter().any(|p| p.name == *parent) {
+                return Err(bad(&field, "a parent must be one of `peers` (by name)"));
+            }
+            if self.parents[..i].contains(parent) {
+                return Err(bad(&field, "parent names must be unique"));
+            }
+        }
         Ok(self)
     }
 
@@ -310,6 +328,7 @@ impl EdgeConfig {
             cache_key_base,
             peer_listen,
             peer_tls,
+            parents,
             peer_first_byte_timeout_ms,
             hot_threshold,
             hot_window_secs,
@@ -429,6 +448,26 @@ mod tests {
             .to_string();
         assert!(e.starts_with("edge.toml:4:"), "{e}");
         assert!(e.contains("peers[0].name") && e.contains("own peer"), "{e}");
+    }
+
+    #[test]
+    fn parent_errors_name_the_file_line_and_field() {
+        let text = "name = \"a\"\nparents = [\"b\", \"x\"]\n\n[[peers]]\nname = \"b\"\nregion = \"r\"\naddr = \"127.0.0.1:1\"\n";
+        let e = EdgeConfig::parse(text, "edge.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("edge.toml:2:"), "{e}");
+        assert!(
+            e.contains("parents[1]") && e.contains("one of `peers`"),
+            "{e}"
+        );
+        let e = EdgeConfig::parse(&text.replace("\"x\"", "\"a\""), "edge.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("edge.toml:2:"), "{e}");
+        assert!(e.contains("parents[1]") && e.contains("own parent"), "{e}");
+        let ok = EdgeConfig::parse(&text.replace(", \"x\"", ""), "edge.toml").unwrap();
+        assert_eq!(ok.parents, ["b"]);
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! Filling chunks: the [`FillSource`] trait ("give me chunk i of this object version") and the
 //! [`Filler`], which serves chunks from the store or fills them from the sources in order,
-//! one fill per chunk key at a time, with bounded waits.
+//! one fill per chunk key at a time, with bounded waits. A wait that runs out (the fill is
+//! stuck, e.g. on a peer that died mid-answer) joins the chunk's one *second* fill rather than
+//! fetching alone, so a stuck fill costs the origin at most one more copy, never one per
+//! waiting viewer.
 //!
 //! The sources are the peers (`peer::PeerSource`) and then the origin, in the order
 //! the node wires them; the filler writes what it gets through the store's API.
@@ -56,7 +59,8 @@ pub enum Obtained {
     Hit,
     Filled,
     Coalesced,
-    /// Waited too long for another fill and fetched alone, without storing.
+    /// Waited too long for another fill; obtained by the chunk's second fill (shared by
+    /// every waiter whose wait ran out), without storing.
     Alone,
 }
 
@@ -64,6 +68,8 @@ pub struct Filler {
     store: Store,
     sources: Vec<Arc<dyn FillSource>>,
     fills: Arc<Coalescer<ChunkKey, Bytes, FillError>>,
+    /// Second fills: one per chunk key for the waiters whose wait on `fills` ran out.
+    retries: Arc<Coalescer<ChunkKey, Bytes, FillError>>,
     coalesce_wait: Duration,
     /// Called once per wait on another request's fill.
     on_coalesced: Box<dyn Fn() + Send + Sync>,
@@ -80,6 +86,7 @@ impl Filler {
             store,
             sources,
             fills: Arc::default(),
+            retries: Arc::default(),
             coalesce_wait,
             on_coalesced,
         }
@@ -95,7 +102,7 @@ impl Filler {
         if let Some(b) = self.store.chunk(&key).await {
             return Ok((b, Obtained::Hit));
         }
-        let (fill, leader) = self.start(meta, index, key);
+        let (fill, leader) = self.start(meta, index, key.clone());
         if leader {
             return fill.await.map(|b| (b, Obtained::Filled));
         }
@@ -103,11 +110,13 @@ impl Filler {
         match tokio::time::timeout(self.coalesce_wait, fill).await {
             Ok(r) => r.map(|b| (b, Obtained::Coalesced)),
             Err(_) => {
-                tracing::warn!(key = %meta.version.key, index, "coalesced wait timed out; fetching alone");
-                self.fetch(meta.clone(), index)
-                    .await
-                    .map(|b| (b, Obtained::Alone))
-                    .map_err(Arc::new)
+                tracing::warn!(key = %meta.version.key, index, "coalesced wait timed out; joining the chunk's second fill");
+                let this = self.clone();
+                let meta = meta.clone();
+                let (retry, _) = self.retries.join_or_start(key, move || async move {
+                    this.fetch(meta, index).await.map_err(Arc::new)
+                });
+                retry.await.map(|b| (b, Obtained::Alone))
             }
         }
     }

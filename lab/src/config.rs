@@ -25,6 +25,9 @@ pub struct LabFile {
     pub edges: EdgeDefaults,
     #[serde(default)]
     pub peering: Peering,
+    /// Tiered caching: an upper tier of shield edges ([`crate::tiers`]).
+    #[serde(default)]
+    pub tiers: crate::tiers::Tiers,
     /// Auto-scaling of edges between each region's `edges` and `spare_edges`.
     #[serde(default)]
     pub autoscale: Option<AutoscaleSection>,
@@ -429,6 +432,29 @@ impl LabFile {
                 "origin.region".into(),
                 format!("no region is named `{}`", self.origin.region),
             ));
+        }
+        if self.tiers.on() {
+            let shield = self.tiers.shield(&self.origin.region);
+            let has_edges = self
+                .regions
+                .iter()
+                .any(|r| r.name == shield && !r.edges.is_empty());
+            if !has_edges {
+                let field = match self.tiers.shield_region {
+                    Some(_) => "tiers.shield_region",
+                    None => "tiers.mode",
+                };
+                return Err(bad(
+                    field.into(),
+                    format!("the shield region `{shield}` must be a region with edges"),
+                ));
+            }
+            if !self.peering.enabled {
+                return Err(bad(
+                    "tiers.mode".into(),
+                    "tiers run over the peer links: [peering] must be enabled".into(),
+                ));
+            }
         }
         for (field, v) in [
             ("base_rtt_ms", self.links.base_rtt_ms),

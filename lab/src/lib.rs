@@ -24,6 +24,7 @@ pub mod plan;
 mod procs;
 pub mod relay;
 mod sniff;
+pub mod tiers;
 mod web;
 
 use std::collections::VecDeque;
@@ -325,6 +326,12 @@ fn edge_toml(
             })
             .collect();
         t.insert("peers".into(), Value::Array(peers));
+        // Tiers: a lower-tier edge's parents are the shield edges among its peers.
+        let names: Vec<&str> = peer_relays.iter().map(|(n, _, _)| n.as_str()).collect();
+        let parents = tiers::parents(plan, i, &names);
+        if !parents.is_empty() {
+            t.insert("parents".into(), Value::from(parents));
+        }
     }
     format!(
         "# Written by `cdn lab` for this run; edit testdata/lab.toml instead.\n{}",
@@ -808,6 +815,8 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
         "links": links,
         "link_model": plan.file.links,
         "renditions": web::RENDITIONS,
+        // Each edge's tier role (shield, lower, flat) for the dashboard.
+        "tiers": tiers::roles(plan),
     });
     // The shared state gets its facts now that the nodes are known.
     if let Ok(mut i) = lab.info.lock() {

@@ -65,6 +65,8 @@ pub struct EdgeSample {
     pub served: f64,
     pub origin: f64,
     pub peer_in: f64,
+    /// Chunk bytes from the upper tier (`cdn_edge_tier_bytes_total`; part of `peer_in`).
+    pub tier_in: f64,
     pub up: bool,
 }
 
@@ -86,6 +88,7 @@ struct EdgeSeries {
     hit_ratio: Vec<Option<f64>>,
     origin_mbps: Vec<Option<f64>>,
     peer_mbps: Vec<Option<f64>>,
+    tier_mbps: Vec<Option<f64>>,
     served_mbps: Vec<Option<f64>>,
 }
 
@@ -132,6 +135,7 @@ impl History {
                     s.hit_ratio.push(None);
                     s.origin_mbps.push(None);
                     s.peer_mbps.push(None);
+                    s.tier_mbps.push(None);
                     s.served_mbps.push(None);
                     continue;
                 }
@@ -143,6 +147,7 @@ impl History {
                 let mbps = |x: Option<f64>| x.map(|r| r * 8.0 / 1e6);
                 s.origin_mbps.push(mbps(rate(a.origin, b.origin, dt)));
                 s.peer_mbps.push(mbps(rate(a.peer_in, b.peer_in, dt)));
+                s.tier_mbps.push(mbps(rate(a.tier_in, b.tier_in, dt)));
                 s.served_mbps.push(mbps(rate(a.served, b.served, dt)));
             }
             edges.insert(name.clone(), serde_json::to_value(s).unwrap_or_default());
@@ -177,6 +182,7 @@ fn parse_edge(text: &str) -> EdgeSample {
         served: cdn_http::metrics::sum(text, "cdn_edge_bytes_served_total"),
         origin: cdn_http::metrics::sum(text, "cdn_edge_origin_bytes_total"),
         peer_in: sample(text, "cdn_edge_peer_bytes_total{direction=\"in\"}").unwrap_or(0.0),
+        tier_in: cdn_http::metrics::sum(text, "cdn_edge_tier_bytes_total"),
         up: true,
     }
 }

@@ -38,6 +38,8 @@ pub struct Cache {
     origin: Arc<OriginClient>,
     filler: Arc<Filler>,
     probes: Arc<Coalescer<String, ProbeOutcome, FillError>>,
+    /// Second probes: one per variant for the waiters whose wait on `probes` ran out.
+    second_probes: Arc<Coalescer<String, ProbeOutcome, FillError>>,
     metrics: Arc<NodeMetrics>,
     /// Peer replication, when this node has a peer endpoint (a probe asks peers first).
     peers: Option<Arc<Peers>>,
@@ -225,6 +227,7 @@ impl Cache {
             origin,
             filler,
             probes: Arc::default(),
+            second_probes: Arc::default(),
             metrics,
             peers,
             key_base,
@@ -366,8 +369,16 @@ impl Cache {
         if req.contains_key(header::RANGE) && self.budgets.exhausted(client) {
             return over_budget(&self.metrics);
         }
-        let (fut, leader) = self.probe(&primary, &variant, &pq, req, None, hint);
-        let outcome = self.wait(fut, leader).await;
+        let (fut, mut leader) = self.probe(&primary, &variant, &pq, req, None, hint);
+        let mut outcome = self.wait(fut, leader).await;
+        if outcome.is_none() {
+            // The probe is stuck (say on a peer that died mid-answer): every waiter whose
+            // wait ran out joins one second probe, so the origin sees one more request at
+            // most, never one per waiting viewer. Only if that one is stuck too, Pass.
+            let (fut, second_leader) = self.second_probe(&primary, &variant, &pq, req, hint);
+            leader = second_leader;
+            outcome = self.wait(fut, leader).await;
+        }
         if let Some(Ok(ProbeOutcome::Stored { meta, .. })) = &outcome {
             // A waiter whose request selects another variant fetches on its own.
             let names: Vec<_> = meta.selecting.iter().map(|(n, _)| n.clone()).collect();

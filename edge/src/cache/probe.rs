@@ -19,7 +19,8 @@ use crate::origin::{OriginResponse, SmallBody, validators_of};
 use crate::store::{self, ObjectMeta, VersionId};
 
 impl Cache {
-    /// Probes for a peer that asked this node as the chunk's owner: never via peers again.
+    /// Probes for a peer that asked this node as the chunk's owner: never via its region's
+    /// peers again, only via its parents (upper tier, `peer::tier`) when it has any.
     pub async fn probe_for_peer(
         self: &Arc<Self>,
         key: &str,
@@ -89,6 +90,26 @@ impl Cache {
         (fresh == Usability::Fresh).then_some(meta)
     }
 
+    /// The second probe of `variant`, for waiters whose wait on the first one ran out:
+    /// coalesced among them, without the first probe's stored-since shortcut (it is stuck).
+    pub(super) fn second_probe(
+        self: &Arc<Self>,
+        primary: &str,
+        variant: &str,
+        pq: &str,
+        req: &HeaderMap,
+        hint: u64,
+    ) -> (crate::coalesce::SharedResult<ProbeOutcome, FillError>, bool) {
+        let this = self.clone();
+        let (primary, pq, req) = (primary.to_string(), pq.to_string(), req.clone());
+        self.second_probes
+            .join_or_start(variant.to_string(), move || async move {
+                this.run_probe(primary, pq, req, None, hint, true)
+                    .await
+                    .map_err(Arc::new)
+            })
+    }
+
     pub(super) fn probe_alone(
         self: &Arc<Self>,
         primary: &str,
@@ -123,12 +144,17 @@ impl Cache {
         let cs = self.cfg.chunk_size;
         let mut first = hint / cs;
         let req_cc = CacheControl::parse(&req);
-        if via_peers
-            && stale.is_none()
+        if stale.is_none()
             && let Some(peers) = &self.peers
         {
             let variant = variant_key(&primary, &self.store.vary_of(&primary).await, &req);
-            if let Some((meta, chunk)) = peers.fetch_object(&variant, &pq, &req, first).await {
+            // Tier hook: a probe made for a sibling (`!via_peers`) asks only the upper tier
+            // (`peer::tier`; nothing when this node is top tier), never its region again.
+            let found = match via_peers {
+                true => peers.fetch_object(&variant, &pq, &req, first).await,
+                false => peers.fetch_from_parents(&variant, &pq, &req, first).await,
+            };
+            if let Some((meta, chunk)) = found {
                 let meta = Arc::new(meta);
                 self.store.install(&meta).await;
                 self.store.put_chunk(meta.chunk_key(first), chunk).await;

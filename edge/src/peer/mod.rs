@@ -38,6 +38,7 @@ pub mod client;
 pub mod pki;
 mod push;
 pub mod server;
+pub mod tier;
 pub mod wire;
 
 /// The QUIC implementation, for callers that build endpoints of their own (tests).
@@ -178,6 +179,9 @@ pub struct Peers {
     hot_window: Duration,
     /// Until then, chunks this node owns are first asked of their previous owner.
     warm_until: Instant,
+    /// Upper tier: names of the peers this node asks before the origin ([`tier`]); empty
+    /// when this node is top tier.
+    parents: Vec<String>,
     chunk_size: u64,
     /// Test hook (feature `test-hooks`, which the `cdn` binary is never built with): flip one
     /// byte of every chunk this node sends to a peer, after its digest is taken.
@@ -271,6 +275,7 @@ impl Peers {
             hot_threshold: cfg.hot_threshold.max(1) as f64,
             hot_window: window,
             warm_until: Instant::now() + Duration::from_secs(cfg.peer_warmup_secs),
+            parents: cfg.parents.clone(),
             chunk_size: cfg.chunk_size,
             #[cfg(feature = "test-hooks")]
             corrupt: std::sync::atomic::AtomicBool::new(false),
@@ -443,6 +448,10 @@ impl Peers {
                 metrics::counter!("cdn_edge_peer_runner_up_fetches_total", "result" => result)
                     .increment(1);
             }
+            // Tier hook: fetches from the upper tier are also counted on their own.
+            if role == Role::Parent {
+                tier::count_fetch(result);
+            }
         });
     }
 
@@ -459,22 +468,45 @@ impl Peers {
             }
             Owner::Me { .. } => {}
         }
+        // Tier hook: the upper tier comes after the region, before advertisers.
+        candidates.extend(self.parents_for(&set, &req.key, req.index));
         candidates.extend(
             self.advertisers(&set, &req.key)
                 .into_iter()
                 .map(|c| (c, Role::Advertiser)),
         );
         drop(set);
+        self.try_in_order(&req, candidates).await
+    }
+
+    /// Asks `candidates` in order for `req` until one has the chunk. A parent is asked only
+    /// while no parent has answered: the next one takes the role of one that failed
+    /// (unreachable, refused, timed out), not of one that answered a miss.
+    async fn try_in_order(
+        &self,
+        req: &GetRequest,
+        candidates: Vec<(Arc<PeerClient>, Role)>,
+    ) -> Option<(WireMeta, Bytes)> {
+        let mut parent_answered = false;
         for (peer, role) in candidates {
+            if role == Role::Parent && parent_answered {
+                continue;
+            }
             let r = GetRequest {
                 owner: role == Role::Owner,
+                tier: role == Role::Parent,
                 ..req.clone()
             };
-            match peer.get(&r).await {
+            let answer = peer.get(&r).await;
+            parent_answered |= role == Role::Parent && answer.is_ok();
+            match answer {
                 Ok(Some((meta, chunk))) => {
                     let same_version = req.validator.as_ref().is_none_or(|v| *v == meta.validator);
                     if meta.key == req.key && meta.chunk_size == self.chunk_size && same_version {
                         self.count("found", role);
+                        if role == Role::Parent {
+                            self.metrics.with(|| tier::count_bytes(chunk.len()));
+                        }
                         return Some((meta, chunk));
                     }
                     self.count("miss", role);
@@ -505,24 +537,41 @@ impl Peers {
         req: &HeaderMap,
         index: u64,
     ) -> Option<(ObjectMeta, Bytes)> {
-        let selecting = req
-            .iter()
-            .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
-            .filter(|(k, _)| k.starts_with("accept") || k == "origin")
-            .collect();
-        let (meta, chunk) = self
-            .ask(GetRequest {
-                key: key.to_string(),
-                validator: None,
-                index,
-                owner: false,
-                path_and_query: path_and_query.to_string(),
-                selecting,
-            })
-            .await?;
+        let found = self
+            .ask(probe_request(key, path_and_query, req, index))
+            .await;
+        self.object_from(found, index)
+    }
+
+    /// A peer's answer to a probe as metadata and the chunk at `index`, if they fit.
+    fn object_from(
+        &self,
+        found: Option<(WireMeta, Bytes)>,
+        index: u64,
+    ) -> Option<(ObjectMeta, Bytes)> {
+        let (meta, chunk) = found?;
         let meta = meta.into_meta(&self.targets)?;
         let (s, e) = meta.chunk_span(index);
         (index < meta.chunk_count() && chunk.len() as u64 == e - s + 1).then_some((meta, chunk))
+    }
+}
+
+/// The request a probe sends to peers: no validator yet, the asker's content-negotiation
+/// fields.
+fn probe_request(key: &str, path_and_query: &str, req: &HeaderMap, index: u64) -> GetRequest {
+    let selecting = req
+        .iter()
+        .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+        .filter(|(k, _)| k.starts_with("accept") || k == "origin")
+        .collect();
+    GetRequest {
+        key: key.to_string(),
+        validator: None,
+        index,
+        owner: false,
+        tier: false,
+        path_and_query: path_and_query.to_string(),
+        selecting,
     }
 }
 
@@ -535,6 +584,8 @@ enum Role {
     RunnerUp,
     /// A peer of another region that advertised the object (cache only).
     Advertiser,
+    /// One of this node's `parents` (upper tier, [`tier`]): fills if it is top tier.
+    Parent,
 }
 
 /// The peers as a fill source: owner (or runner-up), then advertisers.
@@ -557,6 +608,7 @@ impl FillSource for PeerSource {
                 validator: Some(meta.version.validator.clone()),
                 index,
                 owner: false,
+                tier: false,
                 path_and_query: meta.path_and_query.clone(),
                 selecting: meta
                     .selecting

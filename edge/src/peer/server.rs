@@ -192,6 +192,8 @@ async fn answer(
     match head[0] {
         wire::OP_GET => {
             let req: GetRequest = serde_json::from_slice(&json).map_err(bad)?;
+            // Tier hook: a lower tier's request is an owner request on a top-tier node only.
+            let req = super::tier::on_request(peers, from, req);
             get(edge, req, &mut send).await?;
         }
         wire::OP_PUSH => {
