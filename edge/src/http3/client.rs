@@ -11,6 +11,8 @@ use rustls::pki_types::CertificateDer;
 
 use super::{ALPN, Http3Error};
 
+pub use quinn::ClientConfig;
+
 /// A client configuration (ring, TLS 1.3, ALPN `h3`) trusting only `roots`.
 pub fn config_trusting(
     roots: &[CertificateDer<'static>],
