@@ -41,7 +41,7 @@ pub struct H3Args {
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
     /// Run directory (logs, certificates, configs).
-    #[arg(long, default_value = "bench/results/h3-run")]
+    #[arg(long, default_value = "bench-out/h3")]
     pub dir: PathBuf,
 }
 
