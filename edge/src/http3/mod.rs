@@ -492,7 +492,17 @@ async fn request<S: App>(
     let method = req.method().clone();
     let mut kept = None;
     let resp = match refused(&req, &opts.limits) {
-        Some(r) => r,
+        Some(r) => {
+            // The body is not read: the client is asked to stop (H3_NO_ERROR) once the
+            // refusal is sent.
+            kept = Some(RecvBody {
+                recv,
+                declared: None,
+                got: 0,
+                done: false,
+            });
+            r
+        }
         None => {
             let (mut parts, ()) = req.into_parts();
             // The client's address, as axum's `ConnectInfo` gives it on TCP (taken now: QUIC
