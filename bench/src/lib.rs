@@ -1,7 +1,7 @@
 //! `cdn bench`: the benchmark commands. Owns the command line; each benchmark lives in its
 //! own module (`hit_ratio` and the simulator pieces it uses: `trace`, `synth`, `policies`,
 //! `moka_policy`, `edge_policy`, `sim`, `report`). `amplification` measures origin bytes per
-//! client request. `compare` also holds what starts nodes as
+//! client request; `h3` HTTP/3 hot hits against TCP. `compare` also holds what starts nodes as
 //! child processes (origin, edge) and the hot workloads, which `capacity` reuses; `loadgen` is
 //! the HTTP load generator of `load`, `compare` and `capacity`.
 
@@ -10,6 +10,7 @@ mod capacity;
 mod compare;
 mod edge_policy;
 mod flash;
+mod h3;
 mod hit_ratio;
 pub mod load;
 mod loadgen;
@@ -41,6 +42,9 @@ pub enum BenchCommand {
     /// sparse ranges, per-client budget; uncacheable, whole and mid-object misses) through
     /// the edge, nginx and Varnish, with ratios, in one run.
     Amplification(amplification::AmplificationArgs),
+    /// Hot hits over HTTP/3 (N connections x M streams) against the same edge over TCP:
+    /// req/s, MB/s, p50/p99 and ratios, bodies checked byte for byte.
+    H3(h3::H3Args),
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -52,5 +56,6 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Compare(args) => compare::run(args).await,
         BenchCommand::Capacity(args) => capacity::run(args).await,
         BenchCommand::Amplification(args) => amplification::run(args).await,
+        BenchCommand::H3(args) => h3::run(args).await,
     }
 }

@@ -127,6 +127,9 @@ pub struct EdgeConfig {
     /// whatever URLs viewers request or peers advertise; the least useful entries go first.
     #[serde(deserialize_with = "de_bytes")]
     pub peer_table_bytes: u64,
+    /// HTTP/3 to viewers (`[http3]`: UDP address, certificate, QUIC limits; see
+    /// [`crate::http3`]); off when absent. While on, TCP responses advertise it (`Alt-Svc`).
+    pub http3: Option<crate::http3::Http3Config>,
 }
 
 /// The cluster's TLS material for one node.
@@ -194,6 +197,7 @@ impl Default for EdgeConfig {
             peer_warmup_secs: 300,
             push_bytes_per_sec: 50 * 1024 * 1024,
             peer_table_bytes: 4 * 1024 * 1024,
+            http3: None,
         }
     }
 }
@@ -262,6 +266,11 @@ impl EdgeConfig {
         }
         if self.peer_listen.is_some() && self.peer_tls.is_none() {
             return Err(bad("peer_tls", "peering needs the cluster's certificates"));
+        }
+        if let Some(h) = &self.http3
+            && let Err((field, message)) = h.check()
+        {
+            return Err(bad(field, message));
         }
         for (i, p) in self.peers.iter().enumerate() {
             let field = format!("peers[{i}].name");
@@ -335,6 +344,7 @@ impl EdgeConfig {
             peer_warmup_secs,
             push_bytes_per_sec,
             peer_table_bytes,
+            http3,
         )
     }
 

@@ -13,7 +13,8 @@
 //! [`peer::server::ChunkSource`], never the cache). [`freshness`] is the pure RFC 9111
 //! arithmetic, [`coalesce`] the one-fill-per-key table, [`budget`] per-client amplification
 //! budgets, [`admin`] health, metrics and purge, [`config`] the settings, [`reload`]
-//! following the config file at runtime (the peer list is applied on change and on SIGHUP).
+//! following the config file at runtime (the peer list is applied on change and on SIGHUP),
+//! [`http3`] HTTP/3 to viewers over QUIC (the same router behind another transport).
 
 pub mod admin;
 pub mod budget;
@@ -22,6 +23,7 @@ pub mod coalesce;
 pub mod config;
 pub mod fill;
 pub mod freshness;
+pub mod http3;
 pub mod node;
 pub mod origin;
 pub mod passthrough;
@@ -189,7 +191,10 @@ pub struct EdgeNode {
     pub edge: Arc<Edge>,
     /// The HTTP address (the real port when bound to port 0).
     pub addr: SocketAddr,
+    /// The HTTP/3 (UDP) address when `[http3]` is on (the real port when bound to port 0).
+    pub http3_addr: Option<SocketAddr>,
     listener: tokio::net::TcpListener,
+    http3: Option<(quinn::Endpoint, http3::Http3Options)>,
     router: Router,
     opts: ServeOptions,
     watcher: Option<reload::Watcher>,
@@ -215,6 +220,24 @@ pub async fn start(args: &EdgeArgs) -> anyhow::Result<EdgeNode> {
     }
     let listener = bind(args.listen).await?;
     let addr = listener.local_addr()?;
+    let http3 = match &edge.cfg.http3 {
+        Some(h) => {
+            let tls = http3::tls_from_pem(&h.cert, &h.key)?;
+            let endpoint = http3::bind(h, tls)?;
+            let opts = http3::Http3Options {
+                quic: h.clone(),
+                limits: edge.cfg.limits.clone(),
+                drain_deadline: opts.drain_deadline,
+                metrics: Some(edge.metrics.clone()),
+            };
+            Some((endpoint, opts))
+        }
+        None => None,
+    };
+    let http3_addr = match &http3 {
+        Some((e, _)) => Some(e.local_addr()?),
+        None => None,
+    };
     let watcher = match (&args.config, text) {
         (Some(path), Some(text)) => Some(reload::watch(reload::Reloader::new(
             path.clone(),
@@ -229,7 +252,9 @@ pub async fn start(args: &EdgeArgs) -> anyhow::Result<EdgeNode> {
     Ok(EdgeNode {
         edge,
         addr,
+        http3_addr,
         listener,
+        http3,
         router,
         opts,
         watcher,
@@ -246,14 +271,39 @@ impl EdgeNode {
         let EdgeNode {
             edge,
             addr,
+            http3_addr,
             listener,
+            http3,
             router,
             opts,
             watcher,
         } = self;
         let name = edge.cfg.name.clone();
-        tracing::info!(%name, listen = %addr, origin = %edge.cfg.origin, "edge serving");
-        let served = serve(listener, router, opts, shutdown).await;
+        let served = match (http3, http3_addr) {
+            (Some((endpoint, h3opts)), Some(h3addr)) => {
+                tracing::info!(%name, listen = %addr, http3 = %h3addr, origin = %edge.cfg.origin, "edge serving");
+                // One shutdown for both transports; TCP responses advertise HTTP/3.
+                let (stop, stopped) = tokio::sync::watch::channel(false);
+                let tcp_shutdown = async move {
+                    shutdown.await;
+                    let _ = stop.send(true);
+                };
+                let mut stopped = stopped;
+                let h3_shutdown = async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                };
+                let alt = http3::alt_svc_layer(h3addr.port(), h3opts.quic.alt_svc_max_age_secs);
+                let tcp = serve(listener, router.clone().layer(alt), opts, tcp_shutdown);
+                let udp = http3::serve(endpoint, router, h3opts, h3_shutdown);
+                let (tcp, udp) = tokio::join!(tcp, udp);
+                udp?;
+                tcp
+            }
+            _ => {
+                tracing::info!(%name, listen = %addr, origin = %edge.cfg.origin, "edge serving");
+                serve(listener, router, opts, shutdown).await
+            }
+        };
         drop(watcher);
         edge.close_peers();
         served?;

@@ -128,6 +128,21 @@ impl OriginClient {
         h
     }
 
+    /// This edge's Via member for a message received over `version`.
+    pub fn via_for(&self, version: http::Version) -> HeaderValue {
+        let proto = match version {
+            http::Version::HTTP_2 => "2",
+            http::Version::HTTP_3 => "3",
+            http::Version::HTTP_10 => "1.0",
+            _ => return self.via.clone(),
+        };
+        let name = self.via.as_bytes().strip_prefix(b"1.1 ").unwrap_or(b"edge");
+        let mut v = proto.as_bytes().to_vec();
+        v.push(b' ');
+        v.extend_from_slice(name);
+        HeaderValue::from_bytes(&v).unwrap_or_else(|_| self.via.clone())
+    }
+
     /// Sends one request to the origin; `kind` labels it in metrics.
     ///
     /// A request without a body of an idempotent method that fails because its pooled
@@ -139,11 +154,28 @@ impl OriginClient {
         kind: &'static str,
         method: Method,
         path_and_query: &str,
-        mut headers: HeaderMap,
+        headers: HeaderMap,
         body: Option<reqwest::Body>,
     ) -> Result<reqwest::Response, FillError> {
+        let v = http::Version::HTTP_11;
+        self.send_as(kind, method, path_and_query, headers, body, v)
+            .await
+    }
+
+    /// [`OriginClient::send`] for a client's request this edge received over `received`
+    /// (a pass-through): the Via it adds names that protocol (RFC 9110 §7.6.3: `1.1 NAME`,
+    /// `2 NAME`, `3 NAME`).
+    pub async fn send_as(
+        &self,
+        kind: &'static str,
+        method: Method,
+        path_and_query: &str,
+        mut headers: HeaderMap,
+        body: Option<reqwest::Body>,
+        received: http::Version,
+    ) -> Result<reqwest::Response, FillError> {
         headers.remove(header::HOST);
-        headers.append(header::VIA, self.via.clone());
+        headers.append(header::VIA, self.via_for(received));
         let url = format!("{}{}", self.base, path_and_query);
         let retry = body.is_none() && method.is_idempotent();
         let count = || {

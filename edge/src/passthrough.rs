@@ -109,7 +109,7 @@ pub async fn pass(edge: &Arc<Edge>, req: Request) -> Result<Response, String> {
     let body = has_body.then(|| reqwest::Body::wrap(ForwardBody::new(body)));
     let resp = edge
         .origin
-        .send("pass", parts.method.clone(), pq, h, body)
+        .send_as("pass", parts.method.clone(), pq, h, body, parts.version)
         .await
         .map_err(|e| e.to_string())?;
     let unsafe_method = !matches!(
