@@ -2,7 +2,7 @@
 //! through the edge, nginx (proxy_cache + slice) and Varnish, on cold objects (RangeAmp, Li et
 //! al., DSN 2020, and friends).
 //!
-//! Same setup as `cdn bench compare` (whose helpers start every process): one `cdn origin`
+//! Same setup as `cdn bench compare` (`servers` starts every process): one `cdn origin`
 //! child process counted by its own metrics (`cdn_origin_bytes_sent_total`,
 //! `cdn_origin_requests_total`), and each server in turn, cold, in front of it. Servers are
 //! measured one after the other (never at once), so the origin's counters see one server's
@@ -31,11 +31,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use super::compare::{self, Server};
 use super::loadgen::{self, Job};
+use crate::servers::Server;
 
 const MIB: u64 = 1 << 20;
-/// The edge's chunk size here (`compare::start_edge` runs it with 1 MiB chunks), which is also
+/// The edge's chunk size here (`crate::servers::start_edge` runs it with 1 MiB chunks), which is also
 /// nginx's slice size in `bench/nginx.conf.in` as `compare` fills it.
 pub const CHUNK: u64 = MIB;
 /// Allowance per part for the origin's own multipart framing of a multi-range request
@@ -390,11 +390,11 @@ pub fn csv(rows: &[Row]) -> String {
 /// 200 ms apart), for at most 30 s.
 async fn settled(origin_url: &str) -> (f64, f64) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut last = compare::origin_counters(origin_url).await;
+    let mut last = crate::servers::origin_counters(origin_url).await;
     let mut same = 0;
     while same < 3 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = compare::origin_counters(origin_url).await;
+        let now = crate::servers::origin_counters(origin_url).await;
         if now == last {
             same += 1;
         } else {
@@ -472,7 +472,7 @@ async fn measure(
     let id = format!("{prefix}amp-{}-{}-{nonce}", case.name(), server.name());
     let reqs = requests(case, args, &id);
     let edge_url = (server == Server::Edge).then(|| format!("http://{addr}"));
-    let refused = "cdn_edge_amplification_refused_total";
+    let refused = cdn_edge::metric_names::AMPLIFICATION_REFUSED_TOTAL;
     let refused0 = match &edge_url {
         Some(u) => loadgen::metric(u, refused).await,
         None => 0.0,
@@ -581,16 +581,16 @@ pub async fn run(args: AmplificationArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let out = std::path::absolute(&out)?;
     anyhow::ensure!(args.size >= 2, "--size must be at least 2 bytes");
-    let load_before = compare::load_average();
+    let load_before = crate::host::load_average();
     let started = Instant::now();
 
     // Servers that cannot run are reported, not fatal.
     let mut failed: Vec<(&'static str, String)> = Vec::new();
     let mut servers = args.servers.clone();
-    let missing = compare::missing_packages(&servers, false);
+    let missing = crate::host::missing_packages(&servers, false);
     if !missing.is_empty() {
         let why = if args.install {
-            compare::apt_install(&missing)
+            crate::host::apt_install(&missing)
                 .err()
                 .map(|e| format!("{e:#}"))
         } else {
@@ -615,13 +615,13 @@ pub async fn run(args: AmplificationArgs) -> anyhow::Result<()> {
         "synthetic_max_bytes = {}\n\n[[cache_control]]\npattern = \"/synthetic/nostore-*\"\nvalue = \"no-store\"\n",
         args.size.max(args.no_store_size)
     );
-    let bin = compare::cdn_bin(args.cdn_bin.as_deref())?;
-    let origin = compare::start_origin_with(&bin, &root, &out, Some(&origin_cfg)).await?;
+    let bin = crate::servers::cdn_bin(args.cdn_bin.as_deref())?;
+    let origin = crate::servers::start_origin_with(&bin, &root, &out, Some(&origin_cfg)).await?;
     let mut edge_cfg = format!("amplification_burst = {}\n", args.edge_burst);
     if let Some(rate) = args.edge_rate {
         let _ = writeln!(edge_cfg, "amplification_bytes_per_sec = {rate}");
     }
-    let setup = compare::Setup {
+    let setup = crate::servers::Setup {
         cdn_bin: args.cdn_bin.as_deref(),
         cache_base: &args.cache_base,
         threads,
@@ -640,7 +640,8 @@ pub async fn run(args: AmplificationArgs) -> anyhow::Result<()> {
     for &server in &servers {
         let dir = out.join(server.name());
         let _ = std::fs::remove_dir_all(&dir);
-        let proc = match compare::start_server(server, &setup, origin.proc.addr, &dir).await {
+        let proc = match crate::servers::start_server(server, &setup, origin.proc.addr, &dir).await
+        {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("  {}: failed to start: {e:#}", server.name());
@@ -659,7 +660,7 @@ pub async fn run(args: AmplificationArgs) -> anyhow::Result<()> {
             }
         }
         proc.stop().await;
-        compare::clean_run_dir(&dir);
+        crate::servers::clean_run_dir(&dir);
     }
     origin.proc.stop().await;
     let _ = std::fs::remove_dir_all(&root);
@@ -672,8 +673,8 @@ pub async fn run(args: AmplificationArgs) -> anyhow::Result<()> {
     let _ = writeln!(
         report,
         "Machine: {}; load average before / after: {load_before} / {}\n",
-        compare::machine(),
-        compare::load_average()
+        crate::host::machine(),
+        crate::host::load_average()
     );
     let _ = writeln!(
         report,
@@ -688,8 +689,8 @@ pub async fn run(args: AmplificationArgs) -> anyhow::Result<()> {
             ),
             |r| r.to_string()
         ),
-        compare::version("nginx", "-v"),
-        compare::version("varnishd", "-V"),
+        crate::host::version("nginx", "-v"),
+        crate::host::version("varnishd", "-V"),
         args.size,
         args.no_store_size,
         args.repeats,

@@ -38,7 +38,6 @@ use anyhow::Context;
 use rand::Rng;
 use serde::Serialize;
 
-use super::compare;
 use super::loadgen::{self, Job, JobGen, Stats};
 
 /// `cdn bench capacity` arguments.
@@ -174,11 +173,11 @@ impl Workload {
     fn new(args: &CapacityArgs, prefix: &str) -> Workload {
         let big = match args.mix {
             Mix::Hot16k => Vec::new(),
-            _ => compare::hot_1m_objects(prefix, args.objects_1m, args.chunks_per_object),
+            _ => crate::hot::hot_1m_objects(prefix, args.objects_1m, args.chunks_per_object),
         };
         let small = match args.mix {
             Mix::Hot1m => Vec::new(),
-            _ => compare::hot_16k_objects(prefix, args.objects_16k),
+            _ => crate::hot::hot_16k_objects(prefix, args.objects_16k),
         };
         let small_share = match args.mix {
             Mix::Video => args.small_pct / 100.0,
@@ -221,9 +220,9 @@ impl Workload {
         Arc::new(move |rng| {
             let pick_small = big.is_empty() || (!small.is_empty() && rng.random_bool(share));
             if pick_small {
-                compare::hot_16k_job(&small, rng)
+                crate::hot::hot_16k_job(&small, rng)
             } else {
-                compare::hot_1m_job(&big, rng)
+                crate::hot::hot_1m_job(&big, rng)
             }
         })
     }
@@ -345,8 +344,8 @@ struct Nodes {
     edge_addr: SocketAddr,
     edge_url: String,
     origin_url: String,
-    edge: Option<compare::ServerProc>,
-    origin: Option<compare::Origin>,
+    edge: Option<crate::servers::ServerProc>,
+    origin: Option<crate::servers::Origin>,
     threads: Option<usize>,
 }
 
@@ -375,7 +374,7 @@ impl Nodes {
                 threads: None,
             });
         }
-        let bin = compare::cdn_bin(args.cdn_bin.as_deref())?;
+        let bin = crate::servers::cdn_bin(args.cdn_bin.as_deref())?;
         std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
         let (origin, origin_url, origin_addr) = match given_origin {
             Some((url, addr)) => (None, url, addr),
@@ -383,7 +382,7 @@ impl Nodes {
                 let root = work.join("origin-root");
                 std::fs::create_dir_all(&root)
                     .with_context(|| format!("creating {}", root.display()))?;
-                let o = compare::start_origin(&bin, &root, work)
+                let o = crate::servers::start_origin(&bin, &root, work)
                     .await
                     .with_context(|| format!("starting the origin (log in {})", work.display()))?;
                 let (url, addr) = (o.url.clone(), o.proc.addr);
@@ -392,7 +391,7 @@ impl Nodes {
         };
         // (--edge needs --origin: with --edge, the origin was given and we returned above.)
         let dir = work.join("edge");
-        let edge = match compare::start_edge(&bin, origin_addr, &dir, threads).await {
+        let edge = match crate::servers::start_edge(&bin, origin_addr, &dir, threads).await {
             Ok(e) => e,
             Err(e) => {
                 if let Some(o) = origin {
@@ -603,7 +602,7 @@ async fn measure(
         work.chunk_fetches()
     );
     let t0 = Instant::now();
-    let before = compare::origin_counters(&nodes.origin_url).await;
+    let before = crate::servers::origin_counters(&nodes.origin_url).await;
     let w = loadgen::warm(nodes.edge_addr, work.warm_jobs(), 8).await;
     anyhow::ensure!(
         w.errors + w.bad_status + w.corrupt == 0,
@@ -617,7 +616,7 @@ async fn measure(
     );
     // Let background fills (read-ahead) settle before reading the counters.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let fetched = compare::origin_counters(&nodes.origin_url).await.0 - before.0;
+    let fetched = crate::servers::origin_counters(&nodes.origin_url).await.0 - before.0;
     let warm = WarmUp {
         objects: work.objects(),
         origin_requests: fetched,
@@ -657,9 +656,9 @@ async fn measure(
     let mut steps: Vec<Step> = Vec::new();
     let mut stopped = format!("reached --max-concurrency {}", args.max_concurrency);
     for c in concurrencies(args.max_concurrency) {
-        let o0 = compare::origin_counters(&nodes.origin_url).await;
+        let o0 = crate::servers::origin_counters(&nodes.origin_url).await;
         let cpu0 = nodes.edge.as_ref().map(|e| e.cpu());
-        let gen0 = compare::self_cpu();
+        let gen0 = crate::host::self_cpu();
         let st: Stats = loadgen::closed_loop(
             nodes.edge_addr,
             c,
@@ -669,9 +668,9 @@ async fn measure(
             work.requests(),
         )
         .await;
-        let gen1 = compare::self_cpu();
+        let gen1 = crate::host::self_cpu();
         let cpu1 = nodes.edge.as_ref().map(|e| e.cpu());
-        let o1 = compare::origin_counters(&nodes.origin_url).await;
+        let o1 = crate::servers::origin_counters(&nodes.origin_url).await;
         let per_req = 1e6 / st.requests.max(1) as f64;
         let p99 = loadgen::ms(&st.latency, 0.99);
         let failures = st.errors + st.bad_status + st.corrupt;
@@ -709,7 +708,7 @@ async fn measure(
 pub async fn run(args: CapacityArgs) -> anyhow::Result<()> {
     args.validate()?;
     let command = command_line();
-    let load_before = compare::load_average();
+    let load_before = crate::host::load_average();
     let started = Instant::now();
     let work_dir = std::path::absolute(
         std::env::temp_dir().join(format!("cdn-bench-capacity-{}", std::process::id())),
@@ -792,9 +791,9 @@ pub async fn run(args: CapacityArgs) -> anyhow::Result<()> {
         edge,
         machine: Machine {
             cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
-            description: compare::machine(),
+            description: crate::host::machine(),
             load_average_before: load_before,
-            load_average_after: compare::load_average(),
+            load_average_after: crate::host::load_average(),
         },
         command,
     };

@@ -18,6 +18,7 @@ pub mod coalesce;
 pub mod config;
 pub mod fill;
 pub mod freshness;
+pub mod metric_names;
 pub mod origin;
 pub mod passthrough;
 pub mod peer;

@@ -19,6 +19,7 @@
 //!   that kept the edge's URL is answered there), and it stops with SIGTERM, which finishes
 //!   whatever is still in flight.
 
+use crate::scrape::Scraper;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,8 +29,9 @@ use anyhow::Context;
 
 use super::config::{LinkKind, LinkPlan, Plan};
 use super::procs::NodeProc;
-use super::{AnyRelay, Lab, NODE_START_TIMEOUT, STOP_GRACE, addr, write_atomic};
 use crate::autoscale::driver::Fleet;
+use crate::start::{AnyRelay, write_atomic};
+use crate::{Lab, NODE_START_TIMEOUT, STOP_GRACE, addr};
 
 /// What stays the same while the lab runs.
 pub struct Wiring {
@@ -141,7 +143,7 @@ impl Edges {
             })
             .collect();
         let listen = slots[i].peer_addr.unwrap_or(addr(e.peer_port));
-        let text = super::edge_toml(&w.plan, i, origin_relay, listen, &peers, &w.pki);
+        let text = crate::nodeconf::edge_toml(&w.plan, i, origin_relay, listen, &peers, &w.pki);
         write_atomic(&w.config_path(i), &text)
     }
 
@@ -173,7 +175,8 @@ impl Edges {
             .into_iter()
             .filter(|(_, edge, _)| names.contains(&edge.as_str()))
             .collect();
-        let cfg = super::router_config(&w.plan, &w.origin_url, &routed, &w.control_url, &links);
+        let cfg =
+            crate::nodeconf::router_config(&w.plan, &w.origin_url, &routed, &w.control_url, &links);
         cfg.validate()
             .map_err(|e| anyhow::anyhow!("the generated router config is invalid: {e}"))?;
         write_atomic(
@@ -259,7 +262,7 @@ pub struct LabFleet {
     pub edges: Arc<Edges>,
     pub router_url: String,
     pub options: FleetOptions,
-    client: reqwest::Client,
+    scrape: Scraper,
 }
 
 impl LabFleet {
@@ -268,11 +271,7 @@ impl LabFleet {
             edges,
             router_url,
             options,
-            client: reqwest::Client::builder()
-                .no_proxy()
-                .timeout(Duration::from_secs(2))
-                .build()
-                .unwrap_or_default(),
+            scrape: Scraper::new(Duration::from_secs(2)),
         }
     }
 
@@ -283,7 +282,7 @@ impl LabFleet {
 
     /// A body, or `None` when it cannot be had.
     async fn get_text(&self, url: &str) -> Option<String> {
-        self.client.get(url).send().await.ok()?.text().await.ok()
+        self.scrape.get(url).await.ok().map(|(_, body)| body)
     }
 
     /// The router's state of edge `name` (`up`, `down`, ...), if it lists it.
@@ -322,9 +321,11 @@ impl LabFleet {
         for (url, want) in waiting {
             loop {
                 let peers = self
-                    .get_text(&format!("{url}/metrics"))
+                    .scrape
+                    .metrics(&url)
                     .await
-                    .and_then(|t| cdn_http::metrics::sample(&t, "cdn_edge_peers"));
+                    .ok()
+                    .and_then(|m| m.sample(cdn_edge::metric_names::PEERS));
                 if peers == Some(want as f64) {
                     break;
                 }
