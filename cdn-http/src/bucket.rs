@@ -3,7 +3,8 @@
 //!
 //! Users: the lab's simulated links pace bytes with [`TokenBucket::reserve`] (a debt becomes a
 //! wait) and drop datagrams with [`TokenBucket::wait_for`]; the edge paces peer pushes with
-//! [`TokenBucket::take`] and keeps one bucket per client of amplified origin bytes
+//! [`TokenBucket::take`] ([`TokenBucket::per_second`]) and keeps one bucket per client of
+//! amplified origin bytes
 //! (`cdn_edge::budget`) with [`TokenBucket::try_take`], [`TokenBucket::charge`] and
 //! [`TokenBucket::is_spent`]. The arithmetic (refill since the last update, capped at the
 //! burst) is written once, in [`TokenBucket::update`].
@@ -32,6 +33,13 @@ impl TokenBucket {
             burst,
             state: Mutex::new((burst, Instant::now())),
         }
+    }
+
+    /// A full bucket of `bytes_per_sec` (at least 1) with one second of burst: the edge's
+    /// pacing of pushes to a peer.
+    pub fn per_second(bytes_per_sec: u64) -> Self {
+        let rate = bytes_per_sec.max(1) as f64;
+        TokenBucket::new(rate, rate)
     }
 
     /// Bytes per second.
@@ -159,7 +167,8 @@ mod tests {
 
     #[tokio::test]
     async fn take_paces() {
-        let b = TokenBucket::new(1_000_000.0, 1_000_000.0);
+        let b = TokenBucket::per_second(1_000_000);
+        assert_eq!((b.rate(), b.burst()), (1e6, 1e6));
         let t = Instant::now();
         b.take(1_000_000).await; // the burst
         b.take(200_000).await; // 0.2 s more

@@ -143,7 +143,7 @@ impl Edges {
             })
             .collect();
         let listen = slots[i].peer_addr.unwrap_or(addr(e.peer_port));
-        let text = crate::nodeconf::edge_toml(&w.plan, i, origin_relay, listen, &peers, &w.pki);
+        let text = crate::nodeconf::edge_toml(&w.plan, i, origin_relay, listen, &peers, &w.pki)?;
         write_atomic(&w.config_path(i), &text)
     }
 

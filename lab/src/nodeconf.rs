@@ -6,41 +6,42 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
+use cdn_edge::config::{EdgeConfig, PeerConfig, PeerTls};
+
 use crate::config::{LinkKind, Plan};
 
 /// The origin's key for cached objects, the same on every edge whatever relay it goes through.
 const CACHE_KEY_BASE: &str = "http://origin.lab";
 
-/// One edge's config file.
-pub(crate) fn edge_toml(
+/// One edge's config: the edge's own config type with the lab's settings (the origin
+/// through this edge's relay, one cache key base, the plan's capacity and chunk size, a short
+/// drain) and, with peering, its QUIC endpoint, certificates and peers over their relays.
+pub(crate) fn edge_config(
     plan: &Plan,
     i: usize,
     origin_relay: SocketAddr,
     peer_listen: SocketAddr,
     peer_relays: &[(String, String, SocketAddr)],
     pki: &Path,
-) -> String {
-    use toml::Value;
+) -> EdgeConfig {
     let e = &plan.edges[i];
-    let mut t = toml::Table::new();
-    t.insert("name".into(), Value::from(e.name.clone()));
-    t.insert("region".into(), Value::from(e.region.clone()));
-    t.insert(
-        "origin".into(),
-        Value::from(format!("http://{origin_relay}")),
-    );
-    t.insert("cache_key_base".into(), Value::from(CACHE_KEY_BASE));
-    t.insert("capacity".into(), Value::from(plan.capacity as i64));
-    t.insert("chunk_size".into(), Value::from(plan.chunk_size as i64));
-    t.insert("drain_secs".into(), Value::from(2));
+    let mut cfg = EdgeConfig {
+        name: e.name.clone(),
+        region: e.region.clone(),
+        origin: format!("http://{origin_relay}"),
+        cache_key_base: Some(CACHE_KEY_BASE.into()),
+        capacity: plan.capacity,
+        chunk_size: plan.chunk_size,
+        drain_secs: 2,
+        ..EdgeConfig::default()
+    };
     if plan.file.peering.enabled {
-        t.insert("peer_listen".into(), Value::from(peer_listen.to_string()));
-        let mut tls = toml::Table::new();
-        let p = |f: &str| Value::from(pki.join(f).display().to_string());
-        tls.insert("ca".into(), p("ca.pem"));
-        tls.insert("cert".into(), p(&format!("{}.pem", e.name)));
-        tls.insert("key".into(), p(&format!("{}.key", e.name)));
-        t.insert("peer_tls".into(), Value::Table(tls));
+        cfg.peer_listen = Some(peer_listen);
+        cfg.peer_tls = Some(PeerTls {
+            ca: pki.join("ca.pem"),
+            cert: pki.join(format!("{}.pem", e.name)),
+            key: pki.join(format!("{}.key", e.name)),
+        });
         // Nearest first: the edge pushes to the first peer of each other region.
         let mut peers: Vec<_> = peer_relays
             .iter()
@@ -50,22 +51,33 @@ pub(crate) fn edge_toml(
             })
             .collect();
         peers.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let peers = peers
+        cfg.peers = peers
             .into_iter()
-            .map(|(_, name, region, addr)| {
-                let mut p = toml::Table::new();
-                p.insert("name".into(), Value::from(name.clone()));
-                p.insert("region".into(), Value::from(region.clone()));
-                p.insert("addr".into(), Value::from(addr.to_string()));
-                Value::Table(p)
+            .map(|(_, name, region, addr)| PeerConfig {
+                name: name.clone(),
+                region: region.clone(),
+                addr: *addr,
+                push: None,
             })
             .collect();
-        t.insert("peers".into(), Value::Array(peers));
     }
-    format!(
+    cfg
+}
+
+/// One edge's config file: [`edge_config`] as TOML.
+pub(crate) fn edge_toml(
+    plan: &Plan,
+    i: usize,
+    origin_relay: SocketAddr,
+    peer_listen: SocketAddr,
+    peer_relays: &[(String, String, SocketAddr)],
+    pki: &Path,
+) -> anyhow::Result<String> {
+    let cfg = edge_config(plan, i, origin_relay, peer_listen, peer_relays, pki);
+    Ok(format!(
         "# Written by `cdn lab` for this run; edit testdata/lab.toml instead.\n{}",
-        toml::to_string(&t).unwrap_or_default()
-    )
+        toml::to_string(&cfg)?
+    ))
 }
 
 /// The router's config: the edges at their own addresses (health checks go there directly)
@@ -123,5 +135,49 @@ pub(crate) fn router_config(
                 health_url: None,
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{LabFile, PortMode};
+
+    #[test]
+    fn an_edges_file_reads_back_as_the_config_it_was_written_from() {
+        let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+        let file = LabFile::load(&root.join("testdata/lab.toml")).expect("lab file");
+        let plan = file.plan(PortMode::Auto).expect("plan");
+        let origin: SocketAddr = "127.0.0.1:9001".parse().expect("addr");
+        let listen: SocketAddr = "127.0.0.1:9002".parse().expect("addr");
+        let peers: Vec<(String, String, SocketAddr)> = plan
+            .edges
+            .iter()
+            .skip(1)
+            .enumerate()
+            .map(|(j, e)| {
+                let addr = SocketAddr::from(([127, 0, 0, 1], 9100 + j as u16));
+                (e.name.clone(), e.region.clone(), addr)
+            })
+            .collect();
+        let pki = Path::new("/run/pki");
+        let want = edge_config(&plan, 0, origin, listen, &peers, pki);
+        let text = edge_toml(&plan, 0, origin, listen, &peers, pki).expect("toml");
+        let got = EdgeConfig::parse(&text, "edge.toml").expect("the edge reads it");
+        assert_eq!(got, want);
+        assert_eq!(got.origin, "http://127.0.0.1:9001");
+        assert_eq!(got.cache_key_base.as_deref(), Some(CACHE_KEY_BASE));
+        assert_eq!(
+            (got.capacity, got.chunk_size),
+            (plan.capacity, plan.chunk_size)
+        );
+        if plan.file.peering.enabled {
+            assert_eq!(got.peer_listen, Some(listen));
+            assert_eq!(got.peers.len(), peers.len());
+            assert_eq!(
+                got.peer_tls.map(|t| t.cert),
+                Some(pki.join(format!("{}.pem", plan.edges[0].name)))
+            );
+        }
     }
 }

@@ -50,7 +50,6 @@ use futures::future::BoxFuture;
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
 
-use cdn_http::bucket::TokenBucket;
 use cdn_http::metrics::NodeMetrics;
 use moka::policy::EvictionPolicy;
 
@@ -438,7 +437,7 @@ impl Peers {
                 s.chunk_size,
                 self.metrics.clone(),
             )),
-            bucket: Arc::new(push_bucket(s.push_bytes_per_sec)),
+            bucket: Arc::new(TokenBucket::new(s.push_bytes_per_sec)),
             cfg,
             push,
         }
@@ -773,10 +772,39 @@ impl Window {
     }
 }
 
-/// The pacing of pushes to one peer: `bytes_per_sec`, one second of burst.
-fn push_bucket(bytes_per_sec: u64) -> TokenBucket {
-    let rate = bytes_per_sec.max(1) as f64;
-    TokenBucket::new(rate, rate)
+/// A token bucket of bytes per second (one second of burst).
+pub struct TokenBucket {
+    rate: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl TokenBucket {
+    pub fn new(bytes_per_sec: u64) -> Self {
+        let rate = bytes_per_sec.max(1) as f64;
+        TokenBucket {
+            rate,
+            state: Mutex::new((rate, Instant::now())),
+        }
+    }
+
+    /// Waits until `n` bytes may be sent.
+    pub async fn take(&self, n: u64) {
+        let wait = {
+            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * self.rate).min(self.rate);
+            s.1 = now;
+            s.0 -= n as f64;
+            if s.0 >= 0.0 {
+                Duration::ZERO
+            } else {
+                Duration::from_secs_f64(-s.0 / self.rate)
+            }
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -964,5 +992,14 @@ mod tests {
         );
         peers.endpoint.close(0u32.into(), b"done");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn token_bucket_paces() {
+        let b = TokenBucket::new(1_000_000);
+        let t = Instant::now();
+        b.take(1_000_000).await; // the burst
+        b.take(200_000).await; // 0.2 s more
+        assert!(t.elapsed() >= Duration::from_millis(150));
     }
 }
