@@ -3,7 +3,7 @@
 //! distance, bandwidth per kind of link, the origin's shared uplink), written once here;
 //! the relays that apply a link's shape to real traffic ([`relay`]: half the RTT each way,
 //! token buckets from `cdn_http::bucket`); and the passive HTTP observer on viewers' links
-//! ([`sniff`]).
+//! (`sniff`).
 
 pub mod relay;
 pub(crate) mod sniff;

@@ -123,7 +123,7 @@ pub struct TcpRelay {
 
 impl TcpRelay {
     /// Starts relaying connections accepted on `listener`. With an `observer`, HTTP/1.1
-    /// exchanges are recorded (and CORS headers added to responses, see [`super::sniff`]).
+    /// exchanges are recorded (and CORS headers added to responses, see `netsim::sniff`).
     pub fn spawn(
         listener: TcpListener,
         shape: LinkShape,
