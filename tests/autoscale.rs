@@ -466,12 +466,15 @@ fn requests_served(fleet: &InProcessFleet, name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn load_ramp_starts_an_edge_that_serves_then_drains_it_with_zero_failed_requests() {
     let origin = common::start_origin(&common::media_root(), &Default::default()).await;
-    let router_cfg = cdn_geo_router::RouterConfig::parse(&format!(
-        "origin_url = \"{}\"\n\
+    let router_cfg = cdn_geo_router::RouterConfig::parse(
+        &format!(
+            "origin_url = \"{}\"\n\
          [geo_miss]\nlatitude = 30.0\nlongitude = -30.0\n\
          [health]\ninterval_ms = 100\ntimeout_ms = 300\n",
-        origin.url()
-    ))
+            origin.url()
+        ),
+        "router.toml",
+    )
     .expect("router config");
     let db = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/geo/lab-geo.mmdb");
     let router = Arc::new(
