@@ -30,6 +30,7 @@ use anyhow::Context;
 use super::config::{LinkKind, LinkPlan, Plan};
 use super::procs::NodeProc;
 use crate::autoscale::driver::Fleet;
+use crate::autoscale::steps::{self, FleetSteps, Timings};
 use crate::start::{AnyRelay, write_atomic};
 use crate::{Lab, NODE_START_TIMEOUT, STOP_GRACE, addr};
 
@@ -338,8 +339,25 @@ impl LabFleet {
         }
     }
 
+    /// The step timings of this fleet.
+    fn timings(&self) -> Timings {
+        Timings {
+            ready_timeout: self.options.ready_timeout,
+            drain_grace: self.options.drain_grace,
+            drain_timeout: self.options.drain_timeout,
+            poll: Duration::from_millis(100),
+        }
+    }
+
+    /// The index of edge `name`.
+    fn index(&self, name: &str) -> anyhow::Result<usize> {
+        self.edges
+            .index(name)
+            .with_context(|| format!("no edge `{name}`"))
+    }
+
     /// In-flight requests of the edge at `url`, from its `/healthz`.
-    async fn inflight(&self, url: &str) -> Option<u64> {
+    async fn inflight_at(&self, url: &str) -> Option<u64> {
         self.get_json(&format!("{url}/healthz")).await?["inflight"].as_u64()
     }
 
@@ -357,89 +375,67 @@ impl LabFleet {
     }
 }
 
-impl Fleet for LabFleet {
-    async fn start_edge(&self, region: &str) -> anyhow::Result<String> {
-        let name = {
-            let mut slots = self.edges.slots.lock().await;
-            let plan = &self.edges.wiring.plan;
-            let i = (0..slots.len())
-                .find(|&i| {
-                    let e = &plan.edges[i];
-                    e.spare && e.region == region && !slots[i].proc.running()
-                })
-                .with_context(|| format!("no spare edge left in {region}"))?;
-            let name = plan.edges[i].name.clone();
-            if let Err(e) = self.edges.start_slot(&mut slots, i).await {
-                self.retire(&mut slots, i).await;
-                return Err(e.context(format!("starting {name}")));
-            }
-            // Its siblings may now fetch from it, and the router may send it viewers once
-            // its health checks pass.
-            slots[i].peered = true;
-            slots[i].routed = true;
-            let mut wired = self.edges.rewrite_running(&mut slots, i);
-            if wired.is_ok() {
-                // Edges serve only the peers they list: the siblings take the new edge into
-                // their lists before the router sends it viewers, or its first misses would
-                // be refused and go to the origin.
-                self.wait_peered(&mut slots, i).await;
-                wired = self.edges.write_router_config(&slots);
-            }
-            if let Err(e) = wired {
-                self.retire(&mut slots, i).await;
-                return Err(e.context(format!("registering {name}")));
-            }
-            name
-        };
-        let deadline = tokio::time::Instant::now() + self.options.ready_timeout;
-        loop {
-            if self.router_state(&name).await.as_deref() == Some("up") {
-                return Ok(name);
-            }
-            if tokio::time::Instant::now() >= deadline {
-                let mut slots = self.edges.slots.lock().await;
-                if let Some(i) = self.edges.index(&name) {
-                    self.retire(&mut slots, i).await;
-                }
-                anyhow::bail!(
-                    "{name} was not up at the router after {:?}",
-                    self.options.ready_timeout
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+impl FleetSteps for LabFleet {
+    async fn launch(&self, region: &str) -> anyhow::Result<String> {
+        let mut slots = self.edges.slots.lock().await;
+        let plan = &self.edges.wiring.plan;
+        let i = (0..slots.len())
+            .find(|&i| {
+                let e = &plan.edges[i];
+                e.spare && e.region == region && !slots[i].proc.running()
+            })
+            .with_context(|| format!("no spare edge left in {region}"))?;
+        let name = plan.edges[i].name.clone();
+        if let Err(e) = self.edges.start_slot(&mut slots, i).await {
+            self.retire(&mut slots, i).await;
+            return Err(e.context(format!("starting {name}")));
         }
+        Ok(name)
     }
 
-    async fn drain_and_stop(&self, name: &str) -> anyhow::Result<()> {
-        let i = self
-            .edges
-            .index(name)
-            .with_context(|| format!("no edge `{name}`"))?;
-        let url = {
-            let mut slots = self.edges.slots.lock().await;
-            if !slots[i].proc.running() {
-                anyhow::bail!("{name} is not running");
-            }
-            // Out of the router first: no new viewer is sent here.
-            slots[i].routed = false;
-            self.edges.write_router_config(&slots)?;
-            slots[i].url.clone().unwrap_or_default()
-        };
-        tokio::time::sleep(self.options.drain_grace).await;
-        let deadline = tokio::time::Instant::now() + self.options.drain_timeout;
-        loop {
-            match self.inflight(&url).await {
-                Some(0) | None => break,
-                Some(n) if tokio::time::Instant::now() >= deadline => {
-                    tracing::warn!(edge = %name, inflight = n, "drain timeout with requests in flight; stopping");
-                    break;
-                }
-                Some(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
+    async fn peer(&self, name: &str) -> anyhow::Result<()> {
+        let i = self.index(name)?;
         let mut slots = self.edges.slots.lock().await;
-        // A viewer that kept this edge's address (a player mid-playlist) is answered by a
-        // sibling of the region from now on.
+        slots[i].peered = true;
+        self.edges.rewrite_running(&mut slots, i)?;
+        self.wait_peered(&mut slots, i).await;
+        Ok(())
+    }
+
+    async fn route(&self, name: &str) -> anyhow::Result<()> {
+        let i = self.index(name)?;
+        let mut slots = self.edges.slots.lock().await;
+        slots[i].routed = true;
+        self.edges.write_router_config(&slots)
+    }
+
+    async fn is_up(&self, name: &str) -> bool {
+        self.router_state(name).await.as_deref() == Some("up")
+    }
+
+    async fn admit(&self, _name: &str) {}
+
+    async fn unroute(&self, name: &str) -> anyhow::Result<()> {
+        let i = self.index(name)?;
+        let mut slots = self.edges.slots.lock().await;
+        if !slots[i].proc.running() {
+            anyhow::bail!("{name} is not running");
+        }
+        slots[i].routed = false;
+        self.edges.write_router_config(&slots)
+    }
+
+    async fn inflight(&self, name: &str) -> Option<u64> {
+        let i = self.index(name).ok()?;
+        let url = self.edges.slots.lock().await[i].url.clone()?;
+        self.inflight_at(&url).await
+    }
+
+    async fn hand_over(&self, name: &str) {
+        let Ok(i) = self.index(name) else {
+            return;
+        };
+        let slots = self.edges.slots.lock().await;
         let plan = &self.edges.wiring.plan;
         let region = &plan.edges[i].region;
         let sibling = (0..slots.len()).find(|&j| {
@@ -453,7 +449,22 @@ impl Fleet for LabFleet {
         {
             self.edges.wiring.set_client_targets(name, a);
         }
-        self.retire(&mut slots, i).await;
-        Ok(())
+    }
+
+    async fn retire(&self, name: &str) {
+        if let Ok(i) = self.index(name) {
+            let mut slots = self.edges.slots.lock().await;
+            LabFleet::retire(self, &mut slots, i).await;
+        }
+    }
+}
+
+impl Fleet for LabFleet {
+    async fn start_edge(&self, region: &str) -> anyhow::Result<String> {
+        steps::scale_out(self, region, &self.timings()).await
+    }
+
+    async fn drain_and_stop(&self, name: &str) -> anyhow::Result<()> {
+        steps::drain(self, name, &self.timings()).await
     }
 }
