@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-use super::load::{LoadReport, Mode};
+use crate::load::{LoadReport, Mode};
 
 /// What one viewer saw of a flash crowd: the chunks it asked for (video id, index) and the
 /// TTFB of the first chunk of each of its sessions.

@@ -22,8 +22,9 @@ use rand::rngs::StdRng;
 
 use cdn_edge::http3::client::{Client, ClientConfig, config_trusting_pem};
 
-use super::compare::{self, hot_1m_job, hot_1m_objects, hot_16k_job, hot_16k_objects};
 use super::loadgen::{self, Job};
+use crate::hot::{hot_1m_job, hot_1m_objects, hot_16k_job, hot_16k_objects};
+use crate::servers as compare;
 
 /// `cdn bench h3`
 #[derive(Debug, Clone, clap::Args)]

@@ -1,9 +1,10 @@
 //! `cdn bench`: the benchmark commands. Owns the command line; each benchmark lives in its
 //! own module (`hit_ratio` and the simulator pieces it uses: `trace`, `synth`, `policies`,
 //! `moka_policy`, `edge_policy`, `sim`, `report`). `amplification` measures origin bytes per
-//! client request; `h3` HTTP/3 hot hits against TCP. `compare` also holds what starts nodes as
-//! child processes (origin, edge) and the hot workloads, which `capacity` reuses; `loadgen` is
-//! the HTTP load generator of `load`, `compare` and `capacity`.
+//! client request; `h3` HTTP/3 hot hits against TCP. Shared by the benchmarks that run servers: `servers` (origin, edge, nginx,
+//! varnishd as child processes), `host` (packages, machine, CPU time), `hot` (the hot
+//! workloads of `compare` and `capacity`); `loadgen` is the HTTP load generator of `load`,
+//! `compare` and `capacity`.
 
 mod amplification;
 mod capacity;
@@ -12,12 +13,15 @@ mod edge_policy;
 mod flash;
 mod h3;
 mod hit_ratio;
+mod host;
+mod hot;
 pub mod load;
 mod loadgen;
 mod moka_policy;
 mod policies;
 mod queue;
 mod report;
+mod servers;
 mod sim;
 mod synth;
 mod trace;

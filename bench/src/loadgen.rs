@@ -468,18 +468,10 @@ fn pop(jobs: &std::sync::Mutex<Vec<Job>>) -> Option<Job> {
 
 /// `GET {base}/metrics` and the sum of one metric's series (0 when unreachable).
 pub async fn metric(base: &str, name: &str) -> f64 {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(5))
-        .build();
-    let Ok(client) = client else { return 0.0 };
-    match client.get(format!("{base}/metrics")).send().await {
-        Ok(r) => match r.text().await {
-            Ok(t) => cdn_http::metrics::sum(&t, name),
-            Err(_) => 0.0,
-        },
-        Err(_) => 0.0,
-    }
+    cdn_lab::scrape::Scraper::new(Duration::from_secs(5))
+        .metrics(base)
+        .await
+        .map_or(0.0, |m| m.sum(name))
 }
 
 #[cfg(test)]

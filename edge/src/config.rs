@@ -7,12 +7,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use cdn_http::config::{ConfigError, line_of_field, parse_toml};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::freshness::CacheControl;
 
 /// Which eviction policy the chunk store uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Policy {
     /// moka's TinyLFU: admission by frequency, LRU eviction.
@@ -25,8 +25,8 @@ pub enum Policy {
     S3Fifo,
 }
 
-/// Everything an edge needs to run.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// Everything an edge needs to run (the lab writes its edges' files from it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EdgeConfig {
     /// Node name, shown in Via, Cache-Status and metrics.
@@ -129,11 +129,12 @@ pub struct EdgeConfig {
     pub peer_table_bytes: u64,
     /// HTTP/3 to viewers (`[http3]`: UDP address, certificate, QUIC limits; see
     /// [`crate::http3`]); off when absent. While on, TCP responses advertise it (`Alt-Svc`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub http3: Option<crate::http3::Http3Config>,
 }
 
 /// The cluster's TLS material for one node.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerTls {
     /// The cluster CA certificate: peers must present certificates it signed.
@@ -144,7 +145,7 @@ pub struct PeerTls {
 }
 
 /// Another edge this node cooperates with.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerConfig {
     /// Node name; must match the DNS name in its certificate.

@@ -24,6 +24,7 @@ pub mod config;
 pub mod fill;
 pub mod freshness;
 pub mod http3;
+pub mod metric_names;
 pub mod node;
 pub mod origin;
 pub mod passthrough;

@@ -56,6 +56,7 @@ pub mod error;
 pub mod geo;
 pub mod geosrc;
 pub mod health;
+pub mod metric_names;
 pub mod select;
 pub mod server;
 pub mod state;

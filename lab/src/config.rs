@@ -2,6 +2,7 @@
 //! derived from it (every node with its ports, every simulated link with its RTT and
 //! bandwidth). Errors name the file, the line and the field.
 
+pub use crate::netsim::{LinkDefaults, distance_km};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -60,37 +61,6 @@ pub struct Ports {
     pub relays: u16,
     /// First UDP relay (peer links).
     pub peer_relays: u16,
-}
-
-/// The link model's defaults.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LinkDefaults {
-    /// RTT of a link of length zero, milliseconds.
-    pub base_rtt_ms: f64,
-    /// RTT added per 100 km of great-circle distance, milliseconds.
-    pub ms_per_100km: f64,
-    /// Bandwidth of a viewer's link to an edge, each direction, Mbit/s.
-    pub client_mbps: f64,
-    /// Bandwidth of an edge's link to the origin, Mbit/s.
-    pub edge_origin_mbps: f64,
-    /// Bandwidth of a peer link, Mbit/s.
-    pub peer_mbps: f64,
-    /// The origin's uplink, shared by every edge's link to it, Mbit/s.
-    pub origin_uplink_mbps: f64,
-}
-
-impl Default for LinkDefaults {
-    fn default() -> Self {
-        LinkDefaults {
-            base_rtt_ms: 4.0,
-            ms_per_100km: 1.0,
-            client_mbps: 50.0,
-            edge_origin_mbps: 200.0,
-            peer_mbps: 200.0,
-            origin_uplink_mbps: 40.0,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -256,7 +226,7 @@ pub struct LinkOverride {
 }
 
 /// The kinds of simulated links.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LinkKind {
     /// Viewers of a region → an edge (TCP).
@@ -268,7 +238,7 @@ pub enum LinkKind {
 }
 
 /// One simulated link.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LinkPlan {
     pub kind: LinkKind,
     pub from: String,
@@ -281,12 +251,23 @@ pub struct LinkPlan {
     pub port: u16,
 }
 
+impl LinkKind {
+    /// Its name in `state.json` and the router's view: `client`, `origin`, `peer`.
+    pub fn name(self) -> &'static str {
+        match self {
+            LinkKind::Client => "client",
+            LinkKind::Origin => "origin",
+            LinkKind::Peer => "peer",
+        }
+    }
+}
+
 impl LinkPlan {
     pub fn rtt(&self) -> Duration {
         Duration::from_secs_f64(self.rtt_ms / 1e3)
     }
     pub fn bytes_per_sec(&self) -> f64 {
-        self.mbps * 1e6 / 8.0
+        crate::netsim::bytes_per_sec(self.mbps)
     }
 }
 
@@ -336,11 +317,6 @@ fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
-
-/// Great-circle distance, km.
-pub fn distance_km(a: (f64, f64), b: (f64, f64)) -> f64 {
-    cdn_geo_router::select::haversine_km(a, b)
 }
 
 /// How ports are chosen.
@@ -584,9 +560,7 @@ impl LabFile {
                 from: from.into(),
                 to: to.into(),
                 distance_km: (km * 10.0).round() / 10.0,
-                rtt_ms: o
-                    .and_then(|o| o.rtt_ms)
-                    .unwrap_or(d.base_rtt_ms + km / 100.0 * d.ms_per_100km),
+                rtt_ms: o.and_then(|o| o.rtt_ms).unwrap_or(d.rtt_ms(km)),
                 mbps: o.and_then(|o| o.mbps).unwrap_or(mbps),
                 port: port(base, *n)?,
             });

@@ -19,6 +19,7 @@
 //!   that kept the edge's URL is answered there), and it stops with SIGTERM, which finishes
 //!   whatever is still in flight.
 
+use crate::scrape::Scraper;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,8 +29,10 @@ use anyhow::Context;
 
 use super::config::{LinkKind, LinkPlan, Plan};
 use super::procs::NodeProc;
-use super::{AnyRelay, Lab, NODE_START_TIMEOUT, STOP_GRACE, addr, write_atomic};
 use crate::autoscale::driver::Fleet;
+use crate::autoscale::steps::{self, FleetSteps, Timings};
+use crate::start::{AnyRelay, write_atomic};
+use crate::{Lab, NODE_START_TIMEOUT, STOP_GRACE, addr};
 
 /// What stays the same while the lab runs.
 pub struct Wiring {
@@ -141,7 +144,7 @@ impl Edges {
             })
             .collect();
         let listen = slots[i].peer_addr.unwrap_or(addr(e.peer_port));
-        let text = super::edge_toml(&w.plan, i, origin_relay, listen, &peers, &w.pki);
+        let text = crate::nodeconf::edge_toml(&w.plan, i, origin_relay, listen, &peers, &w.pki)?;
         write_atomic(&w.config_path(i), &text)
     }
 
@@ -173,7 +176,8 @@ impl Edges {
             .into_iter()
             .filter(|(_, edge, _)| names.contains(&edge.as_str()))
             .collect();
-        let cfg = super::router_config(&w.plan, &w.origin_url, &routed, &w.control_url, &links);
+        let cfg =
+            crate::nodeconf::router_config(&w.plan, &w.origin_url, &routed, &w.control_url, &links);
         cfg.validate()
             .map_err(|e| anyhow::anyhow!("the generated router config is invalid: {e}"))?;
         write_atomic(
@@ -259,7 +263,7 @@ pub struct LabFleet {
     pub edges: Arc<Edges>,
     pub router_url: String,
     pub options: FleetOptions,
-    client: reqwest::Client,
+    scrape: Scraper,
 }
 
 impl LabFleet {
@@ -268,11 +272,7 @@ impl LabFleet {
             edges,
             router_url,
             options,
-            client: reqwest::Client::builder()
-                .no_proxy()
-                .timeout(Duration::from_secs(2))
-                .build()
-                .unwrap_or_default(),
+            scrape: Scraper::new(Duration::from_secs(2)),
         }
     }
 
@@ -283,7 +283,7 @@ impl LabFleet {
 
     /// A body, or `None` when it cannot be had.
     async fn get_text(&self, url: &str) -> Option<String> {
-        self.client.get(url).send().await.ok()?.text().await.ok()
+        self.scrape.get(url).await.ok().map(|(_, body)| body)
     }
 
     /// The router's state of edge `name` (`up`, `down`, ...), if it lists it.
@@ -322,9 +322,11 @@ impl LabFleet {
         for (url, want) in waiting {
             loop {
                 let peers = self
-                    .get_text(&format!("{url}/metrics"))
+                    .scrape
+                    .metrics(&url)
                     .await
-                    .and_then(|t| cdn_http::metrics::sample(&t, "cdn_edge_peers"));
+                    .ok()
+                    .and_then(|m| m.sample(cdn_edge::metric_names::PEERS));
                 if peers == Some(want as f64) {
                     break;
                 }
@@ -337,8 +339,25 @@ impl LabFleet {
         }
     }
 
+    /// The step timings of this fleet.
+    fn timings(&self) -> Timings {
+        Timings {
+            ready_timeout: self.options.ready_timeout,
+            drain_grace: self.options.drain_grace,
+            drain_timeout: self.options.drain_timeout,
+            poll: Duration::from_millis(100),
+        }
+    }
+
+    /// The index of edge `name`.
+    fn index(&self, name: &str) -> anyhow::Result<usize> {
+        self.edges
+            .index(name)
+            .with_context(|| format!("no edge `{name}`"))
+    }
+
     /// In-flight requests of the edge at `url`, from its `/healthz`.
-    async fn inflight(&self, url: &str) -> Option<u64> {
+    async fn inflight_at(&self, url: &str) -> Option<u64> {
         self.get_json(&format!("{url}/healthz")).await?["inflight"].as_u64()
     }
 
@@ -356,89 +375,67 @@ impl LabFleet {
     }
 }
 
-impl Fleet for LabFleet {
-    async fn start_edge(&self, region: &str) -> anyhow::Result<String> {
-        let name = {
-            let mut slots = self.edges.slots.lock().await;
-            let plan = &self.edges.wiring.plan;
-            let i = (0..slots.len())
-                .find(|&i| {
-                    let e = &plan.edges[i];
-                    e.spare && e.region == region && !slots[i].proc.running()
-                })
-                .with_context(|| format!("no spare edge left in {region}"))?;
-            let name = plan.edges[i].name.clone();
-            if let Err(e) = self.edges.start_slot(&mut slots, i).await {
-                self.retire(&mut slots, i).await;
-                return Err(e.context(format!("starting {name}")));
-            }
-            // Its siblings may now fetch from it, and the router may send it viewers once
-            // its health checks pass.
-            slots[i].peered = true;
-            slots[i].routed = true;
-            let mut wired = self.edges.rewrite_running(&mut slots, i);
-            if wired.is_ok() {
-                // Edges serve only the peers they list: the siblings take the new edge into
-                // their lists before the router sends it viewers, or its first misses would
-                // be refused and go to the origin.
-                self.wait_peered(&mut slots, i).await;
-                wired = self.edges.write_router_config(&slots);
-            }
-            if let Err(e) = wired {
-                self.retire(&mut slots, i).await;
-                return Err(e.context(format!("registering {name}")));
-            }
-            name
-        };
-        let deadline = tokio::time::Instant::now() + self.options.ready_timeout;
-        loop {
-            if self.router_state(&name).await.as_deref() == Some("up") {
-                return Ok(name);
-            }
-            if tokio::time::Instant::now() >= deadline {
-                let mut slots = self.edges.slots.lock().await;
-                if let Some(i) = self.edges.index(&name) {
-                    self.retire(&mut slots, i).await;
-                }
-                anyhow::bail!(
-                    "{name} was not up at the router after {:?}",
-                    self.options.ready_timeout
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+impl FleetSteps for LabFleet {
+    async fn launch(&self, region: &str) -> anyhow::Result<String> {
+        let mut slots = self.edges.slots.lock().await;
+        let plan = &self.edges.wiring.plan;
+        let i = (0..slots.len())
+            .find(|&i| {
+                let e = &plan.edges[i];
+                e.spare && e.region == region && !slots[i].proc.running()
+            })
+            .with_context(|| format!("no spare edge left in {region}"))?;
+        let name = plan.edges[i].name.clone();
+        if let Err(e) = self.edges.start_slot(&mut slots, i).await {
+            self.retire(&mut slots, i).await;
+            return Err(e.context(format!("starting {name}")));
         }
+        Ok(name)
     }
 
-    async fn drain_and_stop(&self, name: &str) -> anyhow::Result<()> {
-        let i = self
-            .edges
-            .index(name)
-            .with_context(|| format!("no edge `{name}`"))?;
-        let url = {
-            let mut slots = self.edges.slots.lock().await;
-            if !slots[i].proc.running() {
-                anyhow::bail!("{name} is not running");
-            }
-            // Out of the router first: no new viewer is sent here.
-            slots[i].routed = false;
-            self.edges.write_router_config(&slots)?;
-            slots[i].url.clone().unwrap_or_default()
-        };
-        tokio::time::sleep(self.options.drain_grace).await;
-        let deadline = tokio::time::Instant::now() + self.options.drain_timeout;
-        loop {
-            match self.inflight(&url).await {
-                Some(0) | None => break,
-                Some(n) if tokio::time::Instant::now() >= deadline => {
-                    tracing::warn!(edge = %name, inflight = n, "drain timeout with requests in flight; stopping");
-                    break;
-                }
-                Some(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
+    async fn peer(&self, name: &str) -> anyhow::Result<()> {
+        let i = self.index(name)?;
         let mut slots = self.edges.slots.lock().await;
-        // A viewer that kept this edge's address (a player mid-playlist) is answered by a
-        // sibling of the region from now on.
+        slots[i].peered = true;
+        self.edges.rewrite_running(&mut slots, i)?;
+        self.wait_peered(&mut slots, i).await;
+        Ok(())
+    }
+
+    async fn route(&self, name: &str) -> anyhow::Result<()> {
+        let i = self.index(name)?;
+        let mut slots = self.edges.slots.lock().await;
+        slots[i].routed = true;
+        self.edges.write_router_config(&slots)
+    }
+
+    async fn is_up(&self, name: &str) -> bool {
+        self.router_state(name).await.as_deref() == Some("up")
+    }
+
+    async fn admit(&self, _name: &str) {}
+
+    async fn unroute(&self, name: &str) -> anyhow::Result<()> {
+        let i = self.index(name)?;
+        let mut slots = self.edges.slots.lock().await;
+        if !slots[i].proc.running() {
+            anyhow::bail!("{name} is not running");
+        }
+        slots[i].routed = false;
+        self.edges.write_router_config(&slots)
+    }
+
+    async fn inflight(&self, name: &str) -> Option<u64> {
+        let i = self.index(name).ok()?;
+        let url = self.edges.slots.lock().await[i].url.clone()?;
+        self.inflight_at(&url).await
+    }
+
+    async fn hand_over(&self, name: &str) {
+        let Ok(i) = self.index(name) else {
+            return;
+        };
+        let slots = self.edges.slots.lock().await;
         let plan = &self.edges.wiring.plan;
         let region = &plan.edges[i].region;
         let sibling = (0..slots.len()).find(|&j| {
@@ -452,7 +449,22 @@ impl Fleet for LabFleet {
         {
             self.edges.wiring.set_client_targets(name, a);
         }
-        self.retire(&mut slots, i).await;
-        Ok(())
+    }
+
+    async fn retire(&self, name: &str) {
+        if let Ok(i) = self.index(name) {
+            let mut slots = self.edges.slots.lock().await;
+            LabFleet::retire(self, &mut slots, i).await;
+        }
+    }
+}
+
+impl Fleet for LabFleet {
+    async fn start_edge(&self, region: &str) -> anyhow::Result<String> {
+        steps::scale_out(self, region, &self.timings()).await
+    }
+
+    async fn drain_and_stop(&self, name: &str) -> anyhow::Result<()> {
+        steps::drain(self, name, &self.timings()).await
     }
 }

@@ -1,8 +1,12 @@
-//! The lab's child processes: each node is this binary run again (`cdn origin`, `cdn edge`,
-//! `cdn router`) with its own log file. Children die with the lab: they are killed when their
-//! handle is dropped, stopped with SIGTERM then SIGKILL on shutdown, and they ask the kernel
-//! for SIGTERM when the lab process itself dies, even by SIGKILL (`PR_SET_PDEATHSIG`).
+//! The workspace's child-process toolkit, used by the lab (its nodes) and by the benchmarks
+//! (origin, edge, nginx, varnishd): [`spawn`] starts a program with its output in its own log
+//! file, killed when its handle is dropped and sent SIGTERM by the kernel when this process
+//! dies, even by SIGKILL (`PR_SET_PDEATHSIG`); [`stop`] is SIGTERM, then SIGKILL after a
+//! grace; [`wait_ready`] waits for a probe (a port, a health check) while watching the child
+//! exit, with the log's last lines in the error; [`NodeProc`] is one lab node (this binary run
+//! again as `cdn origin|edge|router`) that reports its addresses in its log.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -10,6 +14,129 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::process::Child;
+
+/// How to start a child process.
+#[derive(Debug, Clone)]
+pub struct ChildSpec<'a> {
+    pub program: &'a Path,
+    pub args: &'a [String],
+    pub envs: &'a [(&'a str, String)],
+    /// Its stdout and stderr.
+    pub log: &'a Path,
+    /// Append to the log (a restarted node keeps its history) instead of truncating it.
+    pub append: bool,
+    /// Its own process group: a Ctrl-C in the terminal reaches this process only, which then
+    /// stops its children in order.
+    pub own_group: bool,
+}
+
+impl<'a> ChildSpec<'a> {
+    /// `program args`, output to `log` (truncated), in this process's group, no extra env.
+    pub fn new(program: &'a Path, args: &'a [String], log: &'a Path) -> Self {
+        ChildSpec {
+            program,
+            args,
+            envs: &[],
+            log,
+            append: false,
+            own_group: false,
+        }
+    }
+}
+
+/// Starts a child as `spec` says; returns it and the log's length before the start (where
+/// this run's lines begin).
+pub fn spawn(spec: &ChildSpec<'_>) -> anyhow::Result<(Child, u64)> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(spec.append)
+        .truncate(!spec.append)
+        .open(spec.log)
+        .with_context(|| format!("cannot open {}", spec.log.display()))?;
+    let offset = log.metadata().map(|m| m.len()).unwrap_or(0);
+    let err = log.try_clone()?;
+    let mut cmd = tokio::process::Command::new(spec.program);
+    cmd.args(spec.args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(err))
+        .kill_on_drop(true);
+    for (k, v) in spec.envs {
+        cmd.env(k, v);
+    }
+    if spec.own_group {
+        cmd.process_group(0);
+    }
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe functions may be called: prctl(2), getppid(2) and reading errno
+    // are. It allocates nothing and touches no lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent died before the prctl: nobody would ever stop this child.
+            if libc::getppid() as u32 != parent {
+                return Err(std::io::Error::other("the parent is gone"));
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {}", spec.program.display()))?;
+    Ok((child, offset))
+}
+
+/// SIGTERM, then SIGKILL when `child` has not exited after `grace`; waits for the exit.
+pub async fn stop(child: &mut Child, grace: Duration, what: &str) {
+    if let Some(pid) = child.id() {
+        signal(pid, libc::SIGTERM);
+    }
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        tracing::warn!(node = what, "did not stop in time; killing it");
+        let _ = child.kill().await;
+    }
+}
+
+/// Waits until `probe` says yes (tried every 100 ms); fails when `child` exits first (with its
+/// log's last lines) or after `timeout`.
+pub async fn wait_ready<F, Fut>(
+    child: &mut Child,
+    what: &str,
+    log: &Path,
+    timeout: Duration,
+    mut probe: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            anyhow::bail!(
+                "{what} exited ({status}) while starting; its log:\n{}",
+                tail(&text, 15)
+            );
+        }
+        if probe().await {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "{what} is not ready after {} s (log: {})",
+                timeout.as_secs(),
+                log.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
 
 /// One node process, stopped or running.
 pub struct NodeProc {
@@ -44,42 +171,14 @@ impl NodeProc {
     /// where this run's lines begin.
     pub fn start(&mut self) -> anyhow::Result<u64> {
         let exe = std::env::current_exe().context("cannot find the cdn binary")?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .with_context(|| format!("cannot open {}", self.log.display()))?;
-        let offset = log.metadata().map(|m| m.len()).unwrap_or(0);
-        let err = log.try_clone()?;
-        let mut cmd = tokio::process::Command::new(exe);
-        cmd.args(&self.args)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(err))
-            .kill_on_drop(true)
-            // Its own process group: a Ctrl-C in the terminal reaches the lab only, which then
-            // stops the nodes in order.
-            .process_group(0);
-        let parent = std::process::id();
-        // SAFETY: the closure runs in the child between fork and exec, where only
-        // async-signal-safe functions may be called: prctl(2), getppid(2) and reading errno
-        // are. It allocates nothing and touches no lock.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The lab died before the prctl: nobody would ever stop this child.
-                if libc::getppid() as u32 != parent {
-                    return Err(std::io::Error::other("the lab is gone"));
-                }
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {}", self.name))?;
+        let envs = [("NO_COLOR", "1".to_owned())];
+        let (child, offset) = spawn(&ChildSpec {
+            envs: &envs,
+            append: true,
+            own_group: true,
+            ..ChildSpec::new(&exe, &self.args, &self.log)
+        })
+        .with_context(|| format!("cannot start {}", self.name))?;
         self.child = Some(child);
         Ok(offset)
     }
@@ -106,18 +205,8 @@ impl NodeProc {
 
     /// SIGTERM, then SIGKILL after `grace`; waits for the exit.
     pub async fn stop(&mut self, grace: Duration) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if let Some(pid) = child.id() {
-            signal(pid, libc::SIGTERM);
-        }
-        match tokio::time::timeout(grace, child.wait()).await {
-            Ok(_) => {}
-            Err(_) => {
-                tracing::warn!(node = %self.name, "did not stop in time; killing it");
-                let _ = child.kill().await;
-            }
+        if let Some(mut child) = self.child.take() {
+            stop(&mut child, grace, &self.name).await;
         }
     }
 

@@ -15,6 +15,8 @@
 //! `X-CDN-Lab` header, which a page can only send cross-origin after a CORS preflight this API
 //! never grants. The dashboard sends both; so must scripts (`curl -H 'X-CDN-Lab: 1' -X POST`).
 
+use crate::scrape::{Metrics, Scraper};
+use cdn_edge::metric_names as names;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +30,7 @@ use axum::routing::{get, post};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use super::{Control, Lab};
+use crate::{Control, Lab, NodeKind};
 
 /// The renditions the player offers: (id, label, path, MIME type).
 pub const RENDITIONS: &[(&str, &str, &str, &str)] = &[
@@ -170,72 +172,60 @@ impl History {
     }
 }
 
-fn parse_edge(text: &str) -> EdgeSample {
-    use cdn_http::metrics::sample;
-    let req =
-        |c: &str| sample(text, &format!("cdn_edge_requests_total{{cache=\"{c}\"}}")).unwrap_or(0.0);
+fn parse_edge(m: &Metrics) -> EdgeSample {
+    let req = |c: &str| m.sum_where(names::REQUESTS_TOTAL, "cache", c);
     EdgeSample {
         hit: req("hit"),
         miss: req("miss"),
         stale: req("stale"),
         pass: req("pass"),
-        served: cdn_http::metrics::sum(text, "cdn_edge_bytes_served_total"),
-        origin: cdn_http::metrics::sum(text, "cdn_edge_origin_bytes_total"),
-        peer_in: sample(text, "cdn_edge_peer_bytes_total{direction=\"in\"}").unwrap_or(0.0),
-        tier_in: cdn_http::metrics::sum(text, "cdn_edge_tier_bytes_total"),
+        served: m.sum(names::BYTES_SERVED_TOTAL),
+        origin: m.sum(names::ORIGIN_BYTES_TOTAL),
+        peer_in: m.sum_where(names::PEER_BYTES_TOTAL, "direction", "in"),
+        tier_in: m.sum(names::TIER_BYTES_TOTAL),
         up: true,
     }
 }
 
 /// Polls every node's metrics and the router's health view once a second.
 pub async fn poll_metrics(lab: Arc<Lab>) {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_millis(800))
-        .build()
-        .unwrap_or_default();
+    let scrape = Scraper::new(Duration::from_millis(800));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
         let nodes = lab.nodes.lock().map(|n| n.clone()).unwrap_or_default();
         let t = lab.started.elapsed().as_secs_f64();
-        let fetch = |url: String| {
-            let c = client.clone();
+        let edge_polls = nodes.iter().filter(|n| n.kind == NodeKind::Edge).map(|n| {
+            let (name, url, running) = (n.name.clone(), n.url.clone(), n.running);
+            let scrape = &scrape;
             async move {
-                let r = c.get(url).send().await.ok()?;
-                if !r.status().is_success() {
-                    return None;
-                }
-                r.text().await.ok()
-            }
-        };
-        let edge_polls = nodes.iter().filter(|n| n.kind == "edge").map(|n| {
-            let f = fetch(format!("{}/metrics", n.url));
-            let (name, running) = (n.name.clone(), n.running);
-            async move {
-                let text = if running { f.await } else { None };
-                (name, text)
+                let m = if running {
+                    scrape.metrics(&url).await.ok()
+                } else {
+                    None
+                };
+                (name, m)
             }
         });
         let origin_url = nodes
             .iter()
-            .find(|n| n.kind == "origin")
+            .find(|n| n.kind == NodeKind::Origin)
             .map(|n| n.url.clone());
         let router_url = nodes
             .iter()
-            .find(|n| n.kind == "router")
+            .find(|n| n.kind == NodeKind::Router)
             .map(|n| n.url.clone());
         let (edges, origin, router) = tokio::join!(
             futures::future::join_all(edge_polls),
             async {
                 match origin_url {
-                    Some(u) => fetch(format!("{u}/metrics")).await,
+                    Some(u) => scrape.metrics(&u).await.ok(),
                     None => None,
                 }
             },
             async {
                 match router_url {
-                    Some(u) => fetch(format!("{u}/healthz")).await,
+                    Some(u) => scrape.text(&format!("{u}/healthz")).await.ok(),
                     None => None,
                 }
             }
@@ -245,9 +235,9 @@ pub async fn poll_metrics(lab: Arc<Lab>) {
         };
         let samples = edges
             .into_iter()
-            .map(|(name, text)| {
-                let s = match text {
-                    Some(t) => parse_edge(&t),
+            .map(|(name, m)| {
+                let s = match m {
+                    Some(m) => parse_edge(&m),
                     None => {
                         let mut last = h
                             .edges
@@ -261,8 +251,7 @@ pub async fn poll_metrics(lab: Arc<Lab>) {
                 (name, s)
             })
             .collect();
-        let origin_bytes =
-            origin.map(|t| cdn_http::metrics::sum(&t, "cdn_origin_bytes_sent_total"));
+        let origin_bytes = origin.map(|m| m.sum(cdn_origin::metric_names::BYTES_SENT_TOTAL));
         h.push(t, samples, origin_bytes);
         if let Some(v) = router.and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()) {
             h.router_view = v["edges"]
@@ -425,14 +414,11 @@ async fn viewer_report(
 pub const LAB_REQUEST_HEADER: &str = "x-cdn-lab";
 
 /// The origins (`scheme://host:port`, lower case) allowed to change the lab's state: the
-/// router's and the lab API's, from `info` (`router` and `control` URLs), each also under the
+/// router's and the lab API's (`urls`: the `router` and `control` of the lab's state), each also under the
 /// other loopback names when it listens on loopback.
-fn allowed_origins(info: &serde_json::Value) -> Vec<String> {
+fn allowed_origins(urls: &[&str]) -> Vec<String> {
     let mut out = Vec::new();
-    for key in ["router", "control"] {
-        let Some(url) = info[key].as_str() else {
-            continue;
-        };
+    for &url in urls {
         let Ok(uri) = url.parse::<http::Uri>() else {
             continue;
         };
@@ -518,7 +504,12 @@ fn check_same_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), Stri
 /// Lets GET and HEAD through; anything else only past [`check_same_origin`].
 async fn same_origin_only(State(lab): State<Arc<Lab>>, req: Request, next: Next) -> Response {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        let allowed = allowed_origins(&lab.info());
+        let info = lab.info();
+        let urls: Vec<&str> = info
+            .iter()
+            .flat_map(|i| [i.router.as_str(), i.control.as_str()])
+            .collect();
+        let allowed = allowed_origins(&urls);
         if let Err(why) = check_same_origin(req.headers(), &allowed) {
             tracing::warn!(method = %req.method(), path = %req.uri().path(), %why, "lab API request refused");
             return json(StatusCode::FORBIDDEN, serde_json::json!({ "error": why }));
@@ -590,10 +581,7 @@ mod tests {
 
     #[test]
     fn only_the_labs_own_origins_may_post() {
-        let allowed = allowed_origins(&serde_json::json!({
-            "router": "http://127.0.0.1:8080",
-            "control": "http://127.0.0.1:8082",
-        }));
+        let allowed = allowed_origins(&["http://127.0.0.1:8080", "http://127.0.0.1:8082"]);
         assert!(allowed.contains(&"http://localhost:8080".to_owned()));
         assert!(allowed.contains(&"http://[::1]:8082".to_owned()));
         let json = ("content-type", "application/json");

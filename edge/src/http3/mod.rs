@@ -64,7 +64,7 @@ pub const ALPN: &[u8] = b"h3";
 /// `[http3]` of the edge's config: HTTP/3 on a UDP address, with its certificate and the
 /// QUIC limits. The request limits (head size, URI, body, head timeout) are the node's
 /// `[limits]`, shared with HTTP/1.1 and HTTP/2.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Http3Config {
     /// UDP address of the HTTP/3 endpoint (in production the port of the HTTPS listener).

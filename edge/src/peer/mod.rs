@@ -390,7 +390,7 @@ impl Peers {
                 s.chunk_size,
                 self.metrics.clone(),
             )),
-            bucket: Arc::new(TokenBucket::new(s.push_bytes_per_sec)),
+            bucket: Arc::new(TokenBucket::per_second(s.push_bytes_per_sec)),
             cfg,
             push,
         }

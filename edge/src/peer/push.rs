@@ -237,40 +237,8 @@ impl Window {
     }
 }
 
-/// A token bucket of bytes per second (one second of burst).
-pub struct TokenBucket {
-    rate: f64,
-    state: Mutex<(f64, Instant)>,
-}
-
-impl TokenBucket {
-    pub fn new(bytes_per_sec: u64) -> Self {
-        let rate = bytes_per_sec.max(1) as f64;
-        TokenBucket {
-            rate,
-            state: Mutex::new((rate, Instant::now())),
-        }
-    }
-
-    /// Waits until `n` bytes may be sent.
-    pub async fn take(&self, n: u64) {
-        let wait = {
-            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            let now = Instant::now();
-            s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * self.rate).min(self.rate);
-            s.1 = now;
-            s.0 -= n as f64;
-            if s.0 >= 0.0 {
-                Duration::ZERO
-            } else {
-                Duration::from_secs_f64(-s.0 / self.rate)
-            }
-        };
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
-    }
-}
+/// The pacing of pushes to a peer: the project's one token bucket (one second of burst).
+pub use cdn_http::bucket::TokenBucket;
 
 #[cfg(test)]
 mod tests {
@@ -438,14 +406,5 @@ mod tests {
         );
         peers.endpoint.close(0u32.into(), b"done");
         let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[tokio::test]
-    async fn token_bucket_paces() {
-        let b = TokenBucket::new(1_000_000);
-        let t = Instant::now();
-        b.take(1_000_000).await; // the burst
-        b.take(200_000).await; // 0.2 s more
-        assert!(t.elapsed() >= Duration::from_millis(150));
     }
 }

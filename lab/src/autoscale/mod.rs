@@ -23,6 +23,7 @@
 //!   responses and stops.
 
 pub mod driver;
+pub mod steps;
 
 use std::collections::VecDeque;
 use std::time::Duration;

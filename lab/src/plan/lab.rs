@@ -32,11 +32,13 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::{Plan, PlanArgs, PlanInput, describe, origin_check};
+use crate::scrape::Scraper;
+use crate::state::{LabState, StateError};
 
 /// Where `cdn bench` writes the measured capacity of one edge.
 pub const DEFAULT_CAPACITY_FILE: &str = "bench/results/edge-capacity.json";
 
-/// Where a running `cdn lab` describes itself (`"router": URL` among other things).
+/// Where a running `cdn lab` describes itself ([`LabState`]: the router's URL among other things).
 pub const DEFAULT_STATE_FILE: &str = "lab-run/state.json";
 /// The lab's router when nothing else says.
 pub const DEFAULT_ROUTER: &str = "http://127.0.0.1:8080";
@@ -47,17 +49,13 @@ pub fn router_url(flag: Option<&str>, state: &Path) -> anyhow::Result<String> {
     if let Some(r) = flag {
         return Ok(r.to_owned());
     }
-    let text = match std::fs::read_to_string(state) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DEFAULT_ROUTER.into()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", state.display())),
-    };
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not the lab's state file", state.display()))?;
-    v["router"]
-        .as_str()
-        .map(str::to_owned)
-        .with_context(|| format!("{}: no `router` URL", state.display()))
+    match LabState::read(state) {
+        Ok(s) => Ok(s.router),
+        Err(StateError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Ok(DEFAULT_ROUTER.into())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The capacity of one edge as `cdn bench` measured it.
@@ -90,47 +88,6 @@ pub fn read_capacity(path: &Path) -> anyhow::Result<Option<EdgeCapacity>> {
         );
     }
     Ok(Some(cap))
-}
-
-/// Every sample of metric `name` in a Prometheus text exposition, with its labels.
-pub fn samples(text: &str, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.trim().rsplit_once(' ')?;
-            let value: f64 = value.parse().ok()?;
-            let (base, labels) = match series.split_once('{') {
-                Some((b, rest)) => (b, parse_labels(rest.strip_suffix('}')?)?),
-                None => (series, BTreeMap::new()),
-            };
-            (base == name).then_some((labels, value))
-        })
-        .collect()
-}
-
-/// `a="x",b="y\"z"` → {a: x, b: y"z}.
-fn parse_labels(s: &str) -> Option<BTreeMap<String, String>> {
-    let mut out = BTreeMap::new();
-    let mut rest = s.trim_start_matches(',');
-    while !rest.is_empty() {
-        let (key, after) = rest.split_once('=')?;
-        let mut chars = after.strip_prefix('"')?.char_indices();
-        let mut value = String::new();
-        let end = loop {
-            let (i, c) = chars.next()?;
-            match c {
-                '\\' => match chars.next()?.1 {
-                    'n' => value.push('\n'),
-                    other => value.push(other),
-                },
-                '"' => break i,
-                c => value.push(c),
-            }
-        };
-        out.insert(key.trim().to_owned(), value);
-        rest = after[end + 2..].trim_start_matches(',');
-    }
-    Some(out)
 }
 
 /// One edge as the router lists it.
@@ -207,7 +164,7 @@ pub struct Loads {
 /// Takes samples of one lab over HTTP, remembering which region every edge it has seen
 /// belongs to (so routes to an edge removed since still count for its region).
 pub struct HttpSampler {
-    client: reqwest::Client,
+    scrape: Scraper,
     router: String,
     regions: BTreeMap<String, String>,
 }
@@ -243,29 +200,10 @@ impl HttpSampler {
     /// A sampler of the router at `router` (base URL).
     pub fn new(router: &str) -> Self {
         HttpSampler {
-            client: reqwest::Client::builder()
-                .no_proxy()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(Duration::from_secs(3))
-                .build()
-                .unwrap_or_default(),
+            scrape: Scraper::new(Duration::from_secs(3)),
             router: router.trim_end_matches('/').to_owned(),
             regions: BTreeMap::new(),
         }
-    }
-
-    async fn text(&self, url: &str) -> anyhow::Result<String> {
-        let resp = self
-            .client
-            .get(url)
-            .send()
-            .await
-            .with_context(|| format!("GET {url}"))?;
-        let status = resp.status();
-        if !status.is_success() {
-            anyhow::bail!("GET {url}: status {status}");
-        }
-        resp.text().await.with_context(|| format!("GET {url}"))
     }
 
     /// Reads the router, then every edge it lists. An edge that does not answer is left out
@@ -275,13 +213,15 @@ impl HttpSampler {
         struct Health {
             edges: Vec<EdgeInfo>,
         }
-        let health = self.text(&format!("{}/healthz", self.router)).await?;
-        let health: Health = serde_json::from_str(&health)
+        let health: Health = self
+            .scrape
+            .json(&format!("{}/healthz", self.router))
+            .await
             .with_context(|| format!("{}/healthz: not the router's health JSON", self.router))?;
-        let metrics = self.text(&format!("{}/metrics", self.router)).await?;
+        let metrics = self.scrape.metrics(&self.router).await?;
         let at = Instant::now();
         let mut routes = BTreeMap::new();
-        for (labels, v) in samples(&metrics, "cdn_router_routes_total") {
+        for (labels, v) in metrics.samples(cdn_geo_router::metric_names::ROUTES_TOTAL) {
             if let Some(edge) = labels.get("edge") {
                 *routes.entry(edge.clone()).or_insert(0.0) += v;
             }
@@ -289,27 +229,18 @@ impl HttpSampler {
         let mut counters = BTreeMap::new();
         for e in &health.edges {
             self.regions.insert(e.name.clone(), e.region.clone());
-            let url = format!("{}/metrics", e.url.trim_end_matches('/'));
-            match self.text(&url).await {
-                Ok(text) => {
-                    let requests = samples(&text, "cdn_edge_requests_total");
-                    let cached = requests
-                        .iter()
-                        .filter(|(l, _)| {
-                            matches!(l.get("cache").map(String::as_str), Some("hit" | "stale"))
-                        })
-                        .map(|(_, v)| v)
-                        .sum();
+            match self.scrape.metrics(&e.url).await {
+                Ok(m) => {
+                    use cdn_edge::metric_names as names;
+                    let cached = m.sum_where(names::REQUESTS_TOTAL, "cache", "hit")
+                        + m.sum_where(names::REQUESTS_TOTAL, "cache", "stale");
                     counters.insert(
                         e.name.clone(),
                         EdgeCounters {
-                            requests: requests.iter().map(|(_, v)| v).sum(),
+                            requests: m.sum(names::REQUESTS_TOTAL),
                             cached,
-                            origin_bytes: cdn_http::metrics::sum(
-                                &text,
-                                "cdn_edge_origin_bytes_total",
-                            ),
-                            inflight: cdn_http::metrics::sum(&text, "cdn_edge_inflight_requests"),
+                            origin_bytes: m.sum(names::ORIGIN_BYTES_TOTAL),
+                            inflight: m.sum(names::INFLIGHT_REQUESTS),
                         },
                     );
                 }
@@ -493,25 +424,6 @@ pub async fn run(args: &PlanArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn parses_prometheus_samples_with_labels() {
-        let text = "# HELP x\n# TYPE cdn_router_routes_total counter\n\
-            cdn_router_routes_total{edge=\"eu-1\",reason=\"nearest\"} 12\n\
-            cdn_router_routes_total{edge=\"eu-2\",reason=\"hashed\"} 3\n\
-            cdn_router_routes_total_x{edge=\"eu-2\"} 99\n\
-            odd{a=\"q\\\"uote,d\",b=\"\"} 1.5\n\
-            plain 7\n";
-        let s = samples(text, "cdn_router_routes_total");
-        assert_eq!(s.len(), 2);
-        assert_eq!(s[0].0.get("edge").map(String::as_str), Some("eu-1"));
-        assert_eq!(s[0].0.get("reason").map(String::as_str), Some("nearest"));
-        assert_eq!(s[1].1, 3.0);
-        let odd = samples(text, "odd");
-        assert_eq!(odd[0].0.get("a").map(String::as_str), Some("q\"uote,d"));
-        assert_eq!(odd[0].0.get("b").map(String::as_str), Some(""));
-        assert_eq!(samples(text, "plain")[0].1, 7.0);
-    }
-
     fn sample(at: Instant, routes: &[(&str, f64)], counters: &[(&str, f64, f64)]) -> LabSample {
         LabSample {
             at,
@@ -591,7 +503,9 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("dir");
         let state = dir.join("state.json");
         assert_eq!(router_url(None, &state).expect("default"), DEFAULT_ROUTER);
-        std::fs::write(&state, r#"{"router": "http://127.0.0.1:18080", "pid": 1}"#).expect("write");
+        let mut lab = LabState::example();
+        lab.router = "http://127.0.0.1:18080".into();
+        std::fs::write(&state, lab.to_json().expect("json")).expect("write");
         assert_eq!(
             router_url(None, &state).expect("state"),
             "http://127.0.0.1:18080"

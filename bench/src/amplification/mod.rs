@@ -2,7 +2,7 @@
 //! through the edge, nginx (proxy_cache + slice) and Varnish, on cold objects (RangeAmp, Li et
 //! al., DSN 2020, and friends).
 //!
-//! Same setup as `cdn bench compare` (whose helpers start every process): one `cdn origin`
+//! Same setup as `cdn bench compare` (`servers` starts every process): one `cdn origin`
 //! child process counted by its own metrics (`cdn_origin_bytes_sent_total`,
 //! `cdn_origin_requests_total`), and each server in turn, cold, in front of it. Servers are
 //! measured one after the other (never at once), so the origin's counters see one server's
@@ -31,11 +31,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use super::compare::{self, Server};
 use super::loadgen::{self, Job};
+use crate::servers::Server;
+
+mod report;
+use report::*;
 
 const MIB: u64 = 1 << 20;
-/// The edge's chunk size here (`compare::start_edge` runs it with 1 MiB chunks), which is also
+/// The edge's chunk size here (`crate::servers::start_edge` runs it with 1 MiB chunks), which is also
 /// nginx's slice size in `bench/nginx.conf.in` as `compare` fills it.
 pub const CHUNK: u64 = MIB;
 /// Allowance per part for the origin's own multipart framing of a multi-range request
@@ -235,166 +238,15 @@ pub fn mid_range(size: u64, len: u64) -> (u64, u64) {
     (start, start + len - 1)
 }
 
-fn fmt_bytes(v: f64) -> String {
-    let v = v.round() as u64;
-    // Thousands separators: 67108864 → 67,108,864.
-    let s = v.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-fn fmt_factor(v: Option<f64>) -> String {
-    match v {
-        None => "–".into(),
-        Some(v) if v >= 100.0 => fmt_bytes(v),
-        Some(v) if v >= 10.0 => format!("{v:.1}"),
-        Some(v) => format!("{v:.3}"),
-    }
-}
-
-/// `a / b` with two decimals, or two significant digits below 0.01; `–` when `b` is 0.
-pub fn fmt_ratio(a: f64, b: f64) -> String {
-    match factor(a, b) {
-        None => "–".into(),
-        Some(r) if r > 0.0 && r < 0.01 => format!("{r:.1e}"),
-        Some(r) => format!("{r:.2}"),
-    }
-}
-
-fn fmt_statuses(s: &BTreeMap<u16, u64>) -> String {
-    s.iter()
-        .map(|(k, n)| {
-            if *n == 1 {
-                format!("{k}")
-            } else {
-                format!("{k}×{n}")
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// The results table, one line per (case, server).
-pub fn table(rows: &[Row]) -> String {
-    let mut s = String::from(
-        "| case | server | requests | asked B | client B | origin B | factor (origin / client) | origin / asked | origin req per req | statuses | edge: forwarded as asked | edge: bound B (within) | notes |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
-    );
-    for r in rows {
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            r.case,
-            r.server,
-            r.requests,
-            fmt_bytes(r.asked as f64),
-            fmt_bytes(r.client_bytes as f64),
-            fmt_bytes(r.origin_bytes),
-            fmt_factor(r.factor()),
-            fmt_factor(r.factor_asked()),
-            r.origin_requests_per_request()
-                .map_or("–".into(), |v| format!("{v:.2}")),
-            fmt_statuses(&r.statuses),
-            r.forwarded.map_or("–".into(), |f| format!("{f:.0}")),
-            match (r.bound, r.within_bound()) {
-                (Some(b), Some(w)) => format!(
-                    "{} ({})",
-                    fmt_bytes(b as f64),
-                    if w { "yes" } else { "**no**" }
-                ),
-                _ => "–".into(),
-            },
-            r.note
-        );
-    }
-    s
-}
-
-/// Edge/nginx and edge/varnish ratios: of origin bytes (the requests are the same, so this is
-/// also the ratio of origin bytes per byte asked), of the factor (origin bytes per byte
-/// delivered: a peer that answers a range with the whole object delivers more) and of origin
-/// requests per request.
-pub fn ratios(rows: &[Row]) -> String {
-    let mut s = String::from(
-        "| case | origin B edge / nginx | origin B edge / varnish | factor edge / nginx | factor edge / varnish | origin req edge / nginx | origin req edge / varnish |\n\
-         |---|---|---|---|---|---|---|\n",
-    );
-    let mut cases: Vec<&str> = Vec::new();
-    for r in rows {
-        if !cases.contains(&r.case) {
-            cases.push(r.case);
-        }
-    }
-    for case in cases {
-        let get = |srv: &str| rows.iter().find(|r| r.case == case && r.server == srv);
-        let Some(e) = get("edge") else { continue };
-        let r = |o: Option<&Row>, f: fn(&Row) -> Option<f64>| match (o.and_then(f), f(e)) {
-            (Some(b), Some(a)) => fmt_ratio(a, b),
-            _ => "–".into(),
-        };
-        let bytes = |r: &Row| Some(r.origin_bytes);
-        let (n, v) = (get("nginx"), get("varnish"));
-        let _ = writeln!(
-            s,
-            "| {case} | {} | {} | {} | {} | {} | {} |",
-            r(n, bytes),
-            r(v, bytes),
-            r(n, Row::factor),
-            r(v, Row::factor),
-            r(n, Row::origin_requests_per_request),
-            r(v, Row::origin_requests_per_request),
-        );
-    }
-    s
-}
-
-pub fn csv(rows: &[Row]) -> String {
-    let mut s = String::from(
-        "case,server,requests,parts,asked_bytes,client_bytes,origin_bytes,origin_requests,factor,factor_asked,origin_requests_per_request,statuses,errors,wrong,forwarded,edge_bound,within_bound,seconds\n",
-    );
-    let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
-    for r in rows {
-        let _ = writeln!(
-            s,
-            "{},{},{},{},{},{},{:.0},{:.0},{},{},{},{},{},{},{},{},{},{:.3}",
-            r.case,
-            r.server,
-            r.requests,
-            r.parts,
-            r.asked,
-            r.client_bytes,
-            r.origin_bytes,
-            r.origin_requests,
-            opt(r.factor()),
-            opt(r.factor_asked()),
-            opt(r.origin_requests_per_request()),
-            fmt_statuses(&r.statuses),
-            r.errors,
-            r.wrong,
-            r.forwarded.map_or(String::new(), |f| format!("{f:.0}")),
-            r.bound.map_or(String::new(), |b| b.to_string()),
-            r.within_bound().map_or(String::new(), |w| w.to_string()),
-            r.seconds,
-        );
-    }
-    s
-}
-
 /// Reads the origin's counters once they have stopped moving (the same values three reads
 /// 200 ms apart), for at most 30 s.
 async fn settled(origin_url: &str) -> (f64, f64) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut last = compare::origin_counters(origin_url).await;
+    let mut last = crate::servers::origin_counters(origin_url).await;
     let mut same = 0;
     while same < 3 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = compare::origin_counters(origin_url).await;
+        let now = crate::servers::origin_counters(origin_url).await;
         if now == last {
             same += 1;
         } else {
@@ -472,7 +324,7 @@ async fn measure(
     let id = format!("{prefix}amp-{}-{}-{nonce}", case.name(), server.name());
     let reqs = requests(case, args, &id);
     let edge_url = (server == Server::Edge).then(|| format!("http://{addr}"));
-    let refused = "cdn_edge_amplification_refused_total";
+    let refused = cdn_edge::metric_names::AMPLIFICATION_REFUSED_TOTAL;
     let refused0 = match &edge_url {
         Some(u) => loadgen::metric(u, refused).await,
         None => 0.0,
@@ -581,16 +433,16 @@ pub async fn run(args: AmplificationArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let out = std::path::absolute(&out)?;
     anyhow::ensure!(args.size >= 2, "--size must be at least 2 bytes");
-    let load_before = compare::load_average();
+    let load_before = crate::host::load_average();
     let started = Instant::now();
 
     // Servers that cannot run are reported, not fatal.
     let mut failed: Vec<(&'static str, String)> = Vec::new();
     let mut servers = args.servers.clone();
-    let missing = compare::missing_packages(&servers, false);
+    let missing = crate::host::missing_packages(&servers, false);
     if !missing.is_empty() {
         let why = if args.install {
-            compare::apt_install(&missing)
+            crate::host::apt_install(&missing)
                 .err()
                 .map(|e| format!("{e:#}"))
         } else {
@@ -615,13 +467,13 @@ pub async fn run(args: AmplificationArgs) -> anyhow::Result<()> {
         "synthetic_max_bytes = {}\n\n[[cache_control]]\npattern = \"/synthetic/nostore-*\"\nvalue = \"no-store\"\n",
         args.size.max(args.no_store_size)
     );
-    let bin = compare::cdn_bin(args.cdn_bin.as_deref())?;
-    let origin = compare::start_origin_with(&bin, &root, &out, Some(&origin_cfg)).await?;
+    let bin = crate::servers::cdn_bin(args.cdn_bin.as_deref())?;
+    let origin = crate::servers::start_origin_with(&bin, &root, &out, Some(&origin_cfg)).await?;
     let mut edge_cfg = format!("amplification_burst = {}\n", args.edge_burst);
     if let Some(rate) = args.edge_rate {
         let _ = writeln!(edge_cfg, "amplification_bytes_per_sec = {rate}");
     }
-    let setup = compare::Setup {
+    let setup = crate::servers::Setup {
         cdn_bin: args.cdn_bin.as_deref(),
         cache_base: &args.cache_base,
         threads,
@@ -640,7 +492,8 @@ pub async fn run(args: AmplificationArgs) -> anyhow::Result<()> {
     for &server in &servers {
         let dir = out.join(server.name());
         let _ = std::fs::remove_dir_all(&dir);
-        let proc = match compare::start_server(server, &setup, origin.proc.addr, &dir).await {
+        let proc = match crate::servers::start_server(server, &setup, origin.proc.addr, &dir).await
+        {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("  {}: failed to start: {e:#}", server.name());
@@ -659,7 +512,7 @@ pub async fn run(args: AmplificationArgs) -> anyhow::Result<()> {
             }
         }
         proc.stop().await;
-        compare::clean_run_dir(&dir);
+        crate::servers::clean_run_dir(&dir);
     }
     origin.proc.stop().await;
     let _ = std::fs::remove_dir_all(&root);
@@ -672,8 +525,8 @@ pub async fn run(args: AmplificationArgs) -> anyhow::Result<()> {
     let _ = writeln!(
         report,
         "Machine: {}; load average before / after: {load_before} / {}\n",
-        compare::machine(),
-        compare::load_average()
+        crate::host::machine(),
+        crate::host::load_average()
     );
     let _ = writeln!(
         report,
@@ -688,8 +541,8 @@ pub async fn run(args: AmplificationArgs) -> anyhow::Result<()> {
             ),
             |r| r.to_string()
         ),
-        compare::version("nginx", "-v"),
-        compare::version("varnishd", "-V"),
+        crate::host::version("nginx", "-v"),
+        crate::host::version("varnishd", "-V"),
         args.size,
         args.no_store_size,
         args.repeats,

@@ -11,7 +11,7 @@
 //! (a restarted node); connections wait a bounded time for a target.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -19,6 +19,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+
+pub use cdn_http::bucket::TokenBucket;
 
 use super::sniff::{Observer, Sniffer};
 
@@ -35,57 +37,10 @@ const UDP_MAX_QUEUE: Duration = Duration::from_millis(200);
 /// A UDP session with no traffic for this long is forgotten.
 const UDP_IDLE: Duration = Duration::from_secs(120);
 
-/// A token bucket: `rate` bytes per second, bursts up to `burst` bytes. Tokens can go
-/// negative: a reservation larger than the tokens at hand is a debt that delays it.
-#[derive(Debug)]
-pub struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    state: Mutex<(f64, Instant)>,
-}
-
-impl TokenBucket {
-    /// A bucket of `bytes_per_sec`, with a burst of 50 ms of traffic (at least 16 KiB).
-    pub fn new(bytes_per_sec: f64) -> Arc<Self> {
-        let rate = bytes_per_sec.max(1.0);
-        let burst = (rate * 0.05).max(CHUNK as f64);
-        Arc::new(TokenBucket {
-            rate,
-            burst,
-            state: Mutex::new((burst, Instant::now())),
-        })
-    }
-
-    /// How long `n` bytes would wait now, without taking tokens.
-    pub fn wait_for(&self, n: usize) -> Duration {
-        let Ok(s) = self.state.lock() else {
-            return Duration::ZERO;
-        };
-        let refill = Instant::now().duration_since(s.1).as_secs_f64() * self.rate;
-        let left = (s.0 + refill).min(self.burst) - n as f64;
-        if left >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-left / self.rate)
-        }
-    }
-
-    /// Takes `n` bytes' worth of tokens; returns how long the caller must wait before sending
-    /// them.
-    pub fn reserve(&self, n: usize) -> Duration {
-        let Ok(mut s) = self.state.lock() else {
-            return Duration::ZERO;
-        };
-        let now = Instant::now();
-        let refill = now.duration_since(s.1).as_secs_f64() * self.rate;
-        s.0 = (s.0 + refill).min(self.burst) - n as f64;
-        s.1 = now;
-        if s.0 >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-s.0 / self.rate)
-        }
-    }
+/// A link's bucket of `bytes_per_sec`, with a burst of 50 ms of traffic (at least 16 KiB).
+pub fn link_bucket(bytes_per_sec: f64) -> Arc<TokenBucket> {
+    let rate = bytes_per_sec.max(1.0);
+    Arc::new(TokenBucket::new(rate, (rate * 0.05).max(CHUNK as f64)))
 }
 
 /// One direction of a link.
@@ -103,7 +58,7 @@ impl Shape {
         let wait = self
             .buckets
             .iter()
-            .map(|b| b.reserve(n))
+            .map(|b| b.reserve(n as u64))
             .max()
             .unwrap_or_default();
         now + wait + self.delay
@@ -112,12 +67,12 @@ impl Shape {
     /// Like [`Shape::release`]'s pacing, for a datagram: the wait for `n` bytes, or `None`
     /// (and no tokens taken) when some bucket would hold them longer than `max_wait`.
     fn try_reserve(&self, n: usize, max_wait: Duration) -> Option<Duration> {
-        if self.buckets.iter().any(|b| b.wait_for(n) > max_wait) {
+        if self.buckets.iter().any(|b| b.wait_for(n as u64) > max_wait) {
             return None;
         }
         self.buckets
             .iter()
-            .map(|b| b.reserve(n))
+            .map(|b| b.reserve(n as u64))
             .max()
             .or(Some(Duration::ZERO))
     }
@@ -138,7 +93,7 @@ impl LinkShape {
     pub fn new(rtt: Duration, up_bps: Option<f64>, down_bps: Option<f64>) -> Self {
         let shape = |bps: Option<f64>| Shape {
             delay: rtt / 2,
-            buckets: bps.map(TokenBucket::new).into_iter().collect(),
+            buckets: bps.map(link_bucket).into_iter().collect(),
         };
         LinkShape {
             rtt,
@@ -168,7 +123,7 @@ pub struct TcpRelay {
 
 impl TcpRelay {
     /// Starts relaying connections accepted on `listener`. With an `observer`, HTTP/1.1
-    /// exchanges are recorded (and CORS headers added to responses, see [`super::sniff`]).
+    /// exchanges are recorded (and CORS headers added to responses, see `netsim::sniff`).
     pub fn spawn(
         listener: TcpListener,
         shape: LinkShape,
@@ -579,7 +534,7 @@ mod tests {
     fn datagrams_over_the_queue_are_dropped_without_debt() {
         let shape = Shape {
             delay: Duration::ZERO,
-            buckets: vec![TokenBucket::new(10_000.0)],
+            buckets: vec![link_bucket(10_000.0)],
         };
         let max = Duration::from_millis(200);
         let passed = (0..100)
@@ -590,14 +545,5 @@ mod tests {
         // Dropped datagrams left no debt: after a while, datagrams pass again.
         std::thread::sleep(Duration::from_millis(400));
         assert!(shape.try_reserve(1000, max).is_some());
-    }
-
-    #[test]
-    fn bucket_debt_becomes_wait() {
-        let b = TokenBucket::new(100_000.0);
-        // The burst (16 KiB minimum) goes at once; the next 100 KB wait about a second.
-        assert_eq!(b.reserve(16 * 1024), Duration::ZERO);
-        let w = b.reserve(100_000);
-        assert!(w >= Duration::from_millis(900), "{w:?}");
     }
 }

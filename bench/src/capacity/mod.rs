@@ -38,8 +38,12 @@ use anyhow::Context;
 use rand::Rng;
 use serde::Serialize;
 
-use super::compare;
 use super::loadgen::{self, Job, JobGen, Stats};
+
+mod nodes;
+mod output;
+use nodes::*;
+use output::*;
 
 /// `cdn bench capacity` arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -174,11 +178,11 @@ impl Workload {
     fn new(args: &CapacityArgs, prefix: &str) -> Workload {
         let big = match args.mix {
             Mix::Hot16k => Vec::new(),
-            _ => compare::hot_1m_objects(prefix, args.objects_1m, args.chunks_per_object),
+            _ => crate::hot::hot_1m_objects(prefix, args.objects_1m, args.chunks_per_object),
         };
         let small = match args.mix {
             Mix::Hot1m => Vec::new(),
-            _ => compare::hot_16k_objects(prefix, args.objects_16k),
+            _ => crate::hot::hot_16k_objects(prefix, args.objects_16k),
         };
         let small_share = match args.mix {
             Mix::Video => args.small_pct / 100.0,
@@ -221,9 +225,9 @@ impl Workload {
         Arc::new(move |rng| {
             let pick_small = big.is_empty() || (!small.is_empty() && rng.random_bool(share));
             if pick_small {
-                compare::hot_16k_job(&small, rng)
+                crate::hot::hot_16k_job(&small, rng)
             } else {
-                compare::hot_1m_job(&big, rng)
+                crate::hot::hot_1m_job(&big, rng)
             }
         })
     }
@@ -277,188 +281,6 @@ struct Step {
     /// A few failure messages.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     samples: Vec<String>,
-}
-
-/// What the capacity file holds: the three fields `cdn plan` reads, then the evidence.
-#[derive(Debug, Serialize)]
-struct CapacityFile {
-    requests_per_sec: f64,
-    p99_ms_target: f64,
-    /// RFC 3339, UTC.
-    measured: String,
-    /// The step the capacity comes from.
-    concurrency: usize,
-    p99_ms: f64,
-    mix: MixInfo,
-    step_secs: f64,
-    max_concurrency: usize,
-    steps: Vec<Step>,
-    /// Why stepping stopped.
-    stopped: String,
-    warm_up: WarmUp,
-    edge: EdgeInfo,
-    machine: Machine,
-    command: String,
-}
-
-#[derive(Debug, Serialize)]
-struct MixInfo {
-    name: &'static str,
-    description: String,
-    objects_1m: usize,
-    chunks_per_object: u64,
-    objects_16k: usize,
-    small_pct: f64,
-    verify_every: u64,
-    seed: u64,
-}
-
-#[derive(Debug, Serialize)]
-struct WarmUp {
-    objects: usize,
-    origin_requests: f64,
-    /// One origin fetch per 1 MiB chunk.
-    expected_origin_requests: u64,
-    seconds: f64,
-}
-
-#[derive(Debug, Serialize)]
-struct EdgeInfo {
-    url: String,
-    origin_url: String,
-    /// Started by this benchmark (else a running edge given with --edge).
-    started: bool,
-    /// Runtime worker threads of a started edge.
-    threads: Option<usize>,
-}
-
-#[derive(Debug, Serialize)]
-struct Machine {
-    cores: usize,
-    description: String,
-    load_average_before: String,
-    load_average_after: String,
-}
-
-/// The nodes under test: started here, or running elsewhere.
-struct Nodes {
-    edge_addr: SocketAddr,
-    edge_url: String,
-    origin_url: String,
-    edge: Option<compare::ServerProc>,
-    origin: Option<compare::Origin>,
-    threads: Option<usize>,
-}
-
-impl Nodes {
-    /// Checks the running nodes given (`--edge`, `--origin`), then starts the others, their
-    /// logs in `work`.
-    async fn start(args: &CapacityArgs, work: &Path) -> anyhow::Result<Nodes> {
-        let threads = args
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-        let given_origin = match &args.origin {
-            Some(url) => Some((base_url(url), reachable("origin", url).await?)),
-            None => None,
-        };
-        let given_edge = match &args.edge {
-            Some(url) => Some((base_url(url), reachable("edge", url).await?)),
-            None => None,
-        };
-        if let (Some((origin_url, _)), Some((edge_url, edge_addr))) = (&given_origin, &given_edge) {
-            return Ok(Nodes {
-                edge_addr: *edge_addr,
-                edge_url: edge_url.clone(),
-                origin_url: origin_url.clone(),
-                edge: None,
-                origin: None,
-                threads: None,
-            });
-        }
-        let bin = compare::cdn_bin(args.cdn_bin.as_deref())?;
-        std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
-        let (origin, origin_url, origin_addr) = match given_origin {
-            Some((url, addr)) => (None, url, addr),
-            None => {
-                let root = work.join("origin-root");
-                std::fs::create_dir_all(&root)
-                    .with_context(|| format!("creating {}", root.display()))?;
-                let o = compare::start_origin(&bin, &root, work)
-                    .await
-                    .with_context(|| format!("starting the origin (log in {})", work.display()))?;
-                let (url, addr) = (o.url.clone(), o.proc.addr);
-                (Some(o), url, addr)
-            }
-        };
-        // (--edge needs --origin: with --edge, the origin was given and we returned above.)
-        let dir = work.join("edge");
-        let edge = match compare::start_edge(&bin, origin_addr, &dir, threads).await {
-            Ok(e) => e,
-            Err(e) => {
-                if let Some(o) = origin {
-                    o.proc.stop().await;
-                }
-                return Err(e.context(format!("starting the edge (log in {})", dir.display())));
-            }
-        };
-        Ok(Nodes {
-            edge_addr: edge.addr,
-            edge_url: format!("http://{}", edge.addr),
-            origin_url,
-            edge: Some(edge),
-            origin,
-            threads: Some(threads),
-        })
-    }
-
-    async fn stop(self) {
-        if let Some(e) = self.edge {
-            e.stop().await;
-        }
-        if let Some(o) = self.origin {
-            o.proc.stop().await;
-        }
-    }
-}
-
-/// The address of a running node given by URL, once it accepts a connection.
-async fn reachable(what: &str, url: &str) -> anyhow::Result<SocketAddr> {
-    let addr = resolve(url).await?;
-    loadgen::connect(addr, None)
-        .await
-        .with_context(|| format!("the {what} at {url} does not answer"))?;
-    Ok(addr)
-}
-
-/// `http://host:port[/]` → the base URL without a trailing slash.
-fn base_url(url: &str) -> String {
-    url.trim_end_matches('/').to_owned()
-}
-
-/// The socket address of an `http://host[:port]` base URL.
-async fn resolve(url: &str) -> anyhow::Result<SocketAddr> {
-    let uri: http::Uri = url
-        .parse()
-        .with_context(|| format!("{url}: not a URL (want http://HOST:PORT)"))?;
-    anyhow::ensure!(
-        uri.scheme_str() == Some("http"),
-        "{url}: only http:// URLs can be measured"
-    );
-    anyhow::ensure!(
-        uri.path_and_query().is_none_or(|p| p.as_str() == "/"),
-        "{url}: give the base URL (http://HOST:PORT), without a path"
-    );
-    let host = uri
-        .host()
-        .with_context(|| format!("{url}: no host"))?
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let port = uri.port_u16().unwrap_or(80);
-    tokio::net::lookup_host((host, port))
-        .await
-        .with_context(|| format!("resolving {url}"))?
-        .next()
-        .with_context(|| format!("{url}: the host has no address"))
 }
 
 /// Concurrency of each step: 1, 2, 4, ... doubling, the last one `max`.
@@ -517,79 +339,6 @@ fn best_step(steps: &[Step]) -> Option<&Step> {
         .max_by(|a, b| a.requests_per_sec.total_cmp(&b.requests_per_sec))
 }
 
-const TABLE_HEAD: &str = "| concurrency | requests | req/s | MB/s | p50 ms | p99 ms | \
-    errors / bad / corrupt (verified) | origin req | edge CPU µs/req | generator CPU µs/req | \
-    within target |\n|---|---|---|---|---|---|---|---|---|---|---|";
-
-fn table_row(s: &Step) -> String {
-    format!(
-        "| {} | {} | {:.0} | {:.1} | {:.2} | {:.2} | {} / {} / {} ({}) | {:.0} | {} | {:.0} | {} |",
-        s.concurrency,
-        s.requests,
-        s.requests_per_sec,
-        s.mb_per_sec,
-        s.p50_ms,
-        s.p99_ms,
-        s.errors,
-        s.bad_status,
-        s.corrupt,
-        s.verified,
-        s.origin_requests,
-        s.edge_cpu_us_per_req
-            .map_or("–".into(), |c| format!("{c:.0}")),
-        s.generator_cpu_us_per_req,
-        if s.within_target { "yes" } else { "no" }
-    )
-}
-
-/// This process's command line, quoted for a POSIX shell where needed.
-fn command_line() -> String {
-    shell_words(std::env::args())
-}
-
-fn shell_words(args: impl Iterator<Item = String>) -> String {
-    args.map(|a| {
-        if !a.is_empty()
-            && a.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c))
-        {
-            a
-        } else {
-            format!("'{}'", a.replace('\'', r"'\''"))
-        }
-    })
-    .collect::<Vec<_>>()
-    .join(" ")
-}
-
-/// Now, RFC 3339 in UTC, whole seconds.
-fn now_rfc3339() -> anyhow::Result<String> {
-    let now = time::OffsetDateTime::now_utc();
-    let now = now.replace_nanosecond(0).unwrap_or(now);
-    now.format(&time::format_description::well_known::Rfc3339)
-        .context("formatting the time")
-}
-
-/// Writes `text` to `path` through a temporary file in the same directory (never a partly
-/// written capacity file), creating the parent directories.
-fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let name = path
-        .file_name()
-        .with_context(|| format!("{}: not a file name", path.display()))?;
-    let mut tmp_name = name.to_owned();
-    tmp_name.push(format!(".tmp{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    if let Err(e) = std::fs::rename(&tmp, path) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("writing {}", path.display()));
-    }
-    Ok(())
-}
-
 /// Warm-up, then the steps; returns the steps and why stepping stopped.
 async fn measure(
     args: &CapacityArgs,
@@ -603,7 +352,7 @@ async fn measure(
         work.chunk_fetches()
     );
     let t0 = Instant::now();
-    let before = compare::origin_counters(&nodes.origin_url).await;
+    let before = crate::servers::origin_counters(&nodes.origin_url).await;
     let w = loadgen::warm(nodes.edge_addr, work.warm_jobs(), 8).await;
     anyhow::ensure!(
         w.errors + w.bad_status + w.corrupt == 0,
@@ -617,7 +366,7 @@ async fn measure(
     );
     // Let background fills (read-ahead) settle before reading the counters.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let fetched = compare::origin_counters(&nodes.origin_url).await.0 - before.0;
+    let fetched = crate::servers::origin_counters(&nodes.origin_url).await.0 - before.0;
     let warm = WarmUp {
         objects: work.objects(),
         origin_requests: fetched,
@@ -657,9 +406,9 @@ async fn measure(
     let mut steps: Vec<Step> = Vec::new();
     let mut stopped = format!("reached --max-concurrency {}", args.max_concurrency);
     for c in concurrencies(args.max_concurrency) {
-        let o0 = compare::origin_counters(&nodes.origin_url).await;
+        let o0 = crate::servers::origin_counters(&nodes.origin_url).await;
         let cpu0 = nodes.edge.as_ref().map(|e| e.cpu());
-        let gen0 = compare::self_cpu();
+        let gen0 = crate::host::self_cpu();
         let st: Stats = loadgen::closed_loop(
             nodes.edge_addr,
             c,
@@ -669,9 +418,9 @@ async fn measure(
             work.requests(),
         )
         .await;
-        let gen1 = compare::self_cpu();
+        let gen1 = crate::host::self_cpu();
         let cpu1 = nodes.edge.as_ref().map(|e| e.cpu());
-        let o1 = compare::origin_counters(&nodes.origin_url).await;
+        let o1 = crate::servers::origin_counters(&nodes.origin_url).await;
         let per_req = 1e6 / st.requests.max(1) as f64;
         let p99 = loadgen::ms(&st.latency, 0.99);
         let failures = st.errors + st.bad_status + st.corrupt;
@@ -709,7 +458,7 @@ async fn measure(
 pub async fn run(args: CapacityArgs) -> anyhow::Result<()> {
     args.validate()?;
     let command = command_line();
-    let load_before = compare::load_average();
+    let load_before = crate::host::load_average();
     let started = Instant::now();
     let work_dir = std::path::absolute(
         std::env::temp_dir().join(format!("cdn-bench-capacity-{}", std::process::id())),
@@ -792,9 +541,9 @@ pub async fn run(args: CapacityArgs) -> anyhow::Result<()> {
         edge,
         machine: Machine {
             cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
-            description: compare::machine(),
+            description: crate::host::machine(),
             load_average_before: load_before,
-            load_average_after: compare::load_average(),
+            load_average_after: crate::host::load_average(),
         },
         command,
     };
