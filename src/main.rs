@@ -2,11 +2,12 @@
 //!
 //! `cdn lab` (the default) runs a whole multi-region CDN on this machine; `cdn origin`,
 //! `cdn edge` and `cdn router` run one node each; `cdn geo` builds the lab's MaxMind database;
-//! `cdn bench` runs the benchmarks; `cdn plan` plans capacity. The commands other than the
-//! single nodes live in the `cdn` library (`src/lib.rs`); this file is only the command line
-//! and its dispatch.
+//! `cdn bench` runs the benchmarks; `cdn plan` plans capacity. Each command lives in a crate of
+//! its own (`cdn-origin`, `cdn-edge`, `cdn-geo-router`, `cdn-lab` with the planner and the
+//! autoscaler, `cdn-bench`); this file is only the command line and its dispatch.
 
-use cdn::{bench, lab, plan};
+use cdn_bench as bench;
+use cdn_lab::{self as lab, plan};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -59,8 +60,38 @@ fn init_logging(filter: &str, json: bool) {
     }
 }
 
+/// `cdn edge|origin|router --check-config FILE`: the node's own loader on FILE, one line out,
+/// nothing bound. `None` for every other command line.
+fn check_config(command: &Option<Command>) -> Option<Result<String, String>> {
+    let text = |e: &dyn std::fmt::Display| e.to_string();
+    Some(match command.as_ref()? {
+        Command::Edge(a) => a
+            .check_config(a.check_config.as_deref()?)
+            .map_err(|e| text(&e)),
+        Command::Origin(a) => a
+            .check_config(a.check_config.as_deref()?)
+            .map_err(|e| text(&e)),
+        Command::Router(a) => a
+            .check_config(a.check_config.as_deref()?)
+            .map_err(|e| text(&e)),
+        _ => return None,
+    })
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Before logging, limits and the runtime: a check prints one line and touches nothing.
+    match check_config(&cli.command) {
+        Some(Ok(line)) => {
+            println!("{line}");
+            return Ok(());
+        }
+        Some(Err(e)) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+        None => {}
+    }
     init_logging(&cli.log, cli.log_json);
     // Before any socket: every node fits its connection cap to this limit (and logs it).
     cdn_http::nofile::raise();

@@ -15,14 +15,13 @@ mod common;
 mod inprocess;
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cdn::autoscale::driver::{self, Fleet, HttpObserver, Load, Observer, RegionSpec};
-use cdn::autoscale::{
+use cdn_lab::autoscale::driver::{self, Fleet, HttpObserver, Load, Observer, RegionSpec};
+use cdn_lab::autoscale::{
     Action, AutoscaleConfig, AutoscaleError, Autoscaler, EventKind, RegionObservation,
 };
 use inprocess::{FleetOptions, InProcessFleet, Site};
@@ -231,7 +230,7 @@ fn bounds_minimum_and_saturation() {
                 ..config()
             }
         ),
-        Err(AutoscaleError::Plan(cdn::plan::PlanError::Capacity(_)))
+        Err(AutoscaleError::Plan(cdn_lab::plan::PlanError::Capacity(_)))
     ));
 }
 
@@ -370,18 +369,6 @@ fn path(i: usize) -> String {
     format!("/synthetic/as-{i}?size={SIZE}")
 }
 
-fn client_from(source: &str) -> reqwest::Client {
-    let ip: IpAddr = source.parse().expect("source ip");
-    cdn_http::tls::install_crypto_provider();
-    reqwest::Client::builder()
-        .local_address(ip)
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("client")
-}
-
 #[derive(Default)]
 struct Tally {
     ok: AtomicU64,
@@ -439,7 +426,10 @@ fn viewers(
         .map(|w| {
             let (router, rate, tally) = (router.clone(), rate.clone(), tally.clone());
             tokio::spawn(async move {
-                let client = client_from(&format!("127.1.0.{}", 10 + w));
+                let client = common::client_from_with(
+                    &format!("127.1.0.{}", 10 + w),
+                    Duration::from_secs(10),
+                );
                 let mut n = w;
                 let mut next = tokio::time::Instant::now();
                 loop {
@@ -476,12 +466,15 @@ fn requests_served(fleet: &InProcessFleet, name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn load_ramp_starts_an_edge_that_serves_then_drains_it_with_zero_failed_requests() {
     let origin = common::start_origin(&common::media_root(), &Default::default()).await;
-    let router_cfg = cdn_geo_router::RouterConfig::parse(&format!(
-        "origin_url = \"{}\"\n\
+    let router_cfg = cdn_geo_router::RouterConfig::parse(
+        &format!(
+            "origin_url = \"{}\"\n\
          [geo_miss]\nlatitude = 30.0\nlongitude = -30.0\n\
          [health]\ninterval_ms = 100\ntimeout_ms = 300\n",
-        origin.url()
-    ))
+            origin.url()
+        ),
+        "router.toml",
+    )
     .expect("router config");
     let db = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/geo/lab-geo.mmdb");
     let router = Arc::new(
@@ -520,7 +513,7 @@ async fn load_ramp_starts_an_edge_that_serves_then_drains_it_with_zero_failed_re
     let first = fleet.start_edge("europe").await.expect("first edge");
     assert_eq!(first, "europe-1");
     // Warm the first edge with every object (its sibling will find them there).
-    let warm = client_from("127.1.0.9");
+    let warm = common::client_from_with("127.1.0.9", Duration::from_secs(10));
     for i in 0..OBJECTS {
         view(&warm, &router_url, i).await.expect("warm-up");
     }

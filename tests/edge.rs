@@ -264,9 +264,9 @@ async fn no_store_and_private_are_never_stored() {
         // answer (not asked again), the others pass straight through.
         assert_eq!(origin_requests(&origin.url()).await - before, 3.0, "{id}");
     }
-    edge_state.store.metas.run_pending_tasks().await;
-    assert_eq!(edge_state.store.metas.entry_count(), 0);
-    assert_eq!(edge_state.store.chunks.iter().count(), 0);
+    edge_state.store().settle().await;
+    assert_eq!(edge_state.store().object_count(), 0);
+    assert_eq!(edge_state.store().chunks_held().len(), 0);
     // A request with Authorization is passed and not stored either.
     let url = format!("{}/synthetic/auth?size=100", edge.url());
     let r = client()
@@ -436,9 +436,9 @@ async fn truncated_origin_body_is_not_cached_and_the_client_sees_an_abort() {
             "not served from cache"
         );
     }
-    edge_state.store.chunks.run_pending_tasks().await;
+    edge_state.store().settle().await;
     assert_eq!(
-        edge_state.store.chunks.iter().count(),
+        edge_state.store().chunks_held().len(),
         0,
         "no chunk of the bad body kept"
     );
@@ -542,7 +542,7 @@ async fn memory_stays_within_capacity_after_filling_four_times_over() {
                 .unwrap();
             assert_eq!(body.len() as u64, MIB);
         }
-        let held = state.store.weighted_size().await;
+        let held = state.store().weighted_size().await;
         assert!(held <= capacity, "{policy:?}: {held} > {capacity}");
         assert!(
             held >= capacity / 2,
@@ -614,9 +614,9 @@ async fn a_404_storm_makes_one_origin_request_per_ttl() {
     assert!(cache_status(&r).contains("; hit"), "{}", cache_status(&r));
     assert!(r.bytes().await.unwrap().is_empty());
     assert_eq!(origin_requests(&origin.url()).await, 1.0);
-    state.store.metas.run_pending_tasks().await;
-    assert_eq!(state.store.metas.entry_count(), 1);
-    assert_eq!(state.store.chunks.iter().count(), 0, "a 404 has no chunks");
+    state.store().settle().await;
+    assert_eq!(state.store().object_count(), 1);
+    assert_eq!(state.store().chunks_held().len(), 0, "a 404 has no chunks");
     // After the TTL: one new origin request, however many ask.
     tokio::time::sleep(Duration::from_millis(3200)).await;
     let round = storm(20).await;
@@ -878,11 +878,11 @@ async fn negative_caching_follows_rfc9111() {
     let r = get("/gone").await.unwrap();
     assert!(cache_status(&r).contains("; hit"), "{}", cache_status(&r));
     assert_eq!(count("/gone"), 1);
-    state.store.metas.run_pending_tasks().await;
+    state.store().settle().await;
     let mut stored: Vec<String> = state
-        .store
-        .metas
-        .iter()
+        .store()
+        .objects_held()
+        .into_iter()
         .map(|(k, _)| k.rsplit('/').next().unwrap().to_string())
         .collect();
     stored.sort();
@@ -964,8 +964,8 @@ async fn a_truncated_404_is_never_stored() {
             "not served from cache"
         );
     }
-    state.store.metas.run_pending_tasks().await;
-    assert_eq!(state.store.metas.entry_count(), 0);
+    state.store().settle().await;
+    assert_eq!(state.store().object_count(), 0);
     edge.stop().await;
 }
 
@@ -1092,9 +1092,9 @@ async fn read_ahead_only_when_a_response_reads_across_chunks() {
     };
     let stored = |id: &str| {
         let mut held: Vec<u64> = state
-            .store
-            .chunks
-            .iter()
+            .store()
+            .chunks_held()
+            .into_iter()
             .filter(|(k, _)| k.version.key.contains(&format!("/synthetic/{id}?")))
             .map(|(k, _)| k.index)
             .collect();
@@ -1232,12 +1232,8 @@ async fn cdn_cache_control_decides_what_the_edge_stores() {
     }
     let example_hits = count("/example");
     assert!(example_hits >= 2, "{example_hits}");
-    state.store.metas.run_pending_tasks().await;
-    assert_eq!(
-        state.store.metas.entry_count(),
-        1,
-        "only /cdn-only is stored"
-    );
+    state.store().settle().await;
+    assert_eq!(state.store().object_count(), 1, "only /cdn-only is stored");
     edge.stop().await;
 
     // An operator's own field first in the target list wins over CDN-Cache-Control.

@@ -366,8 +366,8 @@ fn check(got: &Got, want: &Bytes, what: &str) -> bool {
 /// Every chunk in the edge's store holds exactly the origin's bytes for its place, and no
 /// stored object claims another length.
 async fn assert_store_clean(edge: &Edge) {
-    edge.store.chunks.run_pending_tasks().await;
-    for (key, bytes) in edge.store.chunks.iter() {
+    edge.store().settle().await;
+    for (key, bytes) in edge.store().chunks_held() {
         let target = key
             .version
             .key
@@ -391,16 +391,15 @@ async fn assert_store_clean(edge: &Edge) {
             want.len()
         );
     }
-    for (key, meta) in edge.store.metas.iter() {
+    for (key, meta) in edge.store().objects_held() {
         let target = key.splitn(4, '/').nth(3).map(|t| format!("/{t}")).unwrap();
         assert_eq!(meta.len, object_of(&target).1, "metadata of {target}");
     }
 }
 
 async fn has_meta(edge: &Edge, origin: &RawOrigin, target: &str) -> bool {
-    edge.store
-        .metas
-        .get(&format!("{}{target}", origin.url()))
+    edge.store()
+        .lookup(&format!("{}{target}", origin.url()))
         .await
         .is_some()
 }
@@ -1098,13 +1097,18 @@ async fn chunk_refetched_from_a_changed_unvalidated_origin_is_not_mixed_in() {
         // The probe gets the whole of version A (a 200) and stores it in chunks.
         let got = fetch(&url, None).await;
         assert!(check(&got, &want, "first fetch"), "{got:?}");
-        edge.store.chunks.run_pending_tasks().await;
-        let stored: Vec<_> = edge.store.chunks.iter().map(|(k, _)| k).collect();
+        edge.store().settle().await;
+        let stored: Vec<_> = edge
+            .store()
+            .chunks_held()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
         assert_eq!(stored.len(), 4, "chunks of version A stored");
         // The origin changes; chunk 2 leaves the store, so the next request refills it.
         changed.store(true, Ordering::SeqCst);
         let evicted = stored.iter().find(|k| k.index == 2).unwrap().clone();
-        edge.store.chunks.invalidate(&evicted).await;
+        edge.store().drop_chunk(&evicted).await;
         let fills_before = metric_sum(&node.url(), "cdn_edge_origin_fetches_total").await;
         {
             let got = fetch(&url, range).await;
@@ -1122,12 +1126,12 @@ async fn chunk_refetched_from_a_changed_unvalidated_origin_is_not_mixed_in() {
             "the edge went to the origin for chunk 2"
         );
         // Whatever is stored under version A's key is version A's bytes.
-        edge.store.chunks.run_pending_tasks().await;
+        edge.store().settle().await;
         let old_version = evicted.version.clone();
         let of_old = || {
-            edge.store
-                .chunks
-                .iter()
+            edge.store()
+                .chunks_held()
+                .into_iter()
                 .filter(|(k, _)| k.version == old_version)
                 .collect::<Vec<_>>()
         };

@@ -30,18 +30,6 @@ fn client() -> reqwest::Client {
         .expect("client")
 }
 
-fn client_from(source: &str) -> reqwest::Client {
-    let ip: IpAddr = source.parse().expect("source ip");
-    cdn_http::tls::install_crypto_provider();
-    reqwest::Client::builder()
-        .local_address(ip)
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client")
-}
-
 fn header(r: &reqwest::Response, name: &str) -> String {
     r.headers()
         .get(name)
@@ -136,7 +124,7 @@ async fn viewers_reach_their_edges_through_simulated_links() {
         format!("{}{seg}", lab.link_url("client", "europe", &e))
     );
     // Located by its source address: a viewer in Sydney, no override.
-    let sydney = client_from("127.4.0.9");
+    let sydney = common::client_from("127.4.0.9");
     let (loc, e, reason) = redirect(&sydney, &format!("{router}{seg}")).await;
     assert_eq!((e.as_str(), reason.as_str()), ("asia-1", "nearest"));
     assert_eq!(
@@ -152,9 +140,7 @@ async fn viewers_reach_their_edges_through_simulated_links() {
     let r = c.get(format!("{near}{seg}")).send().await.expect("fill");
     assert_eq!(r.status(), 200);
     assert_eq!(&r.bytes().await.expect("body")[..], &want[..]);
-    let far_rtt = lab.link("client", "oceania", "asia-1")["rtt_ms"]
-        .as_f64()
-        .expect("rtt");
+    let far_rtt = lab.link("client", "oceania", "asia-1").link.rtt_ms;
     assert!(far_rtt > 50.0, "{far_rtt}");
     let t = Instant::now();
     let r = client()
@@ -202,7 +188,7 @@ async fn viewers_reach_their_edges_through_simulated_links() {
 
     // A page of another site cannot drive the lab: a cross-origin POST, through the router or
     // straight to the API, is refused and asia-1 keeps running and taking Asia's viewers.
-    let asia_pid = lab.node("asia-1")["pid"].as_u64().expect("pid") as u32;
+    let asia_pid = lab.node("asia-1").pid.expect("pid");
     let control = lab.control();
     for base in [&router, &control] {
         let url = format!("{base}/_lab/api/edges/asia-1/stop");
@@ -443,7 +429,7 @@ async fn router_sends_lab_clients_to_their_link_and_forwards_the_ui() {
     let path = "/media/demo.mp4";
 
     // By source address, by a region with edges, by a region without edges (its network).
-    let (loc, e, _) = redirect(&client_from("127.4.0.9"), &format!("{base}{path}")).await;
+    let (loc, e, _) = redirect(&common::client_from("127.4.0.9"), &format!("{base}{path}")).await;
     assert_eq!(
         (loc.as_str(), e.as_str()),
         ("http://127.0.0.1:9/sydney-asia/media/demo.mp4", "asia-x")
@@ -465,11 +451,11 @@ async fn router_sends_lab_clients_to_their_link_and_forwards_the_ui() {
     .await;
     assert_eq!(d["base_url"], "http://127.0.0.1:9/sydney-asia");
     // No link for this client: the edge's own URL.
-    let (loc, _, _) = redirect(&client_from("127.1.0.9"), &format!("{base}{path}")).await;
+    let (loc, _, _) = redirect(&common::client_from("127.1.0.9"), &format!("{base}{path}")).await;
     assert_eq!(loc, format!("{}{path}", eu.url()));
     // Failover keeps the client's link: Sydney's link to eu-x.
     asia.stop().await;
-    let c = client_from("127.4.0.9");
+    let c = common::client_from("127.4.0.9");
     let url = format!("{base}{path}");
     until(Duration::from_secs(5), "failover", || async {
         redirect(&c, &url).await.1 == "eu-x"
@@ -757,9 +743,7 @@ fn start_times_differ_between_near_and_far_places() {
             if round > 0 {
                 let ms = v["ttffMs"].as_f64().expect("ttff");
                 let edge = v["edge"].as_str().expect("edge");
-                let rtt = lab.link("client", region, edge)["rtt_ms"]
-                    .as_f64()
-                    .expect("rtt");
+                let rtt = lab.link("client", region, edge).link.rtt_ms;
                 eprintln!(
                     "{region:<14} edge {edge:<7} RTT {rtt:>5.1} ms  first frame {ms:>5.0} ms"
                 );
@@ -996,8 +980,8 @@ async fn autoscaler_starts_a_spare_under_load_and_drains_it_after() {
     let c = client();
     let api = format!("{control}/_lab/api/autoscale");
     let eu2 = lab.node("eu-2");
-    assert_eq!(eu2["running"], false, "the spare does not run at start");
-    assert_eq!(eu2["spare"], true);
+    assert!(!eu2.running, "the spare does not run at start");
+    assert!(eu2.spare);
     let st = json(&c, &api).await;
     assert_eq!(st["enabled"], true, "{st}");
     assert!(st["lab_offset_ms"].as_u64().is_some(), "{st}");
@@ -1013,10 +997,7 @@ async fn autoscaler_starts_a_spare_under_load_and_drains_it_after() {
         Duration::from_secs(30),
         "eu-1 holds every object",
         || async {
-            let eu1 = lab.node("eu-1")["url"]
-                .as_str()
-                .expect("eu-1 url")
-                .to_owned();
+            let eu1 = lab.node("eu-1").url.clone();
             common::metric_sum(&eu1, "cdn_edge_origin_fetches_total").await >= 20.0
         },
     )

@@ -79,7 +79,8 @@ fn router_toml(edge_url: &str) -> String {
 }
 
 fn router_config(limits: &Limits, edge_url: &str) -> cdn_geo_router::RouterConfig {
-    let mut c = cdn_geo_router::RouterConfig::parse(&router_toml(edge_url)).expect("router config");
+    let mut c = cdn_geo_router::RouterConfig::parse(&router_toml(edge_url), "router.toml")
+        .expect("router config");
     c.limits = limits.clone();
     c
 }
@@ -575,9 +576,11 @@ async fn every_node_reads_its_limits_from_its_config_file() {
     assert_eq!(o.serve_options().limits, want);
     let e = cdn_edge::EdgeConfig::parse(t, "edge.toml").unwrap();
     assert_eq!(e.serve_options().limits, want);
-    let r =
-        cdn_geo_router::RouterConfig::parse(&format!("{}{t}", router_toml("http://127.0.0.1:9")))
-            .unwrap();
+    let r = cdn_geo_router::RouterConfig::parse(
+        &format!("{}{t}", router_toml("http://127.0.0.1:9")),
+        "router.toml",
+    )
+    .unwrap();
     assert_eq!(r.limits, want);
     // Defaults when the table is absent; bad values name the field.
     assert_eq!(
@@ -592,11 +595,15 @@ async fn every_node_reads_its_limits_from_its_config_file() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("max_header_bytes"), "{e}");
-    let e = cdn_geo_router::RouterConfig::parse(&format!(
-        "{}[limits]\nmax_uri_bytes = 1\n",
-        router_toml("http://127.0.0.1:9")
-    ))
-    .unwrap_err();
+    let e = cdn_geo_router::RouterConfig::parse(
+        &format!(
+            "{}[limits]\nmax_uri_bytes = 1\n",
+            router_toml("http://127.0.0.1:9")
+        ),
+        "router.toml",
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("max_uri_bytes"), "{e}");
 }
 

@@ -170,7 +170,7 @@ async fn a_hot_object_is_pushed_to_the_other_region() {
     let mut pushed = false;
     for _ in 0..200 {
         let ok = metric_sum(&nodes[0].handle.url(), "cdn_edge_pushes_total").await;
-        if ok >= 3.0 && b1.store.metas.entry_count() + b1.store.metas.iter().count() as u64 > 0 {
+        if ok >= 3.0 && b1.store().object_count() + b1.store().objects_held().len() as u64 > 0 {
             pushed = true;
             break;
         }
@@ -242,8 +242,7 @@ async fn a_corrupted_chunk_is_rejected_and_fetched_elsewhere() {
         "corrupt",
         &origin.url(),
         &[("a1", "r1"), ("a2", "r1")],
-        |name, c| {
-            c.test_corrupt_peer_chunks = name == "a1";
+        |_, c| {
             // The test is about the digest, not about timing: a2 waits for a1's answer
             // however loaded the machine (a peer slower than its first-byte timeout would be
             // skipped for the origin, and no corruption seen).
@@ -251,6 +250,8 @@ async fn a_corrupted_chunk_is_rejected_and_fetched_elsewhere() {
         },
     )
     .await;
+    // a1 corrupts every chunk it sends (the edge's `test-hooks` feature; no config reaches it).
+    peers_of(&nodes[0]).corrupt_chunks_sent(true);
     let size = 8 * CHUNK;
     let path = format!("/synthetic/corrupt?size={size}");
     let want = synthetic("corrupt", 0..=size - 1);
@@ -433,7 +434,7 @@ fn names(node: &Node) -> Vec<String> {
 
 /// The cache key of `path` at `node` (every node keys under the same origin).
 fn key(node: &Node, path: &str) -> String {
-    node.edge.primary_key(&path.parse().expect("uri"))
+    node.edge.cache.primary_key(&path.parse().expect("uri"))
 }
 
 /// One series of the node at `base` (0 when absent).
@@ -718,6 +719,7 @@ async fn cdn_edge_follows_the_peers_in_its_config_file() {
         tls_key: None,
         no_http3: false,
         origin_ca: None,
+        check_config: None,
     };
     // What `cdn edge --config FILE` runs, in-process.
     let node = cdn_edge::start(&args).await.expect("edge starts");
@@ -967,9 +969,8 @@ async fn pushes_and_advertisements_are_taken_only_from_peers() {
     );
     assert!(
         b.edge
-            .store
-            .metas
-            .get(&key(&b, &path("pushed-0")))
+            .store()
+            .lookup(&key(&b, &path("pushed-0")))
             .await
             .is_none(),
         "nothing admitted"

@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use cdn::plan::{CachingReason, Plan, PlanError, PlanInput, Recommendation, edges_needed};
+use cdn_lab::plan::{CachingReason, Plan, PlanError, PlanInput, Recommendation, edges_needed};
 
 #[test]
 fn formula_is_exact_on_the_numbers_as_written() {
@@ -395,15 +395,18 @@ async fn from_lab_measures_the_rate_per_region() {
         c.region = "europe".into();
     })
     .await;
-    let router_cfg = cdn_geo_router::RouterConfig::parse(&format!(
-        "origin_url = \"{}\"\n\
+    let router_cfg = cdn_geo_router::RouterConfig::parse(
+        &format!(
+            "origin_url = \"{}\"\n\
          [geo_miss]\nlatitude = 30.0\nlongitude = -30.0\n\
          [health]\ninterval_ms = 100\n\
          [[edge]]\nname = \"eu-1\"\nregion = \"europe\"\nlatitude = 50.11\nlongitude = 8.68\n\
          url = \"{}\"\n",
-        origin.url(),
-        edge.url()
-    ))
+            origin.url(),
+            edge.url()
+        ),
+        "router.toml",
+    )
     .expect("router config");
     let db = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/geo/lab-geo.mmdb");
     let router = cdn_geo_router::spawn(router_cfg, &db, common::listener().await)

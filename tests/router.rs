@@ -10,7 +10,6 @@
 mod router_fake_edge;
 
 use std::future::Future;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -96,18 +95,6 @@ async fn start_router(config: RouterConfig, db: &Path) -> RouterHandle {
     cdn_geo_router::spawn(config, db, listener)
         .await
         .expect("router starts")
-}
-
-/// A client whose connections come from `source` (a simulated client region).
-fn client_from(source: &str) -> reqwest::Client {
-    let ip: IpAddr = source.parse().expect("source ip");
-    cdn_http::tls::install_crypto_provider();
-    reqwest::Client::builder()
-        .local_address(ip)
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .build()
-        .expect("client")
 }
 
 fn plain_client() -> reqwest::Client {
@@ -226,7 +213,7 @@ async fn simulated_clients_are_sent_to_their_nearest_edge() {
         ("127.5.0.7", &na),     // São Paulo: Ashburn (7,600 km) beats Frankfurt (9,800 km)
     ];
     for (source, want) in cases {
-        let client = client_from(source);
+        let client = common::client_from(source);
         let r = get_redirect(&client, &format!("{}{path}", router.url())).await;
         assert_eq!(r.status, 302, "{source}");
         assert_eq!(r.edge, want.name, "{source}");
@@ -249,7 +236,7 @@ async fn simulated_clients_are_sent_to_their_nearest_edge() {
         assert_eq!(body, format!("edge {}: {path}", want.name));
     }
     // HEAD is routed too; other methods are not.
-    let client = client_from("127.1.0.10");
+    let client = common::client_from("127.1.0.10");
     let r = get_redirect_with(client.head(format!("{}/v.ts", router.url()))).await;
     assert_eq!((r.status, r.edge.as_str()), (302, "eu-1"));
     let post = client
@@ -330,8 +317,8 @@ async fn consistent_hashing_spreads_paths_evenly_and_keeps_each_on_one_edge() {
     let paths: Vec<String> = (0..1000)
         .map(|i| format!("/videos/{:03}/seg-{}.ts", i % 250, i / 250))
         .collect();
-    let first = client_from("127.1.0.10");
-    let second = client_from("127.1.77.3"); // another client of the same region
+    let first = common::client_from("127.1.0.10");
+    let second = common::client_from("127.1.77.3"); // another client of the same region
     let results: Vec<(String, String, String)> = futures::stream::iter(paths.iter().enumerate())
         .map(|(i, p)| {
             let (first, second, base) = (first.clone(), second.clone(), base.clone());
@@ -454,7 +441,7 @@ async fn killed_edge_is_taken_out_after_down_after_failed_checks_and_returns() {
     let router = start_router(cfg, &lab_db()).await;
     let path = path_owned_by(&router, "eu-1").await;
     let url = format!("{}{path}", router.url());
-    let client = client_from("127.1.0.20");
+    let client = common::client_from("127.1.0.20");
     let r = get_redirect(&client, &url).await;
     assert_eq!((r.edge.as_str(), r.reason.as_str()), ("eu-1", "hashed"));
     let before = edge_health(&router, "eu-1").await;
@@ -575,7 +562,7 @@ async fn every_edge_down_routes_to_the_origin() {
     na.kill().await;
     let router = start_router(config(edges, 100), &lab_db()).await;
     // The first check of each edge failed at start-up: all down at once.
-    let client = client_from("127.3.0.1");
+    let client = common::client_from("127.3.0.1");
     let r = get_redirect(&client, &format!("{}/videos/x.m3u8?q=1", router.url())).await;
     assert_eq!(r.status, 302);
     assert_eq!(r.edge, "origin");
@@ -629,7 +616,7 @@ async fn forwarded_headers_count_only_from_trusted_proxies() {
     let url = format!("{}/v/a.ts", router.url());
 
     // A trusted proxy (127.9.0.1) speaks for a client in Singapore.
-    let proxy = client_from("127.9.0.1");
+    let proxy = common::client_from("127.9.0.1");
     let r = get_redirect_with(proxy.get(&url).header("x-forwarded-for", "127.3.0.7")).await;
     assert_eq!(r.edge, "asia-1");
     // The rightmost untrusted hop counts, not what the client claimed before it.
@@ -642,7 +629,7 @@ async fn forwarded_headers_count_only_from_trusted_proxies() {
     assert_eq!(r.edge, "na-1");
     // RFC 7239 Forwarded from a proxy that sets it (127.8.0.1), IPv6 client.
     let r = get_redirect_with(
-        client_from("127.8.0.1")
+        common::client_from("127.8.0.1")
             .get(&url)
             .header("forwarded", "for=\"[fd00:3::42]:5000\";proto=http"),
     )
@@ -660,7 +647,7 @@ async fn forwarded_headers_count_only_from_trusted_proxies() {
     assert_eq!(j["edge"], "na-1");
 
     // An untrusted peer in Frankfurt cannot pretend to be in Singapore.
-    let direct = client_from("127.1.0.7");
+    let direct = common::client_from("127.1.0.7");
     let r = get_redirect_with(direct.get(&url).header("x-forwarded-for", "127.3.0.7")).await;
     assert_eq!(r.edge, "eu-1");
     let r = get_redirect_with(direct.get(&url).header("forwarded", "for=127.3.0.7")).await;
@@ -688,7 +675,7 @@ async fn a_viewer_cannot_choose_its_edge_with_the_header_its_proxy_does_not_set(
     let url = format!("{}/v/spoof.ts", router.url());
 
     // The XFF proxy forwards a viewer in North America who claims Singapore in `Forwarded`.
-    let xff_proxy = client_from("127.9.0.1");
+    let xff_proxy = common::client_from("127.9.0.1");
     let r = get_redirect_with(
         xff_proxy
             .get(&url)
@@ -716,7 +703,7 @@ async fn a_viewer_cannot_choose_its_edge_with_the_header_its_proxy_does_not_set(
     assert_eq!(j["client"]["source"], "x-forwarded-for", "{j}");
     // The mirror case: a `Forwarded` proxy, the viewer in Europe claims Singapore in
     // `X-Forwarded-For`.
-    let fwd_proxy = client_from("127.8.0.1");
+    let fwd_proxy = common::client_from("127.8.0.1");
     let r = get_redirect_with(
         fwd_proxy
             .get(&url)
@@ -759,7 +746,11 @@ async fn geo_miss_uses_the_configured_location() {
     let router = start_router(cfg, &lab_db()).await;
     // 127.0.0.1 and 127.99.x.y have no record in the lab database.
     for source in ["127.0.0.1", "127.99.0.3"] {
-        let r = get_redirect(&client_from(source), &format!("{}/v/m.ts", router.url())).await;
+        let r = get_redirect(
+            &common::client_from(source),
+            &format!("{}/v/m.ts", router.url()),
+        )
+        .await;
         assert_eq!(
             (r.edge.as_str(), r.reason.as_str()),
             ("asia-1", "geo-miss"),
@@ -828,7 +819,7 @@ async fn ipv6_clients_and_lookups() {
         .await
         .expect("router on ::1");
     assert!(router.addr().is_ipv6());
-    let client = client_from("::1");
+    let client = common::client_from("::1");
     let url = format!("{}/live/ch1.m3u8", router.url());
     // ::1 has no record: geo miss (configured location: Ashburn).
     let r = get_redirect(&client, &url).await;
@@ -845,7 +836,7 @@ async fn lab_override_only_when_switched_on() {
     let (eu, na, asia) = three_regions().await;
     let cfg = config(three_region_edges(&eu, &na, &asia), 200);
     let router = start_router(cfg.clone(), &lab_db()).await;
-    let client = client_from("127.1.0.5");
+    let client = common::client_from("127.1.0.5");
     let url = format!("{}/v/o.ts?client_ip=127.3.0.1&a=1", router.url());
     // Off (the default): the parameter is ignored and passed through.
     let r = get_redirect(&client, &url).await;
@@ -883,7 +874,7 @@ async fn lab_override_only_when_switched_on() {
 async fn edges_can_be_added_and_removed_at_run_time() {
     let (eu, na, asia) = three_regions().await;
     let router = start_router(config(vec![edge(&eu, FRANKFURT)], 200), &lab_db()).await;
-    let client = client_from("127.3.0.1");
+    let client = common::client_from("127.3.0.1");
     let url = format!("{}/v/r.ts", router.url());
     assert_eq!(get_redirect(&client, &url).await.edge, "eu-1");
     let mut cfg = (*router.config()).clone();
@@ -946,7 +937,7 @@ async fn config_and_geo_database_reload_on_file_change_without_dropping_requests
     let load = {
         let (stop, url) = (stop.clone(), format!("{}/v/load.ts", router.url()));
         tokio::spawn(async move {
-            let client = client_from("127.3.0.50");
+            let client = common::client_from("127.3.0.50");
             let mut n = 0u32;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let r = get_redirect(&client, &url).await;
@@ -957,7 +948,7 @@ async fn config_and_geo_database_reload_on_file_change_without_dropping_requests
         })
     };
 
-    let client = client_from("127.3.0.1");
+    let client = common::client_from("127.3.0.1");
     let url = format!("{}/v/r.ts", router.url());
     assert_eq!(get_redirect(&client, &url).await.edge, "eu-1");
     write_atomically(
@@ -1063,7 +1054,7 @@ async fn bad_database_and_config_files_are_rejected_with_clear_errors() {
         .expect_err("bad config");
     let msg = err.to_string();
     assert!(msg.contains("bad.toml"), "{msg}");
-    assert!(msg.contains("line 14"), "{msg}");
+    assert!(msg.contains("bad.toml:14:"), "{msg}");
     assert!(msg.contains("regoin"), "{msg}");
 }
 
@@ -1146,7 +1137,7 @@ async fn cli_router_reports_bad_files_and_reloads_on_sighup() {
         .expect("router starts in time")
         .expect("listening line");
     let base = format!("http://{addr}");
-    let client = client_from("127.3.0.1");
+    let client = common::client_from("127.3.0.1");
     let url = format!("{base}/v/h.ts");
     assert_eq!(get_redirect(&client, &url).await.edge, "eu-1");
     write_atomically(
@@ -1206,7 +1197,7 @@ async fn real_edges_serve_routed_viewers_and_fail_over() {
         real_edge("asia-real", "asia", asia.url(), SINGAPORE),
     ];
     let router = start_router(config(edges, interval.as_millis() as u64), &lab_db()).await;
-    let viewer = client_from("127.3.0.7");
+    let viewer = common::client_from("127.3.0.7");
     let url = format!("{}/demo/seg_001.m4s", router.url());
     let want = std::fs::read(common::media_root().join("demo/seg_001.m4s")).unwrap();
 

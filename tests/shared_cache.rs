@@ -678,3 +678,61 @@ async fn ranges_at_the_end_of_u64_are_unsatisfiable_not_a_panic() {
     edge.stop().await;
     origin.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// A stuck fill costs the origin one more request, not one per waiting viewer.
+
+/// Before: a viewer whose wait on another request's probe ran out (`coalesce_wait_ms`) went
+/// to the origin alone, so a probe stuck on a dead upper-tier node or a hung origin turned a
+/// crowd into one origin request per viewer (the flash-crowd failover measured 5.4x). Now the
+/// waiters whose wait ran out share one second probe: here 1 + 1 requests, not 1 + 8.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn waiters_on_a_stuck_probe_share_one_second_request() {
+    const BODY: &str = "the same video chunk for every viewer";
+    let requests = Arc::new(AtomicU64::new(0));
+    let release = Arc::new(Notify::new());
+    let (r, rel) = (requests.clone(), release.clone());
+    let app = axum::Router::new().fallback(move || {
+        let (r, rel) = (r.clone(), rel.clone());
+        async move {
+            if r.fetch_add(1, Ordering::SeqCst) == 0 {
+                rel.notified().await;
+            }
+            ([("cache-control", "max-age=600")], BODY).into_response()
+        }
+    });
+    let origin = NodeHandle::spawn(listener().await, app, ServeOptions::default()).unwrap();
+    let (edge, _) = start_edge(&origin.url(), |c| c.coalesce_wait_ms = 300).await;
+    let url = format!("{}/crowd", edge.url());
+    let get = || {
+        let (c, u) = (client(), url.clone());
+        async move {
+            let r = c.get(u).send().await.unwrap();
+            (r.status(), r.text().await.unwrap())
+        }
+    };
+    let first = tokio::spawn(get());
+    let o = requests.clone();
+    until("the first probe", || {
+        let o = o.clone();
+        async move { o.load(Ordering::SeqCst) == 1 }
+    })
+    .await;
+    let crowd: Vec<_> = (0..8).map(|_| tokio::spawn(get())).collect();
+    for t in crowd {
+        let (status, body) = t.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, BODY);
+    }
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        2,
+        "the held probe and one second probe for the whole crowd"
+    );
+    release.notify_one();
+    let (status, body) = first.await.unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, BODY));
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
+    edge.stop().await;
+    origin.stop().await;
+}

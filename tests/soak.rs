@@ -182,7 +182,7 @@ async fn soak_two_edges_behind_the_router_under_hundreds_of_viewers() {
     );
     let db = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/geo/lab-geo.mmdb");
     let router = cdn_geo_router::spawn(
-        cdn_geo_router::RouterConfig::parse(&router_toml).unwrap(),
+        cdn_geo_router::RouterConfig::parse(&router_toml, "router.toml").unwrap(),
         &db,
         listener().await,
     )

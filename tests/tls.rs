@@ -266,6 +266,7 @@ async fn tls_edge(
         tls_key: Some(key.to_path_buf()),
         no_http3: true,
         origin_ca: None,
+        check_config: None,
     };
     let node = cdn_edge::start(&args).await.expect("edge starts");
     let (plain, https, edge) = (
@@ -692,7 +693,7 @@ async fn the_router_sends_https_viewers_to_the_edges_https_url() {
          url = \"{edge_http}\"\nhttps_url = \"{edge_https}\"\n",
         origin.url()
     );
-    let mut cfg = cdn_geo_router::RouterConfig::parse(&toml).expect("router config");
+    let mut cfg = cdn_geo_router::RouterConfig::parse(&toml, "router.toml").expect("router config");
     cfg.tls = cdn_http::tls::TlsSettings {
         listen: Some("127.0.0.1:0".parse().expect("addr")),
         ..settings(&[(&c, &k)])

@@ -286,7 +286,9 @@ function render(st) {
   const tb = $('edges').querySelector('tbody'); tb.textContent = '';
   const legend = $('legend'); legend.textContent = '';
   edges.forEach((e, i) => {
-    const s = series[e.name] || { req_s: [], hit_ratio: [], origin_mbps: [], peer_mbps: [] };
+    const s = series[e.name] || { req_s: [], hit_ratio: [], origin_mbps: [], peer_mbps: [], tier_mbps: [] };
+    // Tiered caching: shield (upper tier, fills for the other regions), lower, or flat.
+    const role = ((st.info && st.info.tiers) || {})[e.name] || 'flat';
     const view = e.running ? (e.router_view || '?') : e.spare ? 'spare' : 'stopped';
     // Spares belong to the autoscaler: no buttons.
     let btn = '';
@@ -297,10 +299,12 @@ function render(st) {
     const hit = last(s.hit_ratio);
     tb.appendChild(row([
       el('td', e.spare ? `${e.name} (spare)` : e.name), el('td', e.region),
+      el('td', role === 'flat' ? '-' : role),
       el('td', view, view === 'up' ? 'up' : view === 'spare' ? 'spare' : 'down'),
       el('td', fmt(last(s.req_s), 1), 'num'),
       el('td', hit == null ? '-' : `${Math.round(hit * 100)}%`, 'num'),
       el('td', fmt(last(s.origin_mbps), 2), 'num'), el('td', fmt(last(s.peer_mbps), 2), 'num'),
+      el('td', role === 'lower' ? fmt(last(s.tier_mbps || []), 2) : '-', 'num'),
       el('td', btn),
     ]));
     const sw = el('i', ''); sw.style.background = COLORS[i % COLORS.length];

@@ -1,9 +1,10 @@
 //! HTTP pieces shared by the origin and the edge, so that neither writes them twice:
 //! byte-range evaluation (RFC 9110 §14), preconditions (§13), multipart/byteranges bodies,
 //! the "serve one representation" responder, Content-Digest (RFC 9530), media types,
-//! a per-node Prometheus registry, the open-file limit, and the hardened accept loop every
+//! a per-node Prometheus registry, the token bucket (`bucket`), the open-file limit, and the hardened accept loop every
 //! node runs.
 
+pub mod bucket;
 pub mod conditional;
 pub mod config;
 pub mod digest;

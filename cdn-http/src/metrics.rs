@@ -5,6 +5,7 @@
 //! which makes its registry the recorder for the `metrics` macros inside the closure.
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use std::collections::BTreeMap;
 
 /// Latency buckets in seconds for response-time histograms.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -50,23 +51,96 @@ impl NodeMetrics {
     }
 }
 
-/// Reads one sample from a Prometheus text exposition: `name{labels}` must match the series
-/// exactly as rendered (labels in the order given). Used by tests, benches and the lab.
+/// Reads one sample from a Prometheus text exposition: `series` is written as rendered
+/// (`name` or `name{a="x",b="y"}`), and matches the sample of that name with exactly those
+/// labels. Used by tests, benches and the lab (through `cdn_lab::scrape`).
 pub fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let (name, value) = l.rsplit_once(' ')?;
-        (name == series).then(|| value.parse().ok())?
-    })
+    let (name, labels) = match series.split_once('{') {
+        Some((b, rest)) => (b, parse_labels(rest.strip_suffix('}')?)?),
+        None => (series, BTreeMap::new()),
+    };
+    samples(text, name)
+        .into_iter()
+        .find_map(|(l, v)| (l == labels).then_some(v))
 }
 
 /// Sums every sample of a metric name, whatever its labels.
 pub fn sum(text: &str, name: &str) -> f64 {
+    samples(text, name).iter().map(|(_, v)| v).sum()
+}
+
+/// Every sample of metric `name` in a Prometheus text exposition, with its labels: the one
+/// parser of the text format in the workspace.
+pub fn samples(text: &str, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let base = series.split('{').next()?;
-            (base == name).then(|| value.parse::<f64>().ok())?
+            let (series, value) = l.trim().rsplit_once(' ')?;
+            let value: f64 = value.parse().ok()?;
+            let (base, labels) = match series.split_once('{') {
+                Some((b, rest)) => (b, parse_labels(rest.strip_suffix('}')?)?),
+                None => (series, BTreeMap::new()),
+            };
+            (base == name).then_some((labels, value))
         })
-        .sum()
+        .collect()
+}
+
+/// `a="x",b="y\"z"` → {a: x, b: y"z}.
+fn parse_labels(s: &str) -> Option<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    let mut rest = s.trim_start_matches(',');
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once('=')?;
+        let mut chars = after.strip_prefix('"')?.char_indices();
+        let mut value = String::new();
+        let end = loop {
+            let (i, c) = chars.next()?;
+            match c {
+                '\\' => match chars.next()?.1 {
+                    'n' => value.push('\n'),
+                    other => value.push(other),
+                },
+                '"' => break i,
+                c => value.push(c),
+            }
+        };
+        out.insert(key.trim().to_owned(), value);
+        rest = after[end + 2..].trim_start_matches(',');
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_prometheus_samples_with_labels() {
+        let text = "# HELP x\n# TYPE cdn_router_routes_total counter\n\
+            cdn_router_routes_total{edge=\"eu-1\",reason=\"nearest\"} 12\n\
+            cdn_router_routes_total{edge=\"eu-2\",reason=\"hashed\"} 3\n\
+            cdn_router_routes_total_x{edge=\"eu-2\"} 99\n\
+            odd{a=\"q\\\"uote,d\",b=\"\"} 1.5\n\
+            plain 7\n";
+        let s = samples(text, "cdn_router_routes_total");
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].0.get("edge").map(String::as_str), Some("eu-1"));
+        assert_eq!(s[0].0.get("reason").map(String::as_str), Some("nearest"));
+        assert_eq!(s[1].1, 3.0);
+        let odd = samples(text, "odd");
+        assert_eq!(
+            sample(
+                text,
+                "cdn_router_routes_total{edge=\"eu-2\",reason=\"hashed\"}"
+            ),
+            Some(3.0)
+        );
+        assert_eq!(sample(text, "cdn_router_routes_total{edge=\"eu-2\"}"), None);
+        assert_eq!(sum(text, "cdn_router_routes_total"), 15.0);
+        assert_eq!(sample(text, "plain"), Some(7.0));
+        assert_eq!(odd[0].0.get("a").map(String::as_str), Some("q\"uote,d"));
+        assert_eq!(odd[0].0.get("b").map(String::as_str), Some(""));
+        assert_eq!(samples(text, "plain")[0].1, 7.0);
+    }
 }

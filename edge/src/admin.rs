@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode, header};
 use serde::Deserialize;
 
-use crate::cache::Edge;
+use crate::node::Edge;
 
 /// `GET /healthz`: 200 with the node's name, region and load (in-flight requests over the
 /// configured overload level; the router steers away from ≥ 0.9).
@@ -29,8 +29,8 @@ pub async fn healthz(State(edge): State<Arc<Edge>>) -> Response {
 
 /// `GET /metrics`: Prometheus text; refreshes the cache and peer-table size gauges first.
 pub async fn metrics(State(edge): State<Arc<Edge>>) -> Response {
-    let bytes = edge.store.weighted_size().await;
-    let objects = edge.store.metas.entry_count();
+    let bytes = edge.store().weighted_size().await;
+    let objects = edge.store().object_count();
     let peer_tables = edge.peers.as_ref().map(|p| p.table_sizes());
     edge.metrics.with(|| {
         for t in peer_tables.iter().flatten() {
@@ -39,7 +39,7 @@ pub async fn metrics(State(edge): State<Arc<Edge>>) -> Response {
                 .set(t.entries as f64);
         }
         metrics::gauge!("cdn_edge_cache_bytes").set(bytes as f64);
-        metrics::gauge!("cdn_edge_cache_capacity_bytes").set(edge.store.capacity() as f64);
+        metrics::gauge!("cdn_edge_cache_capacity_bytes").set(edge.store().capacity() as f64);
         metrics::gauge!("cdn_edge_cache_objects").set(objects as f64);
         metrics::gauge!("cdn_edge_inflight_requests")
             .set(edge.inflight.load(Ordering::Relaxed) as f64);
@@ -82,8 +82,8 @@ async fn purge(edge: &Edge, path: &str, prefix: bool) -> Response {
     if !path.starts_with('/') {
         return (StatusCode::BAD_REQUEST, "path must start with /\n").into_response();
     }
-    let key = format!("{}{path}", edge.key_base);
-    match edge.store.invalidate(&key, prefix).await {
+    let key = edge.cache.path_key(path);
+    match edge.cache.invalidate(&key, prefix).await {
         Ok(()) => {
             edge.metrics
                 .with(|| metrics::counter!("cdn_edge_purges_total").increment(1));

@@ -17,8 +17,10 @@
 //! table itself is bounded whatever the number of addresses.
 
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cdn_http::bucket::TokenBucket;
 
 /// Most client addresses tracked at once.
 const MAX_CLIENTS: u64 = 100_000;
@@ -26,7 +28,7 @@ const MAX_CLIENTS: u64 = 100_000;
 pub struct Budgets {
     rate: f64,
     burst: f64,
-    clients: moka::sync::Cache<IpAddr, Arc<Mutex<(f64, Instant)>>>,
+    clients: moka::sync::Cache<IpAddr, Arc<TokenBucket>>,
 }
 
 impl Budgets {
@@ -55,33 +57,26 @@ impl Budgets {
     /// Takes `n` amplified bytes from `client`'s budget; false (and nothing taken) when the
     /// budget does not hold them. Always true when budgets are disabled or `n` is 0.
     pub fn take(&self, client: Option<IpAddr>, n: u64) -> bool {
-        self.with(client, n, |balance| {
-            if balance >= n as f64 {
-                (true, balance - n as f64)
-            } else {
-                (false, balance)
-            }
-        })
+        self.bucket(client, n).is_none_or(|b| b.try_take(n))
     }
 
     /// Charges `n` bytes already spent (a probe's chunk): the budget may go into debt, down
     /// to minus one burst, which later refills repay.
     pub fn charge(&self, client: Option<IpAddr>, n: u64) {
-        self.with(client, n, |balance| {
-            (true, (balance - n as f64).max(-self.burst))
-        });
+        if let Some(b) = self.bucket(client, n) {
+            b.charge(n);
+        }
     }
 
     /// Whether `client` has nothing left to spend (its next Range miss goes as asked).
     pub fn exhausted(&self, client: Option<IpAddr>) -> bool {
-        !self.with(client, 1, |balance| (balance > 0.0, balance))
+        self.bucket(client, 1).is_some_and(|b| b.is_spent())
     }
 
-    /// Runs `f` on `client`'s refilled balance and stores the balance it returns.
-    fn with(&self, client: Option<IpAddr>, n: u64, f: impl FnOnce(f64) -> (bool, f64)) -> bool {
-        let Some(ip) = client.filter(|_| self.enabled() && n > 0) else {
-            return true;
-        };
+    /// `client`'s bucket (per /64 for IPv6), or None when nothing is to be counted: budgets
+    /// disabled, no address, or `n` 0.
+    fn bucket(&self, client: Option<IpAddr>, n: u64) -> Option<Arc<TokenBucket>> {
+        let ip = client.filter(|_| self.enabled() && n > 0)?;
         let key = match ip.to_canonical() {
             IpAddr::V6(v6) => {
                 let mut o = v6.octets();
@@ -90,16 +85,10 @@ impl Budgets {
             }
             v4 => v4,
         };
-        let now = Instant::now();
-        let bucket = self
-            .clients
-            .get_with(key, || Arc::new(Mutex::new((self.burst, now))));
-        let mut b = bucket.lock().unwrap_or_else(|p| p.into_inner());
-        b.0 = (b.0 + now.duration_since(b.1).as_secs_f64() * self.rate).min(self.burst);
-        b.1 = now;
-        let (ok, balance) = f(b.0);
-        b.0 = balance;
-        ok
+        Some(
+            self.clients
+                .get_with(key, || Arc::new(TokenBucket::new(self.rate, self.burst))),
+        )
     }
 }
 

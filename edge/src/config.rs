@@ -7,12 +7,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use cdn_http::config::{ConfigError, line_of_field, parse_toml};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::freshness::CacheControl;
 
 /// Which eviction policy the chunk store uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Policy {
     /// moka's TinyLFU: admission by frequency, LRU eviction.
@@ -25,8 +25,8 @@ pub enum Policy {
     S3Fifo,
 }
 
-/// Everything an edge needs to run.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// Everything an edge needs to run (the lab writes its edges' files from it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EdgeConfig {
     /// Node name, shown in Via, Cache-Status and metrics.
@@ -104,6 +104,11 @@ pub struct EdgeConfig {
     /// every second) and on SIGHUP.
     #[serde(rename = "peers")]
     pub peers: Vec<PeerConfig>,
+    /// Upper tier (issue #14): names of peers (in `peers`, any region) this node asks, with
+    /// `tier: true`, for a chunk it would otherwise fill from the origin; per chunk the parent
+    /// is chosen by rendezvous hashing over them (`peer::tier`). Empty: this node is top
+    /// tier, and it is the only kind of node that fills for a lower tier's request.
+    pub parents: Vec<String>,
     /// Time a peer has to start answering before the next source is tried.
     pub peer_first_byte_timeout_ms: u64,
     /// For this long after the node starts, a chunk it owns is first asked of the sibling
@@ -122,9 +127,6 @@ pub struct EdgeConfig {
     /// whatever URLs viewers request or peers advertise; the least useful entries go first.
     #[serde(deserialize_with = "de_bytes")]
     pub peer_table_bytes: u64,
-    /// Test hook: flip one byte of every chunk this node sends to a peer (after its digest is
-    /// computed), to show receivers reject it. Never set outside tests.
-    pub test_corrupt_peer_chunks: bool,
     /// An `https://` origin's certificate is verified against this CA file (PEM) only;
     /// unset: against the system's roots. A certificate that does not verify (unknown
     /// issuer, expired, another name) fails the request: 502, never a plain-HTTP retry.
@@ -138,12 +140,17 @@ pub struct EdgeConfig {
     pub origin_http2: bool,
     /// HTTPS for viewers (`[tls]`: listener, certificates by SNI, reload, redirect).
     pub tls: cdn_http::tls::TlsSettings,
-    /// HTTP/3 on the HTTPS port over UDP (`--no-http3` turns it off).
-    pub http3: bool,
+    /// HTTP/3 on the HTTPS port over UDP, with the `[tls]` certificates (`--no-http3` turns it
+    /// off); an explicit `[http3]` table takes precedence.
+    pub http3_on_https: bool,
+    /// HTTP/3 to viewers (`[http3]`: UDP address, certificate, QUIC limits; see
+    /// [`crate::http3`]); off when absent. While on, TCP responses advertise it (`Alt-Svc`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http3: Option<crate::http3::Http3Config>,
 }
 
 /// The cluster's TLS material for one node.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerTls {
     /// The cluster CA certificate: peers must present certificates it signed.
@@ -154,7 +161,7 @@ pub struct PeerTls {
 }
 
 /// Another edge this node cooperates with.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerConfig {
     /// Node name; must match the DNS name in its certificate.
@@ -200,18 +207,19 @@ impl Default for EdgeConfig {
             peer_listen: None,
             peer_tls: None,
             peers: Vec::new(),
+            parents: Vec::new(),
             peer_first_byte_timeout_ms: 200,
             hot_threshold: 20,
             hot_window_secs: 10,
             peer_warmup_secs: 300,
             push_bytes_per_sec: 50 * 1024 * 1024,
             peer_table_bytes: 4 * 1024 * 1024,
-            test_corrupt_peer_chunks: false,
             origin_ca: None,
             origin_connect: None,
             origin_http2: false,
             tls: Default::default(),
-            http3: true,
+            http3_on_https: true,
+            http3: None,
         }
     }
 }
@@ -282,6 +290,11 @@ impl EdgeConfig {
         if self.peer_listen.is_some() && self.peer_tls.is_none() {
             return Err(bad("peer_tls", "peering needs the cluster's certificates"));
         }
+        if let Some(h) = &self.http3
+            && let Err((field, message)) = h.check()
+        {
+            return Err(bad(field, message));
+        }
         for (i, p) in self.peers.iter().enumerate() {
             let field = format!("peers[{i}].name");
             if p.name == self.name {
@@ -289,6 +302,18 @@ impl EdgeConfig {
             }
             if self.peers[..i].iter().any(|q| q.name == p.name) {
                 return Err(bad(&field, "peer names must be unique"));
+            }
+        }
+        for (i, parent) in self.parents.iter().enumerate() {
+            let field = format!("parents[{i}]");
+            if *parent == self.name {
+                return Err(bad(&field, "a node cannot be its own parent"));
+            }
+            if !self.peers.iter().any(|p| p.name == *parent) {
+                return Err(bad(&field, "a parent must be one of `peers` (by name)"));
+            }
+            if self.parents[..i].contains(parent) {
+                return Err(bad(&field, "parent names must be unique"));
             }
         }
         Ok(self)
@@ -365,17 +390,18 @@ impl EdgeConfig {
             cache_key_base,
             peer_listen,
             peer_tls,
+            parents,
             peer_first_byte_timeout_ms,
             hot_threshold,
             hot_window_secs,
             peer_warmup_secs,
             push_bytes_per_sec,
             peer_table_bytes,
-            test_corrupt_peer_chunks,
             origin_ca,
             origin_connect,
             origin_http2,
             tls,
+            http3_on_https,
             http3,
         )
     }
@@ -490,6 +516,26 @@ mod tests {
             .to_string();
         assert!(e.starts_with("edge.toml:4:"), "{e}");
         assert!(e.contains("peers[0].name") && e.contains("own peer"), "{e}");
+    }
+
+    #[test]
+    fn parent_errors_name_the_file_line_and_field() {
+        let text = "name = \"a\"\nparents = [\"b\", \"x\"]\n\n[[peers]]\nname = \"b\"\nregion = \"r\"\naddr = \"127.0.0.1:1\"\n";
+        let e = EdgeConfig::parse(text, "edge.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("edge.toml:2:"), "{e}");
+        assert!(
+            e.contains("parents[1]") && e.contains("one of `peers`"),
+            "{e}"
+        );
+        let e = EdgeConfig::parse(&text.replace("\"x\"", "\"a\""), "edge.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("edge.toml:2:"), "{e}");
+        assert!(e.contains("parents[1]") && e.contains("own parent"), "{e}");
+        let ok = EdgeConfig::parse(&text.replace(", \"x\"", ""), "edge.toml").unwrap();
+        assert_eq!(ok.parents, ["b"]);
     }
 
     #[test]

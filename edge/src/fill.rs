@@ -1,9 +1,12 @@
 //! Filling chunks: the [`FillSource`] trait ("give me chunk i of this object version") and the
 //! [`Filler`], which serves chunks from the store or fills them from the sources in order,
-//! one fill per chunk key at a time, with bounded waits.
+//! one fill per chunk key at a time, with bounded waits. A wait that runs out (the fill is
+//! stuck, e.g. on a peer that died mid-answer) joins the chunk's one *second* fill rather than
+//! fetching alone, so a stuck fill costs the origin at most one more copy, never one per
+//! waiting viewer.
 //!
-//! The origin is one source; peers will be others, added to the list without touching the
-//! request path.
+//! The sources are the peers (`peer::PeerSource`) and then the origin, in the order
+//! the node wires them; the filler writes what it gets through the store's API.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,7 +59,8 @@ pub enum Obtained {
     Hit,
     Filled,
     Coalesced,
-    /// Waited too long for another fill and fetched alone, without storing.
+    /// Waited too long for another fill; obtained by the chunk's second fill (shared by
+    /// every waiter whose wait ran out, and stored).
     Alone,
 }
 
@@ -64,6 +68,8 @@ pub struct Filler {
     store: Store,
     sources: Vec<Arc<dyn FillSource>>,
     fills: Arc<Coalescer<ChunkKey, Bytes, FillError>>,
+    /// Second fills: one per chunk key for the waiters whose wait on `fills` ran out.
+    retries: Arc<Coalescer<ChunkKey, Bytes, FillError>>,
     coalesce_wait: Duration,
     /// Called once per wait on another request's fill.
     on_coalesced: Box<dyn Fn() + Send + Sync>,
@@ -80,6 +86,7 @@ impl Filler {
             store,
             sources,
             fills: Arc::default(),
+            retries: Arc::default(),
             coalesce_wait,
             on_coalesced,
         }
@@ -92,10 +99,10 @@ impl Filler {
         index: u64,
     ) -> Result<(Bytes, Obtained), Arc<FillError>> {
         let key = meta.chunk_key(index);
-        if let Some(b) = self.store.chunks.get(&key).await {
+        if let Some(b) = self.store.chunk(&key).await {
             return Ok((b, Obtained::Hit));
         }
-        let (fill, leader) = self.start(meta, index, key);
+        let (fill, leader) = self.start(meta, index, key.clone());
         if leader {
             return fill.await.map(|b| (b, Obtained::Filled));
         }
@@ -103,11 +110,20 @@ impl Filler {
         match tokio::time::timeout(self.coalesce_wait, fill).await {
             Ok(r) => r.map(|b| (b, Obtained::Coalesced)),
             Err(_) => {
-                tracing::warn!(key = %meta.version.key, index, "coalesced wait timed out; fetching alone");
-                self.fetch(meta.clone(), index)
-                    .await
-                    .map(|b| (b, Obtained::Alone))
-                    .map_err(Arc::new)
+                tracing::warn!(key = %meta.version.key, index, "coalesced wait timed out; joining the chunk's second fill");
+                let this = self.clone();
+                let meta = meta.clone();
+                let (retry, _) = self.retries.join_or_start(key.clone(), move || async move {
+                    // Waits run out at different moments: an earlier second fill may have
+                    // stored the chunk already.
+                    if let Some(b) = this.store.chunk(&key).await {
+                        return Ok(b);
+                    }
+                    let bytes = this.fetch(meta, index).await.map_err(Arc::new)?;
+                    this.store.put_chunk(key, bytes.clone()).await;
+                    Ok(bytes)
+                });
+                retry.await.map(|b| (b, Obtained::Alone))
             }
         }
     }
@@ -123,7 +139,7 @@ impl Filler {
             return;
         }
         let key = meta.chunk_key(index);
-        if self.store.chunks.contains_key(&key) || self.fills.contains(&key) {
+        if self.store.has_chunk(&key) || self.fills.contains(&key) {
             return;
         }
         let _ = self.start(meta, index, key);
@@ -139,7 +155,7 @@ impl Filler {
         let meta = meta.clone();
         self.fills.join_or_start(key.clone(), move || async move {
             // A fill that ended between the caller's lookup and its join has stored the chunk.
-            if let Some(b) = this.store.chunks.get(&key).await {
+            if let Some(b) = this.store.chunk(&key).await {
                 return Ok(b);
             }
             let bytes = match this.fetch(meta.clone(), index).await {
@@ -148,16 +164,12 @@ impl Filler {
                     // The origin no longer has this version: forget its metadata (if it is
                     // still the stored one), so the next request probes the new version
                     // instead of failing on this one until it expires.
-                    if let Some(held) = this.store.metas.get(&meta.version.key).await
-                        && held.version == meta.version
-                    {
-                        this.store.metas.invalidate(&meta.version.key).await;
-                    }
+                    this.store.forget(&meta.version).await;
                     return Err(Arc::new(FillError::Changed));
                 }
                 Err(e) => return Err(Arc::new(e)),
             };
-            this.store.chunks.insert(key, bytes.clone()).await;
+            this.store.put_chunk(key, bytes.clone()).await;
             Ok(bytes)
         })
     }
@@ -220,8 +232,7 @@ impl PendingChunks {
                 let (_, key, tx) = self.senders.swap_remove(pos);
                 self.filler
                     .store
-                    .chunks
-                    .insert(key.clone(), bytes.clone())
+                    .put_chunk(key.clone(), bytes.clone())
                     .await;
                 let _ = tx.send(Ok(bytes));
                 key

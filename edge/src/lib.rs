@@ -4,12 +4,17 @@
 //! is followed as a shared cache.
 //!
 //! Layers, outermost first (a request goes down, never back up):
-//! [`proxy`] (HTTP) → [`cache`] (RFC 9111 decisions, probes) → [`store`] (chunks and
-//! metadata) and [`fill`] (chunk fills from [`fill::FillSource`]s such as [`origin`]).
-//! [`freshness`] is the pure RFC 9111 arithmetic, [`coalesce`] the one-fill-per-key table,
-//! [`admin`] health, metrics and purge, [`config`] the settings, [`peer`] replication
-//! between edges over QUIC (another fill source, and hot-object push), [`reload`] following
-//! the config file at runtime (the peer list is applied on change and on SIGHUP).
+//! [`proxy`] (HTTP, with [`passthrough`] for what is not stored) → [`cache`] (RFC 9111
+//! decisions, probes, negative entries; its own types, no HTTP response types) → [`store`]
+//! (chunks and metadata behind a small API), [`fill`] (chunk fills from [`fill::FillSource`]s:
+//! peers, then [`origin`]) and [`origin`]. [`node`] holds the node's shared state and wires
+//! the parts from the config; [`peer`] is replication between edges over QUIC (another fill
+//! source, hot-object push; its server reaches the node through
+//! [`peer::server::ChunkSource`], never the cache). [`freshness`] is the pure RFC 9111
+//! arithmetic, [`coalesce`] the one-fill-per-key table, [`budget`] per-client amplification
+//! budgets, [`admin`] health, metrics and purge, [`config`] the settings, [`reload`]
+//! following the config file at runtime (the peer list is applied on change and on SIGHUP),
+//! [`http3`] HTTP/3 to viewers over QUIC (the same router behind another transport).
 
 pub mod admin;
 pub mod budget;
@@ -18,6 +23,9 @@ pub mod coalesce;
 pub mod config;
 pub mod fill;
 pub mod freshness;
+pub mod http3;
+pub mod metric_names;
+pub mod node;
 pub mod origin;
 pub mod passthrough;
 pub mod peer;
@@ -37,8 +45,8 @@ use cdn_http::config::ConfigError;
 use cdn_http::metrics::NodeMetrics;
 use cdn_http::server::{NodeHandle, ServeOptions, TlsAccept, bind, serve_both, shutdown_signal};
 
-pub use cache::Edge;
 pub use config::{EdgeConfig, Policy};
+pub use node::Edge;
 
 /// `cdn edge` arguments; flags override the config file.
 #[derive(Debug, Clone, clap::Args)]
@@ -87,12 +95,39 @@ pub struct EdgeArgs {
     /// CA (PEM) an https:// origin's certificate must chain to, instead of the system roots.
     #[arg(long)]
     pub origin_ca: Option<PathBuf>,
+    /// Load and check FILE as `cdn edge --config FILE` would (the other flags applied), print
+    /// one line and exit: 0 when it is valid, 1 with the error (file:line:column: field) when
+    /// not. Nothing is bound or started; the files it names (peer certificates) are read at
+    /// start, not here.
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    pub check_config: Option<PathBuf>,
 }
 
 impl EdgeArgs {
     /// The configuration: the file (or defaults) with the flags applied.
     pub fn resolve(&self) -> anyhow::Result<EdgeConfig> {
         Ok(self.resolve_file()?.0)
+    }
+
+    /// `--check-config FILE`: the configuration `cdn edge --config FILE` would run with (the
+    /// same loader, the same errors), summarised in one line; binds nothing.
+    pub fn check_config(&self, file: &std::path::Path) -> Result<String, ConfigError> {
+        let text = config::read(file)?;
+        let c = self.resolve_text(&text, &file.display().to_string())?;
+        Ok(format!(
+            "{}: OK: edge `{}` in region `{}`, origin {}, capacity {} MiB in {} KiB chunks, {} peers{}",
+            file.display(),
+            c.name,
+            c.region,
+            c.origin,
+            c.capacity >> 20,
+            c.chunk_size >> 10,
+            c.peers.len(),
+            match c.peer_listen {
+                Some(a) => format!(", peer endpoint {a}"),
+                None => String::new(),
+            }
+        ))
     }
 
     /// The configuration and the text of the config file it came from (`None` without one).
@@ -139,7 +174,7 @@ impl EdgeArgs {
             cfg.origin_ca = Some(v.clone());
         }
         if self.no_http3 {
-            cfg.http3 = false;
+            cfg.http3_on_https = false;
         }
         cfg.tls = cfg
             .tls
@@ -213,6 +248,10 @@ pub struct EdgeNode {
     pub alt_svc: Option<http::HeaderValue>,
     listener: tokio::net::TcpListener,
     tls_listener: Option<tokio::net::TcpListener>,
+    /// The HTTP/3 (UDP) address when HTTP/3 is on (`[http3]`, or the HTTPS port unless
+    /// --no-http3; the real port when bound to port 0).
+    pub http3_addr: Option<SocketAddr>,
+    http3: Option<(quinn::Endpoint, http3::Http3Options)>,
     router: Router,
     opts: ServeOptions,
     watcher: Option<reload::Watcher>,
@@ -249,6 +288,36 @@ pub async fn start(args: &EdgeArgs) -> anyhow::Result<EdgeNode> {
         None => (None, None, None),
     };
     let tls_addr = tls_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    // HTTP/3: an explicit `[http3]` (its own certificate), else the HTTPS port over UDP with
+    // the `[tls]` certificates (their rotation applies to both) unless --no-http3.
+    let h3cfg = match (&edge.cfg.http3, &tls, tls_addr) {
+        (Some(h), _, _) => Some((h.clone(), http3::tls_from_pem(&h.cert, &h.key)?)),
+        (None, Some(t), Some(at)) if edge.cfg.http3_on_https => {
+            Some((http3::Http3Config::on(at), t.server_config_h3()))
+        }
+        _ => None,
+    };
+    let http3 = match h3cfg {
+        Some((h, tls)) => {
+            let endpoint = http3::bind(&h, tls)?;
+            let opts = http3::Http3Options {
+                quic: h,
+                limits: edge.cfg.limits.clone(),
+                drain_deadline: opts.drain_deadline,
+                metrics: Some(edge.metrics.clone()),
+            };
+            Some((endpoint, opts))
+        }
+        None => None,
+    };
+    let http3_addr = match &http3 {
+        Some((e, _)) => Some(e.local_addr()?),
+        None => None,
+    };
+    let alt_svc = match (&http3, http3_addr) {
+        (Some((_, o)), Some(at)) => Some(http3::alt_svc(at.port(), o.quic.alt_svc_max_age_secs)),
+        _ => None,
+    };
     let watcher = match (&args.config, text) {
         (Some(path), Some(text)) => Some(reload::watch(reload::Reloader::new(
             path.clone(),
@@ -265,10 +334,11 @@ pub async fn start(args: &EdgeArgs) -> anyhow::Result<EdgeNode> {
         addr,
         tls_addr,
         tls,
-        // HTTP/3 sets this when it starts its endpoint (`cfg.http3`).
-        alt_svc: None,
+        alt_svc,
         listener,
         tls_listener,
+        http3_addr,
+        http3,
         router,
         opts,
         watcher,
@@ -308,6 +378,8 @@ impl EdgeNode {
             alt_svc,
             listener,
             tls_listener,
+            http3_addr,
+            http3,
             router,
             opts,
             watcher,
@@ -315,22 +387,50 @@ impl EdgeNode {
         } = self;
         let name = edge.cfg.name.clone();
         let tls_listen = tls_addr.map(|a| a.to_string()).unwrap_or_default();
-        tracing::info!(%name, listen = %addr, %tls_listen, origin = %edge.cfg.origin, "edge serving");
+        let h3_listen = http3_addr.map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(%name, listen = %addr, %tls_listen, http3 = %h3_listen, origin = %edge.cfg.origin, "edge serving");
+        // While HTTP/3 is on, TCP responses (HTTP and HTTPS) advertise it.
+        let router = match &alt_svc {
+            Some(v) => router.layer(
+                tower_http::set_header::SetResponseHeaderLayer::if_not_present(
+                    http::header::ALT_SVC,
+                    v.clone(),
+                ),
+            ),
+            None => router,
+        };
         let https = match (tls_listener, &tls) {
-            (Some(l), Some(t)) => Some((
-                l,
-                https_app(router.clone(), alt_svc),
-                TlsAccept::from_tls(t),
-            )),
+            (Some(l), Some(t)) => {
+                Some((l, https_app(router.clone(), None), TlsAccept::from_tls(t)))
+            }
             _ => None,
         };
         let plain = match (&tls, tls_addr) {
             (Some(t), Some(at)) if t.settings().redirect_http => {
-                cdn_http::tls::redirect_to_https(router, at.port())
+                cdn_http::tls::redirect_to_https(router.clone(), at.port())
             }
-            _ => router,
+            _ => router.clone(),
         };
-        let served = serve_both(listener, plain, https, opts, shutdown).await;
+        let served = match http3 {
+            Some((endpoint, h3opts)) => {
+                // One shutdown for every transport.
+                let (stop, stopped) = tokio::sync::watch::channel(false);
+                let tcp_shutdown = async move {
+                    shutdown.await;
+                    let _ = stop.send(true);
+                };
+                let mut stopped = stopped;
+                let h3_shutdown = async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                };
+                let tcp = serve_both(listener, plain, https, opts, tcp_shutdown);
+                let udp = http3::serve(endpoint, router, h3opts, h3_shutdown);
+                let (tcp, udp) = tokio::join!(tcp, udp);
+                udp?;
+                tcp
+            }
+            None => serve_both(listener, plain, https, opts, shutdown).await,
+        };
         drop(watcher);
         drop(tls_watcher);
         edge.close_peers();
@@ -360,6 +460,7 @@ mod tests {
             tls_key: None,
             no_http3: false,
             origin_ca: None,
+            check_config: None,
         }
     }
 

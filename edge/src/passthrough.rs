@@ -29,8 +29,9 @@ use cdn_http::ByteStream;
 use cdn_http::conditional::Validators;
 use cdn_http::represent::{self, Plan, Shape, Source};
 
-use crate::cache::{Edge, Unstored};
-use crate::origin::{OriginClient, error_chain, require_version, strip_hop_by_hop};
+use crate::cache::Unstored;
+use crate::node::Edge;
+use crate::origin::{OriginClient, error_chain, require_version, strip_hop_by_hop, validators_of};
 
 /// Why a GET or HEAD request is refused for carrying a body (RFC 9110 §9.3.1: a body on
 /// them has no defined meaning, and some origins read it while others do not, which is how
@@ -108,7 +109,7 @@ pub async fn pass(edge: &Arc<Edge>, req: Request) -> Result<Response, String> {
     let body = has_body.then(|| reqwest::Body::wrap(ForwardBody::new(body)));
     let resp = edge
         .origin
-        .send("pass", parts.method.clone(), pq, h, body)
+        .send_as("pass", parts.method.clone(), pq, h, body, parts.version)
         .await
         .map_err(|e| e.to_string())?;
     let unsafe_method = !matches!(
@@ -116,8 +117,8 @@ pub async fn pass(edge: &Arc<Edge>, req: Request) -> Result<Response, String> {
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
     );
     if unsafe_method && (resp.status().is_success() || resp.status().is_redirection()) {
-        let primary = edge.primary_key(&parts.uri);
-        if let Err(e) = edge.store.invalidate(&primary, false).await {
+        let primary = edge.cache.primary_key(&parts.uri);
+        if let Err(e) = edge.cache.invalidate(&primary, false).await {
             tracing::warn!(error = %e, "invalidation failed");
         }
     }
@@ -150,6 +151,17 @@ fn counted(origin: &Arc<OriginClient>, resp: reqwest::Response) -> ByteStream {
                 .map_err(|e| std::io::Error::other(error_chain(&e)))
         })
         .boxed()
+}
+
+/// [`answer`] with this node's origin client.
+#[allow(clippy::result_large_err)] // once per uncacheable miss: the answer moves back
+pub fn reshape(
+    edge: &Edge,
+    method: &Method,
+    req: &HeaderMap,
+    answer: Unstored,
+) -> Result<Response, Unstored> {
+    self::answer(&edge.origin, method, req, answer)
 }
 
 /// The response to the request whose own probe got `answer`, which is not stored: the
@@ -188,9 +200,9 @@ pub fn answer(
             return Err(answer);
         }
         // Another status, or a body whose length is not known: the answer as it is.
-        return Ok(relay(origin, answer.resp, method));
+        return Ok(relay(origin, answer.resp.into_inner(), method));
     };
-    let (etag, last_modified) = crate::cache::validators_of(h);
+    let (etag, last_modified) = validators_of(h);
     let validators = Validators {
         etag,
         last_modified,
@@ -281,12 +293,13 @@ impl Rest {
         let (s0, s1) = (*self.span.start(), *self.span.end());
         // From the probe's answer: skip to `start`, take up to the end of what it carries.
         let mut skip = start.saturating_sub(s0);
-        let first = counted(&self.origin, self.answer.resp).try_filter_map(move |mut b| {
-            let cut = usize::try_from(skip.min(b.len() as u64)).unwrap_or(b.len());
-            skip -= cut as u64;
-            let _ = b.split_to(cut);
-            futures::future::ready(Ok((!b.is_empty()).then_some(b)))
-        });
+        let first =
+            counted(&self.origin, self.answer.resp.into_inner()).try_filter_map(move |mut b| {
+                let cut = usize::try_from(skip.min(b.len() as u64)).unwrap_or(b.len());
+                skip -= cut as u64;
+                let _ = b.split_to(cut);
+                futures::future::ready(Ok((!b.is_empty()).then_some(b)))
+            });
         // Take the probe's part only, and stop reading its answer there (the rest of it, if
         // any, is left unread and its connection closed).
         let first = limit(first.boxed(), end.min(s1) - start + 1);
@@ -389,7 +402,7 @@ mod tests {
         h.insert("cache-control", "private".parse().unwrap());
         h.insert("set-cookie", "a=1".parse().unwrap());
         Unstored {
-            resp: reqwest::Response::from(r),
+            resp: reqwest::Response::from(r).into(),
             path_and_query: "/x".into(),
             sent: HeaderMap::new(),
         }
@@ -456,10 +469,10 @@ mod tests {
         );
         // A 206 whose complete length is unknown cannot be reshaped.
         let mut unknown = probe_206(0, 9);
-        unknown
-            .resp
-            .headers_mut()
+        let mut resp = unknown.resp.into_inner();
+        resp.headers_mut()
             .insert("content-range", "bytes 0-9/*".parse().unwrap());
+        unknown.resp = resp.into();
         assert!(answer(&origin(), &Method::GET, &req(None), unknown).is_err());
     }
 }

@@ -12,7 +12,7 @@
 //! - Objects heavier than small go straight to main (libCacheSim and the harness's reference
 //!   policy do not admit them; an edge whose small queue is smaller than a chunk must still
 //!   cache); objects heavier than main are not admitted. On every workload where no object
-//!   outweighs small, the hits are exactly those of the reference (`src/bench/policies.rs`).
+//!   outweighs small, the hits are exactly those of the reference (`bench/src/policies.rs`).
 //!
 //! Concurrency: entries live in a sharded map (`RwLock<HashMap>` per shard). A hit takes one
 //! shard's read lock, clones the value and bumps an atomic frequency; it never waits for the

@@ -1,6 +1,8 @@
 //! The chunk store: object metadata and fixed-size chunks in caches weighted by bytes. Chunks
 //! go to a [`ChunkCache`] (S3-FIFO, or moka with TinyLFU or LRU, per [`Policy`]); metadata to
-//! moka caches. It knows nothing of HTTP beyond the stored headers it keeps; it never fetches.
+//! moka caches. It knows nothing of requests or of HTTP beyond the stored headers it keeps,
+//! and it never fetches: callers hand it what to keep ([`Store::install`],
+//! [`Store::put_chunk`]) and the values a request selects a variant by ([`variant_key`]).
 //!
 //! Final responses other than 200/206 that may be stored (404, 410, 301, ...: *negative*
 //! responses) are kept whole, body included, in the metadata cache under the same keys as
@@ -296,12 +298,13 @@ pub fn chunk_weight(k: &ChunkKey, v: &Bytes) -> u32 {
         .unwrap_or(u32::MAX)
 }
 
-/// The cache proper.
+/// The cache proper: what is stored about each URL, each variant and each chunk, behind the
+/// operations below (its caches are private, so every write goes through them).
 #[derive(Clone)]
 pub struct Store {
-    pub chunks: ChunkCache,
-    pub metas: Cache<String, Arc<ObjectMeta>>,
-    pub primaries: Cache<String, Arc<PrimaryEntry>>,
+    chunks: ChunkCache,
+    metas: Cache<String, Arc<ObjectMeta>>,
+    primaries: Cache<String, Arc<PrimaryEntry>>,
     capacity: u64,
 }
 
@@ -340,12 +343,135 @@ impl Store {
         self.capacity
     }
 
-    /// Bytes held (chunks and metadata), after pending evictions ran.
-    pub async fn weighted_size(&self) -> u64 {
+    pub fn policy(&self) -> Policy {
+        self.chunks.policy()
+    }
+
+    /// What is known of a URL across its variants.
+    pub async fn primary(&self, primary: &str) -> Option<Arc<PrimaryEntry>> {
+        self.primaries.get(primary).await
+    }
+
+    /// The header names the stored responses of `primary` vary on (empty when none is held).
+    pub async fn vary_of(&self, primary: &str) -> Vec<HeaderName> {
+        self.primary(primary)
+            .await
+            .map(|e| e.vary.clone())
+            .unwrap_or_default()
+    }
+
+    /// The metadata stored under a variant key.
+    pub async fn lookup(&self, variant: &str) -> Option<Arc<ObjectMeta>> {
+        self.metas.get(variant).await
+    }
+
+    /// Stores a version's metadata under its variant key and records its URL's Vary (the
+    /// names of `meta.selecting`), replacing whatever was held for either.
+    pub async fn install(&self, meta: &Arc<ObjectMeta>) {
+        let vary = meta.selecting.iter().map(|(n, _)| n.clone()).collect();
+        self.primaries
+            .insert(
+                meta.primary.clone(),
+                Arc::new(PrimaryEntry {
+                    vary,
+                    pass_until: None,
+                }),
+            )
+            .await;
+        self.refresh(meta).await;
+    }
+
+    /// Replaces the metadata held under `meta`'s variant key (a 304's update; the URL's
+    /// Vary is left as it is).
+    pub async fn refresh(&self, meta: &Arc<ObjectMeta>) {
+        self.metas
+            .insert(meta.version.key.clone(), meta.clone())
+            .await;
+    }
+
+    /// Marks a URL as not storable until `until` (hit-for-pass); its Vary is forgotten.
+    pub async fn pass_until(&self, primary: &str, until: Instant) {
+        self.primaries
+            .insert(
+                primary.to_string(),
+                Arc::new(PrimaryEntry {
+                    vary: Vec::new(),
+                    pass_until: Some(until),
+                }),
+            )
+            .await;
+    }
+
+    /// Drops the metadata of `version` if it is still the one held under its key.
+    pub async fn forget(&self, version: &VersionId) {
+        if let Some(held) = self.metas.get(&version.key).await
+            && *held.version == *version
+        {
+            self.metas.invalidate(&version.key).await;
+        }
+    }
+
+    /// Drops whatever metadata is held under `meta`'s key and the chunks `indices` of its
+    /// version (a body that failed: nothing of it may pass for complete).
+    pub async fn discard(&self, meta: &ObjectMeta, indices: std::ops::Range<u64>) {
+        self.metas.invalidate(&meta.version.key).await;
+        for i in indices {
+            self.chunks.invalidate(&meta.chunk_key(i)).await;
+        }
+    }
+
+    /// The chunk, counted as a hit.
+    pub async fn chunk(&self, key: &ChunkKey) -> Option<Bytes> {
+        self.chunks.get(key).await
+    }
+
+    /// Whether the chunk is held (not counted as a hit).
+    pub fn has_chunk(&self, key: &ChunkKey) -> bool {
+        self.chunks.contains_key(key)
+    }
+
+    /// Stores a chunk (exact bytes: the caller checked them against the version's span).
+    pub async fn put_chunk(&self, key: ChunkKey, chunk: Bytes) {
+        self.chunks.insert(key, chunk).await;
+    }
+
+    /// Drops one chunk.
+    pub async fn drop_chunk(&self, key: &ChunkKey) {
+        self.chunks.invalidate(key).await;
+    }
+
+    /// Applies moka's pending writes, evictions and invalidations, so that counts and
+    /// snapshots are exact.
+    pub async fn settle(&self) {
         self.chunks.run_pending_tasks().await;
         self.metas.run_pending_tasks().await;
         self.primaries.run_pending_tasks().await;
+    }
+
+    /// Bytes held (chunks and metadata), after pending evictions ran.
+    pub async fn weighted_size(&self) -> u64 {
+        self.settle().await;
         self.chunks.weighted_size() + self.metas.weighted_size() + self.primaries.weighted_size()
+    }
+
+    /// Bytes of chunks held, as last settled.
+    pub fn chunk_bytes(&self) -> u64 {
+        self.chunks.weighted_size()
+    }
+
+    /// Variants held (moka: approximate until [`Store::settle`]).
+    pub fn object_count(&self) -> u64 {
+        self.metas.entry_count()
+    }
+
+    /// A snapshot of the chunks held (tests and diagnostics; clones every key).
+    pub fn chunks_held(&self) -> Vec<(ChunkKey, Bytes)> {
+        self.chunks.iter().collect()
+    }
+
+    /// A snapshot of the metadata held, by variant key (tests and diagnostics).
+    pub fn objects_held(&self) -> Vec<(String, Arc<ObjectMeta>)> {
+        self.metas.iter().map(|(k, v)| ((*k).clone(), v)).collect()
     }
 
     /// Drops the stored responses of exact primary keys, or of every key under a prefix.
@@ -376,18 +502,17 @@ impl Store {
     }
 }
 
-/// The variant key: the primary key plus the values of the Vary-named request headers.
-pub fn variant_key(primary: &str, vary: &[HeaderName], req: &HeaderMap) -> String {
-    if vary.is_empty() {
-        return primary.to_string();
-    }
+/// The variant key: the primary key plus, for each header name the URL's Vary lists, the
+/// values the request carries for it (the caller reads them from the request, in Vary's
+/// order; no values means the field is absent).
+pub fn variant_key(primary: &str, selected: &[(&HeaderName, Vec<&HeaderValue>)]) -> String {
     let mut key = primary.to_string();
-    for name in vary {
+    for (name, values) in selected {
         key.push('\0');
         key.push_str(name.as_str());
         // Absent and empty differ; every byte of a value counts (non-text bytes escaped, not
         // dropped), so no two requests the origin can tell apart share a variant.
-        for (i, v) in req.get_all(name).iter().enumerate() {
+        for (i, v) in values.iter().enumerate() {
             key.push(if i == 0 { '=' } else { ',' });
             for &b in v.as_bytes().trim_ascii() {
                 if (0x20..0x7f).contains(&b) && b != b'%' {
@@ -401,44 +526,26 @@ pub fn variant_key(primary: &str, vary: &[HeaderName], req: &HeaderMap) -> Strin
     key
 }
 
-/// The header names listed by Vary (lowercase, in order, without duplicates).
-pub fn vary_names(resp: &HeaderMap) -> Vec<HeaderName> {
-    let mut names: Vec<HeaderName> = Vec::new();
-    for v in resp.get_all(http::header::VARY) {
-        let Ok(v) = v.to_str() else { continue };
-        for f in v.split(',') {
-            if let Ok(n) = HeaderName::from_bytes(f.trim().to_ascii_lowercase().as_bytes())
-                && !names.contains(&n)
-            {
-                names.push(n);
-            }
-        }
-    }
-    names
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn variant_keys() {
-        let mut req = HeaderMap::new();
-        req.insert("accept-language", HeaderValue::from_static("de"));
-        let vary = vec![HeaderName::from_static("accept-language")];
-        assert_eq!(variant_key("k", &[], &req), "k");
-        assert_eq!(variant_key("k", &vary, &req), "k\0accept-language=de");
-        assert_ne!(
-            variant_key("k", &vary, &req),
-            variant_key("k", &vary, &HeaderMap::new())
+        let name = HeaderName::from_static("accept-language");
+        let de = HeaderValue::from_static("de");
+        let odd = HeaderValue::from_bytes(b" a%\xff ").expect("value");
+        assert_eq!(variant_key("k", &[]), "k");
+        assert_eq!(
+            variant_key("k", &[(&name, vec![&de])]),
+            "k\0accept-language=de"
         );
-        let mut resp = HeaderMap::new();
-        resp.append(
-            "vary",
-            HeaderValue::from_static("Accept-Language, accept-language"),
+        // Absent differs from present; several values keep their order; odd bytes escaped.
+        assert_eq!(variant_key("k", &[(&name, vec![])]), "k\0accept-language");
+        assert_eq!(
+            variant_key("k", &[(&name, vec![&de, &odd])]),
+            "k\0accept-language=de,a%25%FF"
         );
-        resp.append("vary", HeaderValue::from_static("Origin"));
-        assert_eq!(vary_names(&resp).len(), 2);
     }
 
     const POLICIES: [Policy; 3] = [Policy::TinyLfu, Policy::Lru, Policy::S3Fifo];

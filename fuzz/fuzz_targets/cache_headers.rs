@@ -1,6 +1,8 @@
 //! The edge's RFC 9111 arithmetic on arbitrary request and response headers
 //! (cdn_edge::freshness: Cache-Control and targeted (CDN-Cache-Control, a Structured Fields
-//! Dictionary) parsing, storable, lifetime, age, usability, stale-if-error) and the Vary-derived cache key (cdn_edge::store): no panic, no overflow.
+//! Dictionary) parsing, storable, lifetime, age, usability, stale-if-error) and the
+//! Vary-derived cache key (cdn_edge::cache::variant_key over cdn_edge::store::variant_key):
+//! no panic, no overflow.
 #![no_main]
 
 #[path = "common.rs"]
@@ -12,7 +14,7 @@ use http::StatusCode;
 use libfuzzer_sys::fuzz_target;
 
 use cdn_edge::freshness::{self, CacheControl, Timing};
-use cdn_edge::store;
+use cdn_edge::cache;
 
 fuzz_target!(|data: &[u8]| {
     let mut data = data;
@@ -36,9 +38,9 @@ fuzz_target!(|data: &[u8]| {
     let _ = freshness::usability(&cc, lifetime, age, &req_cc);
     let _ = freshness::stale_if_error_allows(&cc, &req_cc, lifetime, age);
     let _ = freshness::may_serve_stale(&cc);
-    let vary = store::vary_names(&resp);
-    let a = store::variant_key("http://o/p", &vary, &req);
-    let b = store::variant_key("http://o/p", &vary, &req);
+    let vary = cache::vary_names(&resp);
+    let a = cache::variant_key("http://o/p", &vary, &req);
+    let b = cache::variant_key("http://o/p", &vary, &req);
     assert_eq!(a, b);
     assert!(a.starts_with("http://o/p"));
 });

@@ -1,8 +1,8 @@
-//! The lab's config file (`testdata/lab.toml`, `src/lab/config.rs`): load, check and plan,
+//! The lab's config file (`testdata/lab.toml`, `lab/src/config.rs`): load, check and plan,
 //! through the `cdn` library.
 #![no_main]
 
-use cdn::lab::config as lab_config;
+use cdn_lab::config as lab_config;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -18,13 +18,14 @@ fuzz_target!(|data: &[u8]| {
         let _ = c.serve_options();
         let _ = c.coalesce_wait();
     }
-    if let Ok(c) = cdn_geo_router::RouterConfig::parse(text) {
+    if let Ok(c) = cdn_geo_router::RouterConfig::parse(text, "router.toml") {
         let _ = c.regions();
         for e in &c.edges {
             let _ = e.health_url();
         }
         let again = toml::to_string(&c).expect("an accepted config serialises");
-        let back = cdn_geo_router::RouterConfig::parse(&again).expect("and parses back");
+        let back = cdn_geo_router::RouterConfig::parse(&again, "router.toml")
+            .expect("and parses back");
         assert_eq!(back, c);
     }
     let _ = cdn_geo_router::GeoSource::parse(text);

@@ -12,6 +12,9 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+pub(crate) use cdn_http::config::line_of_field;
+use cdn_http::config::{ConfigError, parse_toml};
+
 use crate::error::RouterError;
 
 /// The whole router configuration.
@@ -297,27 +300,26 @@ impl ConfigIssue {
 }
 
 impl RouterConfig {
-    /// Reads and checks a config file. Errors name the file, the line and the field.
+    /// Reads and checks a config file. Errors name the file, the line and the field, as every
+    /// node's do (`cdn_http::config`).
     pub fn load(path: &Path) -> Result<Self, RouterError> {
         let text = std::fs::read_to_string(path).map_err(|source| RouterError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text).map_err(|message| RouterError::Config {
-            path: path.to_owned(),
-            message,
-        })
+        Ok(Self::parse(&text, &path.display().to_string())?)
     }
 
-    /// Parses and checks TOML text; the error message names the line and the field.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let config: RouterConfig = toml::from_str(text).map_err(|e| e.to_string())?;
-        config
-            .validate()
-            .map_err(|issue| match line_of_field(text, &issue.field) {
-                Some(line) => format!("line {line}, {issue}"),
-                None => issue.to_string(),
-            })?;
+    /// Parses and checks TOML `text`; errors name `file`, the line and the field.
+    pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+        let config: RouterConfig = parse_toml(text, file)?;
+        config.validate().map_err(|issue| ConfigError::Invalid {
+            file: file.to_owned(),
+            line: line_of_field(text, &issue.field).unwrap_or(0),
+            column: 1,
+            field: issue.field,
+            message: issue.message,
+        })?;
         Ok(config)
     }
 
@@ -492,11 +494,6 @@ fn check_url(field: &str, url: &str) -> Result<(), ConfigIssue> {
     Ok(())
 }
 
-/// The 1-based line where a field is written (see [`cdn_http::config::line_of_field`]).
-pub(crate) fn line_of_field(text: &str, field: &str) -> Option<usize> {
-    cdn_http::config::line_of_field(text, field)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -530,7 +527,7 @@ weight = 2.0
 
     #[test]
     fn parses_with_defaults() {
-        let c = RouterConfig::parse(GOOD).expect("valid");
+        let c = RouterConfig::parse(GOOD, "r.toml").expect("valid");
         assert_eq!(c.edges.len(), 2);
         assert_eq!(c.edges[0].weight, 1.0);
         assert_eq!(c.health, HealthConfig::default());
@@ -545,30 +542,42 @@ weight = 2.0
     #[test]
     fn unknown_field_names_line_and_field() {
         let text = GOOD.replace("weight = 2.0", "wieght = 2.0");
-        let err = RouterConfig::parse(&text).expect_err("unknown field");
+        let err = RouterConfig::parse(&text, "r.toml")
+            .expect_err("unknown field")
+            .to_string();
         assert!(err.contains("wieght"), "{err}");
-        assert!(err.contains("line 25"), "{err}");
+        assert!(err.starts_with("r.toml:25:"), "{err}");
     }
 
     #[test]
     fn bad_value_names_line_and_field() {
         let text = GOOD.replace("weight = 2.0", "weight = -2.0");
-        let err = RouterConfig::parse(&text).expect_err("negative weight");
-        assert!(err.contains("line 25"), "{err}");
-        assert!(err.contains("edge[1].weight"), "{err}");
+        let err = RouterConfig::parse(&text, "r.toml")
+            .expect_err("negative weight")
+            .to_string();
+        assert!(
+            err.starts_with("r.toml:25:1: field `edge[1].weight`: "),
+            "{err}"
+        );
 
         let text = GOOD.replace("name = \"eu-2\"", "name = \"eu-1\"");
-        let err = RouterConfig::parse(&text).expect_err("duplicate");
-        assert!(err.contains("line 20"), "{err}");
+        let err = RouterConfig::parse(&text, "r.toml")
+            .expect_err("duplicate")
+            .to_string();
+        assert!(err.starts_with("r.toml:20:"), "{err}");
         assert!(err.contains("used twice"), "{err}");
 
         let text = GOOD.replace("latitude = 30.0", "latitude = 300.0");
-        let err = RouterConfig::parse(&text).expect_err("latitude");
-        assert!(err.contains("line 9"), "{err}");
+        let err = RouterConfig::parse(&text, "r.toml")
+            .expect_err("latitude")
+            .to_string();
+        assert!(err.starts_with("r.toml:9:"), "{err}");
         assert!(err.contains("geo_miss.latitude"), "{err}");
 
         let text = GOOD.replace("http://127.0.0.1:9102", "ftp://x");
-        let err = RouterConfig::parse(&text).expect_err("url");
+        let err = RouterConfig::parse(&text, "r.toml")
+            .expect_err("url")
+            .to_string();
         assert!(err.contains("edge[1].url"), "{err}");
     }
 
@@ -594,25 +603,32 @@ networks = ["127.4.0.0/16"]
 url = "http://127.0.0.1:8100"
 "#;
         let text = format!("{GOOD}{lab}");
-        let c = RouterConfig::parse(&text).expect("valid");
+        let c = RouterConfig::parse(&text, "r.toml").expect("valid");
         assert_eq!(c.lab.links.len(), 1);
         assert_eq!(c.lab.ui_url.as_deref(), Some("http://127.0.0.1:8082"));
         let again = toml::to_string(&c).expect("serialises");
-        assert_eq!(RouterConfig::parse(&again).expect("reparses"), c);
+        assert_eq!(RouterConfig::parse(&again, "r.toml").expect("reparses"), c);
 
-        let err = RouterConfig::parse(&text.replace("edge = \"eu-1\"", "edge = \"eu-9\""))
-            .expect_err("unknown edge");
+        let err = RouterConfig::parse(
+            &text.replace("edge = \"eu-1\"", "edge = \"eu-9\""),
+            "r.toml",
+        )
+        .expect_err("unknown edge")
+        .to_string();
         assert!(err.contains("lab.link[0].edge"), "{err}");
-        assert!(err.contains("line 31"), "{err}");
-        let err =
-            RouterConfig::parse(&text.replace("url = \"http://127.0.0.1:8100\"", "url = \"x\""))
-                .expect_err("bad url");
+        assert!(err.starts_with("r.toml:31:"), "{err}");
+        let err = RouterConfig::parse(
+            &text.replace("url = \"http://127.0.0.1:8100\"", "url = \"x\""),
+            "r.toml",
+        )
+        .expect_err("bad url")
+        .to_string();
         assert!(err.contains("lab.link[0].url"), "{err}");
     }
 
     #[test]
     fn trusted_proxies_name_their_header() {
-        let c = RouterConfig::parse(GOOD).expect("valid");
+        let c = RouterConfig::parse(GOOD, "r.toml").expect("valid");
         assert_eq!(
             c.trusted_proxies,
             vec![
@@ -628,32 +644,38 @@ url = "http://127.0.0.1:8100"
             "{ net = \"127.0.0.1/32\", header = \"x-forwarded-for\" }",
             "\"127.0.0.1/32\"",
         );
-        let err = RouterConfig::parse(&old).expect_err("plain CIDR");
-        assert!(err.contains("line 3"), "{err}");
+        let err = RouterConfig::parse(&old, "r.toml")
+            .expect_err("plain CIDR")
+            .to_string();
+        assert!(err.starts_with("r.toml:3:"), "{err}");
         assert!(
             err.contains("{ net = \"127.0.0.1/32\", header = \"x-forwarded-for\" }"),
             "{err}"
         );
         // A header is required, and must be one of the two.
-        let err = RouterConfig::parse(&GOOD.replace(", header = \"forwarded\"", ""))
-            .expect_err("no header");
+        let err = RouterConfig::parse(&GOOD.replace(", header = \"forwarded\"", ""), "r.toml")
+            .expect_err("no header")
+            .to_string();
         assert!(err.contains("header"), "{err}");
-        let err = RouterConfig::parse(&GOOD.replace("\"forwarded\"", "\"x-real-ip\""))
-            .expect_err("unknown header");
+        let err = RouterConfig::parse(&GOOD.replace("\"forwarded\"", "\"x-real-ip\""), "r.toml")
+            .expect_err("unknown header")
+            .to_string();
         assert!(err.contains("x-real-ip"), "{err}");
         // One network, two headers: refused.
         let twice = GOOD.replace(
             "\"::1/128\", header = \"forwarded\"",
             "\"127.0.0.1/32\", header = \"forwarded\"",
         );
-        let err = RouterConfig::parse(&twice).expect_err("two headers");
+        let err = RouterConfig::parse(&twice, "r.toml")
+            .expect_err("two headers")
+            .to_string();
         assert!(err.contains("trusted_proxies[1]"), "{err}");
     }
 
     #[test]
     fn round_trips_through_toml() {
-        let c = RouterConfig::parse(GOOD).expect("valid");
+        let c = RouterConfig::parse(GOOD, "r.toml").expect("valid");
         let text = toml::to_string(&c).expect("serialises");
-        assert_eq!(RouterConfig::parse(&text).expect("reparses"), c);
+        assert_eq!(RouterConfig::parse(&text, "r.toml").expect("reparses"), c);
     }
 }

@@ -20,8 +20,11 @@ pub enum RouterError {
         #[source]
         source: std::io::Error,
     },
-    /// The router configuration is not valid TOML, has unknown fields, or fails validation.
-    /// `message` already names the line and the field.
+    /// The router configuration file is not valid TOML, has unknown fields, or fails
+    /// validation: the error names the file, the line and the field.
+    #[error("invalid router config {0}")]
+    ConfigFile(#[from] cdn_http::config::ConfigError),
+    /// A router configuration given in memory fails validation.
     #[error("invalid router config {}: {message}", path.display())]
     Config { path: PathBuf, message: String },
     /// The geo database cannot be used.

@@ -340,11 +340,11 @@ async fn check_loop(
         let up = health.is_up();
         metrics.with(|| {
             let result = if outcome.is_ok() { "ok" } else { "fail" };
-            metrics::counter!("cdn_router_health_checks_total", "edge" => name.clone(), "result" => result)
+            metrics::counter!(crate::metric_names::HEALTH_CHECKS_TOTAL, "edge" => name.clone(), "result" => result)
                 .increment(1);
-            metrics::gauge!("cdn_router_edge_up", "edge" => name.clone()).set(if up { 1.0 } else { 0.0 });
+            metrics::gauge!(crate::metric_names::EDGE_UP, "edge" => name.clone()).set(if up { 1.0 } else { 0.0 });
             if let Some(load) = health.load() {
-                metrics::gauge!("cdn_router_edge_load", "edge" => name.clone()).set(load);
+                metrics::gauge!(crate::metric_names::EDGE_LOAD, "edge" => name.clone()).set(load);
             }
         });
         match (transition, &outcome) {

@@ -56,6 +56,7 @@ pub mod error;
 pub mod geo;
 pub mod geosrc;
 pub mod health;
+pub mod metric_names;
 pub mod select;
 pub mod server;
 pub mod state;
@@ -86,11 +87,11 @@ pub struct RouterArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// The MaxMind DB (GeoIP2/GeoLite2 City layout), e.g. testdata/geo/lab-geo.mmdb.
-    #[arg(long)]
-    pub geo_db: PathBuf,
+    #[arg(long, required_unless_present = "check_config")]
+    pub geo_db: Option<PathBuf>,
     /// The router config (TOML), e.g. testdata/geo/router.example.toml.
-    #[arg(long)]
-    pub config: PathBuf,
+    #[arg(long, required_unless_present = "check_config")]
+    pub config: Option<PathBuf>,
     /// HTTPS listener (TCP); viewers that come over HTTPS are redirected to the edges'
     /// `https_url`.
     #[arg(long)]
@@ -102,6 +103,30 @@ pub struct RouterArgs {
     /// Private key (PEM) of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Load and check FILE as `cdn router --config FILE` would, print one line and exit: 0
+    /// when it is valid, 1 with the error (file, line, field) when not. Nothing is bound or
+    /// started (the geo database is opened at start, not here).
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    pub check_config: Option<PathBuf>,
+}
+
+impl RouterArgs {
+    /// `--check-config FILE`: the configuration `cdn router --config FILE` would run with
+    /// (the same loader, the same errors), summarised in one line; binds nothing.
+    pub fn check_config(&self, file: &std::path::Path) -> Result<String, RouterError> {
+        let c = RouterConfig::load(file)?;
+        let mut regions: Vec<&str> = c.edges.iter().map(|e| e.region.as_str()).collect();
+        regions.sort_unstable();
+        regions.dedup();
+        Ok(format!(
+            "{}: OK: router, {} edges in {} regions ({}), origin fallback {}",
+            file.display(),
+            c.edges.len(),
+            regions.len(),
+            regions.join(", "),
+            c.origin_url,
+        ))
+    }
 }
 
 /// `cdn geo ...`
@@ -122,8 +147,12 @@ pub enum GeoCommand {
 
 /// `cdn router`: runs until SIGTERM or Ctrl-C; SIGHUP reloads the config and the geo database.
 pub async fn run(args: RouterArgs) -> anyhow::Result<()> {
+    // Both are required by the command line unless `--check-config` is given.
+    let (Some(config), Some(geo_db)) = (&args.config, &args.geo_db) else {
+        anyhow::bail!("cdn router needs --config FILE and --geo-db FILE");
+    };
     // Check both files before binding, so a bad file is the first thing reported.
-    let file_tls = RouterConfig::load(&args.config)?.tls;
+    let file_tls = RouterConfig::load(config)?.tls;
     let tls = file_tls
         .with_flags(
             args.tls_listen,
@@ -140,7 +169,7 @@ pub async fn run(args: RouterArgs) -> anyhow::Result<()> {
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("cannot listen for SIGHUP")?;
     let listener = cdn_http::server::bind(args.listen).await?;
-    let handle = state::spawn_from_files_with_tls(&args.config, &args.geo_db, listener, Some(tls))
+    let handle = state::spawn_from_files_with_tls(config, geo_db, listener, Some(tls))
         .await
         .context("router did not start")?;
     #[cfg(unix)]

@@ -234,14 +234,15 @@ fn record(shared: &Shared, d: &RouteDecision) {
     let hit = d.lookup.is_some();
     let miss = d.geo_miss;
     shared.metrics.with(|| {
-        metrics::counter!("cdn_router_routes_total", "edge" => edge, "reason" => reason)
+        metrics::counter!(crate::metric_names::ROUTES_TOTAL, "edge" => edge, "reason" => reason)
             .increment(1);
         if looked_up {
             let result = if hit { "hit" } else { "miss" };
-            metrics::counter!("cdn_router_geo_lookups_total", "result" => result).increment(1);
+            metrics::counter!(crate::metric_names::GEO_LOOKUPS_TOTAL, "result" => result)
+                .increment(1);
         }
         if miss {
-            metrics::counter!("cdn_router_geo_misses_total").increment(1);
+            metrics::counter!(crate::metric_names::GEO_MISSES_TOTAL).increment(1);
         }
     });
 }
@@ -308,8 +309,8 @@ pub(crate) fn render_metrics(shared: &Shared) -> String {
     let snap = shared.snapshot.load_full();
     let up = snap.edges.iter().filter(|e| e.health.is_up()).count();
     shared.metrics.with(|| {
-        metrics::gauge!("cdn_router_edges_up").set(up as f64);
-        metrics::gauge!("cdn_router_edges_total").set(snap.edges.len() as f64);
+        metrics::gauge!(crate::metric_names::EDGES_UP).set(up as f64);
+        metrics::gauge!(crate::metric_names::EDGES_TOTAL).set(snap.edges.len() as f64);
     });
     shared.metrics.render()
 }

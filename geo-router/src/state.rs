@@ -487,7 +487,7 @@ impl Shared {
     fn count_reload(&self, what: &'static str, r: &Result<(), RouterError>) {
         let result = if r.is_ok() { "ok" } else { "error" };
         self.metrics.with(|| {
-            metrics::counter!("cdn_router_reloads_total", "file" => what, "result" => result)
+            metrics::counter!(crate::metric_names::RELOADS_TOTAL, "file" => what, "result" => result)
                 .increment(1)
         });
     }

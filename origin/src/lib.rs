@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod files;
+pub mod metric_names;
 pub mod synthetic;
 
 use std::net::SocketAddr;
@@ -55,6 +56,29 @@ pub struct OriginArgs {
     /// Private key (PEM) of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Load and check FILE as `cdn origin --config FILE` would, print one line and exit: 0
+    /// when it is valid, 1 with the error (file:line:column: field) when not. Nothing is
+    /// bound or started (the `--root` directory is opened at start, not here).
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    pub check_config: Option<PathBuf>,
+}
+
+impl OriginArgs {
+    /// `--check-config FILE`: the configuration `cdn origin --config FILE` would run with
+    /// (the same loader, the same errors), summarised in one line; binds nothing.
+    pub fn check_config(
+        &self,
+        file: &std::path::Path,
+    ) -> Result<String, cdn_http::config::ConfigError> {
+        let c = OriginConfig::load(file)?;
+        Ok(format!(
+            "{}: OK: origin, {} cache-control rules, synthetic objects up to {} MiB, max {} connections",
+            file.display(),
+            c.cache_control.len(),
+            c.synthetic_max_bytes >> 20,
+            c.limits.max_connections,
+        ))
+    }
 }
 
 /// Shared state of one origin instance.
@@ -164,10 +188,12 @@ async fn metrics(State(o): State<Arc<Origin>>) -> impl IntoResponse {
     let stats = o.metas.stats();
     o.metrics.with(|| {
         use std::sync::atomic::Ordering::Relaxed;
-        metrics::counter!("cdn_origin_digests_started_total").absolute(stats.started.load(Relaxed));
-        metrics::counter!("cdn_origin_digests_completed_total")
+        metrics::counter!(crate::metric_names::DIGESTS_STARTED_TOTAL)
+            .absolute(stats.started.load(Relaxed));
+        metrics::counter!(crate::metric_names::DIGESTS_COMPLETED_TOTAL)
             .absolute(stats.completed.load(Relaxed));
-        metrics::counter!("cdn_origin_digests_failed_total").absolute(stats.failed.load(Relaxed));
+        metrics::counter!(crate::metric_names::DIGESTS_FAILED_TOTAL)
+            .absolute(stats.failed.load(Relaxed));
     });
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -183,10 +209,10 @@ async fn count(State(o): State<Arc<Origin>>, req: Request, next: Next) -> Respon
     let resp = next.run(req).await;
     let status = resp.status().as_u16().to_string();
     let bytes = o.metrics.with(|| {
-        metrics::counter!("cdn_origin_requests_total", "status" => status).increment(1);
-        metrics::histogram!("cdn_origin_response_head_seconds")
+        metrics::counter!(crate::metric_names::REQUESTS_TOTAL, "status" => status).increment(1);
+        metrics::histogram!(crate::metric_names::RESPONSE_HEAD_SECONDS)
             .record(started.elapsed().as_secs_f64());
-        metrics::counter!("cdn_origin_bytes_sent_total")
+        metrics::counter!(crate::metric_names::BYTES_SENT_TOTAL)
     });
     tracing::info!(
         target: "cdn_origin::access",
@@ -243,7 +269,7 @@ async fn file(
         let d = o.metas.digest_or_start(&version);
         if d.is_none() {
             o.metrics.with(|| {
-                metrics::counter!("cdn_origin_responses_before_digest_total").increment(1)
+                metrics::counter!(crate::metric_names::RESPONSES_BEFORE_DIGEST_TOTAL).increment(1)
             });
         }
         d

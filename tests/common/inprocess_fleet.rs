@@ -1,16 +1,17 @@
 //! A [`Fleet`] of real edges in this process behind a real router (for tests and an
-//! a lab in one process).
+//! a lab in one process). Its steps ([`FleetSteps`]) are ordered by the lab's own
+//! `cdn_lab::autoscale::steps::{scale_out, drain}`, as the lab's process fleet's are.
 //!
 //! - **Start:** an edge (`cdn_edge::spawn`) on 127.0.0.1:0 named `{region}-{n}` (the lowest
 //!   free `n`, 1 to the region's maximum). With peering on, it gets a QUIC endpoint and the
-//!   region's running edges as peers (and they it: an edge serves only the peers it lists),
-//!   so its misses go to the sibling that owns the chunk before the origin. It is then added to the router's config (`RouterHandle::set_config`);
-//!   the router routes to it only once its health check passed, and `start_edge` returns
-//!   then.
+//!   region's running edges as peers, and they it (an edge serves only the peers it lists),
+//!   so its misses go to the sibling that owns the chunk before the origin. It is then added
+//!   to the router's config (`RouterHandle::set_config`); the router routes to it only once
+//!   its health check passed, and `start_edge` returns then.
 //! - **Drain and stop:** the edge leaves the router's config (no new viewers are sent), a
 //!   grace period lets viewers already redirected to it arrive, then its in-flight count is
-//!   waited down to 0 (bounded), then its peer endpoint closes and the server stops
-//!   gracefully (anything still in flight finishes).
+//!   waited down to 0 (bounded), then it leaves its siblings' peer lists, its peer endpoint
+//!   closes and the server stops gracefully (anything still in flight finishes).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -25,7 +26,8 @@ use cdn_edge::config::{PeerConfig, PeerTls};
 use cdn_geo_router::{EdgeState, RouterHandle};
 use cdn_http::server::NodeHandle;
 
-use cdn::autoscale::driver::Fleet;
+use cdn_lab::autoscale::driver::Fleet;
+use cdn_lab::autoscale::steps::{self, FleetSteps, Timings};
 
 /// Where a region's edges are (the router places viewers by distance).
 #[derive(Debug, Clone)]
@@ -65,6 +67,8 @@ impl Default for FleetOptions {
 
 struct Node {
     region: String,
+    /// Routed to and counted among the running edges (see `FleetSteps::admit`).
+    ready: bool,
     handle: NodeHandle,
     edge: Arc<Edge>,
     peer_addr: Option<SocketAddr>,
@@ -122,19 +126,25 @@ impl InProcessFleet {
     pub fn edges(&self, region: &str) -> Vec<String> {
         self.nodes()
             .iter()
-            .filter(|(_, n)| n.region == region)
+            .filter(|(_, n)| n.region == region && n.ready)
             .map(|(name, _)| name.clone())
             .collect()
     }
 
     /// A running edge's state (metrics, in-flight count).
     pub fn edge(&self, name: &str) -> Option<Arc<Edge>> {
-        self.nodes().get(name).map(|n| n.edge.clone())
+        self.nodes()
+            .get(name)
+            .filter(|n| n.ready)
+            .map(|n| n.edge.clone())
     }
 
     /// A running edge's base URL.
     pub fn url(&self, name: &str) -> Option<String> {
-        self.nodes().get(name).map(|n| n.handle.url())
+        self.nodes()
+            .get(name)
+            .filter(|n| n.ready)
+            .map(|n| n.handle.url())
     }
 
     /// Picks and reserves the lowest free name of `region`.
@@ -160,8 +170,8 @@ impl InProcessFleet {
             .remove(name);
     }
 
+    /// Starts edge `name` of `region` with the region's edges as its peers (not routed yet).
     async fn start_named(&self, region: &str, name: &str) -> anyhow::Result<()> {
-        let site = self.sites.get(region).context("unknown region")?.clone();
         let mut cfg = self.template.clone();
         cfg.name = name.to_owned();
         cfg.region = region.to_owned();
@@ -191,39 +201,11 @@ impl InProcessFleet {
             Some(p) => Some(p.local_addr()?),
             None => None,
         };
-        // Its siblings list it before it gets viewers: an edge serves only the peers it lists.
-        if let Some(addr) = peer_addr {
-            self.sync_peers(region, Some((name, &edge, addr)));
-        }
-        let url = handle.url();
-        let route = cdn_geo_router::EdgeConfig {
-            name: name.to_owned(),
-            region: region.to_owned(),
-            latitude: site.latitude,
-            longitude: site.longitude,
-            url,
-            weight: 1.0,
-            health_url: None,
-            https_url: None,
-        };
-        let registered = self.change_router(|edges| edges.push(route)).await;
-        let ready = match registered {
-            Ok(()) => self.wait_routed(name).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = ready {
-            let _ = self
-                .change_router(|edges| edges.retain(|x| x.name != name))
-                .await;
-            self.sync_peers(region, None);
-            edge.close_peers();
-            handle.stop().await;
-            return Err(e);
-        }
         self.nodes().insert(
             name.to_owned(),
             Node {
                 region: region.to_owned(),
+                ready: false,
                 handle,
                 edge,
                 peer_addr,
@@ -278,25 +260,19 @@ impl InProcessFleet {
             .context("router refused the new edge list")
     }
 
-    async fn wait_routed(&self, name: &str) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + self.options.ready_timeout;
-        loop {
-            let state = self
-                .router
-                .edges()
-                .into_iter()
-                .find(|e| e.name == name)
-                .map(|e| e.health.state);
-            if matches!(state, Some(EdgeState::Up | EdgeState::Overloaded)) {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                anyhow::bail!(
-                    "edge {name} did not pass its health check within {} ms (state {state:?})",
-                    self.options.ready_timeout.as_millis()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    fn region_of(&self, name: &str) -> anyhow::Result<String> {
+        self.nodes()
+            .get(name)
+            .map(|n| n.region.clone())
+            .with_context(|| format!("edge `{name}` was stopped meanwhile"))
+    }
+
+    fn timings(&self) -> Timings {
+        Timings {
+            ready_timeout: self.options.ready_timeout,
+            drain_grace: self.options.drain_grace,
+            drain_timeout: self.options.drain_timeout,
+            poll: Duration::from_millis(20),
         }
     }
 
@@ -309,38 +285,92 @@ impl InProcessFleet {
     }
 }
 
-impl Fleet for InProcessFleet {
-    async fn start_edge(&self, region: &str) -> anyhow::Result<String> {
+impl FleetSteps for InProcessFleet {
+    async fn launch(&self, region: &str) -> anyhow::Result<String> {
         let name = self.reserve(region)?;
         let r = self.start_named(region, &name).await;
         self.unreserve(&name);
         r.map(|()| name)
     }
 
-    async fn drain_and_stop(&self, name: &str) -> anyhow::Result<()> {
+    async fn peer(&self, name: &str) -> anyhow::Result<()> {
+        let region = self.region_of(name)?;
+        self.sync_peers(&region, None);
+        Ok(())
+    }
+
+    async fn route(&self, name: &str) -> anyhow::Result<()> {
+        let region = self.region_of(name)?;
+        let site = self.sites.get(&region).context("unknown region")?.clone();
+        let url = self
+            .nodes()
+            .get(name)
+            .map(|n| n.handle.url())
+            .with_context(|| format!("edge `{name}` was stopped meanwhile"))?;
+        let route = cdn_geo_router::EdgeConfig {
+            name: name.to_owned(),
+            region,
+            latitude: site.latitude,
+            longitude: site.longitude,
+            url,
+            weight: 1.0,
+            health_url: None,
+            https_url: None,
+        };
+        self.change_router(|edges| edges.push(route)).await
+    }
+
+    async fn is_up(&self, name: &str) -> bool {
+        let state = self
+            .router
+            .edges()
+            .into_iter()
+            .find(|e| e.name == name)
+            .map(|e| e.health.state);
+        matches!(state, Some(EdgeState::Up | EdgeState::Overloaded))
+    }
+
+    async fn admit(&self, name: &str) {
+        if let Some(n) = self.nodes().get_mut(name) {
+            n.ready = true;
+        }
+    }
+
+    async fn unroute(&self, name: &str) -> anyhow::Result<()> {
         if !self.nodes().contains_key(name) {
             anyhow::bail!("no edge `{name}` in this fleet");
         }
-        // Out of the router first: no viewer is sent here any more.
         self.change_router(|edges| edges.retain(|e| e.name != name))
-            .await?;
-        let node = self
-            .nodes()
-            .remove(name)
-            .with_context(|| format!("edge `{name}` was stopped meanwhile"))?;
+            .await
+    }
+
+    async fn inflight(&self, name: &str) -> Option<u64> {
+        let edge = self.nodes().get(name).map(|n| n.edge.clone())?;
+        Some(edge.inflight.load(Ordering::Relaxed))
+    }
+
+    async fn hand_over(&self, _name: &str) {}
+
+    async fn retire(&self, name: &str) {
+        let _ = self
+            .change_router(|edges| edges.retain(|e| e.name != name))
+            .await;
+        let Some(node) = self.nodes().remove(name) else {
+            return;
+        };
         self.sync_peers(&node.region, None);
-        tokio::time::sleep(self.options.drain_grace).await;
-        let deadline = tokio::time::Instant::now() + self.options.drain_timeout;
-        while node.edge.inflight.load(Ordering::Relaxed) > 0 {
-            if tokio::time::Instant::now() >= deadline {
-                tracing::warn!(edge = %name, "drain timeout with requests in flight; stopping");
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
         node.edge.close_peers();
         node.handle.stop().await;
-        Ok(())
+    }
+}
+
+impl Fleet for InProcessFleet {
+    async fn start_edge(&self, region: &str) -> anyhow::Result<String> {
+        steps::scale_out(self, region, &self.timings()).await
+    }
+
+    async fn drain_and_stop(&self, name: &str) -> anyhow::Result<()> {
+        steps::drain(self, name, &self.timings()).await
     }
 }
 

@@ -42,6 +42,15 @@ pub struct Page {
 impl Browser {
     /// Starts headless Chromium with a fresh profile under `dir` and a window of `size`.
     pub fn launch(dir: &Path, size: (u32, u32)) -> Browser {
+        Self::launch_with(dir, size, &[])
+    }
+
+    /// [`Browser::launch`] with `extra` flags; QUIC stays enabled when they force it on for
+    /// an origin (`--origin-to-force-quic-on=HOST:PORT`), and is disabled otherwise.
+    pub fn launch_with(dir: &Path, size: (u32, u32), extra: &[String]) -> Browser {
+        let quic = extra
+            .iter()
+            .any(|a| a.starts_with("--origin-to-force-quic-on="));
         let exe = chromium_path().expect("chromium is installed (.ci/run installs it)");
         let profile = dir.join("chromium-profile");
         let _ = std::fs::remove_dir_all(&profile);
@@ -55,7 +64,6 @@ impl Browser {
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
-            "--disable-quic",
             "--no-first-run",
             "--disable-background-networking",
             "--disable-component-update",
@@ -65,6 +73,8 @@ impl Browser {
             "--autoplay-policy=no-user-gesture-required",
             "--remote-debugging-pipe",
         ])
+        .args((!quic).then_some("--disable-quic"))
+        .args(extra)
         .arg(format!("--window-size={},{}", size.0, size.1))
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg("about:blank")

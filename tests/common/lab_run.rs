@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use cdn_lab::state::{LabState, LinkState, NodeInfo};
 
 /// How long a lab may take to come up (debug build, shared machine).
 const LAB_START: Duration = Duration::from_secs(90);
@@ -17,7 +17,7 @@ const LAB_START: Duration = Duration::from_secs(90);
 pub struct LabRun {
     pub child: Child,
     pub dir: PathBuf,
-    pub state: Value,
+    pub state: LabState,
 }
 
 /// A fresh directory under the target dir.
@@ -90,9 +90,7 @@ impl LabRun {
         let state_path = dir.join("state.json");
         let started = Instant::now();
         loop {
-            if let Ok(text) = std::fs::read_to_string(&state_path)
-                && let Ok(state) = serde_json::from_str::<Value>(&text)
-            {
+            if let Ok(state) = LabState::read(&state_path) {
                 return LabRun { child, dir, state };
             }
             if let Ok(Some(status)) = child.try_wait() {
@@ -113,52 +111,33 @@ impl LabRun {
     }
 
     pub fn router(&self) -> String {
-        self.state["router"]
-            .as_str()
-            .expect("router url")
-            .to_owned()
+        self.state.router.clone()
     }
 
     pub fn control(&self) -> String {
-        self.state["control"]
-            .as_str()
-            .expect("control url")
-            .to_owned()
+        self.state.control.clone()
     }
 
-    pub fn node(&self, name: &str) -> &Value {
-        self.state["nodes"]
-            .as_array()
-            .and_then(|a| a.iter().find(|n| n["name"] == name))
+    pub fn node(&self, name: &str) -> &NodeInfo {
+        self.state
+            .node(name)
             .unwrap_or_else(|| panic!("no node {name} in state.json"))
     }
 
     /// The pids of every node process.
     pub fn node_pids(&self) -> Vec<u32> {
-        self.state["nodes"]
-            .as_array()
-            .expect("nodes")
-            .iter()
-            .filter_map(|n| n["pid"].as_u64().map(|p| p as u32))
-            .collect()
+        self.state.nodes.iter().filter_map(|n| n.pid).collect()
     }
 
-    /// The relay address of a link.
-    pub fn link(&self, kind: &str, from: &str, to: &str) -> &Value {
-        self.state["links"]
-            .as_array()
-            .and_then(|a| {
-                a.iter()
-                    .find(|l| l["kind"] == kind && l["from"] == from && l["to"] == to)
-            })
+    /// The relay of a link.
+    pub fn link(&self, kind: &str, from: &str, to: &str) -> &LinkState {
+        self.state
+            .link(kind, from, to)
             .unwrap_or_else(|| panic!("no {kind} link {from} -> {to}"))
     }
 
     pub fn link_url(&self, kind: &str, from: &str, to: &str) -> String {
-        format!(
-            "http://{}",
-            self.link(kind, from, to)["addr"].as_str().expect("addr")
-        )
+        format!("http://{}", self.link(kind, from, to).addr)
     }
 
     /// What the lab printed so far.

@@ -39,28 +39,31 @@ pub fn client() -> reqwest::Client {
         .expect("client")
 }
 
-/// A client whose requests come from `ip` (any 127.0.0.0/8 address is a simulated client).
-/// (tests/router.rs, lab.rs and autoscale.rs keep their own, with other timeouts.)
+/// A client whose requests come from `ip` (any 127.0.0.0/8 address is a simulated client;
+/// the router places it by that address); no redirects followed, no proxy, 30 s timeout.
 pub fn client_from(ip: &str) -> reqwest::Client {
+    client_from_with(ip, Duration::from_secs(30))
+}
+
+/// [`client_from`] with another timeout.
+pub fn client_from_with(ip: &str, timeout: Duration) -> reqwest::Client {
     cdn_http::tls::install_crypto_provider();
     reqwest::Client::builder()
         .local_address(ip.parse::<std::net::IpAddr>().expect("source ip"))
         .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(30))
+        .no_proxy()
+        .timeout(timeout)
         .build()
         .expect("client")
 }
 
-/// Fetches `/metrics` of a node.
+/// Fetches `/metrics` of a node (through the lab's scraper, as the lab and the benchmarks do).
 pub async fn metrics_text(base: &str) -> String {
-    client()
-        .get(format!("{base}/metrics"))
-        .send()
+    cdn_lab::scrape::Scraper::new(Duration::from_secs(30))
+        .metrics(base)
         .await
         .expect("metrics")
-        .text()
-        .await
-        .expect("metrics body")
+        .0
 }
 
 pub async fn metric_sum(base: &str, name: &str) -> f64 {
@@ -154,7 +157,7 @@ pub async fn start_edge(
 
 /// Sum of the origin's request counter over all statuses.
 pub async fn origin_requests(origin: &str) -> f64 {
-    metric_sum(origin, "cdn_origin_requests_total").await
+    metric_sum(origin, cdn_origin::metric_names::REQUESTS_TOTAL).await
 }
 
 /// The expected bytes of a synthetic object (the same generator the origin uses).

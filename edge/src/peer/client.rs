@@ -173,8 +173,13 @@ impl PeerClient {
 
     /// Asks for a chunk (and metadata). `Ok(None)` when the peer does not have it.
     pub async fn get(&self, req: &GetRequest) -> Result<Option<(WireMeta, Bytes)>, WireError> {
+        // The first-byte timeout counts from the request, not from a (re)connection: the QUIC
+        // handshake to a far peer (a parent in another region) takes round trips of its own,
+        // and `connection` bounds it. A stream waits for credit at most a fill's time.
+        let (mut send, mut recv) = tokio::time::timeout(self.fill_timeout, self.open())
+            .await
+            .map_err(|_| WireError::Io(format!("{}: no stream in time", self.cfg.name)))??;
         let first = async {
-            let (mut send, mut recv) = self.open().await?;
             if let Err(e) = wire::write_json(&mut send, wire::OP_GET, req).await {
                 return Err(wire::refusal_or(&mut recv, e).await);
             }

@@ -30,11 +30,15 @@
 //! - **Integrity.** Every chunk travels with its length and SHA-256; frames are bounded.
 //!
 //! Modules: [`pki`] certificates and TLS configs, [`wire`] frames, [`client`] one peer,
-//! [`server`] the endpoint's answers.
+//! [`server`] the endpoint's answers (over the node's [`server::ChunkSource`]), `push` hot
+//! objects (window, push, adverts) and the bounded tables; this file the peer set, owner
+//! selection and fetches from peers.
 
 pub mod client;
 pub mod pki;
+mod push;
 pub mod server;
+pub mod tier;
 pub mod wire;
 
 /// The QUIC implementation, for callers that build endpoints of their own (tests).
@@ -55,9 +59,12 @@ use moka::policy::EvictionPolicy;
 
 use crate::config::{EdgeConfig, PeerConfig};
 use crate::fill::{FillError, FillSource};
-use crate::store::{ObjectMeta, Store};
-use client::{Advertise, PeerClient, PushHeader};
+use crate::store::ObjectMeta;
+use client::PeerClient;
 use wire::{GetRequest, WireMeta};
+
+pub use push::{TABLE_ENTRY_OVERHEAD, TableSize, TokenBucket, Window};
+use push::{push_flags, table};
 
 /// One peer of the current set: its configuration as last given, its client (the QUIC
 /// connection) and its push budget.
@@ -172,74 +179,18 @@ pub struct Peers {
     hot_window: Duration,
     /// Until then, chunks this node owns are first asked of their previous owner.
     warm_until: Instant,
+    /// Upper tier: names of the peers this node asks before the origin ([`tier`]); empty
+    /// when this node is top tier.
+    parents: Vec<String>,
     chunk_size: u64,
-    corrupt: bool,
+    /// Test hook (feature `test-hooks`, which the `cdn` binary is never built with): flip one
+    /// byte of every chunk this node sends to a peer, after its digest is taken.
+    #[cfg(feature = "test-hooks")]
+    corrupt: std::sync::atomic::AtomicBool,
     metrics: Arc<NodeMetrics>,
     /// This node's `targeted_cache_control`: a peer's metadata is read as this node reads
     /// an origin response.
     pub targets: Vec<String>,
-}
-
-/// Bytes counted for each entry of a peer table on top of its key (and, for adverts, the
-/// advertisers' names): the key's `String` header, the value, moka's entry and hash-map slot
-/// and its eviction-queue node, rounded up.
-pub const TABLE_ENTRY_OVERHEAD: u64 = 256;
-
-/// What one entry of a peer table weighs: its key, `extra` bytes of value, and
-/// [`TABLE_ENTRY_OVERHEAD`].
-fn entry_weight(key: &str, extra: usize) -> u32 {
-    let bytes = (key.len() as u64)
-        .saturating_add(extra as u64)
-        .saturating_add(TABLE_ENTRY_OVERHEAD);
-    u32::try_from(bytes).unwrap_or(u32::MAX)
-}
-
-/// A peer table keyed by object key, holding at most `budget` bytes as [`entry_weight`]
-/// counts them: keys come from viewers' URLs and peers' adverts (up to a frame, 64 KiB), so an
-/// entry count alone would not bound memory. moka evicts in batches on later operations, so
-/// between two of them a table may briefly hold a few hundred entries more; its weighted size
-/// is within `budget` once pending work has run ([`Peers::table_sizes`] runs it).
-fn table<V: Clone + Send + Sync + 'static>(
-    budget: u64,
-    policy: EvictionPolicy,
-    value_bytes: impl Fn(&V) -> usize + Send + Sync + 'static,
-) -> moka::sync::CacheBuilder<String, V, moka::sync::Cache<String, V>> {
-    moka::sync::Cache::builder()
-        .max_capacity(budget)
-        .eviction_policy(policy)
-        .weigher(move |k: &String, v: &V| entry_weight(k, value_bytes(v)))
-}
-
-/// The size of one peer table (`cdn_edge_peer_table_bytes{table}`,
-/// `cdn_edge_peer_table_entries{table}`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TableSize {
-    /// `hot`, `pushed` or `advertised`.
-    pub table: &'static str,
-    /// Weighted size: key bytes plus [`TABLE_ENTRY_OVERHEAD`] per entry.
-    pub bytes: u64,
-    pub entries: u64,
-    /// The budget `bytes` stays within (`peer_table_bytes`).
-    pub budget: u64,
-}
-
-/// Push to those marked, or by default to the first listed peer of each other region.
-fn push_flags(region: &str, peers: &[PeerConfig]) -> Vec<bool> {
-    let explicit = peers.iter().any(|p| p.push.is_some());
-    let mut seen_regions: Vec<&str> = Vec::new();
-    peers
-        .iter()
-        .map(|p| {
-            if explicit {
-                return p.push == Some(true);
-            }
-            if p.region == region || seen_regions.contains(&p.region.as_str()) {
-                return false;
-            }
-            seen_regions.push(&p.region);
-            true
-        })
-        .collect()
 }
 
 /// The one member (by configured name) a certificate's `names` name; see [`Peers::identify`].
@@ -324,8 +275,10 @@ impl Peers {
             hot_threshold: cfg.hot_threshold.max(1) as f64,
             hot_window: window,
             warm_until: Instant::now() + Duration::from_secs(cfg.peer_warmup_secs),
+            parents: cfg.parents.clone(),
             chunk_size: cfg.chunk_size,
-            corrupt: cfg.test_corrupt_peer_chunks,
+            #[cfg(feature = "test-hooks")]
+            corrupt: std::sync::atomic::AtomicBool::new(false),
             metrics,
             targets: cfg.targeted_cache_control.clone(),
         });
@@ -437,7 +390,7 @@ impl Peers {
                 s.chunk_size,
                 self.metrics.clone(),
             )),
-            bucket: Arc::new(TokenBucket::new(s.push_bytes_per_sec)),
+            bucket: Arc::new(TokenBucket::per_second(s.push_bytes_per_sec)),
             cfg,
             push,
         }
@@ -495,6 +448,10 @@ impl Peers {
                 metrics::counter!("cdn_edge_peer_runner_up_fetches_total", "result" => result)
                     .increment(1);
             }
+            // Tier hook: fetches from the upper tier are also counted on their own.
+            if role == Role::Parent {
+                tier::count_fetch(result);
+            }
         });
     }
 
@@ -511,22 +468,45 @@ impl Peers {
             }
             Owner::Me { .. } => {}
         }
+        // Tier hook: the upper tier comes after the region, before advertisers.
+        candidates.extend(self.parents_for(&set, &req.key, req.index));
         candidates.extend(
             self.advertisers(&set, &req.key)
                 .into_iter()
                 .map(|c| (c, Role::Advertiser)),
         );
         drop(set);
+        self.try_in_order(&req, candidates).await
+    }
+
+    /// Asks `candidates` in order for `req` until one has the chunk. A parent is asked only
+    /// while no parent has answered: the next one takes the role of one that failed
+    /// (unreachable, refused, timed out), not of one that answered a miss.
+    async fn try_in_order(
+        &self,
+        req: &GetRequest,
+        candidates: Vec<(Arc<PeerClient>, Role)>,
+    ) -> Option<(WireMeta, Bytes)> {
+        let mut parent_answered = false;
         for (peer, role) in candidates {
+            if role == Role::Parent && parent_answered {
+                continue;
+            }
             let r = GetRequest {
                 owner: role == Role::Owner,
+                tier: role == Role::Parent,
                 ..req.clone()
             };
-            match peer.get(&r).await {
+            let answer = peer.get(&r).await;
+            parent_answered |= role == Role::Parent && answer.is_ok();
+            match answer {
                 Ok(Some((meta, chunk))) => {
                     let same_version = req.validator.as_ref().is_none_or(|v| *v == meta.validator);
                     if meta.key == req.key && meta.chunk_size == self.chunk_size && same_version {
                         self.count("found", role);
+                        if role == Role::Parent {
+                            self.metrics.with(|| tier::count_bytes(chunk.len()));
+                        }
                         return Some((meta, chunk));
                     }
                     self.count("miss", role);
@@ -557,136 +537,41 @@ impl Peers {
         req: &HeaderMap,
         index: u64,
     ) -> Option<(ObjectMeta, Bytes)> {
-        let selecting = req
-            .iter()
-            .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
-            .filter(|(k, _)| k.starts_with("accept") || k == "origin")
-            .collect();
-        let (meta, chunk) = self
-            .ask(GetRequest {
-                key: key.to_string(),
-                validator: None,
-                index,
-                owner: false,
-                path_and_query: path_and_query.to_string(),
-                selecting,
-            })
-            .await?;
+        let found = self
+            .ask(probe_request(key, path_and_query, req, index))
+            .await;
+        self.object_from(found, index)
+    }
+
+    /// A peer's answer to a probe as metadata and the chunk at `index`, if they fit.
+    fn object_from(
+        &self,
+        found: Option<(WireMeta, Bytes)>,
+        index: u64,
+    ) -> Option<(ObjectMeta, Bytes)> {
+        let (meta, chunk) = found?;
         let meta = meta.into_meta(&self.targets)?;
         let (s, e) = meta.chunk_span(index);
         (index < meta.chunk_count() && chunk.len() as u64 == e - s + 1).then_some((meta, chunk))
     }
+}
 
-    /// Counts a request for `meta`; when it turns hot, pushes its stored chunks to the push
-    /// peers (rate-limited, in the background) and advertises it to every peer.
-    pub fn note_request(self: &Arc<Self>, store: &Store, meta: &Arc<ObjectMeta>) {
-        let key = &meta.version.key;
-        let window = self.hot.get_with(key.clone(), || {
-            Arc::new(Mutex::new(Window::new(Instant::now())))
-        });
-        let rate = window
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .hit(Instant::now(), self.hot_window);
-        if rate < self.hot_threshold || self.pushed.contains_key(key) {
-            return;
-        }
-        self.pushed.insert(key.clone(), ());
-        tracing::info!(key = %key, rate, "object is hot: pushing to peers");
-        let this = self.clone();
-        let (store, meta) = (store.clone(), meta.clone());
-        tokio::spawn(async move { this.push_object(store, meta).await });
-    }
-
-    async fn push_object(self: Arc<Self>, store: Store, meta: Arc<ObjectMeta>) {
-        let set = self.peer_set();
-        let advert = Advertise {
-            from: self.name.clone(),
-            keys: vec![meta.version.key.clone()],
-        };
-        for m in &set.members {
-            if let Err(e) = m.client.advertise(&advert).await {
-                tracing::debug!(peer = %m.cfg.name, error = %e, "advertise failed");
-            }
-        }
-        let wire_meta = WireMeta::from_meta(&meta);
-        let pushes = set.members.iter().filter(|m| m.push).map(|m| {
-            let (client, bucket) = (m.client.clone(), m.bucket.clone());
-            let (store, meta, wire_meta, this) =
-                (store.clone(), meta.clone(), wire_meta.clone(), self.clone());
-            async move {
-                for index in 0..meta.chunk_count() {
-                    let Some(chunk) = store.chunks.get(&meta.chunk_key(index)).await else {
-                        continue;
-                    };
-                    bucket.take(chunk.len() as u64).await;
-                    let header = PushHeader {
-                        meta: wire_meta.clone(),
-                        index,
-                    };
-                    let result = match client.push(&header, &chunk, this.corrupt).await {
-                        Ok(true) => "ok",
-                        Ok(false) => "refused",
-                        // This node is not (or no longer) the peer's peer: stop here.
-                        Err(wire::WireError::Refused(_)) => "not-a-peer",
-                        Err(e) => {
-                            tracing::debug!(peer = %client.cfg.name, error = %e, "push failed");
-                            "error"
-                        }
-                    };
-                    this.metrics.with(|| {
-                        metrics::counter!("cdn_edge_pushes_total", "result" => result).increment(1)
-                    });
-                    if matches!(result, "error" | "not-a-peer") {
-                        break;
-                    }
-                }
-            }
-        });
-        futures::future::join_all(pushes).await;
-    }
-
-    /// Records that `from` holds `keys` (ignored unless `from` is a current peer). The
-    /// endpoint passes the name the advertiser's certificate proved, never the message's own
-    /// `from` field.
-    pub fn advertised_by(&self, from: &str, keys: Vec<String>) {
-        if self.peer_set().get(from).is_none() {
-            return;
-        }
-        for key in keys {
-            let mut v = self.advertised.get(&key).unwrap_or_default();
-            if !v.iter().any(|n| n == from) {
-                v.push(from.to_string());
-            }
-            self.advertised.insert(key, v);
-        }
-    }
-
-    pub fn corrupt(&self) -> bool {
-        self.corrupt
-    }
-
-    /// The sizes of the tables keyed by object key, after running their pending evictions
-    /// (cheap: a batch of queue operations). `/metrics` reports them.
-    pub fn table_sizes(&self) -> [TableSize; 3] {
-        fn size<V>(table: &'static str, c: &moka::sync::Cache<String, V>, budget: u64) -> TableSize
-        where
-            V: Clone + Send + Sync + 'static,
-        {
-            c.run_pending_tasks();
-            TableSize {
-                table,
-                bytes: c.weighted_size(),
-                entries: c.entry_count(),
-                budget,
-            }
-        }
-        let b = self.table_budget;
-        [
-            size("hot", &self.hot, b),
-            size("pushed", &self.pushed, b),
-            size("advertised", &self.advertised, b),
-        ]
+/// The request a probe sends to peers: no validator yet, the asker's content-negotiation
+/// fields.
+fn probe_request(key: &str, path_and_query: &str, req: &HeaderMap, index: u64) -> GetRequest {
+    let selecting = req
+        .iter()
+        .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+        .filter(|(k, _)| k.starts_with("accept") || k == "origin")
+        .collect();
+    GetRequest {
+        key: key.to_string(),
+        validator: None,
+        index,
+        owner: false,
+        tier: false,
+        path_and_query: path_and_query.to_string(),
+        selecting,
     }
 }
 
@@ -699,6 +584,8 @@ enum Role {
     RunnerUp,
     /// A peer of another region that advertised the object (cache only).
     Advertiser,
+    /// One of this node's `parents` (upper tier, [`tier`]): fills if it is top tier.
+    Parent,
 }
 
 /// The peers as a fill source: owner (or runner-up), then advertisers.
@@ -721,6 +608,7 @@ impl FillSource for PeerSource {
                 validator: Some(meta.version.validator.clone()),
                 index,
                 owner: false,
+                tier: false,
                 path_and_query: meta.path_and_query.clone(),
                 selecting: meta
                     .selecting
@@ -739,113 +627,9 @@ impl FillSource for PeerSource {
     }
 }
 
-/// Two-bucket sliding-window rate: the previous window's count, weighted by how much of it
-/// still overlaps, plus the current one's.
-pub struct Window {
-    start: Instant,
-    prev: u32,
-    cur: u32,
-}
-
-impl Window {
-    pub fn new(now: Instant) -> Self {
-        Window {
-            start: now,
-            prev: 0,
-            cur: 0,
-        }
-    }
-
-    /// Counts one request at `now` and returns the requests in the last `len`.
-    pub fn hit(&mut self, now: Instant, len: Duration) -> f64 {
-        let mut elapsed = now.duration_since(self.start);
-        if elapsed >= len * 2 {
-            (self.start, self.prev, self.cur) = (now, 0, 0);
-            elapsed = Duration::ZERO;
-        } else if elapsed >= len {
-            (self.start, self.prev, self.cur) = (self.start + len, self.cur, 0);
-            elapsed -= len;
-        }
-        self.cur += 1;
-        let overlap = 1.0 - elapsed.as_secs_f64() / len.as_secs_f64();
-        self.prev as f64 * overlap + self.cur as f64
-    }
-}
-
-/// A token bucket of bytes per second (one second of burst).
-pub struct TokenBucket {
-    rate: f64,
-    state: Mutex<(f64, Instant)>,
-}
-
-impl TokenBucket {
-    pub fn new(bytes_per_sec: u64) -> Self {
-        let rate = bytes_per_sec.max(1) as f64;
-        TokenBucket {
-            rate,
-            state: Mutex::new((rate, Instant::now())),
-        }
-    }
-
-    /// Waits until `n` bytes may be sent.
-    pub async fn take(&self, n: u64) {
-        let wait = {
-            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            let now = Instant::now();
-            s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * self.rate).min(self.rate);
-            s.1 = now;
-            s.0 -= n as f64;
-            if s.0 >= 0.0 {
-                Duration::ZERO
-            } else {
-                Duration::from_secs_f64(-s.0 / self.rate)
-            }
-        };
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sliding_window_counts_recent_requests() {
-        let t0 = Instant::now();
-        let len = Duration::from_secs(10);
-        let mut w = Window::new(t0);
-        for _ in 0..9 {
-            w.hit(t0, len);
-        }
-        assert_eq!(w.hit(t0, len), 10.0);
-        // Half-way through the next window, half of the previous one still counts.
-        let r = w.hit(t0 + Duration::from_secs(15), len);
-        assert!((r - 6.0).abs() < 1e-9, "{r}");
-        // Long after, only the new request counts.
-        assert_eq!(w.hit(t0 + Duration::from_secs(100), len), 1.0);
-    }
-
-    #[test]
-    fn push_targets_default_to_the_first_peer_of_each_other_region() {
-        let p = |name: &str, region: &str, push: Option<bool>| PeerConfig {
-            name: name.into(),
-            region: region.into(),
-            addr: "127.0.0.1:1".parse().expect("addr"),
-            push,
-        };
-        let peers = [
-            p("a2", "r1", None),
-            p("b1", "r2", None),
-            p("b2", "r2", None),
-            p("c1", "r3", None),
-        ];
-        assert_eq!(push_flags("r1", &peers), [false, true, false, true]);
-        let mut marked = peers.clone();
-        marked[2].push = Some(true);
-        assert_eq!(push_flags("r1", &marked), [false, false, true, false]);
-    }
 
     #[test]
     fn a_certificate_must_name_exactly_one_current_peer() {
@@ -868,138 +652,5 @@ mod tests {
             identify(members.iter().copied(), &names).map_err(|e| e.reason()),
             Err("ambiguous-name")
         );
-    }
-
-    /// A key of exactly `len` bytes, distinct per `i`.
-    fn long_key(i: usize, len: usize) -> String {
-        let mut k = format!("http://origin.test/v/{i}/");
-        k.extend(std::iter::repeat_n('x', len - k.len()));
-        k
-    }
-
-    /// Key bytes and entries a table really holds, counted apart from its weigher, and what
-    /// the weigher says they weigh.
-    fn held<V: Clone + Send + Sync + 'static>(
-        c: &moka::sync::Cache<String, V>,
-        extra: impl Fn(&V) -> usize,
-    ) -> (u64, u64, u64) {
-        c.iter().fold((0, 0, 0), |(keys, n, w), (k, v)| {
-            let weight = entry_weight(&k, extra(&v)) as u64;
-            (keys + k.len() as u64, n + 1, w + weight)
-        })
-    }
-
-    /// Requests (`note_request`) and a peer's adverts (`advertised_by`) for 10,000 distinct
-    /// 8 KiB keys: every table keyed by object key stays within its byte budget, its size as
-    /// `/metrics` reports it is what it holds, and the entries that matter survive the flood.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn tables_keyed_by_url_stay_within_their_byte_budget() {
-        const KEYS: usize = 10_000;
-        const KEY_LEN: usize = 8 * 1024;
-        let dir = std::env::temp_dir().join(format!("cdn-peer-tables-{}", std::process::id()));
-        pki::write_lab_pki(&dir, &["a".to_string(), "b".to_string()]).expect("pki");
-        let cfg = EdgeConfig {
-            name: "a".into(),
-            peer_listen: Some("127.0.0.1:0".parse().expect("addr")),
-            peer_tls: Some(crate::config::PeerTls {
-                ca: dir.join("ca.pem"),
-                cert: dir.join("a.pem"),
-                key: dir.join("a.key"),
-            }),
-            // Every object turns hot at its first request, so each fills `hot` and `pushed`.
-            hot_threshold: 1,
-            ..EdgeConfig::default()
-        };
-        let budget = cfg.peer_table_bytes;
-        let metrics = Arc::new(NodeMetrics::new());
-        let peers = Peers::new(&cfg, metrics).expect("peers").expect("peering");
-        let store = Store::new(cfg.capacity, cfg.policy);
-        let json = r#"{"key":"k","validator":"\"v\"","primary":"k","path_and_query":"/k",
-            "len":10,"chunk_size":1048576,"content_type":"video/mp4","etag":null,
-            "last_modified":null,"headers":[],"digest":null,"lifetime_ms":60000,
-            "request_time_ms":1,"response_time_ms":2,"date_ms":1,"age_value":0,
-            "ranges":true,"selecting":[]}"#;
-        let template: WireMeta = serde_json::from_str(json).expect("wire meta");
-        let meta = |key: String| {
-            Arc::new(
-                WireMeta {
-                    key,
-                    ..template.clone()
-                }
-                .into_meta(&["CDN-Cache-Control"])
-                .expect("meta"),
-            )
-        };
-
-        // Requests, with no peers (nothing to push to): one-off keys, and an object that
-        // keeps being requested among them.
-        let popular = meta(long_key(usize::MAX, KEY_LEN));
-        for i in 0..KEYS {
-            if i % 20 == 0 {
-                peers.note_request(&store, &popular);
-            }
-            peers.note_request(&store, &meta(long_key(i, KEY_LEN)));
-        }
-        // A peer's adverts, a few keys per message as a 64 KiB frame allows.
-        peers
-            .set_peers(vec![PeerConfig {
-                name: "b".into(),
-                region: "other".into(),
-                addr: "127.0.0.1:9".parse().expect("addr"),
-                push: None,
-            }])
-            .expect("peers");
-        let keys: Vec<usize> = (0..KEYS).collect();
-        for batch in keys.chunks(7) {
-            peers.advertised_by("b", batch.iter().map(|&i| long_key(i, KEY_LEN)).collect());
-        }
-
-        let sizes = peers.table_sizes();
-        let names = |v: &Vec<String>| v.iter().map(|n| n.len()).sum();
-        let held = [
-            held(&peers.hot, |_| 0),
-            held(&peers.pushed, |_| 0),
-            held(&peers.advertised, names),
-        ];
-        for (size, (key_bytes, entries, weight)) in sizes.iter().zip(held) {
-            let t = size.table;
-            assert_eq!(size.budget, budget);
-            assert!(key_bytes <= budget, "{t}: {key_bytes} key bytes > {budget}");
-            assert!(
-                entries <= budget / KEY_LEN as u64,
-                "{t}: {entries} entries of {KEY_LEN} bytes in {budget}"
-            );
-            assert!(entries > 0, "{t} holds something");
-            assert!(size.bytes <= budget, "{t}: {size:?}");
-            assert_eq!(
-                (size.bytes, size.entries),
-                (weight, entries),
-                "{t}: {size:?}"
-            );
-        }
-        // What matters survives: the newest advert and push, the often requested object.
-        let last = long_key(KEYS - 1, KEY_LEN);
-        let set = peers.peer_set();
-        assert_eq!(
-            peers.advertisers(&set, &last).len(),
-            1,
-            "newest advert kept"
-        );
-        assert!(peers.pushed.contains_key(&last), "newest push kept");
-        assert!(
-            peers.hot.contains_key(&popular.version.key),
-            "the popular object's window survives the flood of one-off keys"
-        );
-        peers.endpoint.close(0u32.into(), b"done");
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[tokio::test]
-    async fn token_bucket_paces() {
-        let b = TokenBucket::new(1_000_000);
-        let t = Instant::now();
-        b.take(1_000_000).await; // the burst
-        b.take(200_000).await; // 0.2 s more
-        assert!(t.elapsed() >= Duration::from_millis(150));
     }
 }

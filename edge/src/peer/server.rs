@@ -1,6 +1,7 @@
 //! The answering side of the peer protocol: accepts QUIC connections (the TLS handshake has
 //! already checked the peer's certificate against the cluster CA) and answers each stream.
-//! Answers come from the cache; only the owner of a chunk fills it from the origin, and a
+//! Answers come from the node's store through the narrow [`ChunkSource`] (the peer code
+//! knows nothing of the cache); only the owner of a chunk fills it from the origin, and a
 //! fill made for a peer asks other peers only cache-only (the runner-up, advertisers), never
 //! as owner, so fills cannot loop.
 //!
@@ -16,29 +17,72 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
+use bytes::Bytes;
+use futures::future::BoxFuture;
 use http::{HeaderMap, HeaderName, HeaderValue};
+
+use cdn_http::metrics::NodeMetrics;
 
 use super::client::{Advertise, PENDING, PushHeader};
 use super::wire::{self, GetRequest, WireError, WireMeta};
 use super::{Peers, Refusal, pki};
-use crate::cache::Edge;
-use crate::store::{ObjectMeta, PrimaryEntry};
+use crate::store::{ObjectMeta, Store};
+
+/// What the peer server needs of its node, and no more: the store (answers from cache,
+/// admission of pushed chunks), and, for a request made to this node as a chunk's owner, a
+/// probe and a fill that never ask peers as owner again. The node implements it over its
+/// cache; the peer code knows nothing of the cache.
+pub trait ChunkSource: Send + Sync + 'static {
+    fn store(&self) -> &Store;
+    /// The metadata of variant `key` (path and query `path_and_query`, selecting request
+    /// fields `req`), probed from the origin; `index` is the chunk the peer wants first.
+    fn owner_probe(
+        self: Arc<Self>,
+        key: String,
+        path_and_query: String,
+        req: HeaderMap,
+        index: u64,
+    ) -> BoxFuture<'static, Option<Arc<ObjectMeta>>>;
+    /// Chunk `index` of `meta`, from the store or filled.
+    fn owner_fill(
+        self: Arc<Self>,
+        meta: Arc<ObjectMeta>,
+        index: u64,
+    ) -> BoxFuture<'static, Option<Bytes>>;
+}
+
+/// The peer server of one node.
+#[derive(Clone)]
+pub struct Server {
+    /// The node's cache (weak: a node that is gone answers nothing).
+    pub source: Weak<dyn ChunkSource>,
+    pub peers: Weak<Peers>,
+    pub metrics: Arc<NodeMetrics>,
+    pub chunk_size: u64,
+    /// Field names read for freshness besides Cache-Control (for pushed metadata).
+    pub targeted_cache_control: Vec<String>,
+}
+
+/// A live node for one stream: the server's settings with its source and peers held.
+struct Node {
+    server: Server,
+    source: Arc<dyn ChunkSource>,
+    peers: Arc<Peers>,
+}
 
 /// Accepts peer connections until the endpoint is closed.
-pub async fn serve(endpoint: quinn::Endpoint, edge: Weak<Edge>) {
+pub async fn serve(endpoint: quinn::Endpoint, server: Server) {
     while let Some(incoming) = endpoint.accept().await {
-        let edge = edge.clone();
+        let server = server.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             let conn = match incoming.await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(%remote, error = %e, "peer connection refused");
-                    if let Some(edge) = edge.upgrade() {
-                        edge.metrics.with(|| {
-                            metrics::counter!("cdn_edge_peer_handshake_failures_total").increment(1)
-                        });
-                    }
+                    server.metrics.with(|| {
+                        metrics::counter!("cdn_edge_peer_handshake_failures_total").increment(1)
+                    });
                     return;
                 }
             };
@@ -53,10 +97,18 @@ pub async fn serve(endpoint: quinn::Endpoint, edge: Weak<Edge>) {
                     Ok(s) => s,
                     Err(_) => return,
                 };
-                let Some(edge) = edge.upgrade() else { return };
+                let (Some(source), Some(peers)) = (server.source.upgrade(), server.peers.upgrade())
+                else {
+                    return;
+                };
+                let node = Node {
+                    server: server.clone(),
+                    source,
+                    peers,
+                };
                 let caller = caller.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = stream(&edge, &caller, send, recv).await {
+                    if let Err(e) = stream(&node, &caller, send, recv).await {
                         tracing::debug!(%remote, error = %e, "peer stream failed");
                     }
                 });
@@ -75,14 +127,12 @@ struct Caller {
 
 /// Answers one request stream if the caller is a current peer, else refuses it.
 async fn stream(
-    edge: &Arc<Edge>,
+    edge: &Node,
     caller: &Caller,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) -> Result<(), WireError> {
-    let Some(peers) = &edge.peers else {
-        return Ok(());
-    };
+    let peers = &edge.peers;
     match peers.identify(&caller.names) {
         Ok(name) => {
             if caller.refused.swap(false, Ordering::Relaxed) {
@@ -103,9 +153,10 @@ async fn stream(
     }
 }
 
-fn refuse(edge: &Edge, caller: &Caller, refusal: &Refusal) {
+fn refuse(edge: &Node, caller: &Caller, refusal: &Refusal) {
     let reason = refusal.reason();
-    edge.metrics
+    edge.server
+        .metrics
         .with(|| metrics::counter!("cdn_edge_peer_refused_total", "reason" => reason).increment(1));
     if !caller.refused.swap(true, Ordering::Relaxed) {
         tracing::warn!(
@@ -121,7 +172,7 @@ fn refuse(edge: &Edge, caller: &Caller, refusal: &Refusal) {
 
 /// Answers a request of the current peer `from`.
 async fn answer(
-    edge: &Arc<Edge>,
+    edge: &Node,
     peers: &Peers,
     from: &str,
     mut send: quinn::SendStream,
@@ -141,15 +192,17 @@ async fn answer(
     match head[0] {
         wire::OP_GET => {
             let req: GetRequest = serde_json::from_slice(&json).map_err(bad)?;
+            // Tier hook: a lower tier's request is an owner request on a top-tier node only.
+            let req = super::tier::on_request(peers, from, req);
             get(edge, req, &mut send).await?;
         }
         wire::OP_PUSH => {
             let header: PushHeader = serde_json::from_slice(&json).map_err(bad)?;
-            let admitted = match wire::read_chunk(&mut recv, edge.cfg.chunk_size).await {
+            let admitted = match wire::read_chunk(&mut recv, edge.server.chunk_size).await {
                 Ok(chunk) => admit(edge, header, chunk).await,
                 Err(WireError::Digest) => {
                     tracing::warn!("pushed chunk failed its digest: dropped");
-                    edge.metrics.with(|| {
+                    edge.server.metrics.with(|| {
                         metrics::counter!("cdn_edge_peer_digest_mismatches_total").increment(1)
                     });
                     false
@@ -174,12 +227,8 @@ async fn answer(
     Ok(())
 }
 
-async fn get(
-    edge: &Arc<Edge>,
-    req: GetRequest,
-    send: &mut quinn::SendStream,
-) -> Result<(), WireError> {
-    let cached = edge.store.metas.get(&req.key).await.filter(|m| {
+async fn get(edge: &Node, req: GetRequest, send: &mut quinn::SendStream) -> Result<(), WireError> {
+    let cached = edge.source.store().lookup(&req.key).await.filter(|m| {
         req.validator
             .as_ref()
             .is_none_or(|v| *v == m.version.validator)
@@ -199,7 +248,14 @@ async fn get(
                     headers.append(k, v);
                 }
             }
-            edge.probe_for_peer(&req.key, &req.path_and_query, &headers, req.index)
+            edge.source
+                .clone()
+                .owner_probe(
+                    req.key.clone(),
+                    req.path_and_query.clone(),
+                    headers,
+                    req.index,
+                )
                 .await
                 .filter(|m| {
                     req.validator
@@ -210,22 +266,21 @@ async fn get(
         None => None,
     };
     let Some(meta) =
-        meta.filter(|m| m.chunk_size == edge.cfg.chunk_size && req.index < m.chunk_count())
+        meta.filter(|m| m.chunk_size == edge.server.chunk_size && req.index < m.chunk_count())
     else {
         return wire::write_tag(send, wire::MISS).await;
     };
     let key = meta.chunk_key(req.index);
-    let chunk = match edge.store.chunks.get(&key).await {
+    let chunk = match edge.source.store().chunk(&key).await {
         Some(c) => Some(c),
         None if req.owner => {
             if !pending_sent {
                 wire::write_tag(send, PENDING).await?;
             }
-            edge.filler
-                .chunk(&meta, req.index)
+            edge.source
+                .clone()
+                .owner_fill(meta.clone(), req.index)
                 .await
-                .ok()
-                .map(|(c, _)| c)
         }
         None => None,
     };
@@ -233,9 +288,9 @@ async fn get(
         return wire::write_tag(send, wire::MISS).await;
     };
     wire::write_json(send, wire::FOUND, &WireMeta::from_meta(&meta)).await?;
-    let corrupt = edge.peers.as_ref().is_some_and(|p| p.corrupt());
+    let corrupt = edge.peers.corrupt();
     wire::write_chunk(send, &chunk, corrupt).await?;
-    edge.metrics.with(|| {
+    edge.server.metrics.with(|| {
         metrics::counter!("cdn_edge_peer_bytes_total", "direction" => "out")
             .increment(chunk.len() as u64)
     });
@@ -244,48 +299,29 @@ async fn get(
 
 /// Admits a pushed chunk through the normal cache admission, keeping the origin's validators
 /// and freshness; a push of another version than the one held is refused.
-async fn admit(edge: &Arc<Edge>, header: PushHeader, chunk: bytes::Bytes) -> bool {
-    let Some(meta) = header.meta.into_meta(&edge.cfg.targeted_cache_control) else {
+async fn admit(edge: &Node, header: PushHeader, chunk: Bytes) -> bool {
+    let Some(meta) = header.meta.into_meta(&edge.server.targeted_cache_control) else {
         return false;
     };
-    if meta.chunk_size != edge.cfg.chunk_size || header.index >= meta.chunk_count() {
+    if meta.chunk_size != edge.server.chunk_size || header.index >= meta.chunk_count() {
         return false;
     }
     let (s, e) = meta.chunk_span(header.index);
     if chunk.len() as u64 != e - s + 1 {
         return false;
     }
-    let meta = match edge.store.metas.get(&meta.version.key).await {
+    let meta = match edge.source.store().lookup(&meta.version.key).await {
         Some(held) if held.version.validator != meta.version.validator => return false,
         Some(held) => held,
         None => {
             let meta = Arc::new(meta);
-            install(edge, &meta).await;
+            edge.source.store().install(&meta).await;
             meta
         }
     };
-    edge.store
-        .chunks
-        .insert(meta.chunk_key(header.index), chunk)
+    edge.source
+        .store()
+        .put_chunk(meta.chunk_key(header.index), chunk)
         .await;
     true
-}
-
-/// Stores metadata that came from a peer, with its URL's Vary information.
-pub async fn install(edge: &Edge, meta: &Arc<ObjectMeta>) {
-    let vary = meta.selecting.iter().map(|(n, _)| n.clone()).collect();
-    edge.store
-        .primaries
-        .insert(
-            meta.primary.clone(),
-            Arc::new(PrimaryEntry {
-                vary,
-                pass_until: None,
-            }),
-        )
-        .await;
-    edge.store
-        .metas
-        .insert(meta.version.key.clone(), meta.clone())
-        .await;
 }

@@ -84,6 +84,11 @@ pub struct GetRequest {
     /// The asker believes the receiver owns this chunk: the receiver may fill it from the
     /// origin. Never set on requests a peer makes on another peer's behalf.
     pub owner: bool,
+    /// Asked by a lower-tier node of one of its `parents` (`super::tier`): the receiver fills
+    /// it only if it has no parents itself (top tier), else answers from its cache. Absent
+    /// on the wire (older nodes): false.
+    #[serde(default)]
+    pub tier: bool,
     pub path_and_query: String,
     /// Vary-selecting request headers of the asker.
     pub selecting: Vec<(String, String)>,

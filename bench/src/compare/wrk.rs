@@ -1,0 +1,213 @@
+//! `cdn bench compare --wrk`: the hot scenarios run again by wrk (a standard reference
+//! generator) with the same request mix, and wrk's text output read back into a row.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::Context;
+
+use super::{CompareArgs, Row, Scenario, hot_objects};
+use crate::hot::MIB;
+use crate::servers::{Origin, Server};
+
+/// A wrk Lua script asking for the same mix as [`hot_gen`].
+fn wrk_script(args: &CompareArgs, scenario: Scenario) -> String {
+    let mut s = format!("math.randomseed({})\nlocal paths = {{\n", args.seed);
+    for (id, size) in &hot_objects(args, scenario) {
+        let _ = writeln!(s, "  \"/synthetic/{id}?size={size}\",");
+    }
+    s.push_str("}\n");
+    match scenario {
+        Scenario::Hot1m => {
+            let _ = write!(
+                s,
+                "local chunks = {}\nlocal cs = {MIB}\nrequest = function()\n  local p = \
+                 paths[math.random(#paths)]\n  local c = math.random(chunks) - 1\n  return \
+                 wrk.format(\"GET\", p, {{[\"Range\"] = \"bytes=\" .. (c * cs) .. \"-\" .. \
+                 ((c + 1) * cs - 1)}})\nend\n",
+                args.chunks_per_object
+            );
+        }
+        _ => s.push_str(
+            "request = function()\n  return wrk.format(\"GET\", paths[math.random(#paths)])\nend\n",
+        ),
+    }
+    s
+}
+
+/// wrk's "1.23MB", "456.78KB" (binary units in wrk) → bytes.
+fn wrk_bytes(s: &str) -> f64 {
+    let s = s.trim();
+    let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: f64 = n.parse().unwrap_or(0.0);
+    n * match unit {
+        "KB" => 1024.0,
+        "MB" => 1024.0 * 1024.0,
+        "GB" => 1024.0 * 1024.0 * 1024.0,
+        "TB" => 1024f64.powi(4),
+        _ => 1.0,
+    }
+}
+
+/// wrk's "1.50ms", "250.00us", "1.20s" → milliseconds.
+fn wrk_ms(s: &str) -> f64 {
+    let s = s.trim();
+    if let Some(v) = s.strip_suffix("us") {
+        v.parse::<f64>().unwrap_or(0.0) / 1000.0
+    } else if let Some(v) = s.strip_suffix("ms") {
+        v.parse().unwrap_or(0.0)
+    } else if let Some(v) = s.strip_suffix('m') {
+        v.parse::<f64>().unwrap_or(0.0) * 60_000.0
+    } else if let Some(v) = s.strip_suffix('s') {
+        v.parse::<f64>().unwrap_or(0.0) * 1000.0
+    } else {
+        0.0
+    }
+}
+
+struct WrkOut {
+    requests: u64,
+    seconds: f64,
+    rps: f64,
+    mbps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+    non_2xx: u64,
+}
+
+fn parse_wrk(out: &str) -> Option<WrkOut> {
+    let mut w = WrkOut {
+        requests: 0,
+        seconds: 0.0,
+        rps: 0.0,
+        mbps: 0.0,
+        p50_ms: 0.0,
+        p99_ms: 0.0,
+        errors: 0,
+        non_2xx: 0,
+    };
+    let mut found = false;
+    for line in out.lines() {
+        let l = line.trim();
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if l.starts_with("Requests/sec:") {
+            w.rps = f.get(1)?.parse().ok()?;
+            found = true;
+        } else if l.starts_with("Transfer/sec:") {
+            w.mbps = wrk_bytes(f.get(1)?) / 1e6;
+        } else if f.first() == Some(&"50%") {
+            w.p50_ms = wrk_ms(f.get(1)?);
+        } else if f.first() == Some(&"99%") {
+            w.p99_ms = wrk_ms(f.get(1)?);
+        } else if l.contains("requests in") {
+            // "123456 requests in 10.00s, 1.21GB read"
+            w.requests = f.first()?.parse().ok()?;
+            w.seconds = wrk_ms(f.get(3)?.trim_end_matches(',')) / 1000.0;
+        } else if l.starts_with("Socket errors:") {
+            // "Socket errors: connect 0, read 0, write 0, timeout 0"
+            w.errors = l
+                .split(',')
+                .filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok())
+                .sum();
+        } else if l.starts_with("Non-2xx or 3xx responses:") {
+            w.non_2xx = f.last()?.parse().ok()?;
+        }
+    }
+    found.then_some(w)
+}
+
+pub(super) async fn run_wrk(
+    args: &CompareArgs,
+    scenario: Scenario,
+    server: Server,
+    addr: SocketAddr,
+    dir: &Path,
+    origin: &Origin,
+) -> anyhow::Result<Row> {
+    // The script depends only on the scenario: one copy in the run directory serves every
+    // server (`dir` is the server's own subdirectory).
+    let script = dir
+        .parent()
+        .unwrap_or(dir)
+        .join(format!("wrk-{}.lua", scenario.name()));
+    std::fs::write(&script, wrk_script(args, scenario))?;
+    let before = origin.counters().await;
+    let out = tokio::process::Command::new("wrk")
+        .args([
+            "-t2".to_string(),
+            format!("-c{}", args.connections),
+            format!("-d{}s", args.duration.ceil() as u64),
+            "--latency".into(),
+            "-s".into(),
+            script.display().to_string(),
+            format!("http://{addr}"),
+        ])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("running wrk")?;
+    let after = origin.counters().await;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    std::fs::write(
+        dir.join(format!("wrk-{}.txt", scenario.name())),
+        format!("{text}{}", String::from_utf8_lossy(&out.stderr)),
+    )?;
+    let w = parse_wrk(&text).with_context(|| format!("cannot read wrk's output:\n{text}"))?;
+    Ok(Row {
+        scenario: scenario.name(),
+        server: server.name(),
+        tool: "wrk",
+        requests: w.requests,
+        seconds: w.seconds,
+        rps: w.rps,
+        mbps: w.mbps,
+        p50_ms: w.p50_ms,
+        p99_ms: w.p99_ms,
+        origin_requests: after.0 - before.0,
+        origin_bytes: after.1 - before.1,
+        warm_origin_requests: 0.0,
+        errors: w.errors,
+        bad_status: w.non_2xx,
+        corrupt: 0,
+        verified: 0,
+        server_cpu_us: 0.0,
+        gen_cpu_us: None,
+        note: String::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_wrk_output() {
+        let out = "Running 10s test @ http://127.0.0.1:1234
+  2 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.05ms  300.00us   10.00ms   90.00%
+    Req/Sec    30.00k     1.00k   32.00k    70.00%
+  Latency Distribution
+     50%  812.00us
+     75%    1.20ms
+     90%    1.50ms
+     99%    2.10ms
+  600000 requests in 10.00s, 9.50GB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 4
+Requests/sec:  60000.00
+Transfer/sec:    0.95GB
+";
+        let w = parse_wrk(out).expect("parsed");
+        assert_eq!(w.requests, 600_000);
+        assert!((w.seconds - 10.0).abs() < 1e-9);
+        assert!((w.rps - 60_000.0).abs() < 1e-9);
+        assert!((w.p50_ms - 0.812).abs() < 1e-9);
+        assert!((w.p99_ms - 2.1).abs() < 1e-9);
+        assert_eq!((w.errors, w.non_2xx), (3, 4));
+        assert!((w.mbps - 0.95 * 1024f64.powi(3) / 1e6).abs() < 1e-6);
+    }
+}

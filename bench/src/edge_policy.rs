@@ -1,0 +1,213 @@
+//! The edge's own chunk store as [`CachePolicy`]s, so that what the edge runs is measured
+//! rather than a stand-in:
+//!
+//! - `edge-tinylfu`, `edge-lru`, `edge-s3fifo`: `cdn_edge::store::Store::new(budget, policy)`,
+//!   driven through its async `chunks` interface (`get`, then `insert` on a miss, then
+//!   `run_pending_tasks` as the moka policies do) with `futures::executor::block_on`. Each
+//!   trace object is one chunk (`ChunkKey` of the URL `https://origin.example/o/{id:016x}`,
+//!   index 0) whose value is `size` bytes (slices of one shared zeroed buffer) and whose
+//!   weight is the edge's `chunk_weight` (bytes + key length + 96). The store's budget is
+//!   chosen so that its chunk cache holds exactly the cache size (the metadata share comes on
+//!   top): the reference policies get the same bytes for objects, the edge pays its per-chunk
+//!   overhead inside them. Meant for byte-sized runs (with `--unit objects` every object
+//!   would weigh 1 byte + overhead, so the default policy list leaves these out).
+//! - `edge-s3fifo-raw`: the edge's `S3FifoCache` alone, weighing each object by its trace
+//!   size (no key overhead), with a fixed hasher: a calibration of the edge's S3-FIFO against
+//!   the reference S3-FIFO (same hits whenever no object outweighs the small queue).
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::BuildHasherDefault;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cdn_edge::Policy;
+use cdn_edge::s3fifo::S3FifoCache;
+use cdn_edge::store::{ChunkKey, Store, VersionId, meta_budget};
+use futures::executor::block_on;
+
+use super::policies::CachePolicy;
+use super::queue::IdMap;
+
+/// The budget whose chunk share (`budget − meta_budget(budget)`) is exactly `chunks` bytes.
+pub fn budget_for_chunks(chunks: u64) -> u64 {
+    let (mut lo, mut hi) = (chunks, chunks.saturating_add(meta_budget(u64::MAX)));
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if mid - meta_budget(mid).min(mid) >= chunks {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    lo
+}
+
+/// A trace replayed through the edge's `Store`.
+pub struct EdgeStorePolicy {
+    name: &'static str,
+    store: Store,
+    keys: IdMap<ChunkKey>,
+    zeros: Bytes,
+}
+
+impl EdgeStorePolicy {
+    /// A store whose chunk cache holds `capacity` bytes.
+    pub fn new(policy: Policy, capacity: u64) -> Self {
+        let name = match policy {
+            Policy::TinyLfu => "edge-TinyLFU",
+            Policy::Lru => "edge-LRU",
+            Policy::S3Fifo => "edge-S3-FIFO",
+        };
+        EdgeStorePolicy {
+            name,
+            store: Store::new(budget_for_chunks(capacity), policy),
+            keys: IdMap::default(),
+            zeros: Bytes::new(),
+        }
+    }
+
+    /// `size` bytes (a slice of a shared zeroed buffer, grown on demand).
+    fn value(&mut self, size: u64) -> Bytes {
+        let size = usize::try_from(size).unwrap_or(usize::MAX);
+        if size > self.zeros.len() {
+            self.zeros = Bytes::from(vec![0u8; size.next_power_of_two()]);
+        }
+        self.zeros.slice(..size)
+    }
+
+    #[cfg(test)]
+    fn chunk_bytes(&self) -> u64 {
+        self.store.chunk_bytes()
+    }
+}
+
+impl CachePolicy for EdgeStorePolicy {
+    fn name(&self) -> String {
+        self.name.into()
+    }
+
+    fn access(&mut self, id: u64, size: u64, _next: Option<u64>) -> bool {
+        let key = self
+            .keys
+            .entry(id)
+            .or_insert_with(|| ChunkKey {
+                version: Arc::new(VersionId {
+                    key: format!("https://origin.example/o/{id:016x}"),
+                    validator: "\"v1\"".into(),
+                }),
+                index: 0,
+            })
+            .clone();
+        if block_on(self.store.chunk(&key)).is_some() {
+            return true;
+        }
+        let value = self.value(size);
+        let store = &self.store;
+        block_on(async {
+            store.put_chunk(key, value).await;
+            store.settle().await;
+        });
+        false
+    }
+}
+
+type FixedHasher = BuildHasherDefault<DefaultHasher>;
+
+/// The edge's S3-FIFO cache weighted by the trace's sizes alone.
+pub struct EdgeS3FifoRaw {
+    cache: S3FifoCache<u64, u32, FixedHasher>,
+}
+
+impl EdgeS3FifoRaw {
+    pub fn new(capacity: u64) -> Self {
+        EdgeS3FifoRaw {
+            cache: S3FifoCache::with_hasher(
+                capacity,
+                Box::new(|_: &u64, size: &u32| *size),
+                FixedHasher::default(),
+            ),
+        }
+    }
+}
+
+impl CachePolicy for EdgeS3FifoRaw {
+    fn name(&self) -> String {
+        "edge-S3-FIFO-raw".into()
+    }
+
+    fn access(&mut self, id: u64, size: u64, _next: Option<u64>) -> bool {
+        if self.cache.get(&id).is_some() {
+            return true;
+        }
+        self.cache
+            .insert(id, u32::try_from(size).unwrap_or(u32::MAX));
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policies::S3Fifo;
+
+    /// A seeded request stream: skewed ids, sizes fixed per id in 1..=max_size.
+    fn requests(n: usize, ids: u64, max_size: u64, seed: u64) -> Vec<(u64, u64)> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                // Skew: the square of a uniform draw favours small ids.
+                let u = (x >> 11) as f64 / (1u64 << 53) as f64;
+                let id = (u * u * ids as f64) as u64;
+                let size = 1 + id.wrapping_mul(0x9e37_79b9_7f4a_7c15) % max_size;
+                (id, size)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_edges_s3fifo_hits_exactly_as_the_reference() {
+        for (capacity, max_size, unit) in [
+            (50, 1, true),
+            (500, 1, true),
+            (200_000, 1_000, false),
+            (2_000_000, 1_000, false),
+        ] {
+            let reqs = requests(100_000, 5_000, max_size, capacity);
+            let mut reference = S3Fifo::new(capacity);
+            let mut edge = EdgeS3FifoRaw::new(capacity);
+            for (i, &(id, size)) in reqs.iter().enumerate() {
+                let size = if unit { 1 } else { size };
+                assert_eq!(
+                    reference.access(id, size, None),
+                    edge.access(id, size, None),
+                    "capacity {capacity}, request {i}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn budget_gives_the_chunk_cache_exactly_the_cache_size() {
+        for c in [1, 1_000, 292_272, 2_000_000, 2_500_000_000, 93_000_000_000] {
+            let b = budget_for_chunks(c);
+            assert_eq!(b - meta_budget(b), c, "{c}");
+        }
+    }
+
+    #[test]
+    fn edge_stores_stay_within_the_cache_size() {
+        let reqs = requests(20_000, 2_000, 4_000, 7);
+        for policy in [Policy::TinyLfu, Policy::Lru, Policy::S3Fifo] {
+            let mut p = EdgeStorePolicy::new(policy, 300_000);
+            let mut hits = 0;
+            for &(id, size) in &reqs {
+                hits += usize::from(p.access(id, size, None));
+                assert!(p.chunk_bytes() <= 300_000, "{}", p.name());
+            }
+            assert!(hits > 1_000, "{}: {hits}", p.name());
+        }
+    }
+}

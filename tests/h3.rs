@@ -1,0 +1,423 @@
+//! HTTP/3 to viewers, end to end: a real origin and a real `cdn edge` (started as `cdn edge
+//! --config` starts it, with `[http3]`) on 127.0.0.1:0, fetched with an HTTP/3 client (the
+//! `h3` crate over quinn) and, in the ignored test `.ci/run` runs, by headless Chromium over
+//! QUIC. Origin requests are counted from the origin's own metrics.
+
+mod common;
+#[path = "common/lab_cdp.rs"]
+mod lab_cdp;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use cdn_edge::http3::client::{Client, config_trusting_pem};
+use common::*;
+use http::StatusCode;
+
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+
+/// A `cdn edge` with HTTP/3 on, running in this process.
+struct H3Edge {
+    tcp: SocketAddr,
+    udp: SocketAddr,
+    ca: PathBuf,
+    cert: PathBuf,
+    dir: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl H3Edge {
+    /// Starts an edge in front of `origin` with `[http3]` on 127.0.0.1:0 and `extra` lines
+    /// appended to the `[http3]` table (then any other tables).
+    async fn start(origin: &str, name: &str, top: &str, extra: &str) -> H3Edge {
+        let dir = std::env::temp_dir().join(format!("cdn-h3-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        cdn_edge::peer::pki::write_lab_pki(&dir, &["localhost".to_string()]).expect("certs");
+        let (cert, key) = (dir.join("localhost.pem"), dir.join("localhost.key"));
+        let config = dir.join("edge.toml");
+        let text = format!(
+            "name = \"edge-h3\"\norigin = \"{origin}\"\ncapacity = \"64MiB\"\n{top}\n\
+             [http3]\nlisten = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n{extra}\n",
+            cert.display(),
+            key.display()
+        );
+        std::fs::write(&config, text).expect("config");
+        let args = cdn_edge::EdgeArgs {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            origin: None,
+            name: None,
+            region: None,
+            capacity: None,
+            chunk_size: None,
+            policy: None,
+            peer_listen: None,
+            config: Some(config),
+            check_config: None,
+            tls_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            no_http3: false,
+            origin_ca: None,
+        };
+        let node = cdn_edge::start(&args).await.expect("edge starts");
+        let (tcp, udp) = (node.addr, node.http3_addr.expect("http3 is on"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(node.serve(async move {
+            let _ = stopped.await;
+        }));
+        H3Edge {
+            tcp,
+            udp,
+            ca: dir.join("ca.pem"),
+            cert,
+            dir,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.tcp)
+    }
+
+    async fn client(&self) -> Client {
+        let cfg = config_trusting_pem(&self.ca).expect("client config");
+        Client::connect(self.udp, "localhost", cfg)
+            .await
+            .expect("h3 connects")
+    }
+
+    async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        (&mut self.task)
+            .await
+            .expect("edge task")
+            .expect("edge stops cleanly");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_serves_the_one_request_path_byte_for_byte() {
+    let origin = start_origin(&media_root(), &Default::default()).await;
+    // Every connection proves its address with a Retry first.
+    let edge = H3Edge::start(
+        &origin.url(),
+        "path",
+        "chunk_size = \"64KiB\"",
+        "retry_above_handshakes = 0",
+    )
+    .await;
+    let c = edge.client().await;
+    let size = 300 * KIB;
+    let path = format!("/synthetic/h3-one?size={size}");
+    let want = synthetic("h3-one", 0..=size - 1);
+
+    // A miss, then a hit: the same Cache-Status the TCP listener gives, one origin probe.
+    let r = c.get(&path, &[]).await.expect("GET");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.body, want, "full body byte for byte");
+    assert_eq!(r.header("content-length"), size.to_string());
+    assert!(r.header("cache-status").contains("fwd=miss"), "{r:?}");
+    let r = c.get(&path, &[]).await.expect("GET");
+    assert_eq!(r.body, want);
+    assert!(r.header("cache-status").contains("hit"), "{r:?}");
+    assert!(!r.header("cache-status").contains("fwd="), "{r:?}");
+    // No connection-specific field is sent over HTTP/3.
+    assert!(r.head.headers().get("connection").is_none());
+
+    // A range: 206 with the exact bytes and Content-Range.
+    let r = c
+        .get(&path, &[("range", "bytes=70000-70999")])
+        .await
+        .expect("range");
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        r.header("content-range"),
+        format!("bytes 70000-70999/{size}")
+    );
+    assert_eq!(r.body, want.slice(70000..71000));
+
+    // A conditional: 304, no body.
+    let etag = r.header("etag").to_string();
+    assert!(!etag.is_empty());
+    let r = c
+        .get(&path, &[("if-none-match", &etag)])
+        .await
+        .expect("conditional");
+    assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+    assert!(r.body.is_empty());
+    assert_eq!(r.header("etag"), etag);
+
+    // Several ranges: multipart/byteranges, as on TCP.
+    let r = c
+        .get(&path, &[("range", "bytes=0-9,200000-200009")])
+        .await
+        .expect("ranges");
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    let parts = parse_multipart(r.header("content-type"), &r.body);
+    assert_eq!(parts.len(), 2);
+    assert_eq!(parts[1].1, want.slice(200000..200010));
+
+    // HEAD: the fields, no body.
+    let head = http::Request::head(c.uri(&path)).body(()).expect("req");
+    let r = c.send(head, None).await.expect("HEAD");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.header("content-length"), size.to_string());
+    assert!(r.body.is_empty());
+
+    assert_eq!(
+        origin_requests(&origin.url()).await,
+        5.0,
+        "probe + 4 chunk fills"
+    );
+
+    // TCP responses advertise HTTP/3 on the UDP port.
+    let tcp = client()
+        .get(format!("{}{path}", edge.url()))
+        .send()
+        .await
+        .expect("tcp");
+    assert_eq!(
+        tcp.headers().get("alt-svc").expect("alt-svc"),
+        &format!("h3=\":{}\"; ma=86400", edge.udp.port())
+    );
+    let text = metrics_text(&edge.url()).await;
+    assert!(cdn_http::metrics::sum(&text, "cdn_edge_http3_retries_total") >= 1.0);
+    assert_eq!(
+        cdn_http::metrics::sum(&text, "cdn_edge_http3_connections_total"),
+        1.0
+    );
+    c.close().await;
+    edge.stop().await;
+    origin.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_object_streams_through_several_chunks_and_concurrent_streams() {
+    let origin = start_origin(&media_root(), &Default::default()).await;
+    let edge = H3Edge::start(&origin.url(), "large", "chunk_size = \"256KiB\"", "").await;
+    let c = edge.client().await;
+    let size = 6 * MIB + 12345;
+    let path = format!("/synthetic/h3-large?size={size}");
+    let want = synthetic("h3-large", 0..=size - 1);
+    // Cold: the body streams while its chunks are filled.
+    let r = c.get(&path, &[]).await.expect("GET");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.body.len() as u64, size);
+    assert!(r.body == want, "large body byte for byte");
+    assert!(r.reads > 1, "streamed in several DATA reads: {}", r.reads);
+    // Warm, eight at once on one connection, with ranges across chunk boundaries.
+    let c = std::sync::Arc::new(c);
+    let tasks: Vec<_> = (0..8u64)
+        .map(|i| {
+            let (c, path) = (c.clone(), path.clone());
+            tokio::spawn(async move {
+                let (a, b) = (i * 700_000 + 1, i * 700_000 + 400_000);
+                let range = format!("bytes={a}-{b}");
+                let r = c.get(&path, &[("range", &range)]).await.expect("range");
+                (a, b, r)
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (a, b, r) = t.await.expect("task");
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+        assert!(
+            r.body == want.slice(a as usize..=b as usize),
+            "range {a}-{b}"
+        );
+        assert!(r.header("cache-status").contains("hit"), "{r:?}");
+    }
+    let fills = origin_requests(&origin.url()).await;
+    assert_eq!(
+        fills,
+        size.div_ceil(256 * KIB) as f64,
+        "each chunk fetched once"
+    );
+    if let Ok(c) = std::sync::Arc::try_unwrap(c) {
+        c.close().await;
+    }
+    edge.stop().await;
+    origin.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_limits_answer_clearly_and_the_edge_keeps_serving() {
+    use futures::FutureExt;
+    let origin = start_origin(&media_root(), &Default::default()).await;
+    let edge = H3Edge::start(
+        &origin.url(),
+        "limits",
+        "[limits]\nmax_header_bytes = 2048\nmax_uri_bytes = 1024",
+        "max_concurrent_streams = 4\nmax_connections = 2",
+    )
+    .await;
+    let c = edge.client().await;
+    let path = "/synthetic/h3-limits?size=1000";
+    assert_eq!(
+        c.get(path, &[]).await.expect("GET").status(),
+        StatusCode::OK
+    );
+
+    // Over the announced field-section size (SETTINGS_MAX_FIELD_SECTION_SIZE: 2048 + 1024 +
+    // 1024, at least 8 KiB): a client that knows the setting refuses to send it, and one that does not yet
+    // gets 431 on that stream; either way the connection goes on.
+    let big = "x".repeat(16 * 1024);
+    match c.get(path, &[("x-big", &big)]).await {
+        Ok(r) => assert_eq!(r.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+        Err(e) => assert!(e.to_string().contains("Header too big"), "{e}"),
+    }
+    // Within the field section, over max_header_bytes: 431 from the edge's own check.
+    let mid = "y".repeat(2500);
+    let r = c.get(path, &[("x-mid", &mid)]).await.expect("answered");
+    assert_eq!(r.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    // A long target: 414.
+    let long = format!("/synthetic/h3-limits?size=1000&pad={}", "z".repeat(1100));
+    assert_eq!(
+        c.get(&long, &[]).await.expect("answered").status(),
+        StatusCode::URI_TOO_LONG
+    );
+    let r = c.get(path, &[]).await.expect("still served");
+    assert_eq!((r.status(), r.body.len()), (StatusCode::OK, 1000));
+
+    // Stream credit: four streams at once; a fifth waits until one is done.
+    let q = c.quic().clone();
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        // The credit is known since the handshake: these complete without a round trip,
+        // except for the streams of the requests above still being released.
+        let s = tokio::time::timeout(std::time::Duration::from_secs(30), q.open_bi())
+            .await
+            .expect("credit for 4 streams")
+            .expect("stream");
+        open.push(s);
+    }
+    assert!(
+        q.open_bi().now_or_never().is_none(),
+        "a fifth stream must wait"
+    );
+    // Finish one without a request: the server ends it, and the credit comes back.
+    let (mut send, mut recv) = open.pop().expect("a stream");
+    send.finish().expect("finish");
+    let _ = recv.read_to_end(1024).await;
+    let fifth = tokio::time::timeout(std::time::Duration::from_secs(30), q.open_bi())
+        .await
+        .expect("credit returned once a stream ended");
+    assert!(fifth.is_ok());
+
+    // The connection cap: a third connection is refused while two are open.
+    let c2 = edge.client().await;
+    let cfg = config_trusting_pem(&edge.ca).expect("cfg");
+    let third = Client::connect(edge.udp, "localhost", cfg.clone()).await;
+    assert!(third.is_err(), "over max_connections");
+    c2.close().await;
+    // Once one closes, a new one gets in (the server notices the close at once).
+    let mut again = None;
+    for _ in 0..600 {
+        if let Ok(c) = Client::connect(edge.udp, "localhost", cfg.clone()).await {
+            again = Some(c);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let again = again.expect("a connection after one closed");
+    assert_eq!(
+        again.get(path, &[]).await.expect("GET").status(),
+        StatusCode::OK
+    );
+    let text = metrics_text(&edge.url()).await;
+    assert!(cdn_http::metrics::sum(&text, "cdn_edge_http3_refused_total") >= 1.0);
+    drop(open);
+    again.close().await;
+    c.close().await;
+    edge.stop().await;
+    origin.stop().await;
+}
+
+/// The test page: fetches a video over the page's own connection and reports what Resource
+/// Timing saw.
+const PAGE: &str = r#"<!doctype html>
+<html><head><title>h3</title></head><body>
+<video id="v" muted preload="auto" src="/demo.mp4"></video>
+<script>
+window.result = (async () => {
+  const r = await fetch('/demo.mp4', {headers: {range: 'bytes=0-65535'}});
+  const body = await r.arrayBuffer();
+  const url = new URL('/demo.mp4', location).href;
+  const nav = performance.getEntriesByType('navigation')[0];
+  const res = performance.getEntriesByName(url);
+  return {
+    status: r.status, len: body.byteLength,
+    nav: nav.nextHopProtocol,
+    video: res.map(e => e.nextHopProtocol),
+  };
+})().catch(e => ({error: String(e)}));
+</script></body></html>
+"#;
+
+#[test]
+#[ignore = "needs Debian's chromium; .ci/run runs it"]
+fn chromium_loads_a_page_and_its_video_over_http3() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    // An origin serving the page and the demo video.
+    let root = std::env::temp_dir().join(format!("cdn-h3-page-{}", std::process::id()));
+    std::fs::create_dir_all(&root).expect("root");
+    std::fs::write(root.join("index.html"), PAGE).expect("page");
+    std::fs::copy(media_root().join("demo.mp4"), root.join("demo.mp4")).expect("video");
+    let (origin, edge) = rt.block_on(async {
+        let origin = start_origin(&root, &Default::default()).await;
+        let edge = H3Edge::start(&origin.url(), "chromium", "", "retry_above_handshakes = 0").await;
+        (origin, edge)
+    });
+    let spki = cdn_edge::http3::spki_sha256_of_pem(&edge.cert).expect("spki");
+    let port = edge.udp.port();
+    let dir = std::env::temp_dir().join(format!("cdn-h3-chromium-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut browser = lab_cdp::Browser::launch_with(
+        &dir,
+        (800, 600),
+        &[
+            format!("--origin-to-force-quic-on=127.0.0.1:{port}"),
+            format!("--ignore-certificate-errors-spki-list={spki}"),
+        ],
+    );
+    let page = browser.open(&format!("https://127.0.0.1:{port}/index.html"), (800, 600));
+    // Wait for the page's script, however long the machine takes (bounded).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let result = loop {
+        let v = browser.eval(&page, "window.result === undefined ? null : window.result");
+        if !v.is_null() {
+            break v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the page never ran its script"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(result.get("error").is_none(), "{result}");
+    assert_eq!(result["status"], 206, "{result}");
+    assert_eq!(result["len"], 65536, "{result}");
+    assert_eq!(result["nav"], "h3", "the page came over HTTP/3: {result}");
+    let video = result["video"].as_array().expect("entries");
+    assert!(!video.is_empty(), "{result}");
+    assert!(
+        video.iter().all(|p| p == "h3"),
+        "the video came over HTTP/3: {result}"
+    );
+    browser.close_page(page);
+    drop(browser);
+    rt.block_on(async {
+        let text = metrics_text(&edge.url()).await;
+        assert!(cdn_http::metrics::sum(&text, "cdn_edge_http3_requests_total") >= 2.0);
+        edge.stop().await;
+        origin.stop().await;
+    });
+    let _ = std::fs::remove_dir_all(&root);
+    let _ = std::fs::remove_dir_all(&dir);
+}
