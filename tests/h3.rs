@@ -421,3 +421,84 @@ fn chromium_loads_a_page_and_its_video_over_http3() {
     let _ = std::fs::remove_dir_all(&root);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--tls-listen` alone turns HTTP/3 on, on the same port number over UDP, with the HTTPS
+/// listener's certificate; HTTPS responses advertise it. `--no-http3` turns it off (and the
+/// advertisement with it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_https_port_serves_http3_unless_turned_off() {
+    let origin = start_origin(&media_root(), &Default::default()).await;
+    let dir = std::env::temp_dir().join(format!("cdn-h3-tlsport-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    cdn_edge::peer::pki::write_lab_pki(&dir, &["localhost".to_string()]).expect("certs");
+    let ca = dir.join("ca.pem");
+    let path = "/synthetic/h3-tlsport?size=5000";
+    let want = synthetic("h3-tlsport", 0..=4999);
+    for no_http3 in [false, true] {
+        let args = cdn_edge::EdgeArgs {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            origin: Some(origin.url()),
+            name: Some("edge-tls".into()),
+            region: None,
+            capacity: None,
+            chunk_size: None,
+            policy: None,
+            peer_listen: None,
+            config: None,
+            check_config: None,
+            tls_listen: Some("127.0.0.1:0".parse().expect("addr")),
+            tls_cert: Some(dir.join("localhost.pem")),
+            tls_key: Some(dir.join("localhost.key")),
+            no_http3,
+            origin_ca: None,
+        };
+        let node = cdn_edge::start(&args).await.expect("edge starts");
+        let tls = node.tls_addr.expect("the HTTPS listener");
+        let h3 = node.http3_addr;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(node.serve(async move {
+            let _ = stopped.await;
+        }));
+        cdn_http::tls::install_crypto_provider();
+        let https = reqwest::Client::builder()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(&std::fs::read(&ca).expect("ca")).expect("pem"),
+            )
+            .resolve("localhost", tls)
+            .no_proxy()
+            .build()
+            .expect("https client");
+        let r = https
+            .get(format!("https://localhost:{}{path}", tls.port()))
+            .send()
+            .await
+            .expect("https");
+        assert_eq!(r.status(), StatusCode::OK);
+        let alt = r.headers().get("alt-svc").cloned();
+        assert_eq!(r.bytes().await.expect("body"), want);
+        if no_http3 {
+            assert_eq!(h3, None, "--no-http3: no UDP endpoint");
+            assert_eq!(alt, None, "--no-http3: nothing advertised");
+        } else {
+            let udp = h3.expect("HTTP/3 on the HTTPS port");
+            assert_eq!(udp.port(), tls.port(), "the same port number, over UDP");
+            assert_eq!(
+                alt.expect("alt-svc"),
+                format!("h3=\":{}\"; ma=86400", tls.port()).as_str()
+            );
+            let cfg = config_trusting_pem(&ca).expect("client config");
+            let c = Client::connect(udp, "localhost", cfg)
+                .await
+                .expect("h3 connects");
+            let r = c.get(path, &[]).await.expect("GET over h3");
+            assert_eq!(r.status(), StatusCode::OK);
+            assert_eq!(r.body, want, "the same bytes over HTTP/3");
+            assert!(r.header("cache-status").contains("hit"), "{r:?}");
+            c.close().await;
+        }
+        let _ = stop.send(());
+        task.await.expect("edge task").expect("edge stops cleanly");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    origin.stop().await;
+}
