@@ -435,8 +435,10 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The next SIGHUP from `s`; never, once the signal stream has ended or when there is none
+/// (the file watchers of the TLS certificates and of the edge's config share it).
 #[cfg(unix)]
-async fn hangup(s: &mut Option<tokio::signal::unix::Signal>) {
+pub async fn hangup(s: &mut Option<tokio::signal::unix::Signal>) {
     match s {
         Some(sig) => {
             if sig.recv().await.is_none() {

@@ -218,14 +218,4 @@ pub fn watch(mut reloader: Reloader) -> Watcher {
 }
 
 #[cfg(unix)]
-async fn hangup(s: &mut Option<tokio::signal::unix::Signal>) {
-    match s {
-        Some(sig) => {
-            if sig.recv().await.is_none() {
-                *s = None;
-                std::future::pending::<()>().await;
-            }
-        }
-        None => std::future::pending::<()>().await,
-    }
-}
+use cdn_http::tls::hangup;

@@ -55,23 +55,51 @@ impl Cache {
         stale: Option<Arc<ObjectMeta>>,
         hint: u64,
     ) -> (crate::coalesce::SharedResult<ProbeOutcome, FillError>, bool) {
+        self.probe_in(&self.probes, primary, variant, pq, req, stale, hint)
+    }
+
+    /// The second probe of `variant`, for waiters whose wait on the first one ran out:
+    /// coalesced among them in a table of its own; like any probe it first takes what an
+    /// earlier one stored (waits run out at different moments).
+    pub(super) fn second_probe(
+        self: &Arc<Self>,
+        primary: &str,
+        variant: &str,
+        pq: &str,
+        req: &HeaderMap,
+        hint: u64,
+    ) -> (crate::coalesce::SharedResult<ProbeOutcome, FillError>, bool) {
+        self.probe_in(&self.second_probes, primary, variant, pq, req, None, hint)
+    }
+
+    /// One probe per `variant` in `table`.
+    #[allow(clippy::too_many_arguments)]
+    fn probe_in(
+        self: &Arc<Self>,
+        table: &Arc<crate::coalesce::Coalescer<String, ProbeOutcome, FillError>>,
+        primary: &str,
+        variant: &str,
+        pq: &str,
+        req: &HeaderMap,
+        stale: Option<Arc<ObjectMeta>>,
+        hint: u64,
+    ) -> (crate::coalesce::SharedResult<ProbeOutcome, FillError>, bool) {
         let this = self.clone();
         let (primary, pq, req) = (primary.to_string(), pq.to_string(), req.clone());
         let key = variant.to_string();
-        self.probes
-            .join_or_start(variant.to_string(), move || async move {
-                // A probe that ended between this request's lookup and its join has stored
-                // what this one would fetch: use it rather than asking the origin again.
-                if let Some(meta) = this.stored_since(&key, stale.as_ref(), &req).await {
-                    return Ok(ProbeOutcome::Stored {
-                        revalidated: stale.as_ref().is_some_and(|s| s.version == meta.version),
-                        meta,
-                    });
-                }
-                this.run_probe(primary, pq, req, stale, hint, true)
-                    .await
-                    .map_err(Arc::new)
-            })
+        table.join_or_start(variant.to_string(), move || async move {
+            // A probe that ended between this request's lookup and its join has stored
+            // what this one would fetch: use it rather than asking the origin again.
+            if let Some(meta) = this.stored_since(&key, stale.as_ref(), &req).await {
+                return Ok(ProbeOutcome::Stored {
+                    revalidated: stale.as_ref().is_some_and(|s| s.version == meta.version),
+                    meta,
+                });
+            }
+            this.run_probe(primary, pq, req, stale, hint, true)
+                .await
+                .map_err(Arc::new)
+        })
     }
 
     /// The metadata stored under `variant` if it is fresh for `req` and is not `stale` itself.
@@ -88,34 +116,6 @@ impl Cache {
         let age = meta.age(SystemTime::now());
         let fresh = freshness::usability(&meta.cc, meta.lifetime, age, &CacheControl::parse(req));
         (fresh == Usability::Fresh).then_some(meta)
-    }
-
-    /// The second probe of `variant`, for waiters whose wait on the first one ran out:
-    /// coalesced among them; a waiter that comes after an earlier second probe stored the
-    /// object takes it from the store (waits run out at different moments).
-    pub(super) fn second_probe(
-        self: &Arc<Self>,
-        primary: &str,
-        variant: &str,
-        pq: &str,
-        req: &HeaderMap,
-        hint: u64,
-    ) -> (crate::coalesce::SharedResult<ProbeOutcome, FillError>, bool) {
-        let this = self.clone();
-        let (primary, pq, req) = (primary.to_string(), pq.to_string(), req.clone());
-        let key = variant.to_string();
-        self.second_probes
-            .join_or_start(variant.to_string(), move || async move {
-                if let Some(meta) = this.stored_since(&key, None, &req).await {
-                    return Ok(ProbeOutcome::Stored {
-                        meta,
-                        revalidated: false,
-                    });
-                }
-                this.run_probe(primary, pq, req, None, hint, true)
-                    .await
-                    .map_err(Arc::new)
-            })
     }
 
     pub(super) fn probe_alone(
