@@ -675,6 +675,8 @@ async fn edge_killed_under_load_is_routed_around_once_its_checks_fail() {
         origin_url: origin.url(),
         origin_https_url: None,
         tls: Default::default(),
+        edges_dns: Vec::new(),
+        dns: Default::default(),
         trusted_proxies: Vec::new(),
         geo_miss: GeoMissConfig {
             latitude: 50.0,

@@ -59,6 +59,7 @@ impl H3Edge {
             tls_cert: None,
             tls_key: None,
             no_http3: false,
+            admin_listen: None,
             origin_ca: None,
         };
         let node = cdn_edge::start(&args).await.expect("edge starts");
@@ -450,6 +451,7 @@ async fn the_https_port_serves_http3_unless_turned_off() {
             tls_cert: Some(dir.join("localhost.pem")),
             tls_key: Some(dir.join("localhost.key")),
             no_http3,
+            admin_listen: None,
             origin_ca: None,
         };
         let node = cdn_edge::start(&args).await.expect("edge starts");

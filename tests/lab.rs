@@ -376,6 +376,8 @@ async fn router_sends_lab_clients_to_their_link_and_forwards_the_ui() {
         origin_url: origin.url(),
         origin_https_url: None,
         tls: Default::default(),
+        edges_dns: Vec::new(),
+        dns: Default::default(),
         trusted_proxies: Vec::new(),
         geo_miss: GeoMissConfig {
             latitude: 50.11,

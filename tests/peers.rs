@@ -718,6 +718,7 @@ async fn cdn_edge_follows_the_peers_in_its_config_file() {
         tls_cert: None,
         tls_key: None,
         no_http3: false,
+        admin_listen: None,
         origin_ca: None,
         check_config: None,
     };

@@ -69,6 +69,8 @@ fn config(edges: Vec<EdgeConfig>, interval_ms: u64) -> RouterConfig {
         origin_url: ORIGIN.to_owned(),
         origin_https_url: None,
         tls: Default::default(),
+        edges_dns: Vec::new(),
+        dns: Default::default(),
         trusted_proxies: Vec::new(),
         geo_miss: GeoMissConfig {
             latitude: MID_ATLANTIC.0,

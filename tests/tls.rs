@@ -265,6 +265,7 @@ async fn tls_edge(
         tls_cert: Some(cert.to_path_buf()),
         tls_key: Some(key.to_path_buf()),
         no_http3: true,
+        admin_listen: None,
         origin_ca: None,
         check_config: None,
     };

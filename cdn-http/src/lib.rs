@@ -6,6 +6,7 @@
 
 pub mod bucket;
 pub mod conditional;
+pub mod dns;
 pub mod config;
 pub mod digest;
 pub mod limits;

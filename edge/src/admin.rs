@@ -1,5 +1,8 @@
 //! Operations endpoints: `/healthz` (with a load figure for the router), `/metrics`, and
 //! purging (`PURGE /path`, `POST /_admin/purge`), which needs the configured bearer token.
+//! With `admin_listen` set, purging is served on that listener only ([`router`], whose
+//! requests carry [`ViaAdmin`]); the viewers' listeners answer 403 to it, so a network
+//! policy on the admin port decides who may purge.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -51,6 +54,51 @@ pub async fn metrics(State(edge): State<Arc<Edge>>) -> Response {
         .into_response()
 }
 
+/// Marks a request that came in on the admin listener.
+#[derive(Debug, Clone, Copy)]
+pub struct ViaAdmin;
+
+/// The admin listener's app: health, metrics and purging; everything else is 404.
+pub fn router(edge: Arc<Edge>) -> axum::Router {
+    axum::Router::new()
+        .route("/healthz", axum::routing::get(healthz))
+        .route("/metrics", axum::routing::get(metrics))
+        .route("/_admin/purge", axum::routing::post(purge_admin))
+        .fallback(admin_fallback)
+        .layer(axum::Extension(ViaAdmin))
+        .with_state(edge)
+}
+
+async fn admin_fallback(State(edge): State<Arc<Edge>>, req: axum::extract::Request) -> Response {
+    if req.method().as_str() == "PURGE" {
+        let (parts, _) = req.into_parts();
+        return purge_method(&edge, &parts).await;
+    }
+    (
+        StatusCode::NOT_FOUND,
+        "the admin listener serves /healthz, /metrics, PURGE and POST /_admin/purge\n",
+    )
+        .into_response()
+}
+
+/// 403 when this edge has an admin listener and the request did not come in on it.
+fn not_here(edge: &Edge, extensions: &http::Extensions) -> Option<Response> {
+    let admin = edge.cfg.admin_listen?;
+    if extensions.get::<ViaAdmin>().is_some() {
+        return None;
+    }
+    edge.metrics.with(|| {
+        metrics::counter!(crate::metric_names::ADMIN_REFUSED_TOTAL).increment(1)
+    });
+    Some(
+        (
+            StatusCode::FORBIDDEN,
+            format!("purging is served on this edge's admin listener only (port {})\n", admin.port()),
+        )
+            .into_response(),
+    )
+}
+
 fn authorized(edge: &Edge, headers: &HeaderMap) -> bool {
     let Some(token) = edge.cfg.purge_token.as_deref().filter(|t| !t.is_empty()) else {
         return false;
@@ -96,6 +144,9 @@ async fn purge(edge: &Edge, path: &str, prefix: bool) -> Response {
 
 /// `PURGE /path` (exact URL, query included).
 pub async fn purge_method(edge: &Arc<Edge>, req: &http::request::Parts) -> Response {
+    if let Some(refused) = not_here(edge, &req.extensions) {
+        return refused;
+    }
     if !authorized(edge, &req.headers) {
         return unauthorized();
     }
@@ -115,9 +166,15 @@ pub struct PurgeRequest {
 /// `POST /_admin/purge` with `{"path": "/videos/", "prefix": true}`.
 pub async fn purge_admin(
     State(edge): State<Arc<Edge>>,
+    via: Option<axum::Extension<ViaAdmin>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
+    if via.is_none()
+        && let Some(refused) = not_here(&edge, &http::Extensions::new())
+    {
+        return refused;
+    }
     if !authorized(&edge, &headers) {
         return unauthorized();
     }

@@ -104,6 +104,22 @@ pub struct EdgeConfig {
     /// every second) and on SIGHUP.
     #[serde(rename = "peers")]
     pub peers: Vec<PeerConfig>,
+    /// Peers found in DNS (`[[peers_dns]]`, next to the static `peers`, which keep working
+    /// and win on a shared name): SRV records naming each edge (a Kubernetes headless
+    /// Service's `_peer._udp.<svc>.<ns>.svc.cluster.local`) or the A/AAAA records of a name,
+    /// re-resolved as `[dns]` says ([`crate::peer::membership`]). A member is named by its
+    /// DNS name, which its certificate must carry and rendezvous hashing uses; this node's
+    /// own name (`name`, its stable DNS name) is skipped. Read at start.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub peers_dns: Vec<PeerDns>,
+    /// How `peers_dns` is resolved (`[dns]`: nameserver, refresh bounds, grace).
+    #[serde(skip_serializing_if = "cdn_http::dns::DnsSettings::is_default")]
+    pub dns: cdn_http::dns::DnsSettings,
+    /// A separate listener for the admin endpoints (PURGE, `/_admin/purge`); when set, the
+    /// viewers' listeners refuse them (403), so only what can reach this address (the admin
+    /// namespace, in Kubernetes) can purge. `/healthz` and `/metrics` are on both.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<std::net::SocketAddr>,
     /// Upper tier (issue #14): names of peers (in `peers`, any region) this node asks, with
     /// `tier: true`, for a chunk it would otherwise fill from the origin; per chunk the parent
     /// is chosen by rendezvous hashing over them (`peer::tier`). Empty: this node is top
@@ -174,6 +190,34 @@ pub struct PeerConfig {
     pub push: Option<bool>,
 }
 
+/// Peers found in DNS: `{ srv = "_peer._udp.edges.eu.svc.cluster.local", region = "eu" }`
+/// or `{ name = "edges.eu.svc.cluster.local", port = 7443, region = "eu" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerDns {
+    /// SRV records: each target is a peer named by the target's DNS name, at the record's
+    /// port (or `port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub srv: Option<String>,
+    /// A/AAAA records: each address is a peer at `port`, named by its PTR record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// UDP port of the peers' QUIC endpoints (required with `name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// The region of every peer this entry finds.
+    pub region: String,
+    /// As [`PeerConfig::push`], for every peer this entry finds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<bool>,
+}
+
+impl PeerDns {
+    pub fn query(&self) -> Result<cdn_http::dns::Query, (&'static str, String)> {
+        cdn_http::dns::Query::from_fields(self.name.as_deref(), self.srv.as_deref(), self.port)
+    }
+}
+
 impl Default for EdgeConfig {
     fn default() -> Self {
         EdgeConfig {
@@ -207,6 +251,9 @@ impl Default for EdgeConfig {
             peer_listen: None,
             peer_tls: None,
             peers: Vec::new(),
+            peers_dns: Vec::new(),
+            dns: Default::default(),
+            admin_listen: None,
             parents: Vec::new(),
             peer_first_byte_timeout_ms: 200,
             hot_threshold: 20,
@@ -304,12 +351,24 @@ impl EdgeConfig {
                 return Err(bad(&field, "peer names must be unique"));
             }
         }
+        for (i, d) in self.peers_dns.iter().enumerate() {
+            if let Err((f, message)) = d.query() {
+                return Err(bad(&format!("peers_dns[{i}].{f}"), &message));
+            }
+            if d.region.trim().is_empty() {
+                return Err(bad(&format!("peers_dns[{i}].region"), "must not be empty"));
+            }
+        }
+        if let Err((field, message)) = self.dns.check() {
+            return Err(bad(field, message));
+        }
         for (i, parent) in self.parents.iter().enumerate() {
             let field = format!("parents[{i}]");
             if *parent == self.name {
                 return Err(bad(&field, "a node cannot be its own parent"));
             }
-            if !self.peers.iter().any(|p| p.name == *parent) {
+            // A parent found in DNS is known only at run time.
+            if self.peers_dns.is_empty() && !self.peers.iter().any(|p| p.name == *parent) {
                 return Err(bad(&field, "a parent must be one of `peers` (by name)"));
             }
             if self.parents[..i].contains(parent) {
@@ -342,6 +401,13 @@ impl EdgeConfig {
                     "its port must be the origin URL's (only the address is overridden)",
                 ));
             }
+        }
+        // The endpoint may come from --peer-listen.
+        if !c.peers_dns.is_empty() && c.peer_listen.is_none() {
+            return Err(bad(
+                "peers_dns",
+                "peers need this node's peer endpoint (peer_listen)",
+            ));
         }
         if c.origin_ca.is_some() && origin.scheme() != "https" {
             return Err(bad("origin_ca", "only for an https:// origin"));
@@ -390,6 +456,9 @@ impl EdgeConfig {
             cache_key_base,
             peer_listen,
             peer_tls,
+            peers_dns,
+            dns,
+            admin_listen,
             parents,
             peer_first_byte_timeout_ms,
             hot_threshold,

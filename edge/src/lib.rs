@@ -92,6 +92,10 @@ pub struct EdgeArgs {
     /// No HTTP/3 on the HTTPS port.
     #[arg(long)]
     pub no_http3: bool,
+    /// A separate listener for purging (PURGE, POST /_admin/purge), /healthz and /metrics;
+    /// when set, the viewers' listeners refuse purges with 403.
+    #[arg(long)]
+    pub admin_listen: Option<SocketAddr>,
     /// CA (PEM) an https:// origin's certificate must chain to, instead of the system roots.
     #[arg(long)]
     pub origin_ca: Option<PathBuf>,
@@ -115,7 +119,7 @@ impl EdgeArgs {
         let text = config::read(file)?;
         let c = self.resolve_text(&text, &file.display().to_string())?;
         Ok(format!(
-            "{}: OK: edge `{}` in region `{}`, origin {}, capacity {} MiB in {} KiB chunks, {} peers{}",
+            "{}: OK: edge `{}` in region `{}`, origin {}, capacity {} MiB in {} KiB chunks, {} peers{}{}{}",
             file.display(),
             c.name,
             c.region,
@@ -125,6 +129,14 @@ impl EdgeArgs {
             c.peers.len(),
             match c.peer_listen {
                 Some(a) => format!(", peer endpoint {a}"),
+                None => String::new(),
+            },
+            match c.peers_dns.len() {
+                0 => String::new(),
+                n => format!(", {n} peer names in DNS"),
+            },
+            match c.admin_listen {
+                Some(a) => format!(", admin listener {a}"),
                 None => String::new(),
             }
         ))
@@ -175,6 +187,9 @@ impl EdgeArgs {
         }
         if self.no_http3 {
             cfg.http3_on_https = false;
+        }
+        if let Some(v) = self.admin_listen {
+            cfg.admin_listen = Some(v);
         }
         cfg.tls = cfg
             .tls
@@ -248,6 +263,9 @@ pub struct EdgeNode {
     pub alt_svc: Option<http::HeaderValue>,
     listener: tokio::net::TcpListener,
     tls_listener: Option<tokio::net::TcpListener>,
+    /// The admin listener's address (`admin_listen`; the real port when bound to port 0).
+    pub admin_addr: Option<SocketAddr>,
+    admin_listener: Option<tokio::net::TcpListener>,
     /// The HTTP/3 (UDP) address when HTTP/3 is on (`[http3]`, or the HTTPS port unless
     /// --no-http3; the real port when bound to port 0).
     pub http3_addr: Option<SocketAddr>,
@@ -288,6 +306,14 @@ pub async fn start(args: &EdgeArgs) -> anyhow::Result<EdgeNode> {
         None => (None, None, None),
     };
     let tls_addr = tls_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let admin_listener = match edge.cfg.admin_listen {
+        Some(at) => Some(bind(at).await?),
+        None => None,
+    };
+    let admin_addr = admin_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
     // HTTP/3: an explicit `[http3]` (its own certificate), else the HTTPS port over UDP with
     // the `[tls]` certificates (their rotation applies to both) unless --no-http3.
     let h3cfg = match (&edge.cfg.http3, &tls, tls_addr) {
@@ -337,6 +363,8 @@ pub async fn start(args: &EdgeArgs) -> anyhow::Result<EdgeNode> {
         alt_svc,
         listener,
         tls_listener,
+        admin_addr,
+        admin_listener,
         http3_addr,
         http3,
         router,
@@ -378,6 +406,8 @@ impl EdgeNode {
             alt_svc,
             listener,
             tls_listener,
+            admin_addr,
+            admin_listener,
             http3_addr,
             http3,
             router,
@@ -385,10 +415,19 @@ impl EdgeNode {
             watcher,
             tls_watcher,
         } = self;
+        let admin = match admin_listener {
+            Some(l) => Some(NodeHandle::spawn(
+                l,
+                admin::router(edge.clone()),
+                opts.clone(),
+            )?),
+            None => None,
+        };
         let name = edge.cfg.name.clone();
         let tls_listen = tls_addr.map(|a| a.to_string()).unwrap_or_default();
         let h3_listen = http3_addr.map(|a| a.to_string()).unwrap_or_default();
-        tracing::info!(%name, listen = %addr, %tls_listen, http3 = %h3_listen, origin = %edge.cfg.origin, "edge serving");
+        let admin_listen = admin_addr.map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(%name, listen = %addr, %tls_listen, http3 = %h3_listen, %admin_listen, origin = %edge.cfg.origin, "edge serving");
         // While HTTP/3 is on, TCP responses (HTTP and HTTPS) advertise it.
         let router = match &alt_svc {
             Some(v) => router.layer(
@@ -431,6 +470,9 @@ impl EdgeNode {
             }
             None => serve_both(listener, plain, https, opts, shutdown).await,
         };
+        if let Some(a) = admin {
+            a.stop().await;
+        }
         drop(watcher);
         drop(tls_watcher);
         edge.close_peers();
@@ -459,6 +501,7 @@ mod tests {
             tls_cert: None,
             tls_key: None,
             no_http3: false,
+            admin_listen: None,
             origin_ca: None,
             check_config: None,
         }

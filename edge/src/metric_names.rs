@@ -1,6 +1,7 @@
 //! The names of the metrics the edge exports on `/metrics`, for the code that reads them (the
 //! lab, the benchmarks, the tests: `cdn_lab::scrape`), so that a name is written once.
 
+pub const ADMIN_REFUSED_TOTAL: &str = "cdn_edge_admin_refused_total";
 pub const AMPLIFICATION_REFUSED_TOTAL: &str = "cdn_edge_amplification_refused_total";
 pub const BYTES_SERVED_TOTAL: &str = "cdn_edge_bytes_served_total";
 pub const CACHE_BYTES: &str = "cdn_edge_cache_bytes";
@@ -8,6 +9,8 @@ pub const CACHE_CAPACITY_BYTES: &str = "cdn_edge_cache_capacity_bytes";
 pub const CACHE_OBJECTS: &str = "cdn_edge_cache_objects";
 pub const COALESCED_WAITS_TOTAL: &str = "cdn_edge_coalesced_waits_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "cdn_edge_config_reloads_total";
+pub const DNS_LOOKUPS_TOTAL: &str = "cdn_edge_dns_lookups_total";
+pub const DNS_MEMBERS: &str = "cdn_edge_dns_members";
 pub const FILL_ERRORS_TOTAL: &str = "cdn_edge_fill_errors_total";
 pub const INFLIGHT_REQUESTS: &str = "cdn_edge_inflight_requests";
 pub const ORIGIN_BYTES_TOTAL: &str = "cdn_edge_origin_bytes_total";

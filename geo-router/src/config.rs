@@ -50,6 +50,15 @@ pub struct RouterConfig {
     /// The edges, as `[[edge]]` tables.
     #[serde(default, rename = "edge")]
     pub edges: Vec<EdgeConfig>,
+    /// Edges found in DNS, as `[[edges_dns]]` tables next to the static `[[edge]]` ones
+    /// (which keep working and win on a shared name): one entry per region, each member an
+    /// edge named by its DNS name ([`crate::dns`]). Followed while the router runs; a reload
+    /// applies a changed list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub edges_dns: Vec<EdgesDns>,
+    /// How `edges_dns` is resolved (`[dns]`: nameserver, refresh bounds, grace).
+    #[serde(default, skip_serializing_if = "cdn_http::dns::DnsSettings::is_default")]
+    pub dns: cdn_http::dns::DnsSettings,
     /// Connection and request limits of the router's listener (`[limits]`, see
     /// `cdn_http::limits`); read at start, not on reload.
     #[serde(default)]
@@ -158,6 +167,62 @@ impl EdgeConfig {
             None => format!("{}/healthz", self.url.trim_end_matches('/')),
         }
     }
+}
+
+/// The edges of one region, found in DNS: `srv = "_http._tcp.edges.eu.svc.cluster.local"`
+/// (each SRV target an edge at the record's port) or `name` with `port` (each A/AAAA address
+/// an edge, named by its PTR record). URLs are templates over each member: `{host}` (its DNS
+/// name), `{label}` (the first label: a pod's name), `{ip}`, `{port}`, `{addr}` (`ip:port`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgesDns {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub srv: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The edges' HTTP port (required with `name`; overrides the SRV records' port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// The region of every edge this entry finds, and where it is (degrees).
+    pub region: String,
+    pub latitude: f64,
+    pub longitude: f64,
+    /// Where viewers are redirected; default `http://{addr}`.
+    #[serde(default = "default_dns_url")]
+    pub url: String,
+    /// Where viewers that came over HTTPS are redirected (template); default `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_url: Option<String>,
+    /// Where the router checks health (template); default `{url}/healthz`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_url: Option<String>,
+    #[serde(default = "default_weight")]
+    pub weight: f64,
+}
+
+impl EdgesDns {
+    pub fn query(&self) -> Result<cdn_http::dns::Query, (&'static str, String)> {
+        cdn_http::dns::Query::from_fields(self.name.as_deref(), self.srv.as_deref(), self.port)
+    }
+
+    /// The edge `member` is.
+    pub fn edge(&self, member: &cdn_http::dns::Member) -> EdgeConfig {
+        use cdn_http::dns::expand;
+        EdgeConfig {
+            name: member.host.clone(),
+            region: self.region.clone(),
+            latitude: self.latitude,
+            longitude: self.longitude,
+            url: expand(&self.url, member),
+            https_url: self.https_url.as_deref().map(|t| expand(t, member)),
+            weight: self.weight,
+            health_url: self.health_url.as_deref().map(|t| expand(t, member)),
+        }
+    }
+}
+
+fn default_dns_url() -> String {
+    "http://{addr}".to_owned()
 }
 
 /// The location assumed for an address with no geo record. Pick a point that does not favour
@@ -416,6 +481,42 @@ impl RouterConfig {
             if let Some(u) = &e.health_url {
                 check_url(&field("health_url"), u)?;
             }
+        }
+        for (i, d) in self.edges_dns.iter().enumerate() {
+            let field = |f: &str| format!("edges_dns[{i}].{f}");
+            if let Err((f, message)) = d.query() {
+                return Err(ConfigIssue::new(field(f), message));
+            }
+            if d.region.trim().is_empty() {
+                return Err(ConfigIssue::new(field("region"), "must not be empty"));
+            }
+            if !(d.latitude.is_finite() && (-90.0..=90.0).contains(&d.latitude)) {
+                return Err(ConfigIssue::new(field("latitude"), "must be between -90 and 90"));
+            }
+            if !(d.longitude.is_finite() && (-180.0..=180.0).contains(&d.longitude)) {
+                return Err(ConfigIssue::new(
+                    field("longitude"),
+                    "must be between -180 and 180",
+                ));
+            }
+            if !(d.weight.is_finite() && d.weight > 0.0) {
+                return Err(ConfigIssue::new(field("weight"), "must be a positive number"));
+            }
+            // Each template, expanded for an example member, must be a URL.
+            let example = cdn_http::dns::Member {
+                host: "edge-0.edges.example".into(),
+                addr: std::net::SocketAddr::from(([192, 0, 2, 1], 8090)),
+            };
+            let templates = [("url", Some(&d.url)), ("https_url", d.https_url.as_ref()), ("health_url", d.health_url.as_ref())];
+            for (f, t) in templates {
+                if let Some(t) = t {
+                    cdn_http::dns::check_template(t).map_err(|m| ConfigIssue::new(field(f), m))?;
+                    check_url(&field(f), &cdn_http::dns::expand(t, &example))?;
+                }
+            }
+        }
+        if let Err((f, message)) = self.dns.check() {
+            return Err(ConfigIssue::new(f, message));
         }
         if let Some(u) = &self.lab.ui_url {
             check_url("lab.ui_url", u)?;

@@ -52,6 +52,7 @@
 
 pub mod client;
 pub mod config;
+mod dns;
 pub mod error;
 pub mod geo;
 pub mod geosrc;
@@ -115,11 +116,20 @@ impl RouterArgs {
     /// (the same loader, the same errors), summarised in one line; binds nothing.
     pub fn check_config(&self, file: &std::path::Path) -> Result<String, RouterError> {
         let c = RouterConfig::load(file)?;
-        let mut regions: Vec<&str> = c.edges.iter().map(|e| e.region.as_str()).collect();
+        let mut regions: Vec<&str> = c
+            .edges
+            .iter()
+            .map(|e| e.region.as_str())
+            .chain(c.edges_dns.iter().map(|d| d.region.as_str()))
+            .collect();
         regions.sort_unstable();
         regions.dedup();
+        let dns = match c.edges_dns.len() {
+            0 => String::new(),
+            n => format!(" and {n} DNS names"),
+        };
         Ok(format!(
-            "{}: OK: router, {} edges in {} regions ({}), origin fallback {}",
+            "{}: OK: router, {} edges{dns} in {} regions ({}), origin fallback {}",
             file.display(),
             c.edges.len(),
             regions.len(),

@@ -1,6 +1,7 @@
 //! The names of the metrics the geo-router exports on `/metrics`, for the code that reads them (the
 //! lab, the benchmarks, the tests: `cdn_lab::scrape`), so that a name is written once.
 
+pub const DNS_LOOKUPS_TOTAL: &str = "cdn_router_dns_lookups_total";
 pub const EDGE_LOAD: &str = "cdn_router_edge_load";
 pub const EDGE_UP: &str = "cdn_router_edge_up";
 pub const EDGES_TOTAL: &str = "cdn_router_edges_total";

@@ -55,6 +55,8 @@ pub(crate) struct Shared {
     geo_path: PathBuf,
     reload_lock: tokio::sync::Mutex<()>,
     stamps: Mutex<(Stamp, Stamp)>,
+    /// The edges found in DNS (`crate::dns`), routed to besides the config's.
+    discovered: Mutex<Vec<EdgeConfig>>,
 }
 
 /// Who a route is for.
@@ -389,6 +391,7 @@ impl Shared {
             geo_path,
             reload_lock: tokio::sync::Mutex::new(()),
             stamps: Mutex::new(stamps),
+            discovered: Mutex::new(Vec::new()),
         }))
     }
 
@@ -409,14 +412,40 @@ impl Shared {
             message: issue.to_string(),
         })?;
         self.health_config.send_replace(config.health.clone());
-        let healths = self.health.reconcile(&config.edges).await;
+        let edges = self.all_edges(&config);
+        let healths = self.health.reconcile(&edges).await;
         let current = self.snapshot.load_full();
         self.snapshot.store(Arc::new(Snapshot {
-            edges: runtime_edges(&config.edges, healths),
+            edges: runtime_edges(&edges, healths),
             config: Arc::new(config),
             geo: current.geo.clone(),
         }));
         Ok(())
+    }
+
+    /// The config's edges, then the ones found in DNS whose names it does not use.
+    fn all_edges(&self, config: &RouterConfig) -> Vec<EdgeConfig> {
+        let mut edges = config.edges.clone();
+        let discovered = self.discovered.lock().unwrap_or_else(|p| p.into_inner());
+        for e in discovered.iter() {
+            if !edges.iter().any(|s| s.name == e.name) {
+                edges.push(e.clone());
+            }
+        }
+        edges
+    }
+
+    /// Replaces the edges found in DNS and swaps in the snapshot they make with the running
+    /// config (new edges' first health check awaited, as on a reload).
+    pub(crate) async fn set_discovered(&self, edges: Vec<EdgeConfig>) {
+        let _guard = self.reload_lock.lock().await;
+        let names: Vec<String> = edges.iter().map(|e| e.name.clone()).collect();
+        *self.discovered.lock().unwrap_or_else(|p| p.into_inner()) = edges;
+        let config = (*self.snapshot.load().config).clone();
+        match self.apply_config_locked(config).await {
+            Ok(()) => tracing::info!(edges = ?names, "edges from DNS applied"),
+            Err(e) => tracing::error!(error = %e, "edges from DNS not applied"),
+        }
     }
 
     /// Re-reads the config file (when the router has one) and the geo database.
@@ -707,6 +736,10 @@ async fn spawn_inner(
         }
         None => (NodeHandle::spawn(listener, app, opts)?, None),
     };
+    crate::dns::start(&shared).map_err(|e| RouterError::Config {
+        path: PathBuf::from("(router config)"),
+        message: format!("edges_dns: {e}"),
+    })?;
     let watcher = tokio::spawn(watch_files(Arc::downgrade(&shared)));
     {
         let snap = shared.snapshot.load();

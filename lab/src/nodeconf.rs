@@ -98,6 +98,8 @@ pub(crate) fn router_config(
         origin_url: origin_url.to_owned(),
         origin_https_url: None,
         tls: Default::default(),
+        edges_dns: Vec::new(),
+        dns: Default::default(),
         trusted_proxies: Vec::new(),
         geo_miss: GeoMissConfig {
             latitude: olat,

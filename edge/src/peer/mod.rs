@@ -14,8 +14,8 @@
 //!   adverts) are weighed in bytes, key plus [`TABLE_ENTRY_OVERHEAD`], each within
 //!   `peer_table_bytes`: viewers choose URLs and peers send adverts, so an entry count alone
 //!   would not bound their memory. [`Peers::table_sizes`] reports them (`/metrics`).
-//! - **Membership.** The peer set can change at runtime ([`Peers::set_peers`]; `cdn edge`
-//!   calls it when its config file changes or on SIGHUP). Requests work on a snapshot
+//! - **Membership.** The peer set can change at runtime ([`Peers::set_peers`]): from the
+//!   config file when it changes or on SIGHUP, and from DNS (`peers_dns`, [`membership`]). Requests work on a snapshot
 //!   ([`PeerSet`]); a peer that stays keeps its connection and push budget, and a removed
 //!   peer's connection closes once its last request ends. Adverts are kept by peer name.
 //! - **Admission.** The TLS handshake admits any node the cluster CA signed; the endpoint then
@@ -35,6 +35,7 @@
 //! selection and fetches from peers.
 
 pub mod client;
+pub mod membership;
 pub mod pki;
 mod push;
 pub mod server;
@@ -166,6 +167,8 @@ pub struct Peers {
     pub endpoint: quinn::Endpoint,
     /// Never held across an await: readers clone the `Arc` out.
     set: RwLock<Arc<PeerSet>>,
+    /// What the set is made of: configured peers and peers found in DNS ([`membership`]).
+    sources: parking_lot::Mutex<membership::Sources>,
     settings: ClientSettings,
     /// Object key → names of the peers that advertised it. The three tables keyed by object
     /// key are bounded in bytes ([`table`]), each by `peer_table_bytes`.
@@ -250,6 +253,7 @@ impl Peers {
             region: cfg.region.clone(),
             endpoint,
             set: RwLock::default(),
+            sources: Default::default(),
             settings: ClientSettings {
                 first_byte: Duration::from_millis(cfg.peer_first_byte_timeout_ms),
                 fill_timeout: Duration::from_millis(cfg.origin_read_timeout_ms.max(1000) * 2),
@@ -282,7 +286,8 @@ impl Peers {
             metrics,
             targets: cfg.targeted_cache_control.clone(),
         });
-        peers.set_peers(cfg.peers.clone())?;
+        peers.set_configured_peers(cfg.peers.clone())?;
+        membership::start(cfg, &peers, peers.metrics.clone())?;
         Ok(Some(peers))
     }
 
