@@ -5,12 +5,14 @@
 //!
 //! - three edges (`peers_dns` on `_peer._udp`) and the router (`edges_dns` on `_http._tcp`)
 //!   find each other from DNS alone, and the edges fill from each other;
+//! - a nameserver outage longer than the grace changes no member;
 //! - an edge removed from DNS leaves the router's edges and its siblings' peer sets after the
 //!   grace, then gets no viewer and no peer request (its counters stand still while the others
 //!   serve new objects), and is stopped;
 //! - an edge added to DNS joins: its siblings and the router list it, it warms from its region
-//!   (its chunks' previous owners answer its runner-up requests) and then receives viewers and
-//!   peer requests;
+//!   (its chunks' previous owners answer its runner-up requests: the router routes to it only
+//!   once its siblings admit it, its `/healthz` saying "joining" until then) and then
+//!   receives viewers and peer requests;
 //! - through all of it a steady loop of viewers goes through the router, and every response
 //!   is complete and byte-exact.
 //!
@@ -55,8 +57,25 @@ fn host(n: u32) -> String {
 struct Dns {
     zone: Arc<InMemoryZoneHandler>,
     addr: SocketAddr,
-    _server: Server<Catalog>,
+    server: Option<Server<Catalog>>,
     serial: AtomicU64,
+}
+
+/// A server answering from `zone` on `udp` and `tcp`.
+fn serve(
+    zone: &Arc<InMemoryZoneHandler>,
+    udp: tokio::net::UdpSocket,
+    tcp: Option<tokio::net::TcpListener>,
+) -> Server<Catalog> {
+    let mut catalog = Catalog::new();
+    let handler: Arc<dyn ZoneHandler> = zone.clone();
+    catalog.upsert(LowerName::new(&name(ZONE)), vec![handler]);
+    let mut server = Server::new(catalog);
+    server.register_socket(udp);
+    if let Some(tcp) = tcp {
+        server.register_listener(tcp, Duration::from_secs(5), 64 * 1024);
+    }
+    server
 }
 
 impl Dns {
@@ -83,27 +102,41 @@ impl Dns {
             InMemoryZoneHandler::new(origin.clone(), records, ZoneType::Primary, AxfrPolicy::Deny)
                 .expect("zone"),
         );
-        let mut catalog = Catalog::new();
-        let handler: Arc<dyn ZoneHandler> = zone.clone();
-        catalog.upsert(LowerName::new(&origin), vec![handler]);
-        let mut server = Server::new(catalog);
         // UDP on a port the OS picks, TCP on the same port (retried if that one is taken).
         let (udp, tcp) = loop {
-            let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("udp");
+            let udp = tokio::net::UdpSocket::bind("127.0.0.1:0")
+                .await
+                .expect("udp");
             let port = udp.local_addr().expect("addr").port();
             if let Ok(tcp) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
                 break (udp, tcp);
             }
         };
         let addr = udp.local_addr().expect("addr");
-        server.register_socket(udp);
-        server.register_listener(tcp, Duration::from_secs(5), 64 * 1024);
+        let server = serve(&zone, udp, Some(tcp));
         Dns {
             zone,
             addr,
-            _server: server,
+            server: Some(server),
             serial: AtomicU64::new(2),
         }
+    }
+
+    /// The nameserver goes away (queries time out).
+    async fn stop(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            s.shutdown_gracefully().await.expect("DNS server stops");
+        }
+    }
+
+    /// It comes back on the same address with the same zone (over UDP, which the answers
+    /// here fit in; TCP too when the old listener's port is free already).
+    async fn restart(&mut self) {
+        let udp = tokio::net::UdpSocket::bind(self.addr)
+            .await
+            .expect("udp again");
+        let tcp = tokio::net::TcpListener::bind(self.addr).await.ok();
+        self.server = Some(serve(&self.zone, udp, tcp));
     }
 
     /// Sets the edges the zone lists: `n` → (HTTP port, peer port). Every name has an A
@@ -231,7 +264,9 @@ fn counter(edge: &Edge, name: &str, label: Option<(&str, &str)>) -> f64 {
     let text = edge.metrics.render();
     cdn_http::metrics::samples(&text, name)
         .into_iter()
-        .filter(|(labels, _)| label.is_none_or(|(k, v)| labels.get(k).map(String::as_str) == Some(v)))
+        .filter(|(labels, _)| {
+            label.is_none_or(|(k, v)| labels.get(k).map(String::as_str) == Some(v))
+        })
         .map(|(_, value)| value)
         .sum()
 }
@@ -326,7 +361,7 @@ async fn edges_and_the_router_follow_dns_as_edges_leave_and_join_and_no_viewer_n
     let names: Vec<String> = (1..=4).map(host).collect();
     cdn_edge::peer::pki::write_lab_pki(&dir, &names).expect("peer PKI");
     let origin = start_origin(&media_root(), &Default::default()).await;
-    let dns = Dns::start().await;
+    let mut dns = Dns::start().await;
 
     // Three edges, then the zone naming them: they find each other from DNS alone.
     let mut nodes: BTreeMap<u32, Node> = BTreeMap::new();
@@ -392,6 +427,39 @@ longitude = 8.7
     .await;
     viewers.pass(24).await;
 
+    // A resolver outage changes nothing: with every query failing for longer than the grace,
+    // the router and the edges keep their members.
+    dns.stop().await;
+    let failed = |e: &Edge| counter(e, em::DNS_LOOKUPS_TOTAL, Some(("result", "failed")));
+    let router_failed = || {
+        cdn_http::metrics::samples(
+            &router.metrics_text(),
+            cdn_geo_router::metric_names::DNS_LOOKUPS_TOTAL,
+        )
+        .into_iter()
+        .filter(|(l, _)| l.get("result").map(String::as_str) == Some("failed"))
+        .map(|(_, v)| v)
+        .sum::<f64>()
+    };
+    let (e1_failed, r_failed) = (failed(&nodes[&1].edge), router_failed());
+    until(
+        "e1 and the router saw 3 failed queries (more than the grace)",
+        async || failed(&nodes[&1].edge) >= e1_failed + 3.0 && router_failed() >= r_failed + 3.0,
+    )
+    .await;
+    assert_eq!(
+        routed(&router),
+        all(&[1, 2, 3]),
+        "the router kept its edges"
+    );
+    assert_eq!(
+        peer_names(&nodes[&1].edge),
+        all(&[2, 3]),
+        "e1 kept its peers"
+    );
+    dns.restart().await;
+    viewers.pass(12).await;
+
     // e3 leaves DNS: after the grace, the router and its siblings drop it...
     dns.set_edges(&listed(&nodes, &[1, 2])).await;
     until("the router stops routing to e3", async || {
@@ -432,7 +500,13 @@ longitude = 8.7
     .await;
     let peer_found_12: f64 = [1u32, 2]
         .iter()
-        .map(|n| counter(&nodes[n].edge, em::PEER_FETCHES_TOTAL, Some(("result", "found"))))
+        .map(|n| {
+            counter(
+                &nodes[n].edge,
+                em::PEER_FETCHES_TOTAL,
+                Some(("result", "found")),
+            )
+        })
         .sum();
     assert!(peer_found_12 > 0.0, "e1 and e2 fill from each other");
     assert_eq!(
@@ -470,6 +544,13 @@ longitude = 8.7
         ) > 0.0
     })
     .await;
+    // It was routed to only once its siblings admitted it (its /healthz said "joining"
+    // until then): none of its requests was refused.
+    assert_eq!(
+        counter(&e4, em::PEER_FETCHES_TOTAL, Some(("result", "not-a-peer"))),
+        0.0,
+        "e4 asked siblings that did not know it yet"
+    );
     // ...and receives viewers and, for new objects, its siblings' owner requests.
     viewers.generation.store(2, Ordering::Relaxed);
     until("e4 receives viewers and peer requests", async || {
@@ -488,7 +569,9 @@ longitude = 8.7
         "{} of {done} viewer requests failed: {failures:?}",
         failures.len()
     );
+    eprintln!("{done} viewer requests, all complete and exact");
     router.stop().await;
+    dns.stop().await;
     for (_, n) in nodes {
         n.edge.close_peers();
         n.handle.stop().await;

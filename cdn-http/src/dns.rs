@@ -197,10 +197,7 @@ impl Resolver {
                 let ns = NameServerConfig::new(
                     at.ip(),
                     true,
-                    vec![
-                        conn(ConnectionConfig::udp()),
-                        conn(ConnectionConfig::tcp()),
-                    ],
+                    vec![conn(ConnectionConfig::udp()), conn(ConnectionConfig::tcp())],
                 );
                 Hickory::builder_with_config(
                     ResolverConfig::from_name_servers(vec![ns]),
@@ -536,16 +533,32 @@ mod tests {
                 port: 7443
             })
         );
-        assert_eq!(Query::from_fields(Some("e"), None, None).unwrap_err().0, "port");
-        assert_eq!(Query::from_fields(Some("e"), Some("s"), None).unwrap_err().0, "srv");
+        assert_eq!(
+            Query::from_fields(Some("e"), None, None).unwrap_err().0,
+            "port"
+        );
+        assert_eq!(
+            Query::from_fields(Some("e"), Some("s"), None)
+                .unwrap_err()
+                .0,
+            "srv"
+        );
         assert_eq!(Query::from_fields(None, None, None).unwrap_err().0, "name");
-        assert_eq!(Query::from_fields(Some("a..b"), None, Some(1)).unwrap_err().0, "name");
+        assert_eq!(
+            Query::from_fields(Some("a..b"), None, Some(1))
+                .unwrap_err()
+                .0,
+            "name"
+        );
         let member = Member {
             host: "edge-0.edges.eu.svc.cluster.local".into(),
             addr: "[::1]:8090".parse().unwrap(),
         };
         assert_eq!(
-            expand("https://{label}.eu.example:{port}/ {addr} {ip} {host}", &member),
+            expand(
+                "https://{label}.eu.example:{port}/ {addr} {ip} {host}",
+                &member
+            ),
             "https://edge-0.eu.example:8090/ [::1]:8090 ::1 edge-0.edges.eu.svc.cluster.local"
         );
         assert!(check_template("http://{addr}").is_ok());
@@ -553,7 +566,13 @@ mod tests {
         assert!(check_template("http://{addr").is_err());
         let s = DnsSettings::default();
         assert_eq!(s.next_refresh(Some(Duration::ZERO)), Duration::from_secs(1));
-        assert_eq!(s.next_refresh(Some(Duration::from_secs(5))), Duration::from_secs(5));
-        assert_eq!(s.next_refresh(Some(Duration::from_secs(3600))), Duration::from_secs(30));
+        assert_eq!(
+            s.next_refresh(Some(Duration::from_secs(5))),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            s.next_refresh(Some(Duration::from_secs(3600))),
+            Duration::from_secs(30)
+        );
     }
 }

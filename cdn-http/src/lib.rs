@@ -6,9 +6,9 @@
 
 pub mod bucket;
 pub mod conditional;
-pub mod dns;
 pub mod config;
 pub mod digest;
+pub mod dns;
 pub mod limits;
 pub mod metrics;
 pub mod mime;

@@ -17,9 +17,20 @@ use crate::node::Edge;
 
 /// `GET /healthz`: 200 with the node's name, region and load (in-flight requests over the
 /// configured overload level; the router steers away from ≥ 0.9).
+/// While the node is joining its region (peers from DNS not all admitting it yet,
+/// `peer::membership`): 503 with status `joining`, so that it is not routed to before it can
+/// warm from its siblings.
 pub async fn healthz(State(edge): State<Arc<Edge>>) -> Response {
     let inflight = edge.inflight.load(Ordering::Relaxed);
     let load = inflight as f64 / edge.cfg.overload_inflight.max(1) as f64;
+    if edge.peers.as_ref().is_some_and(|p| p.joining()) {
+        let body = serde_json::json!({
+            "status": "joining",
+            "name": edge.cfg.name,
+            "region": edge.cfg.region,
+        });
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
     Json(serde_json::json!({
         "status": "ok",
         "name": edge.cfg.name,
@@ -87,13 +98,15 @@ fn not_here(edge: &Edge, extensions: &http::Extensions) -> Option<Response> {
     if extensions.get::<ViaAdmin>().is_some() {
         return None;
     }
-    edge.metrics.with(|| {
-        metrics::counter!(crate::metric_names::ADMIN_REFUSED_TOTAL).increment(1)
-    });
+    edge.metrics
+        .with(|| metrics::counter!(crate::metric_names::ADMIN_REFUSED_TOTAL).increment(1));
     Some(
         (
             StatusCode::FORBIDDEN,
-            format!("purging is served on this edge's admin listener only (port {})\n", admin.port()),
+            format!(
+                "purging is served on this edge's admin listener only (port {})\n",
+                admin.port()
+            ),
         )
             .into_response(),
     )

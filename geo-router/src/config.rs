@@ -57,7 +57,10 @@ pub struct RouterConfig {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub edges_dns: Vec<EdgesDns>,
     /// How `edges_dns` is resolved (`[dns]`: nameserver, refresh bounds, grace).
-    #[serde(default, skip_serializing_if = "cdn_http::dns::DnsSettings::is_default")]
+    #[serde(
+        default,
+        skip_serializing_if = "cdn_http::dns::DnsSettings::is_default"
+    )]
     pub dns: cdn_http::dns::DnsSettings,
     /// Connection and request limits of the router's listener (`[limits]`, see
     /// `cdn_http::limits`); read at start, not on reload.
@@ -491,7 +494,10 @@ impl RouterConfig {
                 return Err(ConfigIssue::new(field("region"), "must not be empty"));
             }
             if !(d.latitude.is_finite() && (-90.0..=90.0).contains(&d.latitude)) {
-                return Err(ConfigIssue::new(field("latitude"), "must be between -90 and 90"));
+                return Err(ConfigIssue::new(
+                    field("latitude"),
+                    "must be between -90 and 90",
+                ));
             }
             if !(d.longitude.is_finite() && (-180.0..=180.0).contains(&d.longitude)) {
                 return Err(ConfigIssue::new(
@@ -500,14 +506,21 @@ impl RouterConfig {
                 ));
             }
             if !(d.weight.is_finite() && d.weight > 0.0) {
-                return Err(ConfigIssue::new(field("weight"), "must be a positive number"));
+                return Err(ConfigIssue::new(
+                    field("weight"),
+                    "must be a positive number",
+                ));
             }
             // Each template, expanded for an example member, must be a URL.
             let example = cdn_http::dns::Member {
                 host: "edge-0.edges.example".into(),
                 addr: std::net::SocketAddr::from(([192, 0, 2, 1], 8090)),
             };
-            let templates = [("url", Some(&d.url)), ("https_url", d.https_url.as_ref()), ("health_url", d.health_url.as_ref())];
+            let templates = [
+                ("url", Some(&d.url)),
+                ("https_url", d.https_url.as_ref()),
+                ("health_url", d.health_url.as_ref()),
+            ];
             for (f, t) in templates {
                 if let Some(t) = t {
                     cdn_http::dns::check_template(t).map_err(|m| ConfigIssue::new(field(f), m))?;

@@ -11,12 +11,23 @@
 //! its share of keys, and answers them through its warm-up (`peer_warmup_secs`: chunks it
 //! owns are first asked of their previous owner). One that leaves DNS is dropped after
 //! `[dns] grace_ms` of successful answers without it; failed queries keep it.
+//!
+//! **Joining.** Siblings learn of a new node at their next DNS refresh, the router at its
+//! own: nothing orders them (the lab adds a node to its siblings' lists before the router's).
+//! A node routed to before its siblings admit it would fill its first chunks from the origin
+//! (its runner-up requests refused), not warm from its region. So a node with `peers_dns`
+//! starts *joining*: its `/healthz` answers 503 (the router does not route to it, Kubernetes
+//! keeps it out of the viewers' Service) until every sibling of its region answers a
+//! cache-only request instead of refusing it, or until a bounded wait
+//! ([`join_wait`]: two refreshes of every node plus a query timeout plus 5 s) has passed.
 
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use cdn_http::dns::{self, Answer, Member, Query};
 use cdn_http::metrics::NodeMetrics;
 
+use super::wire::{GetRequest, WireError};
 use super::{PeerChange, PeerSetError, Peers};
 use crate::config::{EdgeConfig, PeerConfig, PeerDns};
 
@@ -27,6 +38,10 @@ pub struct Sources {
     pub configured: Vec<PeerConfig>,
     /// From DNS.
     pub discovered: Vec<PeerConfig>,
+    /// DNS answered at least once (the siblings are known).
+    pub resolved: bool,
+    /// Not admitted by the region's siblings yet (`/healthz` answers 503).
+    pub joining: bool,
 }
 
 impl Sources {
@@ -45,11 +60,13 @@ impl Sources {
 }
 
 impl Peers {
+    /// Whether this node is still joining its region (see the module's doc).
+    pub fn joining(&self) -> bool {
+        self.sources.lock().joining
+    }
+
     /// Replaces the configured peers (at start and on reload); the DNS ones stay.
-    pub fn set_configured_peers(
-        &self,
-        peers: Vec<PeerConfig>,
-    ) -> Result<PeerChange, PeerSetError> {
+    pub fn set_configured_peers(&self, peers: Vec<PeerConfig>) -> Result<PeerChange, PeerSetError> {
         let mut sources = self.sources.lock();
         let before = std::mem::replace(&mut sources.configured, peers);
         let merged = sources.merged(&self.name);
@@ -74,7 +91,11 @@ impl Peers {
 }
 
 /// Starts following `cfg.peers_dns` (nothing when empty); the task ends with `peers`.
-pub fn start(cfg: &EdgeConfig, peers: &Arc<Peers>, metrics: Arc<NodeMetrics>) -> anyhow::Result<()> {
+pub fn start(
+    cfg: &EdgeConfig,
+    peers: &Arc<Peers>,
+    metrics: Arc<NodeMetrics>,
+) -> anyhow::Result<()> {
     if cfg.peers_dns.is_empty() {
         return Ok(());
     }
@@ -98,8 +119,76 @@ pub fn start(cfg: &EdgeConfig, peers: &Arc<Peers>, metrics: Arc<NodeMetrics>) ->
         entries,
         metrics,
     };
+    peers.sources.lock().joining = true;
     tokio::spawn(dns::follow(resolver, cfg.dns.clone(), follower));
+    let every = Duration::from_millis(cfg.dns.refresh_min_ms.clamp(1, 1_000));
+    tokio::spawn(join(Arc::downgrade(peers), join_wait(&cfg.dns), every));
     Ok(())
+}
+
+/// The longest a node stays joining: every sibling has re-resolved twice by then.
+pub fn join_wait(dns: &cdn_http::dns::DnsSettings) -> Duration {
+    Duration::from_millis(
+        dns.refresh_max_ms
+            .saturating_mul(2)
+            .saturating_add(dns.timeout_ms)
+            .saturating_add(5_000),
+    )
+}
+
+/// Asks each sibling, every `every`, a cache-only question until none refuses this node
+/// (unreachable ones do not count: nothing can be warmed from them), then ends the joining;
+/// after `wait`, ends it anyway.
+async fn join(peers: Weak<Peers>, wait: Duration, every: Duration) {
+    let deadline = Instant::now() + wait;
+    let hello = GetRequest {
+        key: "cdn-edge-join".into(),
+        validator: None,
+        index: 0,
+        owner: false,
+        tier: false,
+        path_and_query: "/".into(),
+        selecting: Vec::new(),
+    };
+    loop {
+        let Some(p) = peers.upgrade() else { return };
+        let siblings: Vec<_> = p
+            .peer_set()
+            .members()
+            .iter()
+            .filter(|m| m.cfg.region == p.region)
+            .map(|m| m.client.clone())
+            .collect();
+        let mut refusing = Vec::new();
+        if p.sources.lock().resolved {
+            for c in &siblings {
+                if let Err(WireError::Refused(_)) = c.get(&hello).await {
+                    refusing.push(c.cfg.name.clone());
+                }
+            }
+        } else {
+            refusing.push("(DNS not answered yet)".to_owned());
+        }
+        if refusing.is_empty() {
+            p.sources.lock().joining = false;
+            tracing::info!(
+                siblings = siblings.len(),
+                "admitted by the region's peers: joined"
+            );
+            return;
+        }
+        if Instant::now() >= deadline {
+            p.sources.lock().joining = false;
+            tracing::warn!(
+                ?refusing,
+                ?wait,
+                "not admitted by every sibling in time: joined anyway"
+            );
+            return;
+        }
+        drop(p);
+        tokio::time::sleep(every).await;
+    }
 }
 
 struct Follower {
@@ -161,6 +250,7 @@ impl Follower {
                 });
             }
         }
+        peers.sources.lock().resolved = true;
         match peers.set_discovered_peers(found) {
             Ok(change) if !change.is_empty() => tracing::info!(
                 added = ?change.added,
@@ -193,11 +283,21 @@ mod tests {
         let s = Sources {
             configured: vec![peer("b", 1), peer("x", 9)],
             discovered: vec![peer("a", 2), peer("B", 3), peer("me", 4), peer("c", 5)],
+            ..Default::default()
         };
-        let names: Vec<_> = s.merged("me").into_iter().map(|p| (p.name, p.addr.port())).collect();
+        let names: Vec<_> = s
+            .merged("me")
+            .into_iter()
+            .map(|p| (p.name, p.addr.port()))
+            .collect();
         assert_eq!(
             names,
-            [("b".into(), 1), ("x".into(), 9), ("a".into(), 2), ("c".into(), 5)]
+            [
+                ("b".into(), 1),
+                ("x".into(), 9),
+                ("a".into(), 2),
+                ("c".into(), 5)
+            ]
         );
     }
 }
