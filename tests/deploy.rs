@@ -558,3 +558,197 @@ async fn the_edge_runs_unprivileged_writes_nothing_and_drains_on_sigterm() {
     let _ = std::fs::set_permissions(&etc, std::fs::Permissions::from_mode(0o755));
     let _ = std::fs::remove_dir_all(&base);
 }
+
+#[test]
+fn check_config_validates_dns_membership_and_the_admin_listener() {
+    let dir = tempdir("check-dns");
+    let edge = dir.join("edge.toml");
+    let base = "name = \"edge-0.edge-peers.cdn-europe.svc.cluster.local\"\nregion = \"europe\"\n\
+                origin = \"http://127.0.0.1:1\"\ncapacity = \"64MiB\"\n\
+                peer_listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\n\
+                [peer_tls]\nca = \"/nonexistent/ca.pem\"\ncert = \"/nonexistent/c.pem\"\nkey = \"/nonexistent/k.pem\"\n\n";
+    let good = "[[peers_dns]]\nsrv = \"_peer._udp.edge-peers.cdn-europe.svc.cluster.local\"\nregion = \"europe\"\n\n\
+                [[peers_dns]]\nname = \"edge-peers.cdn-asia.svc.cluster.local\"\nport = 4433\nregion = \"asia\"\n\n\
+                [dns]\nrefresh_min_ms = 500\ngrace_ms = 20000\n";
+    std::fs::write(&edge, format!("{base}{good}")).expect("write");
+    let (code, out, err) = check("edge", &edge, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("2 peer names in DNS") && out.contains("admin listener 127.0.0.1:0"),
+        "{out}"
+    );
+    // A name without the port, both kinds at once, a bad refresh bound, DNS peers without
+    // a peer endpoint: each refused with its field.
+    for (bad, field) in [
+        (
+            "[[peers_dns]]\nname = \"edge-peers\"\nregion = \"europe\"\n",
+            "peers_dns[0].port",
+        ),
+        (
+            "[[peers_dns]]\nname = \"a\"\nsrv = \"b\"\nregion = \"europe\"\n",
+            "peers_dns[0].srv",
+        ),
+        (
+            "[[peers_dns]]\nsrv = \"b\"\nregion = \"\"\n",
+            "peers_dns[0].region",
+        ),
+        ("[dns]\nrefresh_min_ms = 0\n", "dns.refresh_min_ms"),
+    ] {
+        std::fs::write(&edge, format!("{base}{bad}")).expect("write");
+        assert_bad("edge", &edge, &[field]);
+    }
+    std::fs::write(
+        &edge,
+        "origin = \"http://127.0.0.1:1\"\n[[peers_dns]]\nsrv = \"b\"\nregion = \"europe\"\n",
+    )
+    .expect("write");
+    assert_bad("edge", &edge, &["peers_dns", "peer_listen"]);
+
+    let router = dir.join("router.toml");
+    let base = "origin_url = \"http://origin.example\"\n[geo_miss]\nlatitude = 0.0\nlongitude = 0.0\n\n";
+    let good = "[[edges_dns]]\nsrv = \"_http._tcp.edge-peers.cdn-europe.svc.cluster.local\"\n\
+                region = \"europe\"\nlatitude = 50.1\nlongitude = 8.7\n\
+                url = \"http://{label}.europe.example.net\"\nhealth_url = \"http://{addr}/healthz\"\n";
+    std::fs::write(&router, format!("{base}{good}")).expect("write");
+    assert_ok(
+        "router",
+        &router,
+        &[],
+        "router, 0 edges and 1 DNS names in 1 regions (europe)",
+    );
+    for (from, to, field) in [
+        ("{label}", "{pod}", "edges_dns[0].url"),
+        ("http://{addr}/healthz", "{addr}/healthz", "edges_dns[0].health_url"),
+        ("latitude = 50.1", "latitude = 95.0", "edges_dns[0].latitude"),
+        ("srv = ", "name = ", "edges_dns[0].port"),
+    ] {
+        std::fs::write(&router, format!("{base}{}", good.replace(from, to))).expect("write");
+        assert_bad("router", &router, &[field]);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--admin-listen`: purging is served there only (the viewers' listener answers 403, which
+/// is what lets a NetworkPolicy on the admin port decide who may purge); the admin listener
+/// serves nothing but health, metrics and purging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_is_served_on_the_admin_listener_only() {
+    let dir = tempdir("admin");
+    let origin = start_origin(&media_root(), &Default::default()).await;
+    let config = dir.join("edge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "name = \"edge-admin\"\norigin = \"{}\"\ncapacity = \"64MiB\"\npurge_token = \"s3cret\"\n",
+            origin.url()
+        ),
+    )
+    .expect("write");
+    let args = cdn_edge::EdgeArgs {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        origin: None,
+        name: None,
+        region: None,
+        capacity: None,
+        chunk_size: None,
+        policy: None,
+        peer_listen: None,
+        config: Some(config),
+        check_config: None,
+        tls_listen: None,
+        tls_cert: None,
+        tls_key: None,
+        no_http3: false,
+        admin_listen: Some("127.0.0.1:0".parse().expect("addr")),
+        origin_ca: None,
+    };
+    let node = cdn_edge::start(&args).await.expect("edge starts");
+    let public = format!("http://{}", node.addr);
+    let admin = format!("http://{}", node.admin_addr.expect("the admin listener"));
+    let edge = node.edge.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(node.serve(async move {
+        let _ = stopped.await;
+    }));
+
+    let c = client();
+    let path = "/synthetic/admin-purge?size=5000";
+    let want = synthetic("admin-purge", 0..=4999);
+    let get = async |c: &reqwest::Client| {
+        let r = c.get(format!("{public}{path}")).send().await.expect("get");
+        assert_eq!(r.status(), 200);
+        r.bytes().await.expect("body")
+    };
+    assert_eq!(get(&c).await, want);
+    let cached = origin_requests(&origin.url()).await;
+    assert_eq!(get(&c).await, want);
+    assert_eq!(origin_requests(&origin.url()).await, cached, "a hit");
+
+    // The viewers' listener refuses both purge forms, even with the token.
+    let purge = reqwest::Method::from_bytes(b"PURGE").expect("method");
+    let r = c
+        .request(purge.clone(), format!("{public}{path}"))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .expect("purge");
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.expect("body").contains("admin listener"));
+    let body = format!("{{\"path\": \"{path}\"}}");
+    let r = c
+        .post(format!("{public}/_admin/purge"))
+        .bearer_auth("s3cret")
+        .body(body.clone())
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 403);
+    assert_eq!(get(&c).await, want);
+    assert_eq!(origin_requests(&origin.url()).await, cached, "nothing was purged");
+    assert_eq!(
+        cdn_http::metrics::sum(&edge.metrics.render(), cdn_edge::metric_names::ADMIN_REFUSED_TOTAL),
+        2.0
+    );
+
+    // The admin listener: the token still required, then both forms purge.
+    let r = c
+        .request(purge.clone(), format!("{admin}{path}"))
+        .send()
+        .await
+        .expect("purge");
+    assert_eq!(r.status(), 401);
+    let r = c
+        .request(purge.clone(), format!("{admin}{path}"))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .expect("purge");
+    assert_eq!(r.status(), 200);
+    assert_eq!(get(&c).await, want);
+    let refilled = origin_requests(&origin.url()).await;
+    assert!(refilled > cached, "the purge dropped the object");
+    let r = c
+        .post(format!("{admin}/_admin/purge"))
+        .bearer_auth("s3cret")
+        .body(body)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 200);
+    assert_eq!(get(&c).await, want);
+    assert!(origin_requests(&origin.url()).await > refilled);
+
+    // Health and metrics on both; no viewer traffic on the admin port.
+    for base in [&public, &admin] {
+        for p in ["/healthz", "/metrics"] {
+            let r = c.get(format!("{base}{p}")).send().await.expect("get");
+            assert_eq!(r.status(), 200, "{base}{p}");
+        }
+    }
+    let r = c.get(format!("{admin}{path}")).send().await.expect("get");
+    assert_eq!(r.status(), 404);
+
+    let _ = stop.send(());
+    task.await.expect("join").expect("edge stops");
+    let _ = std::fs::remove_dir_all(&dir);
+}
