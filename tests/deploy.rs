@@ -605,7 +605,8 @@ fn check_config_validates_dns_membership_and_the_admin_listener() {
     assert_bad("edge", &edge, &["peers_dns", "peer_listen"]);
 
     let router = dir.join("router.toml");
-    let base = "origin_url = \"http://origin.example\"\n[geo_miss]\nlatitude = 0.0\nlongitude = 0.0\n\n";
+    let base =
+        "origin_url = \"http://origin.example\"\n[geo_miss]\nlatitude = 0.0\nlongitude = 0.0\n\n";
     let good = "[[edges_dns]]\nsrv = \"_http._tcp.edge-peers.cdn-europe.svc.cluster.local\"\n\
                 region = \"europe\"\nlatitude = 50.1\nlongitude = 8.7\n\
                 url = \"http://{label}.europe.example.net\"\nhealth_url = \"http://{addr}/healthz\"\n";
@@ -618,8 +619,16 @@ fn check_config_validates_dns_membership_and_the_admin_listener() {
     );
     for (from, to, field) in [
         ("{label}", "{pod}", "edges_dns[0].url"),
-        ("http://{addr}/healthz", "{addr}/healthz", "edges_dns[0].health_url"),
-        ("latitude = 50.1", "latitude = 95.0", "edges_dns[0].latitude"),
+        (
+            "http://{addr}/healthz",
+            "{addr}/healthz",
+            "edges_dns[0].health_url",
+        ),
+        (
+            "latitude = 50.1",
+            "latitude = 95.0",
+            "edges_dns[0].latitude",
+        ),
         ("srv = ", "name = ", "edges_dns[0].port"),
     ] {
         std::fs::write(&router, format!("{base}{}", good.replace(from, to))).expect("write");
@@ -704,9 +713,16 @@ async fn purge_is_served_on_the_admin_listener_only() {
         .expect("post");
     assert_eq!(r.status(), 403);
     assert_eq!(get(&c).await, want);
-    assert_eq!(origin_requests(&origin.url()).await, cached, "nothing was purged");
     assert_eq!(
-        cdn_http::metrics::sum(&edge.metrics.render(), cdn_edge::metric_names::ADMIN_REFUSED_TOTAL),
+        origin_requests(&origin.url()).await,
+        cached,
+        "nothing was purged"
+    );
+    assert_eq!(
+        cdn_http::metrics::sum(
+            &edge.metrics.render(),
+            cdn_edge::metric_names::ADMIN_REFUSED_TOTAL
+        ),
         2.0
     );
 

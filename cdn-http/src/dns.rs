@@ -395,7 +395,9 @@ pub async fn follow(resolver: Resolver, settings: DnsSettings, mut m: impl Membe
         let Some(queries) = m.queries() else { return };
         let before = trackers.len();
         trackers.retain(|q, _| queries.contains(q));
-        let mut changed = first || trackers.len() != before;
+        // The first round applies what it found (nothing, when there is nothing to follow
+        // yet: no need to apply); later ones what changed, a dropped query included.
+        let mut changed = (first && !queries.is_empty()) || trackers.len() != before;
         let mut next: Option<Duration> = None;
         for q in &queries {
             let answer = resolver.resolve(q).await;
@@ -423,7 +425,7 @@ pub async fn follow(resolver: Resolver, settings: DnsSettings, mut m: impl Membe
                 .collect();
             m.apply(members).await;
         }
-        first = false;
+        first &= queries.is_empty();
         tokio::time::sleep(next.unwrap_or_else(|| settings.next_refresh(None))).await;
     }
 }
