@@ -218,7 +218,7 @@ fn the_shipped_configs_pass_their_check() {
         "router",
         &repo("deploy/kubernetes/base/config/router.toml"),
         &[],
-        "router, 3 edges in 3 regions (asia, europe, north-america)",
+        "router, 0 edges and 3 DNS names in 3 regions (asia, europe, north-america)",
     );
     assert_ok(
         "origin",
