@@ -11,7 +11,8 @@
 #      (ServiceMonitor, cert-manager's Issuer and Certificate) have no schema there: the
 #      kinds are listed, and check_manifests.py checks their references instead;
 #   4. check_manifests.py: Services, budgets, policies and monitors select pods of the same
-#      render, named ports exist, every ConfigMap's edge.toml / router.toml / origin.toml
+#      render, named ports exist, the SRV names the edges and the router follow are a
+#      headless Service's of the render, every ConfigMap's edge.toml / router.toml / origin.toml
 #      passes `cdn ... --check-config`, the peer Certificate names every edge; then its
 #      self-test shows each of those checks failing on a broken copy of a render;
 #   5. every metric the dashboard and the autoscaler use is one the edge exports;

@@ -11,6 +11,9 @@ Rendered manifests (the output of `kubectl kustomize`):
 - every PodDisruptionBudget, NetworkPolicy and ServiceMonitor selects something;
 - the HPA's target exists; volumes name ConfigMaps of the render (or the Secrets listed in
   EXTERNAL_SECRETS, which the operator or cert-manager creates);
+- every SRV name an edge.toml or router.toml follows (peers_dns, edges_dns) in the render's
+  namespace is a headless Service of the render governing the StatefulSet, with that named
+  port (and, for peers, publishing not-ready pods);
 - every ConfigMap key edge.toml / router.toml / origin.toml passes
   `cdn edge|router|origin --check-config` (written to a temporary file);
 - custom resources (no schema in kubernetes-validate): ServiceMonitor, cert-manager Issuer and
@@ -22,6 +25,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import tomllib
 
 import yaml
 
@@ -191,6 +195,45 @@ def check_render(cdn, docs, origin):
         if not {"server auth", "client auth"} <= set(spec.get("usages", [])):
             err(f"{name(c)}: peers need both server auth and client auth")
 
+    # DNS membership: every SRV name a config follows in this render's namespace
+    # (`_PORT._PROTO.SVC.NS.svc.cluster.local`) is a headless Service of the render with a
+    # port named PORT of protocol PROTO, over the StatefulSet it governs (so that its SRV
+    # targets are the pods' stable names, which the peer certificates carry), publishing
+    # not-ready pods (a joining edge must be found by its siblings).
+    statefulsets = by_kind.get("StatefulSet", {})
+    namespaces = {w["metadata"].get("namespace", "default") for w, _, _ in workloads}
+    for cm in configmaps.values():
+        for key, text in (cm.get("data") or {}).items():
+            if key not in ("edge.toml", "router.toml"):
+                continue
+            try:
+                conf = tomllib.loads(text)
+            except tomllib.TOMLDecodeError:
+                continue  # the node's own check below reports it
+            for table in ("peers_dns", "edges_dns"):
+                for i, entry in enumerate(conf.get(table, [])):
+                    srv = entry.get("srv", "")
+                    m = re.fullmatch(r"_([a-z0-9-]+)\._(tcp|udp)\.([a-z0-9-]+)\.([a-z0-9-]+)\.svc\.cluster\.local\.?", srv)
+                    if not m or m.group(4) not in namespaces:
+                        continue
+                    port, proto, svc_name, _ = m.groups()
+                    where = f"ConfigMap/{cm['metadata']['name']} {key} {table}[{i}] {srv}"
+                    svc = by_kind.get("Service", {}).get(svc_name)
+                    if svc is None:
+                        err(f"{where}: no Service {svc_name} in the render")
+                        continue
+                    if svc["spec"].get("clusterIP") != "None":
+                        err(f"{where}: Service {svc_name} is not headless (no SRV record per pod)")
+                    if not any(p.get("name") == port and p.get("protocol", "TCP") == proto.upper()
+                               for p in svc["spec"].get("ports", [])):
+                        err(f"{where}: Service {svc_name} has no {proto.upper()} port named {port}")
+                    if not any(st["spec"].get("serviceName") == svc_name for st in statefulsets.values()):
+                        err(f"{where}: Service {svc_name} governs no StatefulSet (SRV targets "
+                            "would not be the pods' stable names)")
+                    if table == "peers_dns" and not svc["spec"].get("publishNotReadyAddresses"):
+                        err(f"{where}: Service {svc_name} hides not-ready pods: a joining edge "
+                            "would never be found by its siblings")
+
     # Every config file passes the node's own check.
     checked = 0
     with tempfile.TemporaryDirectory() as tmp:
@@ -301,6 +344,9 @@ def mutate(docs, how):
         if how == "port" and d["kind"] == "Service" and d["metadata"]["name"] == "edge-peers":
             d["spec"]["ports"][0]["targetPort"] = "peers"
             return docs
+        if how == "srv" and d["kind"] == "Service" and d["metadata"]["name"] == "edge-peers":
+            d["spec"]["ports"] = [p for p in d["spec"]["ports"] if p["name"] != "peer"]
+            return docs
         if how == "hpa" and d["kind"] == "HorizontalPodAutoscaler":
             d["spec"]["scaleTargetRef"]["name"] = "edges"
             return docs
@@ -331,7 +377,7 @@ def main(argv):
     if mode == "self-test":
         docs = load(argv[3:])
         failed = 0
-        for how in ("selector", "toml", "port", "hpa"):
+        for how in ("selector", "toml", "port", "srv", "hpa"):
             errs = check_render(cdn, mutate(docs, how), f"broken-{how}")
             if errs:
                 print(f"  self-test {how}: caught: {errs[0]}")
