@@ -56,20 +56,52 @@ fn host(n: u32) -> String {
 /// An authoritative server for `cdn.test.` on 127.0.0.1 (UDP and TCP on one port).
 struct Dns {
     zone: Arc<InMemoryZoneHandler>,
+    /// `2.0.192.in-addr.arpa.`: PTR records of TEST-NET-1 addresses (records only: nothing
+    /// binds or connects to them; loopback's reverse names are answered by the resolver
+    /// itself, as RFC 6761 has it).
+    reverse: Arc<InMemoryZoneHandler>,
     addr: SocketAddr,
     server: Option<Server<Catalog>>,
     serial: AtomicU64,
 }
 
-/// A server answering from `zone` on `udp` and `tcp`.
+/// An empty authoritative zone (its SOA only; 1 s TTLs).
+fn empty_zone(origin: &str) -> Arc<InMemoryZoneHandler> {
+    let origin = name(origin);
+    let soa = Record::from_rdata(
+        origin.clone(),
+        1,
+        RData::SOA(SOA::new(
+            name("ns.cdn.test."),
+            name("admin.cdn.test."),
+            1,
+            60,
+            60,
+            600,
+            1,
+        )),
+    );
+    let mut set = RecordSet::new(origin.clone(), RecordType::SOA, 1);
+    set.insert(soa, 1);
+    let mut records = BTreeMap::new();
+    records.insert(RrKey::new(LowerName::new(&origin), RecordType::SOA), set);
+    Arc::new(
+        InMemoryZoneHandler::new(origin, records, ZoneType::Primary, AxfrPolicy::Deny)
+            .expect("zone"),
+    )
+}
+
+/// A server answering from `zones` on `udp` and `tcp`.
 fn serve(
-    zone: &Arc<InMemoryZoneHandler>,
+    zones: &[&Arc<InMemoryZoneHandler>],
     udp: tokio::net::UdpSocket,
     tcp: Option<tokio::net::TcpListener>,
 ) -> Server<Catalog> {
     let mut catalog = Catalog::new();
-    let handler: Arc<dyn ZoneHandler> = zone.clone();
-    catalog.upsert(LowerName::new(&name(ZONE)), vec![handler]);
+    for zone in zones {
+        let handler: Arc<dyn ZoneHandler> = (*zone).clone();
+        catalog.upsert(handler.origin().clone(), vec![handler]);
+    }
     let mut server = Server::new(catalog);
     server.register_socket(udp);
     if let Some(tcp) = tcp {
@@ -78,30 +110,32 @@ fn serve(
     server
 }
 
+/// Replaces the records of `owner` and `kind` in `zone` (none: removes them).
+async fn put(
+    zone: &InMemoryZoneHandler,
+    owner: &str,
+    kind: RecordType,
+    data: Vec<RData>,
+    serial: u32,
+) {
+    let owner = name(owner);
+    let key = RrKey::new(LowerName::new(&owner), kind);
+    let mut records = zone.records_mut().await;
+    if data.is_empty() {
+        records.remove(&key);
+        return;
+    }
+    let mut set = RecordSet::new(owner.clone(), kind, serial);
+    for d in data {
+        set.insert(Record::from_rdata(owner.clone(), 1, d), serial);
+    }
+    records.insert(key, Arc::new(set));
+}
+
 impl Dns {
     async fn start() -> Dns {
-        let origin = name(ZONE);
-        let mut records = BTreeMap::new();
-        let soa = Record::from_rdata(
-            origin.clone(),
-            1,
-            RData::SOA(SOA::new(
-                name("ns.cdn.test."),
-                name("admin.cdn.test."),
-                1,
-                60,
-                60,
-                600,
-                1,
-            )),
-        );
-        let mut set = RecordSet::new(origin.clone(), RecordType::SOA, 1);
-        set.insert(soa, 1);
-        records.insert(RrKey::new(LowerName::new(&origin), RecordType::SOA), set);
-        let zone = Arc::new(
-            InMemoryZoneHandler::new(origin.clone(), records, ZoneType::Primary, AxfrPolicy::Deny)
-                .expect("zone"),
-        );
+        let zone = empty_zone(ZONE);
+        let reverse = empty_zone("2.0.192.in-addr.arpa.");
         // UDP on a port the OS picks, TCP on the same port (retried if that one is taken).
         let (udp, tcp) = loop {
             let udp = tokio::net::UdpSocket::bind("127.0.0.1:0")
@@ -113,13 +147,18 @@ impl Dns {
             }
         };
         let addr = udp.local_addr().expect("addr");
-        let server = serve(&zone, udp, Some(tcp));
+        let server = serve(&[&zone, &reverse], udp, Some(tcp));
         Dns {
             zone,
+            reverse,
             addr,
             server: Some(server),
             serial: AtomicU64::new(2),
         }
+    }
+
+    fn serial(&self) -> u32 {
+        self.serial.fetch_add(1, Ordering::Relaxed) as u32
     }
 
     /// The nameserver goes away (queries time out).
@@ -136,43 +175,40 @@ impl Dns {
             .await
             .expect("udp again");
         let tcp = tokio::net::TcpListener::bind(self.addr).await.ok();
-        self.server = Some(serve(&self.zone, udp, tcp));
+        self.server = Some(serve(&[&self.zone, &self.reverse], udp, tcp));
     }
 
     /// Sets the edges the zone lists: `n` → (HTTP port, peer port). Every name has an A
     /// record (127.0.0.1); the SRV records name only the listed edges.
     async fn set_edges(&self, edges: &BTreeMap<u32, (u16, u16)>) {
-        let serial = self.serial.fetch_add(1, Ordering::Relaxed) as u32;
-        let mut records = self.zone.records_mut().await;
-        for (srv_name, pick) in [(PEER_SRV, 1usize), (HTTP_SRV, 0usize)] {
-            let owner = name(&format!("{srv_name}."));
-            let key = RrKey::new(LowerName::new(&owner), RecordType::SRV);
-            if edges.is_empty() {
-                records.remove(&key);
-                continue;
-            }
-            let mut set = RecordSet::new(owner.clone(), RecordType::SRV, serial);
-            for (n, ports) in edges {
-                let port = if pick == 0 { ports.0 } else { ports.1 };
-                let target = name(&format!("{}.", host(*n)));
-                set.insert(
-                    Record::from_rdata(owner.clone(), 1, RData::SRV(SRV::new(0, 0, port, target))),
-                    serial,
-                );
-            }
-            records.insert(key, Arc::new(set));
+        let serial = self.serial();
+        for (srv_name, http) in [(PEER_SRV, false), (HTTP_SRV, true)] {
+            let data = edges
+                .iter()
+                .map(|(n, (http_port, peer_port))| {
+                    let port = if http { *http_port } else { *peer_port };
+                    RData::SRV(SRV::new(0, 0, port, name(&format!("{}.", host(*n)))))
+                })
+                .collect();
+            put(
+                &self.zone,
+                &format!("{srv_name}."),
+                RecordType::SRV,
+                data,
+                serial,
+            )
+            .await;
         }
         for n in edges.keys() {
-            let owner = name(&format!("{}.", host(*n)));
-            let mut set = RecordSet::new(owner.clone(), RecordType::A, serial);
-            set.insert(
-                Record::from_rdata(owner.clone(), 1, RData::A(A::new(127, 0, 0, 1))),
+            let a = vec![RData::A(A::new(127, 0, 0, 1))];
+            put(
+                &self.zone,
+                &format!("{}.", host(*n)),
+                RecordType::A,
+                a,
                 serial,
-            );
-            records.insert(
-                RrKey::new(LowerName::new(&owner), RecordType::A),
-                Arc::new(set),
-            );
+            )
+            .await;
         }
     }
 }
@@ -577,4 +613,97 @@ longitude = 8.7
         n.handle.stop().await;
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The resolver on its own, against the same server: SRV members named by their targets,
+/// A members named by their PTR records (or their address), a port override, NXDOMAIN as an
+/// answer with no members, a dead nameserver as a failure (which keeps members).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_resolver_reads_srv_and_a_records_and_tells_an_empty_answer_from_a_failure() {
+    use cdn_http::dns::{Answer, Member, Query};
+    let mut dns = Dns::start().await;
+    let serial = dns.serial();
+    let a = |last: u8| RData::A(A::new(192, 0, 2, last));
+    put(
+        &dns.zone,
+        "edges.cdn.test.",
+        RecordType::A,
+        vec![a(1), a(2)],
+        serial,
+    )
+    .await;
+    let ptr = RData::PTR(hickory_proto::rr::rdata::PTR(name("E1.eu.cdn.test.")));
+    put(
+        &dns.reverse,
+        "1.2.0.192.in-addr.arpa.",
+        RecordType::PTR,
+        vec![ptr],
+        serial,
+    )
+    .await;
+    dns.set_edges(&[(1, (8001, 9001)), (2, (8002, 9002))].into())
+        .await;
+    let resolver = cdn_http::dns::Resolver::new(&dns_settings(dns.addr)).expect("resolver");
+    let member = |host: &str, ip: [u8; 4], port: u16| Member {
+        host: host.into(),
+        addr: SocketAddr::from((ip, port)),
+    };
+    let (lo, t1, t2) = ([127, 0, 0, 1], [192, 0, 2, 1], [192, 0, 2, 2]);
+    let members = |answer: Answer| match answer {
+        Answer::Found {
+            mut members,
+            kept,
+            ttl,
+        } => {
+            assert!(kept.is_empty(), "{kept:?}");
+            assert!(
+                ttl <= Duration::from_millis(1500),
+                "the zone's TTL (1 s): {ttl:?}"
+            );
+            members.sort_by(|a, b| a.host.cmp(&b.host));
+            members
+        }
+        Answer::Failed(e) => panic!("failed: {e}"),
+    };
+
+    let host = Query::Host {
+        name: "edges.cdn.test".into(),
+        port: 7443,
+    };
+    assert_eq!(
+        members(resolver.resolve(&host).await),
+        [
+            member("192.0.2.2", t2, 7443),
+            member("e1.eu.cdn.test", t1, 7443)
+        ]
+    );
+    let srv = |port| Query::Srv {
+        name: PEER_SRV.into(),
+        port,
+    };
+    assert_eq!(
+        members(resolver.resolve(&srv(None)).await),
+        [
+            member("e1.eu.cdn.test", lo, 9001),
+            member("e2.eu.cdn.test", lo, 9002)
+        ]
+    );
+    assert_eq!(
+        members(resolver.resolve(&srv(Some(4433))).await),
+        [
+            member("e1.eu.cdn.test", lo, 4433),
+            member("e2.eu.cdn.test", lo, 4433)
+        ]
+    );
+    let gone = Query::Srv {
+        name: "_peer._udp.nowhere.cdn.test".into(),
+        port: None,
+    };
+    assert_eq!(members(resolver.resolve(&gone).await), []);
+
+    dns.stop().await;
+    assert!(
+        matches!(resolver.resolve(&srv(None)).await, Answer::Failed(_)),
+        "no nameserver: a failure, not an empty answer"
+    );
 }

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{Name, RData};
@@ -211,6 +211,9 @@ impl Resolver {
         opts.attempts = 1;
         // Refreshes follow the TTL themselves; a cached answer would only hide a change.
         opts.cache_size = 0;
+        // Membership is what DNS says: /etc/hosts (a pod's names its own address) would
+        // rename members (PTR) or hide a record's change.
+        opts.use_hosts_file = ResolveHosts::Never;
         builder
             .build()
             .map(Resolver)
