@@ -123,7 +123,7 @@ impl Reloader {
         let mut peers = PeerChange::default();
         if cfg.peers != self.running.peers {
             match self.peers.as_ref().and_then(Weak::upgrade) {
-                Some(p) => match p.set_configured_peers(cfg.peers.clone()) {
+                Some(p) => match p.set_peers(cfg.peers.clone()) {
                     Ok(change) => {
                         tracing::info!(
                             file = %file,

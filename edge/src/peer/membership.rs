@@ -1,6 +1,6 @@
 //! Where the peer set comes from: the static `peers` of the config file (applied at start and
 //! on each reload) and the peers found in DNS (`peers_dns`, followed by
-//! [`cdn_http::dns::follow`]). Both feed [`Peers::set_peers`] through [`Sources`], which
+//! [`cdn_http::dns::follow`]). Both feed the peer set through [`Sources`], which
 //! merges them: static peers first (nearest first, as configured), then the DNS ones by name;
 //! a name both list keeps its static entry, and this node's own name (a headless Service
 //! lists every pod, this one too) is skipped.
@@ -65,12 +65,14 @@ impl Peers {
         self.sources.lock().joining
     }
 
-    /// Replaces the configured peers (at start and on reload); the DNS ones stay.
-    pub fn set_configured_peers(&self, peers: Vec<PeerConfig>) -> Result<PeerChange, PeerSetError> {
+    /// Replaces the configured peers (at start, on reload, and when a test or the lab's
+    /// in-process fleet sets them); the DNS ones stay. The set becomes both merged
+    /// ([`Sources::merged`]); `Peers::replace_set` says what a change keeps.
+    pub fn set_peers(&self, peers: Vec<PeerConfig>) -> Result<PeerChange, PeerSetError> {
         let mut sources = self.sources.lock();
         let before = std::mem::replace(&mut sources.configured, peers);
         let merged = sources.merged(&self.name);
-        let r = self.set_peers(merged);
+        let r = self.replace_set(merged);
         if r.is_err() {
             sources.configured = before;
         }
@@ -82,7 +84,7 @@ impl Peers {
         let mut sources = self.sources.lock();
         let before = std::mem::replace(&mut sources.discovered, peers);
         let merged = sources.merged(&self.name);
-        let r = self.set_peers(merged);
+        let r = self.replace_set(merged);
         if r.is_err() {
             sources.discovered = before;
         }

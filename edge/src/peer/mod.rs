@@ -286,7 +286,7 @@ impl Peers {
             metrics,
             targets: cfg.targeted_cache_control.clone(),
         });
-        peers.set_configured_peers(cfg.peers.clone())?;
+        peers.set_peers(cfg.peers.clone())?;
         membership::start(cfg, &peers, peers.metrics.clone())?;
         Ok(Some(peers))
     }
@@ -319,11 +319,13 @@ impl Peers {
             .collect()
     }
 
-    /// Replaces the peer set. A peer whose name and address are unchanged keeps its client
-    /// (its QUIC connection) and push budget; new peers get new clients; a removed peer's
-    /// connection is closed when the last request using it ends. Push targets follow the
-    /// same rule as at start. In-flight requests finish on the set they started with.
-    pub fn set_peers(&self, peers: Vec<PeerConfig>) -> Result<PeerChange, PeerSetError> {
+    /// Replaces the peer set with `peers` (the configured and DNS peers merged:
+    /// [`Peers::set_peers`] and [`Peers::set_discovered_peers`] call it). A peer whose name
+    /// and address are unchanged keeps its client (its QUIC connection) and push budget; new
+    /// peers get new clients; a removed peer's connection is closed when the last request
+    /// using it ends. Push targets follow the same rule as at start. In-flight requests
+    /// finish on the set they started with.
+    fn replace_set(&self, peers: Vec<PeerConfig>) -> Result<PeerChange, PeerSetError> {
         for (i, p) in peers.iter().enumerate() {
             if p.name == self.name {
                 return Err(PeerSetError::SelfPeer(p.name.clone()));
