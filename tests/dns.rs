@@ -498,6 +498,7 @@ longitude = 8.7
 
     // e3 leaves DNS: after the grace, the router and its siblings drop it...
     dns.set_edges(&listed(&nodes, &[1, 2])).await;
+    let left = std::time::Instant::now();
     until("the router stops routing to e3", async || {
         routed(&router) == all(&[1, 2])
     })
@@ -509,6 +510,15 @@ longitude = 8.7
         })
         .await;
     }
+    let dropped_after = left.elapsed();
+    eprintln!(
+        "e3 out of DNS: dropped by the router and its siblings after {dropped_after:?} (grace 1 s)"
+    );
+    // Not before the grace: the first answer without e3 came after the change.
+    assert!(
+        dropped_after >= Duration::from_millis(1000),
+        "e3 dropped {dropped_after:?} after leaving DNS, before the grace"
+    );
     // ...viewers redirected to it just before arrive (two more passes), then it gets nothing:
     // neither viewers nor peer requests, while the others serve new objects.
     viewers.pass(2).await;
@@ -559,6 +569,7 @@ longitude = 8.7
     // e4 joins DNS: the router and its siblings list it, and it it them.
     nodes.insert(4, start_edge(4, &origin.url(), &dir, dns.addr).await);
     dns.set_edges(&listed(&nodes, &[1, 2, 4])).await;
+    let joined = std::time::Instant::now();
     until("the router routes to e4", async || {
         routed(&router) == all(&[1, 2, 4])
     })
@@ -569,6 +580,10 @@ longitude = 8.7
         })
         .await;
     }
+    eprintln!(
+        "e4 in DNS: admitted by its siblings and routed to after {:?}",
+        joined.elapsed()
+    );
     // It warms from its region: the chunks it now owns of objects the region already holds
     // come from their previous owners (runner-up requests), not the origin...
     let e4 = nodes[&4].edge.clone();

@@ -37,8 +37,9 @@ pub struct DnsSettings {
     pub refresh_min_ms: u64,
     /// ...and never later than this.
     pub refresh_max_ms: u64,
-    /// A member missing from every successful answer for this long is dropped. Failed
-    /// queries (timeouts, SERVFAIL, no nameserver) do not count as missing.
+    /// A member left out of every successful answer for this long (counted from the first
+    /// that left it out) is dropped. Failed queries (timeouts, SERVFAIL, no nameserver) do
+    /// not count as leaving it out.
     pub grace_ms: u64,
     /// Time allowed for one query.
     pub timeout_ms: u64,
@@ -323,8 +324,8 @@ fn first_ip(ips: impl Iterator<Item = IpAddr>) -> Option<IpAddr> {
 #[derive(Debug)]
 pub struct Tracker {
     grace: Duration,
-    /// Host → address and when a successful answer last named it.
-    seen: BTreeMap<String, (SocketAddr, Instant)>,
+    /// Host → address and, while successful answers leave it out, since when they have.
+    seen: BTreeMap<String, (SocketAddr, Option<Instant>)>,
 }
 
 impl Tracker {
@@ -336,27 +337,34 @@ impl Tracker {
     }
 
     /// Takes in one answer; true when the members changed. A member appears at its first
-    /// successful answer, leaves once successful answers have missed it for the grace, and a
-    /// failed query changes nothing.
+    /// successful answer and leaves once successful answers have left it out for the grace,
+    /// counted from the first one that did; a failed query changes nothing. So an outage,
+    /// however long, followed by one partial answer (a nameserver restarting with half its
+    /// data) drops nobody before the grace.
     pub fn observe(&mut self, answer: &Answer, now: Instant) -> bool {
         let Answer::Found { members, kept, .. } = answer else {
             return false;
         };
         let mut changed = false;
         for m in members {
-            match self.seen.insert(m.host.clone(), (m.addr, now)) {
+            match self.seen.insert(m.host.clone(), (m.addr, None)) {
                 Some((addr, _)) if addr == m.addr => {}
                 _ => changed = true,
             }
         }
         for host in kept {
-            if let Some((_, at)) = self.seen.get_mut(host) {
-                *at = now;
+            if let Some((_, missing)) = self.seen.get_mut(host) {
+                *missing = None;
             }
         }
         let grace = self.grace;
-        self.seen.retain(|_, (_, at)| {
-            let keep = now.saturating_duration_since(*at) < grace;
+        self.seen.retain(|host, (_, missing)| {
+            let named = members.iter().any(|m| m.host == *host) || kept.contains(host);
+            if named {
+                return true;
+            }
+            let since = *missing.get_or_insert(now);
+            let keep = now.saturating_duration_since(since) < grace;
             changed |= !keep;
             keep
         });
@@ -489,36 +497,46 @@ mod tests {
         let mut t = Tracker::new(Duration::from_secs(10));
         assert!(t.observe(&found(vec![m("a", 1), m("b", 2)]), t0));
         assert!(!t.observe(&found(vec![m("a", 1), m("b", 2)]), t0 + s));
-        // b is missing: kept through the grace...
+        // b is left out: kept through the grace, counted from this answer...
         assert!(!t.observe(&found(vec![m("a", 1)]), t0 + 5 * s));
         assert_eq!(t.members().len(), 2);
         // ...failed queries change nothing, however long they go on...
         assert!(!t.observe(&Answer::Failed("timeout".into()), t0 + 100 * s));
         assert_eq!(t.members(), [m("a", 1), m("b", 2)]);
-        // ...and a successful answer past the grace drops it (a too, here: both were last
-        // seen long ago).
-        assert!(t.observe(&found(vec![m("a", 1)]), t0 + 11 * s));
+        // ...and a successful answer past the grace drops it.
+        assert!(t.observe(&found(vec![m("a", 1)]), t0 + 101 * s));
         assert_eq!(t.members(), [m("a", 1)]);
-        // An empty answer (NXDOMAIN) is an answer: a leaves after the grace.
-        assert!(!t.observe(&found(vec![]), t0 + 12 * s));
-        assert!(t.observe(&found(vec![]), t0 + 22 * s));
+        // After an outage, one answer without a (a nameserver back with half its data) is
+        // only the start of its grace; a stays until answers have left it out for 10 s.
+        assert!(!t.observe(&Answer::Failed("timeout".into()), t0 + 200 * s));
+        assert!(!t.observe(&found(vec![]), t0 + 300 * s));
+        assert!(!t.observe(&found(vec![]), t0 + 309 * s));
+        assert_eq!(t.members(), [m("a", 1)]);
+        // Named again: the count starts over.
+        assert!(!t.observe(&found(vec![m("a", 1)]), t0 + 309 * s));
+        assert!(!t.observe(&found(vec![]), t0 + 315 * s));
+        assert!(!t.observe(&found(vec![]), t0 + 324 * s));
+        assert!(t.observe(&found(vec![]), t0 + 325 * s));
         assert!(t.members().is_empty());
     }
 
     #[test]
     fn a_new_address_is_a_change_and_a_kept_target_stays() {
         let t0 = Instant::now();
+        let s = Duration::from_secs(1);
         let mut t = Tracker::new(Duration::from_secs(10));
         t.observe(&found(vec![m("a", 1)]), t0);
         assert!(t.observe(&found(vec![m("a", 2)]), t0));
         assert_eq!(t.members(), [m("a", 2)]);
+        // Named by its SRV record, its address lookup failing: kept, with its address.
         let kept = Answer::Found {
             members: Vec::new(),
             kept: vec!["a".into()],
             ttl: Duration::ZERO,
         };
-        assert!(!t.observe(&kept, t0 + Duration::from_secs(9)));
-        assert!(!t.observe(&found(vec![]), t0 + Duration::from_secs(18)));
+        assert!(!t.observe(&found(vec![]), t0 + 5 * s));
+        assert!(!t.observe(&kept, t0 + 9 * s));
+        assert!(!t.observe(&found(vec![]), t0 + 18 * s));
         assert_eq!(t.members(), [m("a", 2)]);
     }
 
