@@ -467,10 +467,13 @@ async fn idle_connections_and_clients_that_stop_reading_are_closed() {
     );
     node.stop().await;
 
-    // A client that asks for 32 MiB and never reads: cut once nothing moves for `idle`. With
-    // one connection slot, the slot comes free when the server drops the connection.
+    // A client that asks for 32 MiB and never reads: cut once nothing moves for the idle
+    // timeout. With one connection slot, the slot comes free when the server drops the
+    // connection. The timeout is longer here: it also runs between the request and the answer's
+    // first bytes, and a loaded CI machine has stalled a 32 MiB answer's start for 500 ms.
     let node = origin_with(&Limits {
         max_connections: 1,
+        idle_timeout_ms: 3_000,
         ..limits
     })
     .await;
