@@ -9,6 +9,7 @@ pub mod conditional;
 pub mod config;
 pub mod digest;
 pub mod limits;
+pub mod logbuf;
 pub mod metrics;
 pub mod mime;
 pub mod multipart;
