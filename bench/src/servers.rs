@@ -417,9 +417,9 @@ pub(crate) async fn origin_counters(url: &str) -> (f64, f64) {
 
 /// Keeps a stopped server's configs, logs and wrk output; drops Varnish's shared-memory files,
 /// nginx's empty temp directories and the access logs (millions of lines; their last lines
-/// are kept in `access.tail`, the edge's in `edge.log`'s last MiB).
+/// are kept in `access.tail`, the edge's in `edge.log`'s last 64 KiB).
 pub(crate) fn clean_run_dir(dir: &Path) {
-    const KEEP: u64 = 1 << 20;
+    const KEEP: u64 = 64 << 10;
     for (log, tail) in [("access.log", "access.tail"), ("edge.log", "edge.log")] {
         let path = dir.join(log);
         let Ok(len) = std::fs::metadata(&path).map(|m| m.len()) else {
