@@ -2,8 +2,9 @@
 # The edge against nginx (proxy_cache + slice 1m + proxy_cache_lock) and Varnish (malloc),
 # in front of the same origin, under the same load, in one run: `cdn bench compare`.
 # Installs nginx, varnish and wrk with apt when missing, builds the release binary, runs the
-# comparison (own load generator, plus wrk for the hot scenarios) and writes compare.csv and
-# report.md under bench/results/compare/<date>/ (or OUT).
+# comparison (own load generator, plus wrk for the hot scenarios; every access log off, then
+# each server's default access log on) and writes compare.csv and report.md under
+# bench/results/compare/<date>/ (or OUT).
 #
 # Usage: bench/nginx-compare.sh [extra `cdn bench compare` flags, e.g. --duration 20]
 # Environment: OUT (output dir), CDN (the binary; default: build target/release/cdn).

@@ -47,17 +47,29 @@ enum Command {
     Plan(plan::PlanArgs),
 }
 
-fn init_logging(filter: &str, json: bool) {
+/// How often batched log lines (the access log) are written at the latest.
+const LOG_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Logging to stdout through [`cdn_http::logbuf::BufferedLog`]: no write per line on the
+/// serving threads (access lines batched, every other line prompt, flushed when the guard
+/// drops at the end of `main`); colours only on a terminal.
+fn init_logging(filter: &str, json: bool) -> anyhow::Result<cdn_http::logbuf::LogGuard> {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::stdout().is_terminal();
+    let (writer, guard) = cdn_http::logbuf::BufferedLog::new(std::io::stdout(), LOG_INTERVAL)?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(true);
+        .with_target(true)
+        .with_ansi(ansi)
+        .with_writer(writer);
     if json {
         builder.json().init();
     } else {
         builder.init();
     }
+    Ok(guard)
 }
 
 /// `cdn edge|origin|router --check-config FILE`: the node's own loader on FILE, one line out,
@@ -92,7 +104,8 @@ fn main() -> anyhow::Result<()> {
         }
         None => {}
     }
-    init_logging(&cli.log, cli.log_json);
+    // Held to the end: dropping it writes the lines still buffered.
+    let _log = init_logging(&cli.log, cli.log_json)?;
     // Before any socket: every node fits its connection cap to this limit (and logs it).
     cdn_http::nofile::raise();
     // The one rustls provider (ring), for clients that do not name theirs.

@@ -158,8 +158,28 @@ fn compare_runs_against_the_edge_alone() {
     let rows: Vec<Vec<String>> = lines
         .map(|l| l.split(',').map(str::to_owned).collect())
         .collect();
-    let scenarios: Vec<&str> = rows.iter().map(|r| r[col("scenario")].as_str()).collect();
-    assert_eq!(scenarios, ["hot-1m", "hot-16k", "cold"]);
+    // Every scenario with access logs off, then on (the default `--access-log off,on`).
+    let scenarios: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r[col("scenario")].as_str(), r[col("logs")].as_str()))
+        .collect();
+    assert_eq!(
+        scenarios,
+        [
+            ("hot-1m", "off"),
+            ("hot-1m", "on"),
+            ("hot-16k", "off"),
+            ("hot-16k", "on"),
+            ("cold", "off"),
+            ("cold", "on")
+        ]
+    );
+    // The edge wrote its access log in the `on` runs only (the log's tail is kept).
+    let log = |mode: &str| {
+        std::fs::read_to_string(dir.join(format!("edge-logs-{mode}/edge.log"))).expect("edge.log")
+    };
+    assert!(log("on").contains("cdn_edge::access"), "no access line");
+    assert!(!log("off").contains("cdn_edge::access"));
     for r in &rows {
         let v = |c: &str| r[col(c)].parse::<f64>().expect(c);
         assert!(v("requests") > 0.0, "{r:?}");

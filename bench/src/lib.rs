@@ -1,7 +1,7 @@
 //! `cdn bench`: the benchmark commands. Owns the command line; each benchmark lives in its
 //! own module (`hit_ratio` and the simulator pieces it uses: `trace`, `synth`, `policies`,
 //! `moka_policy`, `edge_policy`, `sim`, `report`). `amplification` measures origin bytes per
-//! client request; `h3` HTTP/3 hot hits against TCP. Shared by the benchmarks that run servers: `servers` (origin, edge, nginx,
+//! client request; `h3` HTTP/3 hot hits against TCP; `memory` the edge's RSS against its capacity. Shared by the benchmarks that run servers: `servers` (origin, edge, nginx,
 //! varnishd as child processes), `host` (packages, machine, CPU time), `hot` (the hot
 //! workloads of `compare` and `capacity`); `loadgen` is the HTTP load generator of `load`,
 //! `compare` and `capacity`.
@@ -17,6 +17,7 @@ mod host;
 mod hot;
 pub mod load;
 mod loadgen;
+mod memory;
 mod moka_policy;
 mod policies;
 mod queue;
@@ -50,6 +51,9 @@ pub enum BenchCommand {
     /// Hot hits over TLS (HTTP/1.1 and HTTP/2, 16 KiB and 1 MiB) through the edge and nginx
     /// on the same certificate, with h2load, and new TLS handshakes per second.
     Tls(tls::TlsArgs),
+    /// The edge's RSS against its --capacity: new objects of mixed sizes churned through it
+    /// several times over, then a hot load with RSS sampled (flat or growing).
+    Memory(memory::MemoryArgs),
     /// Hot hits over HTTP/3 (N connections x M streams) against the same edge over TCP:
     /// req/s, MB/s, p50/p99 and ratios, bodies checked byte for byte.
     H3(h3::H3Args),
@@ -66,5 +70,6 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Amplification(args) => amplification::run(args).await,
         BenchCommand::Tls(args) => tls::run(args).await,
         BenchCommand::H3(args) => h3::run(args).await,
+        BenchCommand::Memory(args) => memory::run(args).await,
     }
 }

@@ -40,21 +40,41 @@ pub(crate) struct ServerProc {
     child: tokio::process::Child,
     pub(crate) addr: SocketAddr,
     what: &'static str,
+    /// Processes that are part of the server without being its children (varnishncsa,
+    /// Varnish's access log): their CPU time counts as the server's.
+    helpers: Vec<tokio::process::Child>,
 }
 
 impl ServerProc {
     pub(crate) fn new(child: tokio::process::Child, addr: SocketAddr, what: &'static str) -> Self {
-        ServerProc { child, addr, what }
+        ServerProc {
+            child,
+            addr,
+            what,
+            helpers: Vec::new(),
+        }
     }
 
-    /// CPU seconds used so far by the process and its children.
+    /// The process id, while it runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// CPU seconds used so far by the process and its children (and its helpers).
     pub(crate) fn cpu(&self) -> f64 {
-        self.child.id().map_or(0.0, tree_cpu)
+        std::iter::once(&self.child)
+            .chain(&self.helpers)
+            .map(|c| c.id().map_or(0.0, tree_cpu))
+            .sum()
     }
 
-    /// SIGTERM (nginx and varnishd then stop their workers), SIGKILL after 10 s.
+    /// SIGTERM (nginx and varnishd then stop their workers), SIGKILL after 10 s; helpers
+    /// last.
     pub(crate) async fn stop(mut self) {
         procs::stop(&mut self.child, Duration::from_secs(10), self.what).await;
+        for mut h in self.helpers {
+            procs::stop(&mut h, Duration::from_secs(10), "helper").await;
+        }
     }
 }
 
@@ -112,8 +132,8 @@ fn fill(template: &str, vars: &[(&str, String)]) -> String {
 }
 
 /// `cdn edge` (binary `bin`) on a free port in front of `origin`: 2 GiB, 1 MiB chunks,
-/// `threads` runtime worker threads, logs at `warn` in `dir/edge.log`; returns once it
-/// answers `/healthz`.
+/// `threads` runtime worker threads, logs at `warn` (no access log) in `dir/edge.log`;
+/// returns once it answers `/healthz`.
 pub(crate) async fn start_edge(
     bin: &Path,
     origin: SocketAddr,
@@ -131,12 +151,25 @@ pub(crate) async fn start_edge_with(
     threads: usize,
     config: Option<&str>,
 ) -> anyhow::Result<ServerProc> {
+    start_edge_logged(bin, origin, dir, threads, config, "warn").await
+}
+
+/// [`start_edge_with`] at log filter `log` (`info`, the default of `cdn edge`, writes the
+/// access log; `warn` does not).
+pub(crate) async fn start_edge_logged(
+    bin: &Path,
+    origin: SocketAddr,
+    dir: &Path,
+    threads: usize,
+    config: Option<&str>,
+    log_filter: &str,
+) -> anyhow::Result<ServerProc> {
     let addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let log = dir.join("edge.log");
     let mut a: Vec<String> = [
         "--log",
-        "warn",
+        log_filter,
         "edge",
         "--listen",
         &addr.to_string(),
@@ -164,11 +197,7 @@ pub(crate) async fn start_edge_with(
         &log,
     )?;
     wait_ready(addr, Some("/healthz"), &mut child, "edge", &log).await?;
-    Ok(ServerProc {
-        child,
-        addr,
-        what: "edge",
-    })
+    Ok(ServerProc::new(child, addr, "edge"))
 }
 
 /// What a server under test is started with, besides its origin and run directory.
@@ -181,6 +210,9 @@ pub(crate) struct Setup<'a> {
     pub(crate) threads: usize,
     /// The edge's config file (TOML), if any.
     pub(crate) edge_config: Option<&'a str>,
+    /// Each server's default access log on (the edge at `--log info`, nginx's `access_log`
+    /// in its default format, varnishncsa beside Varnish), or every access log off.
+    pub(crate) access_log: bool,
 }
 
 impl Setup<'_> {
@@ -208,7 +240,8 @@ pub(crate) async fn start_server(
     let (mut child, ready_path) = match server {
         Server::Edge => {
             let bin = cdn_bin(setup.cdn_bin)?;
-            return start_edge_with(&bin, origin, dir, threads, setup.edge_config).await;
+            let log = if setup.access_log { "info" } else { "warn" };
+            return start_edge_logged(&bin, origin, dir, threads, setup.edge_config, log).await;
         }
         Server::Nginx => {
             let cache = setup.nginx_cache();
@@ -224,6 +257,14 @@ pub(crate) async fn start_server(
                     ("ORIGIN", origin.to_string()),
                     ("LISTEN", addr.to_string()),
                     ("SLICE", "1m".into()),
+                    (
+                        "ACCESS_LOG",
+                        if setup.access_log {
+                            dir.join("access.log").display().to_string()
+                        } else {
+                            "off".into()
+                        },
+                    ),
                 ],
             );
             let conf_path = dir.join("nginx.conf");
@@ -273,11 +314,39 @@ pub(crate) async fn start_server(
         }
     };
     wait_ready(addr, ready_path, &mut child, server.name(), &log).await?;
-    Ok(ServerProc {
-        child,
-        addr,
-        what: server.name(),
-    })
+    let mut proc = ServerProc::new(child, addr, server.name());
+    if server == Server::Varnish && setup.access_log {
+        // Varnish's access log is varnishncsa reading the shared-memory log (NCSA format).
+        let work = dir.join("varnish");
+        let a: Vec<String> = vec![
+            "-n".into(),
+            work.display().to_string(),
+            "-w".into(),
+            dir.join("access.log").display().to_string(),
+        ];
+        let ncsa = spawn_child(
+            Path::new("varnishncsa"),
+            &a,
+            &[],
+            &dir.join("varnishncsa.log"),
+        )?;
+        proc.helpers.push(ncsa);
+        // It writes the file once it is attached to the log.
+        let file = dir.join("access.log");
+        let mut ok = false;
+        for _ in 0..300 {
+            if file.exists() {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if !ok {
+            proc.stop().await;
+            anyhow::bail!("varnishncsa did not open {}", file.display());
+        }
+    }
+    Ok(proc)
 }
 
 /// The `cdn` binary whose nodes are measured: `flag` (`--cdn-bin`), else this one.
@@ -320,11 +389,7 @@ pub(crate) async fn start_origin_with(
     let mut child = spawn_child(bin, &a, &[], &log)?;
     wait_ready(addr, Some("/healthz"), &mut child, "origin", &log).await?;
     Ok(Origin {
-        proc: ServerProc {
-            child,
-            addr,
-            what: "origin",
-        },
+        proc: ServerProc::new(child, addr, "origin"),
         url: format!("http://{addr}"),
     })
 }
@@ -350,9 +415,37 @@ pub(crate) async fn origin_counters(url: &str) -> (f64, f64) {
     )
 }
 
-/// Keeps a stopped server's configs, logs and wrk output; drops Varnish's shared-memory files
-/// and nginx's empty temp directories.
+/// Keeps a stopped server's configs, logs and wrk output; drops Varnish's shared-memory files,
+/// nginx's empty temp directories and the access logs (millions of lines; their last lines
+/// are kept in `access.tail`, the edge's in `edge.log`'s last 64 KiB).
 pub(crate) fn clean_run_dir(dir: &Path) {
+    const KEEP: u64 = 64 << 10;
+    for (log, tail) in [("access.log", "access.tail"), ("edge.log", "edge.log")] {
+        let path = dir.join(log);
+        let Ok(len) = std::fs::metadata(&path).map(|m| m.len()) else {
+            continue;
+        };
+        if len <= KEEP && log == "edge.log" {
+            continue;
+        }
+        let last = (|| -> std::io::Result<Vec<u8>> {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut f = std::fs::File::open(&path)?;
+            f.seek(SeekFrom::Start(len.saturating_sub(KEEP)))?;
+            let mut b = Vec::new();
+            f.read_to_end(&mut b)?;
+            Ok(b)
+        })()
+        .unwrap_or_default();
+        // From the first whole line on.
+        let start = if len > KEEP {
+            last.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1)
+        } else {
+            0
+        };
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::write(dir.join(tail), &last[start..]);
+    }
     for junk in [
         "varnish",
         "client_body",

@@ -10,6 +10,7 @@ pub mod config;
 pub mod digest;
 pub mod dns;
 pub mod limits;
+pub mod logbuf;
 pub mod metrics;
 pub mod mime;
 pub mod multipart;

@@ -70,6 +70,31 @@ pub struct ObjectMeta {
     /// replayed whole from here: such an entry has `len` 0 and no chunks, and never travels
     /// to peers.
     pub negative: Option<Negative>,
+    /// The response fields every hit of this version starts from, rendered at its first hit.
+    pub rendered: RenderedFields,
+}
+
+/// The fields of a stored response that are the same on every hit (ETag, Last-Modified and
+/// the stored end-to-end fields, in the order they are sent), rendered once per stored
+/// version and cloned per hit rather than formatted and inserted one by one.
+///
+/// A clone of it is empty: a copy of an [`ObjectMeta`] is how a 304 refresh makes the
+/// updated metadata (`..old.clone()`), whose fields differ, so nothing rendered from the old
+/// fields may travel with it.
+#[derive(Debug, Default)]
+pub struct RenderedFields(std::sync::OnceLock<HeaderMap>);
+
+impl Clone for RenderedFields {
+    fn clone(&self) -> Self {
+        RenderedFields::default()
+    }
+}
+
+impl RenderedFields {
+    /// The rendered fields, rendered by `render` the first time.
+    pub fn get_or_init(&self, render: impl FnOnce() -> HeaderMap) -> &HeaderMap {
+        self.0.get_or_init(render)
+    }
 }
 
 /// A stored negative response: its status and its whole body (at most
@@ -114,7 +139,14 @@ impl ObjectMeta {
             .map(|(k, v)| k.as_str().len() + v.len() + 32)
             .sum();
         let body = self.negative.as_ref().map_or(0, |n| n.body.len());
-        (512 + self.version.key.len() * 2 + self.version.validator.len() + headers + body)
+        // The rendered fields share the stored values' bytes: their own cost is the map's
+        // entries, plus ETag and Last-Modified.
+        let rendered = 128 + self.headers.len() * 80;
+        (512 + self.version.key.len() * 2
+            + self.version.validator.len()
+            + headers
+            + body
+            + rendered)
             .try_into()
             .unwrap_or(u32::MAX)
     }

@@ -478,6 +478,7 @@ pub async fn run(args: AmplificationArgs) -> anyhow::Result<()> {
         cache_base: &args.cache_base,
         threads,
         edge_config: Some(&edge_cfg),
+        access_log: false,
     };
     let nonce = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -12,8 +12,11 @@
 //! The load generator is this process's ([`super::loadgen`]): `--connections` keep-alive
 //! connections in a closed loop for `--duration`, every response checked by status and length
 //! and every `--verify-every`-th byte for byte. With `--wrk`, the hot scenarios are also run by
-//! wrk (a standard reference generator) with the same request mix. Results: a table with
-//! ratios edge/nginx and edge/varnish, `compare.csv` and `report.md` in `--out`.
+//! wrk (a standard reference generator) with the same request mix. `--access-log off,on`
+//! runs everything twice: with every access log off, then with each server's default access
+//! log on (the edge at `--log info`, nginx's `access_log` in its `combined` format,
+//! varnishncsa beside Varnish). Results: a table with ratios edge/nginx and edge/varnish per
+//! scenario, access-log mode and generator, `compare.csv` and `report.md` in `--out`.
 
 mod report;
 mod wrk;
@@ -57,6 +60,25 @@ impl Scenario {
     }
 }
 
+/// Whether the servers write their access logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AccessLog {
+    /// Every access log off (the edge at `--log warn`, nginx `access_log off`, no
+    /// varnishncsa).
+    Off,
+    /// Each server's default access log on.
+    On,
+}
+
+impl AccessLog {
+    fn name(self) -> &'static str {
+        match self {
+            AccessLog::Off => "off",
+            AccessLog::On => "on",
+        }
+    }
+}
+
 /// `cdn bench compare` arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CompareArgs {
@@ -76,6 +98,9 @@ pub struct CompareArgs {
         default_value = "hot-1m,hot-16k,cold"
     )]
     pub scenarios: Vec<Scenario>,
+    /// Access-log modes, in order (servers restarted cold for each).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "off,on")]
+    pub access_log: Vec<AccessLog>,
     /// Measured time of each hot scenario, seconds.
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
@@ -133,6 +158,8 @@ pub struct CompareArgs {
 #[derive(Debug, Clone)]
 struct Row {
     scenario: &'static str,
+    /// Access logs `on` or `off`.
+    logs: &'static str,
     server: &'static str,
     tool: &'static str,
     requests: u64,
@@ -167,6 +194,7 @@ impl Row {
     ) -> Row {
         Row {
             scenario: scenario.name(),
+            logs: "off",
             server: server.name(),
             tool: "cdn",
             requests: st.requests,
@@ -260,9 +288,10 @@ async fn measure_hot(
     row
 }
 
-/// Every scenario against every server. All servers run at once (idle unless measured);
-/// hot scenarios are measured `--repeats` times, alternating servers, and the median run
-/// (by req/s) is kept, so background load on a shared machine hits every server alike.
+/// Every scenario against every server, once per access-log mode (servers started cold for
+/// each). All servers run at once (idle unless measured); hot scenarios are measured
+/// `--repeats` times, alternating servers, and the median run (by req/s) is kept, so
+/// background load on a shared machine hits every server alike.
 async fn run_all(
     args: &CompareArgs,
     origin: &Origin,
@@ -270,15 +299,36 @@ async fn run_all(
     threads: usize,
     nonce: u64,
 ) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for &logs in &args.access_log {
+        eprintln!("access logs {}:", logs.name());
+        let mut r = run_mode(args, origin, out, threads, nonce, logs).await?;
+        for row in &mut r {
+            row.logs = logs.name();
+        }
+        rows.append(&mut r);
+    }
+    Ok(rows)
+}
+
+async fn run_mode(
+    args: &CompareArgs,
+    origin: &Origin,
+    out: &Path,
+    threads: usize,
+    nonce: u64,
+    logs: AccessLog,
+) -> anyhow::Result<Vec<Row>> {
     let mut running: Vec<Running> = Vec::new();
     for &server in &args.servers {
-        let dir = out.join(server.name());
+        let dir = out.join(format!("{}-logs-{}", server.name(), logs.name()));
         let _ = std::fs::remove_dir_all(&dir);
         let setup = Setup {
             cdn_bin: args.cdn_bin.as_deref(),
             cache_base: &args.cache_base,
             threads,
             edge_config: None,
+            access_log: logs == AccessLog::On,
         };
         match start_server(server, &setup, origin.proc.addr, &dir).await {
             Ok(proc) => running.push(Running { server, proc, dir }),
@@ -290,6 +340,8 @@ async fn run_all(
             }
         }
     }
+    // Cold objects are new in every mode.
+    let nonce = nonce * 10 + logs as u64;
     let result = scenarios(args, origin, &running, nonce).await;
     for r in running {
         r.proc.stop().await;
@@ -446,10 +498,11 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
     let rows = run_all(&args, &origin, &out, threads, nonce).await;
     origin.proc.stop().await;
     let mut rows = rows?;
-    // Order: scenario, then tool, then server, as given.
+    // Order: scenario, access logs, then tool, then server, as given.
     let pos = |r: &Row| {
         (
             args.scenarios.iter().position(|s| s.name() == r.scenario),
+            args.access_log.iter().position(|l| l.name() == r.logs),
             r.tool != "cdn",
             args.servers.iter().position(|s| s.name() == r.server),
         )

@@ -16,14 +16,15 @@ fn ratio(a: f64, b: f64) -> String {
 pub(super) fn table(rows: &[Row]) -> String {
     let mut s = String::new();
     s.push_str(
-        "| scenario | server | tool | req/s | MB/s | p50 ms | p99 ms | origin req (run) | origin MB (run) | origin req (warm) | server CPU µs/req | generator CPU µs/req | errors / bad / corrupt (verified) | notes |\n",
+        "| scenario | logs | server | tool | req/s | MB/s | p50 ms | p99 ms | origin req (run) | origin MB (run) | origin req (warm) | server CPU µs/req | generator CPU µs/req | errors / bad / corrupt (verified) | notes |\n",
     );
-    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.0} | {:.1} | {:.2} | {:.2} | {} | {:.1} | {} | {:.0} | {} | {} / {} / {} ({}) | {} |",
+            "| {} | {} | {} | {} | {:.0} | {:.1} | {:.2} | {:.2} | {} | {:.1} | {} | {:.0} | {} | {} / {} / {} ({}) | {} |",
             r.scenario,
+            r.logs,
             r.server,
             r.tool,
             r.rps,
@@ -56,19 +57,20 @@ fn fmt_count(v: f64) -> String {
 pub(super) fn ratios(rows: &[Row]) -> String {
     let mut s = String::new();
     s.push_str(
-        "| scenario | tool | req/s edge/nginx | req/s edge/varnish | MB/s edge/nginx | MB/s edge/varnish | p99 edge/nginx | p99 edge/varnish | origin req edge / nginx / varnish |\n",
+        "| scenario | logs | tool | req/s edge/nginx | req/s edge/varnish | MB/s edge/nginx | MB/s edge/varnish | p99 edge/nginx | p99 edge/varnish | CPU/req edge/nginx | CPU/req edge/varnish | origin req edge / nginx / varnish |\n",
     );
-    s.push_str("|---|---|---|---|---|---|---|---|---|\n");
-    let mut keys: Vec<(&str, &str)> = rows.iter().map(|r| (r.scenario, r.tool)).collect();
+    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    let mut keys: Vec<(&str, &str, &str)> =
+        rows.iter().map(|r| (r.scenario, r.logs, r.tool)).collect();
     keys.dedup();
     let mut seen = std::collections::HashSet::new();
-    for (sc, tool) in keys {
-        if !seen.insert((sc, tool)) {
+    for (sc, logs, tool) in keys {
+        if !seen.insert((sc, logs, tool)) {
             continue;
         }
         let get = |srv: &str| {
             rows.iter()
-                .find(|r| r.scenario == sc && r.tool == tool && r.server == srv)
+                .find(|r| r.scenario == sc && r.logs == logs && r.tool == tool && r.server == srv)
         };
         let Some(e) = get("edge") else { continue };
         let (n, v) = (get("nginx"), get("varnish"));
@@ -94,13 +96,15 @@ pub(super) fn ratios(rows: &[Row]) -> String {
         };
         let _ = writeln!(
             s,
-            "| {sc} | {tool} | {} | {} | {} | {} | {} | {} | {orig} |",
+            "| {sc} | {logs} | {tool} | {} | {} | {} | {} | {} | {} | {} | {} | {orig} |",
             r(n, |x| x.rps),
             r(v, |x| x.rps),
             r(n, |x| x.mbps),
             r(v, |x| x.mbps),
             r(n, |x| x.p99_ms),
             r(v, |x| x.p99_ms),
+            r(n, |x| x.server_cpu_us),
+            r(v, |x| x.server_cpu_us),
         );
     }
     s
@@ -108,13 +112,14 @@ pub(super) fn ratios(rows: &[Row]) -> String {
 
 pub(super) fn csv(rows: &[Row]) -> String {
     let mut s = String::from(
-        "scenario,server,tool,requests,seconds,req_per_s,mb_per_s,p50_ms,p99_ms,origin_requests,origin_bytes,warm_origin_requests,errors,bad_status,corrupt,verified,server_cpu_us_per_req,gen_cpu_us_per_req\n",
+        "scenario,logs,server,tool,requests,seconds,req_per_s,mb_per_s,p50_ms,p99_ms,origin_requests,origin_bytes,warm_origin_requests,errors,bad_status,corrupt,verified,server_cpu_us_per_req,gen_cpu_us_per_req\n",
     );
     for r in rows {
         let _ = writeln!(
             s,
-            "{},{},{},{},{:.3},{:.1},{:.2},{:.3},{:.3},{},{:.0},{},{},{},{},{},{:.1},{}",
+            "{},{},{},{},{},{:.3},{:.1},{:.2},{:.3},{:.3},{},{:.0},{},{},{},{},{},{:.1},{}",
             r.scenario,
+            r.logs,
             r.server,
             r.tool,
             r.requests,

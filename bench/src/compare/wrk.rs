@@ -158,6 +158,7 @@ pub(super) async fn run_wrk(
     let w = parse_wrk(&text).with_context(|| format!("cannot read wrk's output:\n{text}"))?;
     Ok(Row {
         scenario: scenario.name(),
+        logs: "off",
         server: server.name(),
         tool: "wrk",
         requests: w.requests,

@@ -295,7 +295,8 @@ impl Cache {
         let hint = cdn_http::range::first_byte_hint(req);
         // The origin is asked for exactly what is keyed: without the query when the query is
         // not part of the key, or a query could choose what is stored under the bare path.
-        let pq = match uri.path_and_query() {
+        // (Made only when the origin is asked: not for a fresh hit.)
+        let pq_of = || match uri.path_and_query() {
             Some(p) if self.cfg.cache_query => p.as_str().to_string(),
             _ => uri.path().to_string(),
         };
@@ -312,6 +313,7 @@ impl Cache {
                 }
                 Usability::StaleWhileRevalidate => {
                     // One background refresh per object; this request does not wait.
+                    let pq = pq_of();
                     let _ = self.probe(&primary, &variant, &pq, req, Some(meta.clone()), 0);
                     let mut v = Verdict::new(CacheOutcome::Stale, None);
                     v.detail = Some("stale-while-revalidate");
@@ -319,6 +321,7 @@ impl Cache {
                 }
                 Usability::MustRevalidate => {}
             }
+            let pq = pq_of();
             if req_cc.only_if_cached {
                 return gateway_timeout();
             }
@@ -369,6 +372,7 @@ impl Cache {
         if req.contains_key(header::RANGE) && self.budgets.exhausted(client) {
             return over_budget(&self.metrics);
         }
+        let pq = pq_of();
         let (fut, mut leader) = self.probe(&primary, &variant, &pq, req, None, hint);
         let mut outcome = self.wait(fut, leader).await;
         if outcome.is_none() {

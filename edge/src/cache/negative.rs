@@ -107,6 +107,7 @@ impl Cache {
                 .map(|n| (n.clone(), req.get(n).map(store::detached)))
                 .collect(),
             negative: Some(Negative { status, body }),
+            rendered: Default::default(),
         });
         self.store.install(&meta).await;
         tracing::debug!(%pq, %status, ?lifetime, "negative response stored");

@@ -345,6 +345,7 @@ impl Cache {
                     .map(|n| (n.clone(), sent.get(n).map(store::detached)))
                     .collect(),
                 negative: None,
+                rendered: Default::default(),
             });
             // The body's chunks, promised to waiters before the metadata is visible.
             let (start_index, end_index) = if ranges {

@@ -29,8 +29,13 @@ struct Origin {
 }
 
 async fn answer(State(o): State<Arc<Origin>>, req: HeaderMap) -> Response {
-    o.requests.fetch_add(1, Ordering::SeqCst);
-    let cc = [(header::CACHE_CONTROL, o.cc), (header::ETAG, ETAG)];
+    let n = o.requests.fetch_add(1, Ordering::SeqCst) + 1;
+    // `x-answer`: which origin answer this is (a 304 updates it in the stored fields).
+    let cc = [
+        (header::CACHE_CONTROL, o.cc.to_string()),
+        (header::ETAG, ETAG.to_string()),
+        (header::HeaderName::from_static("x-answer"), n.to_string()),
+    ];
     if req.get(header::IF_NONE_MATCH).is_some_and(|v| v == ETAG) {
         return (StatusCode::NOT_MODIFIED, cc).into_response();
     }
@@ -138,6 +143,48 @@ async fn stale_is_revalidated_before_it_is_served() {
         "a 304 keeps the version and its chunks"
     );
     assert_eq!(requests(&origin), 2);
+}
+
+/// A GET of `/a` through the proxy: its status, `x-answer` and Cache-Status.
+async fn through_proxy(edge: &Arc<Edge>) -> (StatusCode, String, String) {
+    let req = http::Request::get("/a")
+        .body(axum::body::Body::empty())
+        .expect("request");
+    let r = crate::proxy::handle(State(edge.clone()), req).await;
+    let field = |n: &str| {
+        r.headers()
+            .get(n)
+            .map(|v| v.to_str().expect("text").to_string())
+            .unwrap_or_default()
+    };
+    (r.status(), field("x-answer"), field("cache-status"))
+}
+
+#[tokio::test]
+async fn a_304_s_fields_are_sent_not_those_rendered_for_the_hits_before() {
+    // The fields a hit sends are rendered once per stored version and kept with it; a 304
+    // makes new metadata from a copy of the old, which must not carry them along.
+    let (edge, origin) = setup("max-age=10, stale-while-revalidate=60").await;
+    let (st, answer, _) = through_proxy(&edge).await;
+    assert_eq!((st, answer.as_str()), (StatusCode::OK, "1"));
+    let (meta, _) = served(decide(&edge, &HeaderMap::new()).await);
+    age(&edge, &meta, 20).await;
+    // Stale within SWR: served (rendering the aged version's fields) and revalidated.
+    let (st, answer, status) = through_proxy(&edge).await;
+    assert_eq!((st, answer.as_str()), (StatusCode::OK, "1"), "{status}");
+    assert!(status.contains("stale-while-revalidate"), "{status}");
+    let mut last = String::new();
+    for _ in 0..1_000 {
+        let (st, answer, status) = through_proxy(&edge).await;
+        assert_eq!(st, StatusCode::OK);
+        if status.contains("; hit") && !status.contains("stale") {
+            last = answer;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(requests(&origin), 2, "one revalidation");
+    assert_eq!(last, "2", "a hit after the 304 sends the 304's fields");
 }
 
 #[tokio::test]

@@ -230,6 +230,7 @@ impl WireMeta {
             ranges: self.ranges,
             selecting,
             negative: None,
+            rendered: Default::default(),
         })
     }
 }

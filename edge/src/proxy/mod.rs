@@ -244,17 +244,21 @@ pub fn replay(
 }
 
 /// The fields of a stored response, in the order they are sent: ETag and Last-Modified, the
-/// stored end-to-end fields, then Age, Via and Cache-Status.
+/// stored end-to-end fields (those rendered once per stored version, `ObjectMeta::rendered`),
+/// then Age, Via and Cache-Status.
 fn fields(edge: &Edge, meta: &ObjectMeta, verdict: &Verdict) -> HeaderMap {
     let (age, ttl) = age_and_ttl(meta);
-    assemble(
-        meta.etag.as_deref(),
-        meta.last_modified,
-        &meta.headers,
-        age,
+    let mut h = meta
+        .rendered
+        .get_or_init(|| stored_fields(meta.etag.as_deref(), meta.last_modified, &meta.headers))
+        .clone();
+    h.insert(header::AGE, HeaderValue::from(age));
+    add_ours(
+        &mut h,
         via(&edge.cfg.name),
         cache_status(verdict, &edge.cfg.name, Some(ttl)),
-    )
+    );
+    h
 }
 
 /// The stored response's current age and its remaining freshness, in seconds.
@@ -264,17 +268,14 @@ fn age_and_ttl(meta: &ObjectMeta) -> (u64, i64) {
     (age.as_secs(), secs(meta.lifetime).saturating_sub(secs(age)))
 }
 
-/// See [`fields`]; what the responder's `Representation::fields` would make of the stored
-/// fields with Age, Via and Cache-Status added, built in one map.
-fn assemble(
+/// ETag, Last-Modified and the stored fields of a version, as every hit sends them (see
+/// [`fields`]).
+fn stored_fields(
     etag: Option<&str>,
     last_modified: Option<SystemTime>,
     stored: &HeaderMap,
-    age: u64,
-    via: Option<HeaderValue>,
-    status: Option<HeaderValue>,
 ) -> HeaderMap {
-    let mut h = HeaderMap::with_capacity(stored.len() + 10);
+    let mut h = HeaderMap::with_capacity(stored.len() + 5);
     if let Some(etag) = etag
         && let Ok(v) = HeaderValue::from_str(etag)
     {
@@ -288,6 +289,21 @@ fn assemble(
     for (k, v) in stored {
         h.append(k.clone(), v.clone());
     }
+    h
+}
+
+/// What the responder's `Representation::fields` would make of the stored fields with Age,
+/// Via and Cache-Status added, built in one map: [`stored_fields`], then ours.
+#[cfg(test)]
+fn assemble(
+    etag: Option<&str>,
+    last_modified: Option<SystemTime>,
+    stored: &HeaderMap,
+    age: u64,
+    via: Option<HeaderValue>,
+    status: Option<HeaderValue>,
+) -> HeaderMap {
+    let mut h = stored_fields(etag, last_modified, stored);
     h.insert(header::AGE, HeaderValue::from(age));
     add_ours(&mut h, via, status);
     h
