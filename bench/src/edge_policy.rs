@@ -25,7 +25,7 @@ use cdn_edge::s3fifo::S3FifoCache;
 use cdn_edge::store::{ChunkKey, Store, VersionId, meta_budget};
 use futures::executor::block_on;
 
-use super::policies::CachePolicy;
+use super::policies::{CachePolicy, Group};
 use super::queue::IdMap;
 
 /// The budget whose chunk share (`budget − meta_budget(budget)`) is exactly `chunks` bytes.
@@ -47,6 +47,8 @@ pub struct EdgeStorePolicy {
     name: &'static str,
     store: Store,
     keys: IdMap<ChunkKey>,
+    /// The object of each group, shared by its chunks' keys.
+    versions: IdMap<Arc<VersionId>>,
     zeros: Bytes,
 }
 
@@ -57,11 +59,13 @@ impl EdgeStorePolicy {
             Policy::TinyLfu => "edge-TinyLFU",
             Policy::Lru => "edge-LRU",
             Policy::S3Fifo => "edge-S3-FIFO",
+            Policy::GroupedS3Fifo => "edge-grouped-S3-FIFO",
         };
         EdgeStorePolicy {
             name,
             store: Store::new(budget_for_chunks(capacity), policy),
             keys: IdMap::default(),
+            versions: IdMap::default(),
             zeros: Bytes::new(),
         }
     }
@@ -86,16 +90,28 @@ impl CachePolicy for EdgeStorePolicy {
         self.name.into()
     }
 
-    fn access(&mut self, id: u64, size: u64, _next: Option<u64>) -> bool {
+    fn access(&mut self, id: u64, size: u64, next: Option<u64>) -> bool {
+        self.access_in_group(id, size, next, Group { id, index: 0 })
+    }
+
+    /// The chunk is chunk `group.index` of the object `https://origin.example/o/{group}`
+    /// (an item without a group is chunk 0 of an object of its own).
+    fn access_in_group(&mut self, id: u64, size: u64, _next: Option<u64>, g: Group) -> bool {
+        let versions = &mut self.versions;
         let key = self
             .keys
             .entry(id)
             .or_insert_with(|| ChunkKey {
-                version: Arc::new(VersionId {
-                    key: format!("https://origin.example/o/{id:016x}"),
-                    validator: "\"v1\"".into(),
-                }),
-                index: 0,
+                version: versions
+                    .entry(g.id)
+                    .or_insert_with(|| {
+                        Arc::new(VersionId {
+                            key: format!("https://origin.example/o/{:016x}", g.id),
+                            validator: "\"v1\"".into(),
+                        })
+                    })
+                    .clone(),
+                index: u64::from(g.index),
             })
             .clone();
         if block_on(self.store.chunk(&key)).is_some() {
@@ -200,7 +216,12 @@ mod tests {
     #[test]
     fn edge_stores_stay_within_the_cache_size() {
         let reqs = requests(20_000, 2_000, 4_000, 7);
-        for policy in [Policy::TinyLfu, Policy::Lru, Policy::S3Fifo] {
+        for policy in [
+            Policy::TinyLfu,
+            Policy::Lru,
+            Policy::S3Fifo,
+            Policy::GroupedS3Fifo,
+        ] {
             let mut p = EdgeStorePolicy::new(policy, 300_000);
             let mut hits = 0;
             for &(id, size) in &reqs {
