@@ -14,6 +14,8 @@
 //! - `edge-s3fifo-raw`: the edge's `S3FifoCache` alone, weighing each object by its trace
 //!   size (no key overhead), with a fixed hasher: a calibration of the edge's S3-FIFO against
 //!   the reference S3-FIFO (same hits whenever no object outweighs the small queue).
+//! - `edge-grouped-s3-fifo-raw`: the same for the grouped S3-FIFO (keys are (group, index)
+//!   pairs), against the reference `grouped-S3-FIFO`.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::BuildHasherDefault;
@@ -21,7 +23,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use cdn_edge::Policy;
-use cdn_edge::s3fifo::S3FifoCache;
+use cdn_edge::s3fifo::{KeyGroup, S3FifoCache};
 use cdn_edge::store::{ChunkKey, Store, VersionId, meta_budget};
 use futures::executor::block_on;
 
@@ -129,6 +131,60 @@ impl CachePolicy for EdgeStorePolicy {
 
 type FixedHasher = BuildHasherDefault<DefaultHasher>;
 
+/// A trace item as a key of the edge's grouped S3-FIFO: (id, group, index), grouped by
+/// `group`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GroupedId(u64, u64, u32);
+
+impl KeyGroup for GroupedId {
+    type Group = u64;
+
+    fn group(&self) -> &u64 {
+        &self.1
+    }
+
+    fn index(&self) -> u64 {
+        u64::from(self.2)
+    }
+}
+
+/// The edge's grouped S3-FIFO cache weighted by the trace's sizes alone.
+pub struct EdgeGroupedRaw {
+    cache: S3FifoCache<GroupedId, u32, FixedHasher>,
+}
+
+impl EdgeGroupedRaw {
+    pub fn new(capacity: u64) -> Self {
+        EdgeGroupedRaw {
+            cache: S3FifoCache::grouped(
+                capacity,
+                Box::new(|_: &GroupedId, size: &u32| *size),
+                FixedHasher::default(),
+            ),
+        }
+    }
+}
+
+impl CachePolicy for EdgeGroupedRaw {
+    fn name(&self) -> String {
+        "edge-grouped-S3-FIFO-raw".into()
+    }
+
+    fn access(&mut self, id: u64, size: u64, next: Option<u64>) -> bool {
+        self.access_in_group(id, size, next, Group { id, index: 0 })
+    }
+
+    fn access_in_group(&mut self, id: u64, size: u64, _next: Option<u64>, g: Group) -> bool {
+        let key = GroupedId(id, g.id, g.index);
+        if self.cache.get(&key).is_some() {
+            return true;
+        }
+        self.cache
+            .insert(key, u32::try_from(size).unwrap_or(u32::MAX));
+        false
+    }
+}
+
 /// The edge's S3-FIFO cache weighted by the trace's sizes alone.
 pub struct EdgeS3FifoRaw {
     cache: S3FifoCache<u64, u32, FixedHasher>,
@@ -202,6 +258,57 @@ mod tests {
                     "capacity {capacity}, request {i}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn the_edges_grouped_s3fifo_hits_exactly_as_the_reference() {
+        use crate::policies::GroupedS3Fifo;
+        use crate::synth::{Churn, VideoSpec, video};
+        // Video sessions (chunks of videos, read in order by interleaved viewers) at three
+        // cache sizes; and the same ids without groups.
+        let trace = video(&VideoSpec {
+            videos: 200,
+            requests: 60_000,
+            alpha: 0.8,
+            chunk_bytes: 1_000,
+            median_chunks: 30.0,
+            abandon: 0.05,
+            concurrent: 16,
+            churn: Churn { every: 50, top: 5 },
+            seed: 9,
+        })
+        .expect("trace");
+        let working_set = trace.stats().working_set_bytes;
+        for share in [0.01, 0.05, 0.2] {
+            let capacity = (working_set as f64 * share) as u64;
+            let mut reference = GroupedS3Fifo::new(capacity);
+            let mut edge = EdgeGroupedRaw::new(capacity);
+            let mut hits = 0;
+            for (i, r) in trace.requests.iter().enumerate() {
+                let g = Group {
+                    id: r.group,
+                    index: r.index,
+                };
+                let hit = reference.access_in_group(r.id, r.size, None, g);
+                assert_eq!(
+                    hit,
+                    edge.access_in_group(r.id, r.size, None, g),
+                    "{share}: {i}"
+                );
+                hits += usize::from(hit);
+            }
+            assert!(hits > 1_000, "{share}: {hits}");
+        }
+        let reqs = requests(50_000, 5_000, 1_000, 3);
+        let mut reference = GroupedS3Fifo::new(500_000);
+        let mut edge = EdgeGroupedRaw::new(500_000);
+        for (i, &(id, size)) in reqs.iter().enumerate() {
+            assert_eq!(
+                reference.access(id, size, None),
+                edge.access(id, size, None),
+                "{i}"
+            );
         }
     }
 

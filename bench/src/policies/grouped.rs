@@ -439,7 +439,7 @@ impl CachePolicy for GroupedS3Fifo {
 
 #[cfg(test)]
 mod tests {
-    use super::super::S3Fifo;
+    use super::super::{PolicyKind, S3Fifo};
     use super::*;
 
     /// Seeded requests: skewed ids, sizes fixed per id in 1..=max_size.
@@ -509,4 +509,61 @@ mod tests {
         };
         assert_eq!(run(&mut GroupedS3Fifo::with_knobs(10, off)), "M".repeat(27));
     }
+
+    /// The committed trace `bench/testdata/video-small.csv.zst` (written by `cdn bench
+    /// hit-ratio --workload video --videos 100 --requests 20000 --median-chunks 30 --abandon
+    /// 0.05 --sessions 16 --churn-every 50 --churn-top 5 --chunk-bytes 65536 --seed 7
+    /// --write-trace ...`): the misses and miss bytes of S3-FIFO and of the grouped policy
+    /// (reference, the edge's cache alone, the edge's whole store) at 1% and 10% of the
+    /// working set, pinned.
+    #[test]
+    fn replay_of_the_committed_video_trace_is_pinned() {
+        use crate::sim::{Job, SizeUnit, capacity_for, run_jobs};
+        use crate::trace::{TraceFormat, read_trace};
+        use std::path::Path;
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/video-small.csv.zst");
+        let trace = read_trace(&path, TraceFormat::Auto).expect("committed trace");
+        let stats = trace.stats();
+        assert_eq!(
+            (stats.requests, stats.objects, trace.groups()),
+            (20_000, 3_678, 122)
+        );
+        let kinds = [
+            PolicyKind::S3fifo,
+            PolicyKind::Grouped,
+            PolicyKind::EdgeGroupedRaw,
+            PolicyKind::EdgeGrouped,
+        ];
+        let jobs: Vec<Job> = [0.01, 0.1]
+            .iter()
+            .flat_map(|&ratio| {
+                let capacity = capacity_for(ratio, SizeUnit::Bytes, &stats);
+                kinds.map(|kind| Job {
+                    ratio,
+                    capacity,
+                    kind,
+                })
+            })
+            .collect();
+        let got: Vec<(String, u64, u64)> = run_jobs(&trace, SizeUnit::Bytes, &jobs, 2, 1)
+            .into_iter()
+            .map(|r| (format!("{} {}", r.ratio, r.policy), r.misses, r.miss_bytes))
+            .collect();
+        let want: Vec<(String, u64, u64)> = PINNED
+            .iter()
+            .map(|&(n, m, b)| (n.to_string(), m, b))
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    const PINNED: [(&str, u64, u64); 8] = [
+        ("0.01 S3-FIFO", 0, 0),
+        ("0.01 grouped-S3-FIFO", 0, 0),
+        ("0.01 edge-grouped-S3-FIFO-raw", 0, 0),
+        ("0.01 edge-grouped-S3-FIFO", 0, 0),
+        ("0.1 S3-FIFO", 0, 0),
+        ("0.1 grouped-S3-FIFO", 0, 0),
+        ("0.1 edge-grouped-S3-FIFO-raw", 0, 0),
+        ("0.1 edge-grouped-S3-FIFO", 0, 0),
+    ];
 }

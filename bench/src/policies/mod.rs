@@ -12,7 +12,7 @@ use std::collections::BinaryHeap;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::edge_policy::{EdgeS3FifoRaw, EdgeStorePolicy};
+use super::edge_policy::{EdgeGroupedRaw, EdgeS3FifoRaw, EdgeStorePolicy};
 use super::moka_policy::MokaPolicy;
 use super::queue::{DList, Handle, IdMap};
 
@@ -80,10 +80,12 @@ pub enum PolicyKind {
     Grouped,
     /// The edge's `Store` with its grouped S3-FIFO.
     EdgeGrouped,
+    /// The edge's grouped S3-FIFO cache weighted by object size alone (calibration).
+    EdgeGroupedRaw,
 }
 
 impl PolicyKind {
-    pub const ALL: [PolicyKind; 14] = [
+    pub const ALL: [PolicyKind; 15] = [
         PolicyKind::Fifo,
         PolicyKind::Lru,
         PolicyKind::Sieve,
@@ -98,6 +100,7 @@ impl PolicyKind {
         PolicyKind::EdgeS3fifoRaw,
         PolicyKind::Grouped,
         PolicyKind::EdgeGrouped,
+        PolicyKind::EdgeGroupedRaw,
     ];
 
     /// A cache of this policy holding `capacity` (units or bytes). `seed` feeds the sampling
@@ -125,6 +128,7 @@ impl PolicyKind {
                 cdn_edge::Policy::GroupedS3Fifo,
                 capacity,
             )),
+            PolicyKind::EdgeGroupedRaw => Box::new(EdgeGroupedRaw::new(capacity)),
         }
     }
 
@@ -142,6 +146,7 @@ impl PolicyKind {
                 | PolicyKind::EdgeS3fifoRaw
                 | PolicyKind::Grouped
                 | PolicyKind::EdgeGrouped
+                | PolicyKind::EdgeGroupedRaw
         )
     }
 
@@ -174,6 +179,7 @@ impl PolicyKind {
             PolicyKind::EdgeS3fifoRaw => "edge-S3-FIFO-raw",
             PolicyKind::Grouped => "grouped-S3-FIFO",
             PolicyKind::EdgeGrouped => "edge-grouped-S3-FIFO",
+            PolicyKind::EdgeGroupedRaw => "edge-grouped-S3-FIFO-raw",
         }
     }
 }
