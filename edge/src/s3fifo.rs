@@ -347,12 +347,15 @@ pub struct S3FifoCache<K, V, S = RandomState> {
     weighted: AtomicU64,
     entries: AtomicU64,
     /// The hash of a key's group and the key's index, in a grouped cache.
-    group_of: Option<fn(&K, &S) -> (u64, u32)>,
+    group_of: Option<GroupOf<K, S>>,
     /// `get`s so far (grouped cache).
     clock: AtomicU64,
     /// Mean gap between a reader's reads, in sixteenths of a `get`, weight 1/64 per sample.
     gap: AtomicU64,
 }
+
+/// A key's group hash and index.
+type GroupOf<K, S> = fn(&K, &S) -> (u64, u32);
 
 fn group_hash<K: KeyGroup, S: BuildHasher>(key: &K, hasher: &S) -> (u64, u32) {
     let index = u32::try_from(key.index()).unwrap_or(u32::MAX);
