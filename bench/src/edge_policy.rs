@@ -14,6 +14,8 @@
 //! - `edge-s3fifo-raw`: the edge's `S3FifoCache` alone, weighing each object by its trace
 //!   size (no key overhead), with a fixed hasher: a calibration of the edge's S3-FIFO against
 //!   the reference S3-FIFO (same hits whenever no object outweighs the small queue).
+//! - `edge-grouped-s3-fifo-raw`: the same for the grouped S3-FIFO (keys are (group, index)
+//!   pairs), against the reference `grouped-S3-FIFO`.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::BuildHasherDefault;
@@ -21,11 +23,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use cdn_edge::Policy;
-use cdn_edge::s3fifo::S3FifoCache;
+use cdn_edge::s3fifo::{KeyGroup, S3FifoCache};
 use cdn_edge::store::{ChunkKey, Store, VersionId, meta_budget};
 use futures::executor::block_on;
 
-use super::policies::CachePolicy;
+use super::policies::{CachePolicy, Group};
 use super::queue::IdMap;
 
 /// The budget whose chunk share (`budget − meta_budget(budget)`) is exactly `chunks` bytes.
@@ -47,6 +49,8 @@ pub struct EdgeStorePolicy {
     name: &'static str,
     store: Store,
     keys: IdMap<ChunkKey>,
+    /// The object of each group, shared by its chunks' keys.
+    versions: IdMap<Arc<VersionId>>,
     zeros: Bytes,
 }
 
@@ -57,11 +61,13 @@ impl EdgeStorePolicy {
             Policy::TinyLfu => "edge-TinyLFU",
             Policy::Lru => "edge-LRU",
             Policy::S3Fifo => "edge-S3-FIFO",
+            Policy::GroupedS3Fifo => "edge-grouped-S3-FIFO",
         };
         EdgeStorePolicy {
             name,
             store: Store::new(budget_for_chunks(capacity), policy),
             keys: IdMap::default(),
+            versions: IdMap::default(),
             zeros: Bytes::new(),
         }
     }
@@ -86,16 +92,28 @@ impl CachePolicy for EdgeStorePolicy {
         self.name.into()
     }
 
-    fn access(&mut self, id: u64, size: u64, _next: Option<u64>) -> bool {
+    fn access(&mut self, id: u64, size: u64, next: Option<u64>) -> bool {
+        self.access_in_group(id, size, next, Group { id, index: 0 })
+    }
+
+    /// The chunk is chunk `group.index` of the object `https://origin.example/o/{group}`
+    /// (an item without a group is chunk 0 of an object of its own).
+    fn access_in_group(&mut self, id: u64, size: u64, _next: Option<u64>, g: Group) -> bool {
+        let versions = &mut self.versions;
         let key = self
             .keys
             .entry(id)
             .or_insert_with(|| ChunkKey {
-                version: Arc::new(VersionId {
-                    key: format!("https://origin.example/o/{id:016x}"),
-                    validator: "\"v1\"".into(),
-                }),
-                index: 0,
+                version: versions
+                    .entry(g.id)
+                    .or_insert_with(|| {
+                        Arc::new(VersionId {
+                            key: format!("https://origin.example/o/{:016x}", g.id),
+                            validator: "\"v1\"".into(),
+                        })
+                    })
+                    .clone(),
+                index: u64::from(g.index),
             })
             .clone();
         if block_on(self.store.chunk(&key)).is_some() {
@@ -112,6 +130,60 @@ impl CachePolicy for EdgeStorePolicy {
 }
 
 type FixedHasher = BuildHasherDefault<DefaultHasher>;
+
+/// A trace item as a key of the edge's grouped S3-FIFO: (id, group, index), grouped by
+/// `group`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GroupedId(u64, u64, u32);
+
+impl KeyGroup for GroupedId {
+    type Group = u64;
+
+    fn group(&self) -> &u64 {
+        &self.1
+    }
+
+    fn index(&self) -> u64 {
+        u64::from(self.2)
+    }
+}
+
+/// The edge's grouped S3-FIFO cache weighted by the trace's sizes alone.
+pub struct EdgeGroupedRaw {
+    cache: S3FifoCache<GroupedId, u32, FixedHasher>,
+}
+
+impl EdgeGroupedRaw {
+    pub fn new(capacity: u64) -> Self {
+        EdgeGroupedRaw {
+            cache: S3FifoCache::grouped(
+                capacity,
+                Box::new(|_: &GroupedId, size: &u32| *size),
+                FixedHasher::default(),
+            ),
+        }
+    }
+}
+
+impl CachePolicy for EdgeGroupedRaw {
+    fn name(&self) -> String {
+        "edge-grouped-S3-FIFO-raw".into()
+    }
+
+    fn access(&mut self, id: u64, size: u64, next: Option<u64>) -> bool {
+        self.access_in_group(id, size, next, Group { id, index: 0 })
+    }
+
+    fn access_in_group(&mut self, id: u64, size: u64, _next: Option<u64>, g: Group) -> bool {
+        let key = GroupedId(id, g.id, g.index);
+        if self.cache.get(&key).is_some() {
+            return true;
+        }
+        self.cache
+            .insert(key, u32::try_from(size).unwrap_or(u32::MAX));
+        false
+    }
+}
 
 /// The edge's S3-FIFO cache weighted by the trace's sizes alone.
 pub struct EdgeS3FifoRaw {
@@ -190,6 +262,57 @@ mod tests {
     }
 
     #[test]
+    fn the_edges_grouped_s3fifo_hits_exactly_as_the_reference() {
+        use crate::policies::GroupedS3Fifo;
+        use crate::synth::{Churn, VideoSpec, video};
+        // Video sessions (chunks of videos, read in order by interleaved viewers) at three
+        // cache sizes; and the same ids without groups.
+        let trace = video(&VideoSpec {
+            videos: 200,
+            requests: 60_000,
+            alpha: 0.8,
+            chunk_bytes: 1_000,
+            median_chunks: 30.0,
+            abandon: 0.05,
+            concurrent: 16,
+            churn: Churn { every: 50, top: 5 },
+            seed: 9,
+        })
+        .expect("trace");
+        let working_set = trace.stats().working_set_bytes;
+        for share in [0.01, 0.05, 0.2] {
+            let capacity = (working_set as f64 * share) as u64;
+            let mut reference = GroupedS3Fifo::new(capacity);
+            let mut edge = EdgeGroupedRaw::new(capacity);
+            let mut hits = 0;
+            for (i, r) in trace.requests.iter().enumerate() {
+                let g = Group {
+                    id: r.group,
+                    index: r.index,
+                };
+                let hit = reference.access_in_group(r.id, r.size, None, g);
+                assert_eq!(
+                    hit,
+                    edge.access_in_group(r.id, r.size, None, g),
+                    "{share}: {i}"
+                );
+                hits += usize::from(hit);
+            }
+            assert!(hits > 1_000, "{share}: {hits}");
+        }
+        let reqs = requests(50_000, 5_000, 1_000, 3);
+        let mut reference = GroupedS3Fifo::new(500_000);
+        let mut edge = EdgeGroupedRaw::new(500_000);
+        for (i, &(id, size)) in reqs.iter().enumerate() {
+            assert_eq!(
+                reference.access(id, size, None),
+                edge.access(id, size, None),
+                "{i}"
+            );
+        }
+    }
+
+    #[test]
     fn budget_gives_the_chunk_cache_exactly_the_cache_size() {
         for c in [1, 1_000, 292_272, 2_000_000, 2_500_000_000, 93_000_000_000] {
             let b = budget_for_chunks(c);
@@ -200,7 +323,12 @@ mod tests {
     #[test]
     fn edge_stores_stay_within_the_cache_size() {
         let reqs = requests(20_000, 2_000, 4_000, 7);
-        for policy in [Policy::TinyLfu, Policy::Lru, Policy::S3Fifo] {
+        for policy in [
+            Policy::TinyLfu,
+            Policy::Lru,
+            Policy::S3Fifo,
+            Policy::GroupedS3Fifo,
+        ] {
             let mut p = EdgeStorePolicy::new(policy, 300_000);
             let mut hits = 0;
             for &(id, size) in &reqs {

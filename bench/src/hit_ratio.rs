@@ -47,6 +47,16 @@ pub struct HitRatioArgs {
     /// Replay only the first N requests of the trace.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Groups of a trace whose ids flatten (object, chunk): object = id / N, chunk index =
+    /// id % N (for oracleGeneral traces of chunked CDN logs). CSV traces may carry the
+    /// group (and index) as columns instead; synthetic video workloads always do.
+    #[arg(long)]
+    pub group_div: Option<u64>,
+    /// Also write the workload (as replayed) to this CSV file: `time, id, size, next,
+    /// group, index` (next access 1-based as libCacheSim writes it, -1 for none), plain or
+    /// zstd-compressed by the `.zst` suffix.
+    #[arg(long)]
+    pub write_trace: Option<PathBuf>,
 
     /// Synthetic workload, used when no `--trace` is given.
     #[arg(long, value_enum, default_value_t = Workload::Zipf)]
@@ -179,6 +189,12 @@ fn summary(
         stats.max_size,
     );
     let _ = writeln!(s, "next access: {}", trace.next_access_source);
+    let _ = writeln!(
+        s,
+        "groups: {} ({} groups)",
+        trace.group_source,
+        trace.groups()
+    );
     let names: Vec<&str> = policies.iter().map(|p| p.label()).collect();
     let _ = writeln!(
         s,
@@ -281,6 +297,12 @@ pub fn run(args: &HitRatioArgs) -> anyhow::Result<()> {
         trace.requests.truncate(limit);
     }
     anyhow::ensure!(!trace.requests.is_empty(), "the workload has no requests");
+    if let Some(div) = args.group_div {
+        trace.group_by_division(div)?;
+    }
+    if let Some(path) = &args.write_trace {
+        trace::write_csv(&trace, path)?;
+    }
     let stats = trace.stats();
     let policies = policy_list(args);
     let head = summary(&trace, &stats, args, &policies);

@@ -117,7 +117,7 @@ pub fn table(results: &[RunResult], unit: SizeUnit, stats: &TraceStats) -> Strin
         );
         let _ = writeln!(
             out,
-            "  {:<16} {:>9} {:>9} {:>11} {:>11} {:>8}",
+            "  {:<24} {:>9} {:>9} {:>11} {:>11} {:>8}",
             "policy",
             "obj miss",
             "byte miss",
@@ -131,7 +131,7 @@ pub fn table(results: &[RunResult], unit: SizeUnit, stats: &TraceStats) -> Strin
                 .unwrap_or_else(|| "-".into());
             let _ = writeln!(
                 out,
-                "  {:<16} {:>9.4} {:>9.4} {:>11} {:>11} {:>8}",
+                "  {:<24} {:>9.4} {:>9.4} {:>11} {:>11} {:>8}",
                 r.policy,
                 r.object_miss_ratio(),
                 r.byte_miss_ratio(),

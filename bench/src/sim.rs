@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::policies::{CachePolicy, PolicyKind};
+use super::policies::{CachePolicy, Group, PolicyKind};
 use super::trace::{Trace, TraceStats};
 
 /// What cache sizes (and object sizes) are counted in.
@@ -77,7 +77,11 @@ pub fn replay(
                 SizeUnit::Bytes => r.size,
             };
             bytes += r.size;
-            if !policy.access(r.id, size, r.next_access()) {
+            let group = Group {
+                id: r.group,
+                index: r.index,
+            };
+            if !policy.access_in_group(r.id, size, r.next_access(), group) {
                 misses += 1;
                 miss_bytes += r.size;
             }
@@ -180,11 +184,8 @@ mod tests {
     fn run_jobs_counts_misses_and_bytes() {
         // 1 2 1 3 1 with sizes 10, 20, 10, 30, 10 and room for 2 objects (unit sizing):
         // LRU misses 1, 2, 3 (evicts 2): 3 misses, 60 of 80 bytes.
-        let reqs = [(1, 10), (2, 20), (1, 10), (3, 30), (1, 10)].map(|(id, size)| Request {
-            id,
-            size,
-            next: 0,
-        });
+        let reqs =
+            [(1, 10), (2, 20), (1, 10), (3, 30), (1, 10)].map(|(id, size)| Request::new(id, size));
         let trace = Trace::from_requests("t", reqs.to_vec());
         let jobs = [PolicyKind::Lru, PolicyKind::Fifo].map(|kind| Job {
             ratio: 0.5,

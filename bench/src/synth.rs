@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, LogNormal, Zipf};
 
 use super::queue::IdMap;
-use super::trace::{NEVER, Request, Trace};
+use super::trace::{Request, Trace};
 
 /// How object sizes are drawn (once per object).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -142,11 +142,7 @@ pub fn zipf(spec: &ZipfSpec) -> anyhow::Result<Trace> {
             let size = *sizes
                 .entry(id)
                 .or_insert_with(|| draw_size(spec.sizes, spec.seed, id));
-            Request {
-                id,
-                size,
-                next: NEVER,
-            }
+            Request::new(id, size)
         })
         .collect();
     let churn = if spec.churn.every > 0 {
@@ -230,9 +226,9 @@ pub fn video(spec: &VideoSpec) -> anyhow::Result<Trace> {
             chunk_bytes
         };
         requests.push(Request {
-            id: chunk_id(s.video, s.chunk),
-            size,
-            next: NEVER,
+            group: s.video,
+            index: s.chunk as u32,
+            ..Request::new(chunk_id(s.video, s.chunk), size)
         });
         s.chunk += 1;
         if s.chunk >= s.len || rng.random_bool(spec.abandon) {
@@ -255,6 +251,7 @@ pub fn video(spec: &VideoSpec) -> anyhow::Result<Trace> {
         if spec.churn.every > 0 { ", churn" } else { "" }
     );
     let mut trace = Trace::from_requests(name, requests);
+    trace.group_source = "generator (object = video, index = chunk)".into();
     trace.spec = format!(
         "video a={} {} videos {} req, {} B chunks, median {} chunks, abandon {}, {} sessions{churn}, seed {}",
         spec.alpha,

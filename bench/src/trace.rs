@@ -1,6 +1,7 @@
 //! Request traces for the hit-ratio benchmark: the in-memory request list, readers for
 //! libCacheSim's oracleGeneral binary format and for CSV (both optionally zstd-compressed),
-//! the next-access pre-pass the Belady policies need, and trace statistics.
+//! the next-access pre-pass the Belady policies need, the group (the object a chunk belongs
+//! to, and its place in it) of each request, and trace statistics.
 
 use std::fs::File;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -22,15 +23,31 @@ pub struct Request {
     pub size: u64,
     /// Index (0-based virtual time) of the next request for the same object, or [`NEVER`].
     pub next: u64,
+    /// The group the requested item belongs to: for a chunk, its object (video); `id`
+    /// itself when the trace does not say (every item its own group).
+    pub group: u64,
+    /// The item's place in its group (a chunk's index; 0 when the trace does not say).
+    pub index: u32,
 }
 
 impl Request {
+    /// A request of an item that is its own group.
+    pub fn new(id: u64, size: u64) -> Self {
+        Request {
+            id,
+            size,
+            next: NEVER,
+            group: id,
+            index: 0,
+        }
+    }
+
     pub fn next_access(&self) -> Option<u64> {
         (self.next != NEVER).then_some(self.next)
     }
 }
 
-/// A whole trace, held in memory (24 bytes per request).
+/// A whole trace, held in memory (40 bytes per request).
 #[derive(Debug, Clone)]
 pub struct Trace {
     /// Short name (file name, or synthetic workload summary) for titles and CSV rows.
@@ -40,6 +57,9 @@ pub struct Trace {
     pub requests: Vec<Request>,
     /// Where the next-access times came from (for the run summary).
     pub next_access_source: String,
+    /// Where the groups came from (for the run summary): "none" when every item is its
+    /// own group.
+    pub group_source: String,
 }
 
 /// Aggregate numbers of a trace.
@@ -65,7 +85,29 @@ impl Trace {
             spec: String::new(),
             requests,
             next_access_source: "computed".into(),
+            group_source: "none".into(),
         }
+    }
+
+    /// Sets each request's group to `id / div` and its index to `id % div` (how chunked
+    /// CDN logs are often flattened into ids: chunk `i` of object `o` is `o × div + i`).
+    pub fn group_by_division(&mut self, div: u64) -> anyhow::Result<()> {
+        anyhow::ensure!(div >= 1, "--group-div must be at least 1");
+        for r in &mut self.requests {
+            r.group = r.id / div;
+            r.index = u32::try_from(r.id % div).unwrap_or(u32::MAX);
+        }
+        self.group_source = format!("object = id / {div}, chunk index = id % {div}");
+        Ok(())
+    }
+
+    /// Distinct groups requested (equal to the objects when the trace has no groups).
+    pub fn groups(&self) -> u64 {
+        let mut seen: IdMap<()> = IdMap::default();
+        for r in &self.requests {
+            seen.insert(r.group, ());
+        }
+        seen.len() as u64
     }
 
     pub fn stats(&self) -> TraceStats {
@@ -123,7 +165,7 @@ pub fn read_trace(path: &Path, format: TraceFormat) -> anyhow::Result<Trace> {
             .with_context(|| format!("detecting the format of {shown}"))?,
         f => f,
     };
-    let (mut requests, trace_next) = match format {
+    let (mut requests, trace_next, group_source) = match format {
         TraceFormat::Csv => {
             read_csv(reader).with_context(|| format!("reading CSV trace {shown}"))?
         }
@@ -142,6 +184,7 @@ pub fn read_trace(path: &Path, format: TraceFormat) -> anyhow::Result<Trace> {
         spec: String::new(),
         requests,
         next_access_source,
+        group_source,
     })
 }
 
@@ -186,7 +229,8 @@ fn detect_format(path: &Path, reader: &mut Box<dyn BufRead>) -> anyhow::Result<T
     })
 }
 
-type RawTrace = (Vec<Request>, Option<Vec<i64>>);
+/// Requests, the trace's own next-access column if any, where the groups came from.
+type RawTrace = (Vec<Request>, Option<Vec<i64>>, String);
 
 fn read_oracle(mut reader: Box<dyn BufRead>) -> anyhow::Result<RawTrace> {
     let mut requests = Vec::new();
@@ -214,20 +258,22 @@ fn read_oracle(mut reader: Box<dyn BufRead>) -> anyhow::Result<RawTrace> {
         let id = u64::from_le_bytes(rec[4..12].try_into().expect("8 bytes"));
         let size = u32::from_le_bytes(rec[12..16].try_into().expect("4 bytes"));
         let nx = i64::from_le_bytes(rec[16..24].try_into().expect("8 bytes"));
-        requests.push(Request {
-            id,
-            size: u64::from(size),
-            next: NEVER,
-        });
+        requests.push(Request::new(id, u64::from(size)));
         next.push(nx);
     }
-    Ok((requests, Some(next)))
+    Ok((requests, Some(next), "none".into()))
 }
 
+/// CSV rows: `time, id, size[, next_access[, group[, index]]]`. The next-access field may be
+/// empty (`1, 7, 100, , 3`) in a trace that gives groups but no next access. Without an
+/// index column, a chunk's index is its order of first appearance in its group (the order a
+/// sequential reader asks for them).
 fn read_csv(mut reader: Box<dyn BufRead>) -> anyhow::Result<RawTrace> {
     let mut requests = Vec::new();
     let mut next: Vec<i64> = Vec::new();
     let mut has_next: Option<bool> = None;
+    // Whether rows carry (group, index): set by the first row, then the same for all.
+    let mut shape: Option<(bool, bool)> = None;
     let mut line = String::new();
     let mut lineno = 0u64;
     loop {
@@ -245,8 +291,10 @@ fn read_csv(mut reader: Box<dyn BufRead>) -> anyhow::Result<RawTrace> {
         if requests.is_empty() && fields.get(2).is_some_and(|f| f.parse::<f64>().is_err()) {
             continue;
         }
-        if fields.len() < 3 {
-            bail!("line {lineno}: expected `time, object, size[, next]`, got {text:?}");
+        if fields.len() < 3 || fields.len() > 6 {
+            bail!(
+                "line {lineno}: expected `time, id, size[, next[, group[, index]]]`, got {text:?}"
+            );
         }
         let id = parse_object(fields[1]);
         let size: u64 = fields[2]
@@ -266,13 +314,73 @@ fn read_csv(mut reader: Box<dyn BufRead>) -> anyhow::Result<RawTrace> {
                 .with_context(|| format!("line {lineno}: bad next access {:?}", fields[3]))?;
             next.push(nx);
         }
-        requests.push(Request {
-            id,
-            size,
-            next: NEVER,
-        });
+        let row_shape = (fields.len() >= 5, fields.len() >= 6);
+        match shape {
+            None => shape = Some(row_shape),
+            Some(s) if s != row_shape => {
+                bail!("line {lineno}: rows differ in their group and index columns")
+            }
+            _ => {}
+        }
+        let mut r = Request::new(id, size);
+        if row_shape.0 {
+            r.group = parse_object(fields[4]);
+        }
+        if row_shape.1 {
+            r.index = fields[5]
+                .parse()
+                .with_context(|| format!("line {lineno}: bad chunk index {:?}", fields[5]))?;
+        }
+        requests.push(r);
     }
-    Ok((requests, has_next.unwrap_or(false).then_some(next)))
+    let group_source = match shape {
+        Some((true, true)) => "trace columns (group, index)".to_string(),
+        Some((true, false)) => {
+            // Index = order of first appearance of the id within its group.
+            let mut seen: IdMap<u32> = IdMap::default();
+            let mut per_group: IdMap<u32> = IdMap::default();
+            for r in &mut requests {
+                r.index = *seen.entry(r.id).or_insert_with(|| {
+                    let n = per_group.entry(r.group).or_insert(0);
+                    let i = *n;
+                    *n = n.saturating_add(1);
+                    i
+                });
+            }
+            "trace column (group); index = order of first request within the group".into()
+        }
+        _ => "none".into(),
+    };
+    Ok((
+        requests,
+        has_next.unwrap_or(false).then_some(next),
+        group_source,
+    ))
+}
+
+/// Writes a trace as CSV (`time, id, size, next, group, index`; time = request index,
+/// next = libCacheSim's 1-based virtual time of the next request or -1), zstd-compressed
+/// when the name ends in `.zst`. Reading it back gives the same requests.
+pub fn write_csv(trace: &Trace, path: &Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    let shown = path.display();
+    let mut text = String::with_capacity(trace.requests.len() * 32);
+    text.push_str("# time, id, size, next_access_vtime, group, index\n");
+    for (t, r) in trace.requests.iter().enumerate() {
+        let next = r.next_access().map_or(-1, |n| n as i64 + 1);
+        let _ = std::fmt::Write::write_fmt(
+            &mut text,
+            format_args!("{t},{},{},{next},{},{}\n", r.id, r.size, r.group, r.index),
+        );
+    }
+    let bytes = if path.extension().is_some_and(|e| e == "zst") {
+        zstd::encode_all(text.as_bytes(), 19).with_context(|| format!("compressing {shown}"))?
+    } else {
+        text.into_bytes()
+    };
+    let mut f = File::create(path).with_context(|| format!("creating {shown}"))?;
+    f.write_all(&bytes)
+        .with_context(|| format!("writing {shown}"))
 }
 
 /// Numeric object ids are used as they are; others are hashed (deterministically).
@@ -372,6 +480,45 @@ mod tests {
     }
 
     #[test]
+    fn csv_group_and_index_columns() {
+        // group and index given: taken as they are; the next-access field may be empty.
+        let path = tmp("groups.csv");
+        std::fs::write(&path, "1,10,5,,7,3\n2,11,5,,7,4\n3,10,5,,7,3\n").expect("write");
+        let t = read_trace(&path, TraceFormat::Csv).expect("read");
+        let g: Vec<(u64, u64, u32, u64)> = t
+            .requests
+            .iter()
+            .map(|r| (r.id, r.group, r.index, r.next))
+            .collect();
+        assert_eq!(g, vec![(10, 7, 3, 2), (11, 7, 4, NEVER), (10, 7, 3, NEVER)]);
+        assert!(
+            t.group_source.contains("group, index"),
+            "{}",
+            t.group_source
+        );
+        // group alone: index = order of first request within the group.
+        let path = tmp("groups2.csv");
+        std::fs::write(
+            &path,
+            "1,20,5,,a\n2,21,5,,a\n3,30,5,,b\n4,20,5,,a\n5,22,5,,a\n",
+        )
+        .expect("write");
+        let t = read_trace(&path, TraceFormat::Csv).expect("read");
+        let idx: Vec<u32> = t.requests.iter().map(|r| r.index).collect();
+        assert_eq!(idx, vec![0, 1, 0, 0, 2]);
+        assert_eq!(t.requests[0].group, t.requests[1].group);
+        assert_ne!(t.requests[0].group, t.requests[2].group);
+        // Rows must agree on their shape; a bad index is an error naming the line.
+        let path = tmp("groups3.csv");
+        std::fs::write(&path, "1,20,5,,a\n2,21,5\n").expect("write");
+        let err = format!("{:#}", read_trace(&path, TraceFormat::Csv).unwrap_err());
+        assert!(err.contains("line 2"), "{err}");
+        std::fs::write(&path, "1,20,5,,a,x\n").expect("write");
+        let err = format!("{:#}", read_trace(&path, TraceFormat::Csv).unwrap_err());
+        assert!(err.contains("line 1") && err.contains("index"), "{err}");
+    }
+
+    #[test]
     fn oracle_general_binary() {
         let path = tmp("t.oracleGeneral.zst");
         let mut raw = Vec::new();
@@ -385,26 +532,17 @@ mod tests {
         enc.write_all(&raw).expect("encode");
         std::fs::write(&path, enc.finish().expect("finish")).expect("write");
         let t = read_trace(&path, TraceFormat::Auto).expect("read");
-        assert_eq!(
-            t.requests,
-            vec![
-                Request {
-                    id: 1,
-                    size: 100,
-                    next: 2
-                },
-                Request {
-                    id: 2,
-                    size: 200,
-                    next: NEVER
-                },
-                Request {
-                    id: 1,
-                    size: 100,
-                    next: NEVER
-                },
-            ]
-        );
+        let next: Vec<(u64, u64, u64)> =
+            t.requests.iter().map(|r| (r.id, r.size, r.next)).collect();
+        assert_eq!(next, vec![(1, 100, 2), (2, 200, NEVER), (1, 100, NEVER)]);
+        assert!(t.requests.iter().all(|r| r.group == r.id && r.index == 0));
+        assert_eq!(t.group_source, "none");
+        // --group-div: object = id / N, index = id % N.
+        let mut g = t.clone();
+        g.group_by_division(2).expect("div");
+        let groups: Vec<(u64, u32)> = g.requests.iter().map(|r| (r.group, r.index)).collect();
+        assert_eq!(groups, vec![(0, 1), (1, 0), (0, 1)]);
+        assert!(g.group_by_division(0).is_err());
         // A truncated record is an error that names the file.
         let bad = tmp("bad.oracleGeneral");
         std::fs::write(&bad, &raw[..30]).expect("write");

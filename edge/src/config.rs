@@ -23,6 +23,11 @@ pub enum Policy {
     #[serde(rename = "s3-fifo")]
     #[value(name = "s3-fifo")]
     S3Fifo,
+    /// S3-FIFO that knows each chunk's object (`crate::s3fifo`, grouped): a chunk of an
+    /// object whose chunks are re-requested skips the small queue.
+    #[serde(rename = "grouped-s3-fifo")]
+    #[value(name = "grouped-s3-fifo")]
+    GroupedS3Fifo,
 }
 
 /// Everything an edge needs to run (the lab writes its edges' files from it).
@@ -673,6 +678,7 @@ mod tests {
             ("tiny-lfu", Policy::TinyLfu),
             ("lru", Policy::Lru),
             ("s3-fifo", Policy::S3Fifo),
+            ("grouped-s3-fifo", Policy::GroupedS3Fifo),
         ] {
             let c = EdgeConfig::parse(&format!("policy = \"{name}\"\n"), "e").unwrap();
             assert_eq!(c.policy, policy);

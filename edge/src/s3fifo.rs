@@ -20,6 +20,22 @@
 //! always in that order) and evict synchronously, so the weighted size never exceeds the
 //! capacity after an insert returns. No lock is held across an `.await` (there is none).
 //!
+//! Grouped (`S3FifoCache::grouped`, the edge's `grouped-s3-fifo` policy): keys are chunks
+//! of objects ([`KeyGroup`]: a group and an index in it), and each group remembers up to
+//! [`READERS`] readers: the index each last read and when, on a clock of `get`s. A read of
+//! chunk k moves up the reader that last read k − 1 or k − 2, else takes the stalest
+//! reader's place; a reader is active while its last read is at most [`ACTIVE`] × the mean
+//! gap between a reader's reads old (learned). A chunk at most [`AHEAD`] places ahead of an
+//! active reader is *awaited*: small moves it to main instead of evicting it, and main's
+//! CLOCK passes over it (within the same bound of turns). A chunk another viewer is about
+//! to reach stays; chunks behind every viewer leave as S3-FIFO would have them leave. A
+//! group's state lives only while one of its chunks is cached or in the ghost, and chunk 0
+//! is never ahead of a reader, so keys that are chunk 0 of a group of their own hit exactly
+//! as plain S3-FIFO. The harness's `grouped-S3-FIFO` (`bench/src/policies/grouped.rs`) is
+//! the reference: same hits, request by request. Costs: 8 bytes more per entry (the group's
+//! handle and the index) and 8 more per ghost entry; about 100 bytes per group with a chunk
+//! cached or in the ghost.
+//!
 //! Invalidated entries are dropped from the map (their values freed) at once and marked dead
 //! in their queue, which skips them later and is compacted when they outnumber the living.
 //! The ghost holds only (hash, weight) pairs, outside the weighted size: at most
@@ -53,6 +69,116 @@ struct Node<K> {
     weight: AtomicU64,
     freq: AtomicU8,
     queue: AtomicU8,
+    /// The key's place in its group, in a grouped cache (saturated).
+    index: u32,
+    /// The key's group, in a grouped cache.
+    group: Option<Arc<GroupCell>>,
+}
+
+/// How keys group (a chunk's group is its object), for [`S3FifoCache::grouped`].
+pub trait KeyGroup {
+    /// What identifies the group; hashed with the cache's hasher (groups whose hashes
+    /// collide share their readers: a policy hint, never a correctness matter).
+    type Group: Hash + ?Sized;
+    fn group(&self) -> &Self::Group;
+    /// The key's place in its group (a chunk's index).
+    fn index(&self) -> u64;
+}
+
+/// Readers remembered per group.
+pub const READERS: usize = 4;
+/// How many places ahead of an active reader a chunk is awaited.
+pub const AHEAD: u32 = 64;
+/// A reader is active for this many mean gaps after its last read.
+pub const ACTIVE: u64 = 4;
+
+/// A group's readers, shared by its entries' nodes so that a hit moves them without the
+/// mutex: each `index << 32 | clock` (the clock's low 32 bits), 0 for none. Races lose or
+/// blur a read: readers are a policy hint.
+struct GroupCell {
+    hash: u64,
+    readers: [AtomicU64; READERS],
+}
+
+fn unpack(reader: u64) -> (u32, u32) {
+    ((reader >> 32) as u32, reader as u32)
+}
+
+impl GroupCell {
+    /// Records a read of `index` at `now`; the gap since the reader's last read if a reader
+    /// moved up.
+    fn read(&self, index: u32, now: u32) -> Option<u32> {
+        let packed = (u64::from(index) << 32) | u64::from(now);
+        let mut stalest = (0, 0u64);
+        for (n, r) in self.readers.iter().enumerate() {
+            let v = r.load(Relaxed);
+            let (i, t) = unpack(v);
+            if v != 0 && (i.wrapping_add(1) == index || i.wrapping_add(2) == index) {
+                r.store(packed, Relaxed);
+                return Some(now.wrapping_sub(t));
+            }
+            let age = if v == 0 {
+                u64::MAX
+            } else {
+                u64::from(now.wrapping_sub(t))
+            };
+            if n == 0 || age > stalest.1 {
+                stalest = (n, age);
+            }
+        }
+        self.readers[stalest.0].store(packed, Relaxed);
+        None
+    }
+
+    /// Whether a reader active within `window` is at most [`AHEAD`] places behind `index`.
+    fn awaits(&self, index: u32, now: u32, window: u64) -> bool {
+        index > 0
+            && self.readers.iter().any(|r| {
+                let v = r.load(Relaxed);
+                let (i, t) = unpack(v);
+                v != 0
+                    && u64::from(now.wrapping_sub(t)) <= window
+                    && i < index
+                    && index - i <= AHEAD
+            })
+    }
+}
+
+/// A group in the table: its cell and how many of its keys are cached or in the ghost.
+struct GroupEntry {
+    cell: Arc<GroupCell>,
+    held: u32,
+}
+
+/// The grouped cache's table of groups (under the queue mutex).
+#[derive(Default)]
+struct Groups {
+    map: HashMap<u64, GroupEntry, BuildHasherDefault<PassHasher>>,
+}
+
+impl Groups {
+    /// Counts one more key of the group held; its cell.
+    fn hold(&mut self, hash: u64) -> Arc<GroupCell> {
+        let e = self.map.entry(hash).or_insert_with(|| GroupEntry {
+            cell: Arc::new(GroupCell {
+                hash,
+                readers: Default::default(),
+            }),
+            held: 0,
+        });
+        e.held += 1;
+        e.cell.clone()
+    }
+
+    /// One key of the group is no longer held; the group goes with its last key.
+    fn release(&mut self, hash: u64) {
+        if let Some(e) = self.map.get_mut(&hash) {
+            e.held -= 1;
+            if e.held == 0 {
+                self.map.remove(&hash);
+            }
+        }
+    }
 }
 
 struct Slot<K, V> {
@@ -84,8 +210,8 @@ impl Hasher for PassHasher {
 /// middle (a ghost hit) drops the map entry; the queue entry goes stale (sequence mismatch).
 struct Ghost {
     fifo: VecDeque<(u64, u64)>,
-    /// hash -> (sequence number, weight)
-    map: HashMap<u64, (u64, u64), BuildHasherDefault<PassHasher>>,
+    /// hash -> (sequence number, weight, group hash)
+    map: HashMap<u64, (u64, u64, u64), BuildHasherDefault<PassHasher>>,
     used: u64,
     capacity: u64,
     seq: u64,
@@ -102,38 +228,39 @@ impl Ghost {
         }
     }
 
-    /// Removes `hash`; whether it was there.
-    fn remove(&mut self, hash: u64) -> bool {
-        match self.map.remove(&hash) {
-            Some((_, w)) => {
-                self.used -= w;
-                true
-            }
-            None => false,
-        }
+    /// Removes `hash`; the group hash it was remembered with, if it was there.
+    fn remove(&mut self, hash: u64) -> Option<u64> {
+        let (_, w, group) = self.map.remove(&hash)?;
+        self.used -= w;
+        Some(group)
     }
 
-    fn insert(&mut self, hash: u64, weight: u64) {
+    /// Remembers `hash` (of a key of group `group`); false if refused (already there, or
+    /// heavier than the ghost). Entries pushed out go through `dropped` (their group hash).
+    fn insert(&mut self, hash: u64, weight: u64, group: u64, dropped: &mut Groups) -> bool {
         if self.map.contains_key(&hash) || weight > self.capacity {
-            return;
+            return false;
         }
         while self.used + weight > self.capacity {
             let Some((h, seq)) = self.fifo.pop_back() else {
                 break;
             };
-            if self.map.get(&h).is_some_and(|&(s, _)| s == seq) {
-                self.remove(h);
+            if self.map.get(&h).is_some_and(|&(s, _, _)| s == seq)
+                && let Some(g) = self.remove(h)
+            {
+                dropped.release(g);
             }
         }
         self.seq += 1;
         self.fifo.push_front((hash, self.seq));
-        self.map.insert(hash, (self.seq, weight));
+        self.map.insert(hash, (self.seq, weight, group));
         self.used += weight;
         if self.fifo.len() > 2 * self.map.len() + 1024 {
             let map = &self.map;
             self.fifo
-                .retain(|(h, seq)| map.get(h).is_some_and(|&(s, _)| s == *seq));
+                .retain(|(h, seq)| map.get(h).is_some_and(|&(s, _, _)| s == *seq));
         }
+        true
     }
 }
 
@@ -148,6 +275,8 @@ struct Queues<K> {
     /// Dead (invalidated) nodes still in `small` or `main`.
     dead: usize,
     ghost: Ghost,
+    /// Groups with a key cached or in the ghost (empty unless the cache is grouped).
+    groups: Groups,
     has_evicted: bool,
 }
 
@@ -186,6 +315,13 @@ impl<K> Queues<K> {
         }
     }
 
+    /// A node left the cache without entering the ghost: its group holds one key less.
+    fn release(&mut self, node: &Node<K>) {
+        if let Some(g) = &node.group {
+            self.groups.release(g.hash);
+        }
+    }
+
     fn compact(&mut self) {
         if self.dead > 1024 && self.dead > self.small_live + self.main_live {
             let live = |n: &Arc<Node<K>>| n.queue.load(Relaxed) != DEAD;
@@ -210,6 +346,20 @@ pub struct S3FifoCache<K, V, S = RandomState> {
     /// Mirrors of the queue accounting, readable without the mutex.
     weighted: AtomicU64,
     entries: AtomicU64,
+    /// The hash of a key's group and the key's index, in a grouped cache.
+    group_of: Option<GroupOf<K, S>>,
+    /// `get`s so far (grouped cache).
+    clock: AtomicU64,
+    /// Mean gap between a reader's reads, in sixteenths of a `get`, weight 1/64 per sample.
+    gap: AtomicU64,
+}
+
+/// A key's group hash and index.
+type GroupOf<K, S> = fn(&K, &S) -> (u64, u32);
+
+fn group_hash<K: KeyGroup, S: BuildHasher>(key: &K, hasher: &S) -> (u64, u32) {
+    let index = u32::try_from(key.index()).unwrap_or(u32::MAX);
+    (hasher.hash_one(key.group()), index)
 }
 
 impl<K, V> S3FifoCache<K, V>
@@ -250,6 +400,7 @@ where
                 main_live: 0,
                 dead: 0,
                 ghost: Ghost::new(ghost_cap),
+                groups: Groups::default(),
                 has_evicted: false,
             }),
             weigher,
@@ -258,6 +409,21 @@ where
             main_cap: capacity - small_cap,
             weighted: AtomicU64::new(0),
             entries: AtomicU64::new(0),
+            group_of: None,
+            clock: AtomicU64::new(0),
+            gap: AtomicU64::new(64 << 4),
+        }
+    }
+
+    /// A grouped cache (see the module doc): S3-FIFO that keeps chunks an active reader of
+    /// their object is about to reach.
+    pub fn grouped(capacity: u64, weigher: Weigher<K, V>, hasher: S) -> Self
+    where
+        K: KeyGroup,
+    {
+        S3FifoCache {
+            group_of: Some(group_hash::<K, S>),
+            ..Self::with_hasher(capacity, weigher, hasher)
         }
     }
 
@@ -268,6 +434,10 @@ where
 
     /// The value of `key`, counting a hit.
     pub fn get(&self, key: &K) -> Option<V> {
+        let now = match self.group_of {
+            Some(_) => self.clock.fetch_add(1, Relaxed).wrapping_add(1) as u32,
+            None => 0,
+        };
         let hash = self.hasher.hash_one(key);
         let shard = self.shard(hash).read();
         let slot = shard.get(key)?;
@@ -275,6 +445,9 @@ where
         if f < MAX_FREQ {
             // A lost race loses one count: frequencies are approximate by design.
             let _ = slot.node.freq.compare_exchange(f, f + 1, Relaxed, Relaxed);
+        }
+        if let Some(g) = &slot.node.group {
+            self.track(g, slot.node.index, now);
         }
         Some(slot.value.clone())
     }
@@ -317,9 +490,25 @@ where
             }
             Err(value) => value,
         };
-        let ghost_hit = q.ghost.remove(hash);
+        // The group is held before anything is evicted or released, so it keeps its readers.
+        let (group, index) = match self.group_of.map(|f| f(&key, &self.hasher)) {
+            Some((g, index)) => (Some(q.groups.hold(g)), index),
+            None => (None, 0),
+        };
+        let ghost_hit = match q.ghost.remove(hash) {
+            Some(g) => {
+                if group.is_some() {
+                    q.groups.release(g);
+                }
+                true
+            }
+            None => false,
+        };
         let too_big = weight > self.capacity || (weight > self.small_cap && weight > self.main_cap);
         if too_big {
+            if let Some(g) = &group {
+                q.groups.release(g.hash);
+            }
             return;
         }
         while q.used() + weight > self.capacity && q.small_live + q.main_live > 0 {
@@ -334,6 +523,8 @@ where
             weight: AtomicU64::new(weight),
             freq: AtomicU8::new(0),
             queue: AtomicU8::new(DEAD),
+            index,
+            group,
         });
         self.shard(hash).write().insert(
             key,
@@ -342,6 +533,9 @@ where
                 node: node.clone(),
             },
         );
+        if let Some(g) = &node.group {
+            self.track(g, index, self.clock.load(Relaxed) as u32);
+        }
         q.push(node, if to_main { MAIN } else { SMALL });
         self.entries.fetch_add(1, Relaxed);
         self.publish(&q);
@@ -354,6 +548,7 @@ where
         let removed = self.shard(hash).write().remove(key);
         if let Some(slot) = removed {
             q.forget(&slot.node);
+            q.release(&slot.node);
             q.dead += 1;
             self.entries.fetch_sub(1, Relaxed);
             q.compact();
@@ -370,6 +565,7 @@ where
             shard.write().retain(|k, slot| {
                 if pred(k, &slot.value) {
                     q.forget(&slot.node);
+                    q.release(&slot.node);
                     q.dead += 1;
                     removed += 1;
                     false
@@ -382,6 +578,11 @@ where
         q.compact();
         self.publish(&q);
         removed
+    }
+
+    /// Whether the cache is grouped ([`S3FifoCache::grouped`]).
+    pub fn is_grouped(&self) -> bool {
+        self.group_of.is_some()
     }
 
     /// Sum of the weights held; never more than the capacity once an insert has returned.
@@ -408,6 +609,23 @@ where
                     .collect::<Vec<_>>()
             })
             .collect()
+    }
+
+    /// A read of chunk `index` of group `g`: moves its readers, learns the mean gap.
+    fn track(&self, g: &GroupCell, index: u32, now: u32) {
+        if let Some(gap) = g.read(index, now) {
+            let m = self.gap.load(Relaxed);
+            self.gap
+                .store(m - (m >> 6) + (u64::from(gap) >> 2), Relaxed);
+        }
+    }
+
+    /// Whether an active reader of the node's group is about to reach it.
+    fn awaited(&self, node: &Node<K>) -> bool {
+        node.group.as_ref().is_some_and(|g| {
+            let window = (self.gap.load(Relaxed) * ACTIVE) >> 4;
+            g.awaits(node.index, self.clock.load(Relaxed) as u32, window)
+        })
     }
 
     fn publish(&self, q: &Queues<K>) {
@@ -444,12 +662,16 @@ where
                 continue;
             }
             q.forget(&node);
-            if node.freq.load(Relaxed) >= MOVE_TO_MAIN {
+            if node.freq.load(Relaxed) >= MOVE_TO_MAIN || self.awaited(&node) {
                 node.freq.store(0, Relaxed);
                 q.push(node, MAIN);
             } else {
                 self.unmap(&node);
-                q.ghost.insert(node.hash, node.weight.load(Relaxed));
+                let group = node.group.as_ref().map_or(0, |g| g.hash);
+                let Queues { ghost, groups, .. } = &mut *q;
+                if !ghost.insert(node.hash, node.weight.load(Relaxed), group, groups) {
+                    q.release(&node);
+                }
                 return;
             }
         }
@@ -470,9 +692,13 @@ where
                 turns -= 1;
                 node.freq.store(f.min(MAX_FREQ) - 1, Relaxed);
                 q.main.push_front(node);
+            } else if turns > 0 && self.awaited(&node) {
+                turns -= 1;
+                q.main.push_front(node);
             } else {
                 q.forget(&node);
                 self.unmap(&node);
+                q.release(&node);
                 return;
             }
         }
@@ -500,6 +726,22 @@ where
         assert_eq!(q.used(), self.weighted_size());
         assert!(q.used() <= self.capacity);
         assert!(q.ghost.used <= q.ghost.capacity);
+        // Every group is held by exactly its live nodes and ghost entries.
+        let mut held: HashMap<u64, u32> = HashMap::new();
+        if self.group_of.is_some() {
+            for n in q.small.iter().chain(&q.main) {
+                if n.queue.load(Relaxed) != DEAD {
+                    *held
+                        .entry(n.group.as_ref().expect("grouped").hash)
+                        .or_default() += 1;
+                }
+            }
+            for &(_, _, g) in q.ghost.map.values() {
+                *held.entry(g).or_default() += 1;
+            }
+        }
+        let table: HashMap<u64, u32> = q.groups.map.iter().map(|(h, e)| (*h, e.held)).collect();
+        assert_eq!(held, table);
     }
 }
 
@@ -667,6 +909,123 @@ mod tests {
         }
         c.check();
         assert!(c.weighted_size() > 40_000, "{}", c.weighted_size());
+    }
+
+    /// A chunk key for the grouped tests: (object, index), weight 1.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    struct Chunk(u64, u64);
+
+    impl KeyGroup for Chunk {
+        type Group = u64;
+
+        fn group(&self) -> &u64 {
+            &self.0
+        }
+
+        fn index(&self) -> u64 {
+            self.1
+        }
+    }
+
+    fn grouped(capacity: u64) -> S3FifoCache<Chunk, u32, Fixed> {
+        S3FifoCache::grouped(capacity, Box::new(|_, w: &u32| *w), Fixed::default())
+    }
+
+    fn plain(capacity: u64) -> S3FifoCache<Chunk, u32, Fixed> {
+        S3FifoCache::with_hasher(capacity, Box::new(|_, w: &u32| *w), Fixed::default())
+    }
+
+    fn touch(c: &S3FifoCache<Chunk, u32, Fixed>, key: Chunk, weight: u32) -> bool {
+        if c.get(&key).is_some() {
+            return true;
+        }
+        c.insert(key, weight);
+        false
+    }
+
+    #[test]
+    fn grouped_keys_that_are_their_own_group_hit_as_plain_s3fifo() {
+        for (capacity, max_weight) in [(50, 1), (500, 1), (200_000, 1_000)] {
+            let (g, p) = (grouped(capacity), plain(capacity));
+            let mut x = capacity | 1;
+            for i in 0..100_000u64 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let u = (x >> 11) as f64 / (1u64 << 53) as f64;
+                let id = (u * u * 5_000.0) as u64;
+                let w = 1 + (id.wrapping_mul(0x9e37_79b9_7f4a_7c15) % max_weight) as u32;
+                // Every key is chunk 0 of an object of its own.
+                let key = Chunk(id, 0);
+                assert_eq!(touch(&g, key, w), touch(&p, key, w), "{capacity}: {i}");
+                if i % 10_000 == 0 {
+                    g.check();
+                }
+            }
+            g.check();
+        }
+    }
+
+    #[test]
+    fn a_chunk_ahead_of_an_active_reader_stays() {
+        // As the reference's test (bench/src/policies/grouped.rs): 10 slots (small 1, main
+        // 9), a scan of 20 one-chunk objects, then viewer A reads chunks 0..=3 of video 1000
+        // and viewer B follows one chunk behind: A0 A1 B0 A2 B1 A3 B2.
+        let mut keys: Vec<Chunk> = (1..=20).map(|id| Chunk(id, 0)).collect();
+        keys.extend([0, 1, 0, 2, 1, 3, 2].map(|i| Chunk(1000, i)));
+        let run = |c: &S3FifoCache<Chunk, u32, Fixed>| -> String {
+            keys.iter()
+                .map(|&k| if touch(c, k, 1) { 'H' } else { 'M' })
+                .collect()
+        };
+        // Plain: A's chunks leave small for the ghost before B reaches them.
+        assert_eq!(run(&plain(10)), "M".repeat(27));
+        // Grouped: when small gives up A2, B (at chunk 0, active) is 2 places behind it, so
+        // A2 moves to main and B2 hits.
+        let g = grouped(10);
+        assert_eq!(run(&g), format!("{}H", "M".repeat(26)));
+        assert_eq!(g.queues.lock().node_queue(&Chunk(1000, 2)), Some(MAIN));
+        g.check();
+        // A purge of video 1000 drops its cached chunks; the group stays while chunks of it
+        // are in the ghost (check() counts the holders), and goes with the last of them.
+        g.invalidate_entries_if(|k, _| k.0 == 1000);
+        g.check();
+        for id in 2_000..2_040 {
+            touch(&g, Chunk(id, 0), 1);
+        }
+        g.check();
+        let hash = Fixed::default().hash_one(1000u64);
+        assert!(!g.queues.lock().groups.map.contains_key(&hash));
+    }
+
+    #[test]
+    fn grouped_capacity_is_never_exceeded() {
+        let c = grouped(10_000);
+        let mut x = 1u64;
+        for i in 0..50_000u64 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            // 100 objects of 40 chunks, read from a random start in order.
+            let object = (x >> 33) % 100;
+            let index = (x >> 45) % 40;
+            let w = 1 + ((object * 40 + index).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 50) as u32;
+            touch(&c, Chunk(object, index), w);
+            touch(&c, Chunk(object, index + 1), w);
+            if i % 97 == 0 {
+                c.invalidate(&Chunk((x >> 40) % 100, (x >> 20) % 40));
+            }
+            if i % 1_001 == 0 {
+                let gone = (x >> 24) % 100;
+                c.invalidate_entries_if(move |k, _| k.0 == gone);
+            }
+            assert!(c.weighted_size() <= 10_000, "at {i}");
+            if i % 1_000 == 0 {
+                c.check();
+            }
+        }
+        c.check();
+        assert!(c.weighted_size() > 9_000, "{}", c.weighted_size());
     }
 
     impl<K> Queues<K> {

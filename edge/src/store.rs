@@ -14,6 +14,7 @@
 //! version simply ages out. Keys are kept as full strings, not hashes, so that no crafted URL
 //! can collide with another object's chunks.
 
+use std::hash::RandomState;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -24,7 +25,7 @@ use moka::policy::EvictionPolicy;
 
 use crate::config::Policy;
 use crate::freshness::{CacheControl, Timing};
-use crate::s3fifo::S3FifoCache;
+use crate::s3fifo::{KeyGroup, S3FifoCache};
 
 /// Identifies one version of one object: the variant key plus its validator.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -219,6 +220,11 @@ impl ChunkCache {
             Policy::S3Fifo => {
                 ChunkInner::S3Fifo(Arc::new(S3FifoCache::new(capacity, Box::new(chunk_weight))))
             }
+            Policy::GroupedS3Fifo => ChunkInner::S3Fifo(Arc::new(S3FifoCache::grouped(
+                capacity,
+                Box::new(chunk_weight),
+                RandomState::new(),
+            ))),
         };
         ChunkCache { inner }
     }
@@ -226,6 +232,7 @@ impl ChunkCache {
     pub fn policy(&self) -> Policy {
         match &self.inner {
             ChunkInner::Moka(_, p) => *p,
+            ChunkInner::S3Fifo(c) if c.is_grouped() => Policy::GroupedS3Fifo,
             ChunkInner::S3Fifo(_) => Policy::S3Fifo,
         }
     }
@@ -320,6 +327,19 @@ impl ChunkCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// A chunk's group, for the grouped S3-FIFO: its object version, and its index in it.
+impl KeyGroup for ChunkKey {
+    type Group = VersionId;
+
+    fn group(&self) -> &VersionId {
+        &self.version
+    }
+
+    fn index(&self) -> u64 {
+        self.index
     }
 }
 
@@ -580,7 +600,12 @@ mod tests {
         );
     }
 
-    const POLICIES: [Policy; 3] = [Policy::TinyLfu, Policy::Lru, Policy::S3Fifo];
+    const POLICIES: [Policy; 4] = [
+        Policy::TinyLfu,
+        Policy::Lru,
+        Policy::S3Fifo,
+        Policy::GroupedS3Fifo,
+    ];
 
     fn key(name: &str, index: u64) -> ChunkKey {
         ChunkKey {
@@ -600,7 +625,7 @@ mod tests {
             let chunk = Bytes::from(vec![7u8; 1 << 20]);
             for index in 0..32 {
                 store.chunks.insert(key("k", index), chunk.clone()).await;
-                if policy == Policy::S3Fifo {
+                if matches!(policy, Policy::S3Fifo | Policy::GroupedS3Fifo) {
                     // Evicted synchronously: within capacity after every insert.
                     assert!(
                         store.chunks.weighted_size() <= store.capacity() - meta_budget(8 << 20)

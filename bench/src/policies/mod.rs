@@ -12,12 +12,14 @@ use std::collections::BinaryHeap;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::edge_policy::{EdgeS3FifoRaw, EdgeStorePolicy};
+use super::edge_policy::{EdgeGroupedRaw, EdgeS3FifoRaw, EdgeStorePolicy};
 use super::moka_policy::MokaPolicy;
 use super::queue::{DList, Handle, IdMap};
 
 mod belady;
+mod grouped;
 use belady::*;
+pub use grouped::GroupedS3Fifo;
 
 /// A simulated cache. `access` handles one request and returns whether it was a hit; on a
 /// miss the policy decides whether (and how) to admit the object.
@@ -27,6 +29,27 @@ pub trait CachePolicy: Send {
     /// the request in the trace) of the object's next request, `None` if never; only the
     /// Belady policies look at it. Requests must be fed in trace order, one call each.
     fn access(&mut self, id: u64, size: u64, next_access: Option<u64>) -> bool;
+
+    /// [`CachePolicy::access`] with the group of the requested item (the object a chunk
+    /// belongs to, and the chunk's index in it). Only grouped policies look at it; the
+    /// others ignore it, so they behave exactly as without groups.
+    fn access_in_group(
+        &mut self,
+        id: u64,
+        size: u64,
+        next_access: Option<u64>,
+        _group: Group,
+    ) -> bool {
+        self.access(id, size, next_access)
+    }
+}
+
+/// Where a requested item sits: its group (for a chunk, its object) and its index in it.
+/// An item without a group is its own group, at index 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Group {
+    pub id: u64,
+    pub index: u32,
 }
 
 /// Every policy the benchmark can run. To benchmark another cache, implement
@@ -53,10 +76,16 @@ pub enum PolicyKind {
     EdgeS3fifo,
     /// The edge's S3-FIFO cache weighted by object size alone (calibration).
     EdgeS3fifoRaw,
+    /// S3-FIFO that knows each chunk's object (reference for the edge's grouped store).
+    Grouped,
+    /// The edge's `Store` with its grouped S3-FIFO.
+    EdgeGrouped,
+    /// The edge's grouped S3-FIFO cache weighted by object size alone (calibration).
+    EdgeGroupedRaw,
 }
 
 impl PolicyKind {
-    pub const ALL: [PolicyKind; 12] = [
+    pub const ALL: [PolicyKind; 15] = [
         PolicyKind::Fifo,
         PolicyKind::Lru,
         PolicyKind::Sieve,
@@ -69,6 +98,9 @@ impl PolicyKind {
         PolicyKind::EdgeLru,
         PolicyKind::EdgeS3fifo,
         PolicyKind::EdgeS3fifoRaw,
+        PolicyKind::Grouped,
+        PolicyKind::EdgeGrouped,
+        PolicyKind::EdgeGroupedRaw,
     ];
 
     /// A cache of this policy holding `capacity` (units or bytes). `seed` feeds the sampling
@@ -91,6 +123,12 @@ impl PolicyKind {
                 Box::new(EdgeStorePolicy::new(cdn_edge::Policy::S3Fifo, capacity))
             }
             PolicyKind::EdgeS3fifoRaw => Box::new(EdgeS3FifoRaw::new(capacity)),
+            PolicyKind::Grouped => Box::new(GroupedS3Fifo::new(capacity)),
+            PolicyKind::EdgeGrouped => Box::new(EdgeStorePolicy::new(
+                cdn_edge::Policy::GroupedS3Fifo,
+                capacity,
+            )),
+            PolicyKind::EdgeGroupedRaw => Box::new(EdgeGroupedRaw::new(capacity)),
         }
     }
 
@@ -106,6 +144,9 @@ impl PolicyKind {
                 | PolicyKind::EdgeLru
                 | PolicyKind::EdgeS3fifo
                 | PolicyKind::EdgeS3fifoRaw
+                | PolicyKind::Grouped
+                | PolicyKind::EdgeGrouped
+                | PolicyKind::EdgeGroupedRaw
         )
     }
 
@@ -115,7 +156,10 @@ impl PolicyKind {
     pub fn bytes_only(self) -> bool {
         matches!(
             self,
-            PolicyKind::EdgeTinylfu | PolicyKind::EdgeLru | PolicyKind::EdgeS3fifo
+            PolicyKind::EdgeTinylfu
+                | PolicyKind::EdgeLru
+                | PolicyKind::EdgeS3fifo
+                | PolicyKind::EdgeGrouped
         )
     }
 
@@ -133,6 +177,9 @@ impl PolicyKind {
             PolicyKind::EdgeLru => "edge-LRU",
             PolicyKind::EdgeS3fifo => "edge-S3-FIFO",
             PolicyKind::EdgeS3fifoRaw => "edge-S3-FIFO-raw",
+            PolicyKind::Grouped => "grouped-S3-FIFO",
+            PolicyKind::EdgeGrouped => "edge-grouped-S3-FIFO",
+            PolicyKind::EdgeGroupedRaw => "edge-grouped-S3-FIFO-raw",
         }
     }
 }
