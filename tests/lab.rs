@@ -302,7 +302,10 @@ async fn viewers_reach_their_edges_over_https_and_http3() {
     for line in [
         format!("curl --cacert {ca} "),
         format!("ffplay -ca_file {ca} -tls_verify 1 "),
-        format!("--ignore-certificate-errors-spki-list={}", https.spki_sha256),
+        format!(
+            "--ignore-certificate-errors-spki-list={}",
+            https.spki_sha256
+        ),
     ] {
         assert!(out.contains(&line), "the banner lacks `{line}`:\n{out}");
     }
@@ -318,13 +321,23 @@ async fn viewers_reach_their_edges_over_https_and_http3() {
     let near = lab.link("client", "asia", "asia-1");
     let relay = near.https_addr.expect("HTTPS relay of asia → asia-1");
     let (loc, e, _) = redirect(&c, &format!("{router}{seg}?region=asia")).await;
-    assert_eq!((loc.as_str(), e.as_str()), (format!("https://{relay}{seg}").as_str(), "asia-1"));
+    assert_eq!(
+        (loc.as_str(), e.as_str()),
+        (format!("https://{relay}{seg}").as_str(), "asia-1")
+    );
     let (loc, _, _) = redirect(&client(), &format!("{}{seg}?region=asia", lab.router())).await;
-    assert_eq!(loc, format!("{}{seg}", lab.link_url("client", "asia", "asia-1")));
+    assert_eq!(
+        loc,
+        format!("{}{seg}", lab.link_url("client", "asia", "asia-1"))
+    );
 
     // The edge through the relay: HTTP/2, the bytes, Alt-Svc on the relay's port, CORS.
     let want = std::fs::read(common::media_root().join("demo/seg_002.m4s")).expect("media");
-    let r = c.get(format!("https://{relay}{seg}")).send().await.expect("edge over TLS");
+    let r = c
+        .get(format!("https://{relay}{seg}"))
+        .send()
+        .await
+        .expect("edge over TLS");
     assert_eq!(r.status(), 200);
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     assert!(header(&r, "cache-status").starts_with("asia-1;"), "{r:?}");
@@ -349,7 +362,11 @@ async fn viewers_reach_their_edges_over_https_and_http3() {
         .await
         .expect("edge over TLS from Sydney");
     assert_eq!(&r.bytes().await.expect("body")[..], &want[..]);
-    assert!(t.elapsed() >= 3 * far_rtt, "{:?} for RTT {far_rtt:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= 3 * far_rtt,
+        "{:?} for RTT {far_rtt:?}",
+        t.elapsed()
+    );
 
     // HTTP/3 through the UDP relay on the same port number: the QUIC handshake and the
     // request pay the link's RTT too, and asia-1 counts the request.
@@ -360,7 +377,11 @@ async fn viewers_reach_their_edges_over_https_and_http3() {
         .await
         .expect("HTTP/3 through the relay");
     let got = h3.get(seg, &[]).await.expect("GET over HTTP/3");
-    assert!(t.elapsed() >= 2 * far_rtt, "{:?} for RTT {far_rtt:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= 2 * far_rtt,
+        "{:?} for RTT {far_rtt:?}",
+        t.elapsed()
+    );
     assert_eq!(got.status(), 200);
     assert_eq!(&got.body[..], &want[..]);
     h3.close().await;
@@ -369,7 +390,12 @@ async fn viewers_reach_their_edges_over_https_and_http3() {
     // The dashboard's POSTs from the router's HTTPS page are the lab's own.
     let (s, body) = post(&c, &format!("{router}/_lab/api/viewers")).await;
     assert_eq!(s, 200, "{body}");
-    let (s, _) = post_from(&c, &format!("{router}/_lab/api/viewers"), "https://evil.example").await;
+    let (s, _) = post_from(
+        &c,
+        &format!("{router}/_lab/api/viewers"),
+        "https://evil.example",
+    )
+    .await;
     assert_eq!(s, 403);
 }
 

@@ -457,10 +457,9 @@ impl EdgeNode {
         let https = match (tls_listener, &tls) {
             (Some(l), Some(t)) => {
                 let app = match https_alt_svc.zip(http3.as_ref()) {
-                    Some((_, (_, o))) => alt_svc_on_request_port(
-                        router.clone(),
-                        o.quic.alt_svc_max_age_secs,
-                    ),
+                    Some((_, (_, o))) => {
+                        alt_svc_on_request_port(router.clone(), o.quic.alt_svc_max_age_secs)
+                    }
                     None => router.clone(),
                 };
                 Some((l, app, TlsAccept::from_tls(t)))

@@ -716,8 +716,32 @@ mod tests {
             .expect("link");
         assert!(near.rtt_ms < 10.0, "{near:?}");
         assert!((60.0..80.0).contains(&far.rtt_ms), "{far:?}");
+        // HTTPS: the router, the origin, every edge and every viewers' link, on ports of
+        // their own (none shared with another listener of the same protocol).
+        assert_eq!(
+            (plan.router_https_port, plan.origin_https_port),
+            (Some(8443), Some(8444))
+        );
+        for l in &plan.links {
+            assert_eq!(l.https_port.is_some(), l.kind == LinkKind::Client, "{l:?}");
+        }
+        let mut secure: Vec<u16> = plan.edges.iter().filter_map(|e| e.https_port).collect();
+        secure.extend(plan.links.iter().filter_map(|l| l.https_port));
+        assert_eq!(secure.len(), n + clients);
+        let before = secure.len();
+        secure.sort_unstable();
+        secure.dedup();
+        assert_eq!(secure.len(), before, "an HTTPS port twice");
         let auto = shipped().plan(PortMode::Auto).expect("plan");
         assert!(auto.links.iter().all(|l| l.port == 0));
+        assert!(auto.edges.iter().all(|e| e.https_port == Some(0)));
+        let mut off = shipped();
+        off.https.enabled = false;
+        let off = off.plan(PortMode::Offset(0)).expect("plan");
+        assert!(
+            off.router_https_port.is_none() && off.edges.iter().all(|e| e.https_port.is_none())
+        );
+        assert!(off.links.iter().all(|l| l.https_port.is_none()));
         assert!(shipped().plan(PortMode::Offset(60_000)).is_err());
     }
 

@@ -60,7 +60,12 @@ impl Wiring {
     }
 
     /// The HTTPS relay of a viewers' link, with `[https]`.
-    pub(crate) fn secure_relay(&self, kind: LinkKind, from: &str, to: &str) -> Option<&SecureRelay> {
+    pub(crate) fn secure_relay(
+        &self,
+        kind: LinkKind,
+        from: &str,
+        to: &str,
+    ) -> Option<&SecureRelay> {
         self.secure
             .iter()
             .find(|(l, _)| l.kind == kind && l.from == from && l.to == to)
@@ -539,9 +544,7 @@ impl FleetSteps for LabFleet {
                 .as_deref()
                 .and_then(|u| u.trim_start_matches("http://").parse().ok())
         {
-            self.edges
-                .wiring
-                .set_client_targets(name, a, slots[j].tls);
+            self.edges.wiring.set_client_targets(name, a, slots[j].tls);
         }
     }
 

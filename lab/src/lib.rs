@@ -288,12 +288,8 @@ fn print_https(h: &state::HttpsState) {
     println!("  player and dashboard:  {router}/");
     println!("  CA:                    {ca}");
     println!("  certificate SPKI hash: {}", h.spki_sha256);
-    println!(
-        "  curl --cacert {ca} -sIL \"{router}/media/demo.webm?region=europe\""
-    );
-    println!(
-        "  ffplay -ca_file {ca} -tls_verify 1 \"{router}/media/demo/index.m3u8?region=asia\""
-    );
+    println!("  curl --cacert {ca} -sIL \"{router}/media/demo.webm?region=europe\"");
+    println!("  ffplay -ca_file {ca} -tls_verify 1 \"{router}/media/demo/index.m3u8?region=asia\"");
     println!(
         "  chromium --user-data-dir=\"$(mktemp -d)\" --ignore-certificate-errors-spki-list={} \"{router}/?region=asia&rendition=hls&autoplay=1\"",
         h.spki_sha256
@@ -301,7 +297,8 @@ fn print_https(h: &state::HttpsState) {
     if h.http3 {
         println!(
             "  HTTP/3: the edges advertise it (Alt-Svc) on the port of each viewer's link, whose \
-             relay carries UDP on the same number"
+             relay carries UDP on the same number; Chromium ignores Alt-Svc for a local CA: add \
+             --origin-to-force-quic-on=127.0.0.1:PORT (a link's https_addr in state.json)"
         );
     }
     println!();
