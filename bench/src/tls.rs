@@ -234,7 +234,7 @@ pub async fn run(args: TlsArgs) -> anyhow::Result<()> {
     let origin = start_origin(&bin, &root, &out).await?;
     let edge_tls: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
     let edge_cfg = format!(
-        "http3 = false\n[tls]\nlisten = \"{edge_tls}\"\n[[tls.certificates]]\ncert = \"{}\"\nkey = \"{}\"\n",
+        "http3_on_https = false\n[tls]\nlisten = \"{edge_tls}\"\n[[tls.certificates]]\ncert = \"{}\"\nkey = \"{}\"\n",
         cert.display(),
         key.display()
     );
