@@ -266,6 +266,144 @@ async fn viewers_reach_their_edges_through_simulated_links() {
     .await;
 }
 
+/// A client trusting only the lab's CA, redirects not followed.
+fn https_client(ca: &std::path::Path) -> reqwest::Client {
+    cdn_http::tls::install_crypto_provider();
+    let pem = std::fs::read(ca).expect("the lab's CA");
+    reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&pem).expect("CA")])
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// The lab over HTTPS and HTTP/3: the router sends a viewer who came over HTTPS to the
+/// `https://` relay of its region's link; the edge answers through it over HTTP/2 with the
+/// lab's certificate (verified against the lab's CA, the one the banner names), advertises
+/// HTTP/3 on the relay's port, and serves HTTP/3 through the UDP relay on that port, paying
+/// the link's RTT both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_reach_their_edges_over_https_and_http3() {
+    let lab = LabRun::start("https");
+    let https = lab.state.https.clone().expect("[https] is on by default");
+    let c = https_client(&https.ca);
+    let router = https.router.clone();
+    assert!(router.starts_with("https://127.0.0.1:"), "{router}");
+
+    // What the banner prints: the CA and the commands that trust it, with the SPKI hash.
+    assert_eq!(
+        cdn_edge::http3::spki_sha256_of_pem(&https.cert).as_deref(),
+        Some(https.spki_sha256.as_str())
+    );
+    let out = lab.output();
+    let ca = https.ca.display().to_string();
+    for line in [
+        format!("curl --cacert {ca} "),
+        format!("ffplay -ca_file {ca} -tls_verify 1 "),
+        format!(
+            "--ignore-certificate-errors-spki-list={}",
+            https.spki_sha256
+        ),
+    ] {
+        assert!(out.contains(&line), "the banner lacks `{line}`:\n{out}");
+    }
+
+    // The player page over HTTPS (HTTP/2 by ALPN), through the router.
+    let r = c.get(format!("{router}/")).send().await.expect("player");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert!(r.text().await.expect("html").contains("<video"));
+
+    // An HTTPS viewer in Asia is sent to the HTTPS relay of its link; an HTTP one to the HTTP.
+    let seg = "/media/demo/seg_002.m4s";
+    let near = lab.link("client", "asia", "asia-1");
+    let relay = near.https_addr.expect("HTTPS relay of asia → asia-1");
+    let (loc, e, _) = redirect(&c, &format!("{router}{seg}?region=asia")).await;
+    assert_eq!(
+        (loc.as_str(), e.as_str()),
+        (format!("https://{relay}{seg}").as_str(), "asia-1")
+    );
+    let (loc, _, _) = redirect(&client(), &format!("{}{seg}?region=asia", lab.router())).await;
+    assert_eq!(
+        loc,
+        format!("{}{seg}", lab.link_url("client", "asia", "asia-1"))
+    );
+
+    // The edge through the relay: HTTP/2, the bytes, Alt-Svc on the relay's port, CORS.
+    let want = std::fs::read(common::media_root().join("demo/seg_002.m4s")).expect("media");
+    let r = c
+        .get(format!("https://{relay}{seg}"))
+        .send()
+        .await
+        .expect("edge over TLS");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert!(header(&r, "cache-status").starts_with("asia-1;"), "{r:?}");
+    assert!(
+        header(&r, "alt-svc").starts_with(&format!("h3=\":{}\"", relay.port())),
+        "{}",
+        header(&r, "alt-svc")
+    );
+    assert_eq!(header(&r, "access-control-allow-origin"), "*");
+    assert_eq!(&r.bytes().await.expect("body")[..], &want[..]);
+
+    // From Sydney (RTT ~67 ms): a new TLS connection costs at least the TCP and TLS
+    // handshakes and the request, one RTT each, on the simulated link.
+    let far = lab.link("client", "oceania", "asia-1");
+    let far_relay = far.https_addr.expect("HTTPS relay of oceania → asia-1");
+    let far_rtt = Duration::from_secs_f64(far.link.rtt_ms / 1e3);
+    assert!(far_rtt > Duration::from_millis(50), "{far_rtt:?}");
+    let t = Instant::now();
+    let r = https_client(&https.ca)
+        .get(format!("https://{far_relay}{seg}"))
+        .send()
+        .await
+        .expect("edge over TLS from Sydney");
+    assert_eq!(&r.bytes().await.expect("body")[..], &want[..]);
+    assert!(
+        t.elapsed() >= 3 * far_rtt,
+        "{:?} for RTT {far_rtt:?}",
+        t.elapsed()
+    );
+
+    // HTTP/3 through the UDP relay on the same port number: the QUIC handshake and the
+    // request pay the link's RTT too, and asia-1 counts the request.
+    let before = h3_requests(&lab.node("asia-1").url).await;
+    let cfg = cdn_edge::http3::client::config_trusting_pem(&https.ca).expect("CA");
+    let t = Instant::now();
+    let h3 = cdn_edge::http3::client::Client::connect(far_relay, "localhost", cfg)
+        .await
+        .expect("HTTP/3 through the relay");
+    let got = h3.get(seg, &[]).await.expect("GET over HTTP/3");
+    assert!(
+        t.elapsed() >= 2 * far_rtt,
+        "{:?} for RTT {far_rtt:?}",
+        t.elapsed()
+    );
+    assert_eq!(got.status(), 200);
+    assert_eq!(&got.body[..], &want[..]);
+    h3.close().await;
+    assert!(h3_requests(&lab.node("asia-1").url).await > before);
+
+    // The dashboard's POSTs from the router's HTTPS page are the lab's own.
+    let (s, body) = post(&c, &format!("{router}/_lab/api/viewers")).await;
+    assert_eq!(s, 200, "{body}");
+    let (s, _) = post_from(
+        &c,
+        &format!("{router}/_lab/api/viewers"),
+        "https://evil.example",
+    )
+    .await;
+    assert_eq!(s, 403);
+}
+
+async fn h3_requests(edge: &str) -> f64 {
+    let text = common::metrics_text(edge).await;
+    cdn_http::metrics::sum(&text, "cdn_edge_http3_requests_total")
+}
+
 #[test]
 fn a_killed_lab_leaves_no_node_behind() {
     let mut lab = LabRun::start("sigkill");

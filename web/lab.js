@@ -4,6 +4,7 @@
 //
 // URL parameters: ?region=NAME&rendition=hls|mp4|webm&autoplay=1 choose and start a viewer;
 // &hlsjs=1 plays HLS with hls.js even where the browser plays it natively.
+// Over https:// (the lab's `[https]`), the page keeps the scheme: the video comes over HTTPS.
 // window.labViewer holds what the viewer measured, window.labAutoscale what the auto-scaling
 // panel has (tests read them).
 'use strict';
@@ -33,6 +34,12 @@ function row(cells) {
   const tr = document.createElement('tr');
   for (const c of cells) tr.appendChild(c instanceof Node && c.tagName === 'TD' ? c : el('td', c));
   return tr;
+}
+
+// The router's base URL in the scheme of this page (http:// unless the lab serves HTTPS and
+// the page came over it).
+function routerBase() {
+  return location.protocol === 'https:' && info.https ? info.https.router : info.router;
 }
 
 function clientLink(region, edge) {
@@ -97,7 +104,9 @@ async function play() {
     text($('edge'), `${viewer.edge} (${d.region || '-'}, ${d.reason})`);
     text($('link'), l ? `${l.from} → ${l.to}: RTT ${fmt(l.rtt_ms, 0)} ms, ${fmt(l.mbps, 0)} Mbit/s` : '-');
   }
-  const src = `${info.router}${path}?region=${encodeURIComponent(region)}`;
+  // The router over the scheme the page came with: an https:// page plays over HTTPS (h2 or,
+  // where the browser takes the edges' Alt-Svc, HTTP/3), its links to the edges too.
+  const src = `${routerBase()}${path}?region=${encodeURIComponent(region)}`;
   const t0 = performance.now();
   let stallStart = null;
   const onPlaying = () => {

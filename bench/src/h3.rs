@@ -1,14 +1,14 @@
-//! `cdn bench h3`: hot hits over HTTP/3 against the same edge over TCP, in one run. Starts a
-//! `cdn origin` and a `cdn edge` with `[http3]` (certificates made for the run, as the peers'
-//! are), warms every object, then for each scenario (`hot-16k`: whole 16 KiB objects;
-//! `hot-1m`: 1 MiB ranges) runs a closed loop of N connections × M streams over HTTP/3 (the
-//! edge's own HTTP/3 client, `cdn_edge::http3::client`) and the same concurrency over TCP
-//! (the shared HTTP/1.1 generator, N × M keep-alive connections), for the same time. Every
-//! body is checked byte for byte against the origin's generator; req/s, MB/s and p50/p99 are
-//! reported with the ratio HTTP/3 / TCP.
-//!
-//! The TCP side is HTTP/1.1 in cleartext until the edge has its HTTPS listener (issue #15's
-//! TLS part); `--tcp-tls` is where the HTTP/2-over-TLS comparison will plug in.
+//! `cdn bench h3`: hot hits over HTTP/3 against the same edge's HTTP/2 over TLS (and its
+//! HTTP/1.1 in cleartext), in one run. Starts a `cdn origin` and a `cdn edge` with `[http3]`
+//! and an HTTPS listener on the same certificate (made for the run, as the peers' are), warms
+//! every object, then for each scenario (`hot-16k`: whole 16 KiB objects; `hot-1m`: 1 MiB
+//! ranges) runs, for the same time and at the same concurrency: a closed loop of N
+//! connections × M streams over HTTP/3 (the edge's own HTTP/3 client,
+//! `cdn_edge::http3::client`; every body checked byte for byte against the origin's
+//! generator); h2load (Debian's nghttp2-client) with N connections × M streams over HTTP/2 and
+//! TLS (bodies counted, not checked; `hot-1m` asks each object's first MiB, h2load sending one
+//! header set to every URL); and the shared HTTP/1.1 generator over N × M keep-alive cleartext
+//! connections. req/s, MB/s and p50/p99 are reported with the ratios HTTP/3 / HTTP/2.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -44,6 +44,9 @@ pub struct H3Args {
     /// Run directory (logs, certificates, configs).
     #[arg(long, default_value = "bench-out/h3")]
     pub dir: PathBuf,
+    /// Threads of h2load (the HTTP/2 client).
+    #[arg(long, default_value_t = 1)]
+    pub h2load_threads: usize,
 }
 
 struct Row {
@@ -54,11 +57,24 @@ struct Row {
     errors: u64,
     secs: f64,
     hist: Histogram<u64>,
+    /// What h2load measured itself (its own clock and per-request log), for its rows.
+    p99: Option<f64>,
+    p50: Option<f64>,
+    rps: Option<f64>,
 }
 
 impl Row {
     fn rps(&self) -> f64 {
-        self.requests as f64 / self.secs
+        self.rps.unwrap_or(self.requests as f64 / self.secs)
+    }
+    fn p99_ms(&self) -> f64 {
+        self.p99.unwrap_or_else(|| loadgen::ms(&self.hist, 0.99))
+    }
+    fn p50_ms(&self) -> Option<f64> {
+        match self.p99 {
+            Some(_) => self.p50,
+            None => Some(loadgen::ms(&self.hist, 0.5)),
+        }
     }
 }
 
@@ -68,6 +84,9 @@ pub async fn run(args: H3Args) -> anyhow::Result<()> {
         "--connections and --streams must be at least 1"
     );
     anyhow::ensure!(args.secs > 0.0, "--secs must be positive");
+    if !crate::tls::on_path("h2load") {
+        crate::host::apt_install(&["nghttp2-client"])?;
+    }
     compare::clean_run_dir(&args.dir);
     std::fs::create_dir_all(&args.dir)?;
     let bin = compare::cdn_bin(None)?;
@@ -77,10 +96,13 @@ pub async fn run(args: H3Args) -> anyhow::Result<()> {
     let certs = args.dir.join("certs");
     cdn_edge::peer::pki::write_lab_pki(&certs, &["localhost".to_string()])?;
     let udp: SocketAddr = ([127, 0, 0, 1], compare::free_port()?).into();
+    let https: SocketAddr = ([127, 0, 0, 1], compare::free_port()?).into();
+    let (cert, key) = (certs.join("localhost.pem"), certs.join("localhost.key"));
     let config = format!(
-        "[http3]\nlisten = \"{udp}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-        certs.join("localhost.pem").display(),
-        certs.join("localhost.key").display()
+        "[http3]\nlisten = \"{udp}\"\ncert = \"{c}\"\nkey = \"{k}\"\n\
+         [tls]\nlisten = \"{https}\"\n[[tls.certificates]]\ncert = \"{c}\"\nkey = \"{k}\"\n",
+        c = cert.display(),
+        k = key.display()
     );
     let edge = compare::start_edge_with(
         &bin,
@@ -124,10 +146,21 @@ pub async fn run(args: H3Args) -> anyhow::Result<()> {
             proto: "HTTP/3",
             ..h3
         });
+        let objs = if scenario == "hot-16k" {
+            &objs_16k
+        } else {
+            &objs_1m
+        };
+        let h2 = h2_loop(https, objs, scenario == "hot-1m", &args, &args.dir).await?;
+        rows.push(Row {
+            scenario,
+            proto: "HTTP/2 (TLS, h2load)",
+            ..h2
+        });
         let tcp_row = tcp_loop(tcp, args.connections * args.streams, dur, gen_job).await;
         rows.push(Row {
             scenario,
-            proto: "HTTP/1.1 (TCP)",
+            proto: "HTTP/1.1 (TCP, cleartext)",
             ..tcp_row
         });
     }
@@ -142,28 +175,82 @@ pub async fn run(args: H3Args) -> anyhow::Result<()> {
     println!("|---|---|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(
-            "| {} | {} | {:.0} | {:.1} | {:.2} | {:.2} | {} |",
+            "| {} | {} | {:.0} | {:.1} | {} | {:.2} | {} |",
             r.scenario,
             r.proto,
             r.rps(),
             r.bytes as f64 / r.secs / 1e6,
-            loadgen::ms(&r.hist, 0.5),
-            loadgen::ms(&r.hist, 0.99),
+            r.p50_ms().map_or("-".into(), |p| format!("{p:.2}")),
+            r.p99_ms(),
             r.errors
         );
     }
     println!();
-    for pair in rows.chunks(2) {
-        if let [a, b] = pair {
+    for triple in rows.chunks(3) {
+        if let [h3, h2, h1] = triple {
+            let ratio = |a: &Row, b: &Row| {
+                (
+                    a.rps() / b.rps().max(f64::MIN_POSITIVE),
+                    a.p99_ms() / b.p99_ms().max(f64::MIN_POSITIVE),
+                )
+            };
+            let (r2, p2) = ratio(h3, h2);
+            let (r1, p1) = ratio(h3, h1);
             println!(
-                "{}: HTTP/3 / TCP req/s = {:.2}, p99 = {:.2}",
-                a.scenario,
-                a.rps() / b.rps().max(f64::MIN_POSITIVE),
-                loadgen::ms(&a.hist, 0.99) / loadgen::ms(&b.hist, 0.99).max(f64::MIN_POSITIVE)
+                "{}: HTTP/3 / HTTP/2 over TLS: req/s {r2:.2}, p99 {p2:.2}; \
+                 HTTP/3 / HTTP/1.1 cleartext: req/s {r1:.2}, p99 {p1:.2}",
+                h3.scenario
             );
         }
     }
     Ok(())
+}
+
+/// h2load over HTTP/2 and TLS: `connections` × `streams` for `secs`, cycling through the
+/// objects' URLs (`first_mib`: each object's first MiB, as a Range).
+async fn h2_loop(
+    https: SocketAddr,
+    objs: &[(String, u64)],
+    first_mib: bool,
+    args: &H3Args,
+    dir: &std::path::Path,
+) -> anyhow::Result<Row> {
+    let mut a: Vec<String> = vec![
+        "-c".into(),
+        args.connections.to_string(),
+        "-m".into(),
+        args.streams.to_string(),
+        "-t".into(),
+        args.h2load_threads.min(args.connections).max(1).to_string(),
+        "-D".into(),
+        format!("{}", args.secs.ceil() as u64),
+    ];
+    if first_mib {
+        a.extend(["-H".into(), "range: bytes=0-1048575".into()]);
+    }
+    a.extend(
+        objs.iter()
+            .map(|(id, size)| format!("https://{https}/synthetic/{id}?size={size}")),
+    );
+    let o = crate::tls::h2load(&a, &dir.join("h2load.log")).await?;
+    anyhow::ensure!(
+        o.succeeded > 0 && o.cipher.contains("TLS"),
+        "h2load over HTTP/2 and TLS: {} succeeded ({})",
+        o.succeeded,
+        o.cipher
+    );
+    Ok(Row {
+        scenario: "",
+        proto: "",
+        requests: o.succeeded,
+        bytes: (o.mb_s * 1024.0 * 1024.0 * args.secs) as u64,
+        errors: o.failed,
+        secs: args.secs,
+        hist: loadgen::histogram(),
+        p99: Some(o.p99_ms),
+        p50: None,
+        rps: Some(o.req_s),
+    })
 }
 
 /// N HTTP/3 connections × M concurrent streams, closed loop for `dur`.
@@ -224,6 +311,9 @@ where
         errors: 0,
         secs: 0.0,
         hist: loadgen::histogram(),
+        p99: None,
+        p50: None,
+        rps: None,
     };
     for t in tasks {
         let (n, b, e, h) = t.await?;
@@ -297,6 +387,9 @@ where
         errors: 0,
         secs: 0.0,
         hist: loadgen::histogram(),
+        p99: None,
+        p50: None,
+        rps: None,
     };
     for t in tasks {
         if let Ok((k, b, e, h)) = t.await {

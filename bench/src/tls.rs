@@ -86,13 +86,13 @@ http {
 
 /// One h2load run's outcome.
 #[derive(Debug, Clone, Default)]
-struct H2loadOut {
-    req_s: f64,
-    mb_s: f64,
-    p99_ms: f64,
-    succeeded: u64,
-    failed: u64,
-    cipher: String,
+pub(crate) struct H2loadOut {
+    pub req_s: f64,
+    pub mb_s: f64,
+    pub p99_ms: f64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub cipher: String,
 }
 
 fn parse_h2load(out: &str, log: &Path) -> H2loadOut {
@@ -151,7 +151,8 @@ fn parse_h2load(out: &str, log: &Path) -> H2loadOut {
     r
 }
 
-async fn h2load(args: &[String], log: &Path) -> anyhow::Result<H2loadOut> {
+/// Runs h2load with `args` (its per-request log to `log`) and reads its report.
+pub(crate) async fn h2load(args: &[String], log: &Path) -> anyhow::Result<H2loadOut> {
     let _ = std::fs::remove_file(log);
     let out = tokio::process::Command::new("h2load")
         .args(args)
@@ -233,7 +234,7 @@ pub async fn run(args: TlsArgs) -> anyhow::Result<()> {
     let origin = start_origin(&bin, &root, &out).await?;
     let edge_tls: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
     let edge_cfg = format!(
-        "http3 = false\n[tls]\nlisten = \"{edge_tls}\"\n[[tls.certificates]]\ncert = \"{}\"\nkey = \"{}\"\n",
+        "http3_on_https = false\n[tls]\nlisten = \"{edge_tls}\"\n[[tls.certificates]]\ncert = \"{}\"\nkey = \"{}\"\n",
         cert.display(),
         key.display()
     );
@@ -405,7 +406,7 @@ fn report(args: &TlsArgs, rows: &[Row]) -> String {
 }
 
 /// Whether `program` is on the PATH.
-fn on_path(program: &str) -> bool {
+pub(crate) fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
 }

@@ -168,6 +168,15 @@ pub struct EdgeConfig {
     /// [`crate::http3`]); off when absent. While on, TCP responses advertise it (`Alt-Svc`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http3: Option<crate::http3::Http3Config>,
+    /// `Alt-Svc` names the port each HTTPS request came to (its `Host`) instead of the HTTP/3
+    /// endpoint's own: for a port mapping or relay that carries the same port number over
+    /// TCP and UDP to this node's HTTPS and HTTP/3 ports (the lab's viewers' links).
+    pub alt_svc_request_port: bool,
+    /// Every response says any page may read it and its timings (`Access-Control-Allow-Origin:
+    /// *`, `Access-Control-Expose-Headers` of Cache-Status, Age, Content-Range and
+    /// Content-Length, `Timing-Allow-Origin: *`), so players on another origin's page (the
+    /// lab's, hls.js) can fetch media over HTTPS and HTTP/3. Off by default.
+    pub cors_any_origin: bool,
 }
 
 /// The cluster's TLS material for one node.
@@ -272,6 +281,8 @@ impl Default for EdgeConfig {
             tls: Default::default(),
             http3_on_https: true,
             http3: None,
+            alt_svc_request_port: false,
+            cors_any_origin: false,
         }
     }
 }
@@ -477,6 +488,8 @@ impl EdgeConfig {
             tls,
             http3_on_https,
             http3,
+            alt_svc_request_port,
+            cors_any_origin,
         )
     }
 

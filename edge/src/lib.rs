@@ -391,6 +391,51 @@ pub fn https_app(router: Router, alt_svc: Option<http::HeaderValue>) -> Router {
     }
 }
 
+/// `Alt-Svc: h3=":PORT"` on every response, PORT the one the request came to (its `Host`
+/// or `:authority`; 443 when it names none): for relays and port mappings that carry TCP and
+/// UDP on the same port number (`alt_svc_request_port`).
+fn alt_svc_on_request_port(router: Router, max_age_secs: u64) -> Router {
+    router.layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| async move {
+            let port = req
+                .uri()
+                .authority()
+                .map(|a| a.as_str().to_owned())
+                .or_else(|| {
+                    req.headers()
+                        .get(http::header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .map(str::to_owned)
+                })
+                .and_then(|a| a.parse::<http::uri::Authority>().ok())
+                .map_or(443, |a| a.port_u16().unwrap_or(443));
+            let mut r = next.run(req).await;
+            r.headers_mut()
+                .entry(http::header::ALT_SVC)
+                .or_insert_with(|| http3::alt_svc(port, max_age_secs));
+            r
+        },
+    ))
+}
+
+/// The fields of `cors_any_origin`: any page may read the responses and their timings.
+fn cors_any_origin(router: Router) -> Router {
+    use tower_http::set_header::SetResponseHeaderLayer;
+    let set = |name: &'static str, value: &'static str| {
+        SetResponseHeaderLayer::if_not_present(
+            http::HeaderName::from_static(name),
+            http::HeaderValue::from_static(value),
+        )
+    };
+    router
+        .layer(set("access-control-allow-origin", "*"))
+        .layer(set(
+            "access-control-expose-headers",
+            "Cache-Status, Age, Content-Range, Content-Length",
+        ))
+        .layer(set("timing-allow-origin", "*"))
+}
+
 impl EdgeNode {
     /// Serves until `shutdown` completes, then drains, stops following the config file and
     /// closes the peer endpoint.
@@ -428,19 +473,35 @@ impl EdgeNode {
         let h3_listen = http3_addr.map(|a| a.to_string()).unwrap_or_default();
         let admin_listen = admin_addr.map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(%name, listen = %addr, %tls_listen, http3 = %h3_listen, %admin_listen, origin = %edge.cfg.origin, "edge serving");
-        // While HTTP/3 is on, TCP responses (HTTP and HTTPS) advertise it.
-        let router = match &alt_svc {
-            Some(v) => router.layer(
-                tower_http::set_header::SetResponseHeaderLayer::if_not_present(
-                    http::header::ALT_SVC,
-                    v.clone(),
+        let router = if edge.cfg.cors_any_origin {
+            cors_any_origin(router)
+        } else {
+            router
+        };
+        // While HTTP/3 is on, TCP responses (HTTP and HTTPS) advertise it; with
+        // `alt_svc_request_port`, HTTPS responses only, on the port each request came to.
+        let by_request = edge.cfg.alt_svc_request_port;
+        let (router, https_alt_svc) = match &alt_svc {
+            Some(v) if !by_request => (
+                router.layer(
+                    tower_http::set_header::SetResponseHeaderLayer::if_not_present(
+                        http::header::ALT_SVC,
+                        v.clone(),
+                    ),
                 ),
+                None,
             ),
-            None => router,
+            _ => (router, alt_svc.clone()),
         };
         let https = match (tls_listener, &tls) {
             (Some(l), Some(t)) => {
-                Some((l, https_app(router.clone(), None), TlsAccept::from_tls(t)))
+                let app = match https_alt_svc.zip(http3.as_ref()) {
+                    Some((_, (_, o))) => {
+                        alt_svc_on_request_port(router.clone(), o.quic.alt_svc_max_age_secs)
+                    }
+                    None => router.clone(),
+                };
+                Some((l, app, TlsAccept::from_tls(t)))
             }
             _ => None,
         };

@@ -26,6 +26,9 @@ pub struct LabFile {
     pub edges: EdgeDefaults,
     #[serde(default)]
     pub peering: Peering,
+    /// HTTPS (and HTTP/3) beside HTTP on every node and viewer link.
+    #[serde(default)]
+    pub https: HttpsSection,
     /// Tiered caching: an upper tier of shield edges ([`crate::tiers`]).
     #[serde(default)]
     pub tiers: crate::tiers::Tiers,
@@ -108,6 +111,39 @@ pub struct Peering {
 impl Default for Peering {
     fn default() -> Self {
         Peering { enabled: true }
+    }
+}
+
+/// `[https]`: the lab makes its own CA and a viewer certificate for `localhost`, `127.0.0.1`
+/// and `::1` (in `RUN_DIR/tls/`), and every node gets an HTTPS listener beside its HTTP one:
+/// the router (player and dashboard too), the origin, each edge (with HTTP/3 on the same port
+/// number over UDP), and each viewers' link a relay for HTTPS (TCP) and, on the same port
+/// number, for HTTP/3 (UDP). Ports as in `[ports]`, moved by `--port-base` alike.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpsSection {
+    pub enabled: bool,
+    /// HTTP/3 on the edges and the viewers' links (UDP).
+    pub http3: bool,
+    /// The router's HTTPS port (player, dashboard, redirects to `https://` links).
+    pub router: u16,
+    pub origin: u16,
+    /// First edge's HTTPS (TCP) and HTTP/3 (UDP) port; the next edges take the following.
+    pub edges: u16,
+    /// First viewers' HTTPS link relay (TCP, and UDP on the same number with HTTP/3).
+    pub relays: u16,
+}
+
+impl Default for HttpsSection {
+    fn default() -> Self {
+        HttpsSection {
+            enabled: true,
+            http3: true,
+            router: 8443,
+            origin: 8444,
+            edges: 8451,
+            relays: 8500,
+        }
     }
 }
 
@@ -249,6 +285,9 @@ pub struct LinkPlan {
     /// The relay's port (0: OS-assigned).
     #[serde(skip)]
     pub port: u16,
+    /// A viewers' link's HTTPS (and HTTP/3) relay port, with `[https]` (0: OS-assigned).
+    #[serde(skip)]
+    pub https_port: Option<u16>,
 }
 
 impl LinkKind {
@@ -282,6 +321,8 @@ pub struct EdgePlan {
     pub longitude: f64,
     pub port: u16,
     pub peer_port: u16,
+    /// HTTPS (TCP) and HTTP/3 (UDP) port, with `[https]`.
+    pub https_port: Option<u16>,
 }
 
 /// Everything the lab starts, with ports resolved.
@@ -291,6 +332,9 @@ pub struct Plan {
     pub router_port: u16,
     pub origin_port: u16,
     pub control_port: u16,
+    /// The router's and the origin's HTTPS ports, with `[https]`.
+    pub router_https_port: Option<u16>,
+    pub origin_https_port: Option<u16>,
     pub origin_point: (f64, f64),
     pub edges: Vec<EdgePlan>,
     pub links: Vec<LinkPlan>,
@@ -522,6 +566,12 @@ impl LabFile {
             }
         };
         let p = &self.ports;
+        let https = |base: u16, i: usize| -> anyhow::Result<Option<u16>> {
+            match self.https.enabled {
+                true => port(base, i).map(Some),
+                false => Ok(None),
+            }
+        };
         let origin_region = self
             .region(&self.origin.region)
             .ok_or_else(|| anyhow::anyhow!("origin region missing"))?;
@@ -539,6 +589,7 @@ impl LabFile {
                     longitude: r.longitude,
                     port: port(p.edges, i)?,
                     peer_port: port(p.peers, i)?,
+                    https_port: https(self.https.edges, i)?,
                 });
             }
         }
@@ -548,6 +599,7 @@ impl LabFile {
         let mut links = Vec::new();
         let mut tcp = 0;
         let mut udp = 0;
+        let mut secure = 0;
         let mut push = |kind, from: &str, to: &str, a, b, mbps: f64| -> anyhow::Result<()> {
             let km = distance_km(a, b);
             let o = over(from, to);
@@ -555,6 +607,11 @@ impl LabFile {
                 LinkKind::Peer => (p.peer_relays, &mut udp),
                 _ => (p.relays, &mut tcp),
             };
+            let https_port = match kind {
+                LinkKind::Client => https(self.https.relays, secure)?,
+                _ => None,
+            };
+            secure += usize::from(https_port.is_some());
             links.push(LinkPlan {
                 kind,
                 from: from.into(),
@@ -563,6 +620,7 @@ impl LabFile {
                 rtt_ms: o.and_then(|o| o.rtt_ms).unwrap_or(d.rtt_ms(km)),
                 mbps: o.and_then(|o| o.mbps).unwrap_or(mbps),
                 port: port(base, *n)?,
+                https_port,
             });
             *n += 1;
             Ok(())
@@ -600,6 +658,8 @@ impl LabFile {
             router_port: port(p.router, 0)?,
             origin_port: port(p.origin, 0)?,
             control_port: port(p.control, 0)?,
+            router_https_port: https(self.https.router, 0)?,
+            origin_https_port: https(self.https.origin, 0)?,
             origin_point,
             edges,
             links,
@@ -656,8 +716,32 @@ mod tests {
             .expect("link");
         assert!(near.rtt_ms < 10.0, "{near:?}");
         assert!((60.0..80.0).contains(&far.rtt_ms), "{far:?}");
+        // HTTPS: the router, the origin, every edge and every viewers' link, on ports of
+        // their own (none shared with another listener of the same protocol).
+        assert_eq!(
+            (plan.router_https_port, plan.origin_https_port),
+            (Some(8443), Some(8444))
+        );
+        for l in &plan.links {
+            assert_eq!(l.https_port.is_some(), l.kind == LinkKind::Client, "{l:?}");
+        }
+        let mut secure: Vec<u16> = plan.edges.iter().filter_map(|e| e.https_port).collect();
+        secure.extend(plan.links.iter().filter_map(|l| l.https_port));
+        assert_eq!(secure.len(), n + clients);
+        let before = secure.len();
+        secure.sort_unstable();
+        secure.dedup();
+        assert_eq!(secure.len(), before, "an HTTPS port twice");
         let auto = shipped().plan(PortMode::Auto).expect("plan");
         assert!(auto.links.iter().all(|l| l.port == 0));
+        assert!(auto.edges.iter().all(|e| e.https_port == Some(0)));
+        let mut off = shipped();
+        off.https.enabled = false;
+        let off = off.plan(PortMode::Offset(0)).expect("plan");
+        assert!(
+            off.router_https_port.is_none() && off.edges.iter().all(|e| e.https_port.is_none())
+        );
+        assert!(off.links.iter().all(|l| l.https_port.is_none()));
         assert!(shipped().plan(PortMode::Offset(60_000)).is_err());
     }
 

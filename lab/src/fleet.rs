@@ -31,7 +31,7 @@ use super::config::{LinkKind, LinkPlan, Plan};
 use super::procs::NodeProc;
 use crate::autoscale::driver::Fleet;
 use crate::autoscale::steps::{self, FleetSteps, Timings};
-use crate::start::{AnyRelay, write_atomic};
+use crate::start::{AnyRelay, EdgeTls, SecureRelay, ViewerTls, write_atomic};
 use crate::{Lab, NODE_START_TIMEOUT, STOP_GRACE, addr};
 
 /// What stays the same while the lab runs.
@@ -40,7 +40,12 @@ pub struct Wiring {
     pub run_dir: PathBuf,
     pub pki: PathBuf,
     pub relays: Vec<(LinkPlan, AnyRelay)>,
+    /// The viewers' links' HTTPS (and HTTP/3) relays, with `[https]`.
+    pub secure: Vec<(LinkPlan, SecureRelay)>,
+    /// The viewer certificate, with `[https]`.
+    pub tls: Option<ViewerTls>,
     pub origin_url: String,
+    pub origin_https_url: Option<String>,
     pub control_url: String,
     pub router_toml: PathBuf,
     pub lab: Arc<Lab>,
@@ -54,8 +59,37 @@ impl Wiring {
             .map(|(_, r)| r.addr())
     }
 
+    /// The HTTPS relay of a viewers' link, with `[https]`.
+    pub(crate) fn secure_relay(
+        &self,
+        kind: LinkKind,
+        from: &str,
+        to: &str,
+    ) -> Option<&SecureRelay> {
+        self.secure
+            .iter()
+            .find(|(l, _)| l.kind == kind && l.from == from && l.to == to)
+            .map(|(_, r)| r)
+    }
+
+    /// Points the HTTPS relays of viewers' links to edge `name` at `to`.
+    fn set_secure_targets(&self, name: &str, to: EdgeTls) {
+        for (_, r) in self.secure.iter().filter(|(l, _)| l.to == name) {
+            r.set_target(to);
+        }
+    }
+
     /// Points the relays of links *to* edge `name` at its addresses.
-    pub fn set_targets(&self, name: &str, http: SocketAddr, peer: Option<SocketAddr>) {
+    pub(crate) fn set_targets(
+        &self,
+        name: &str,
+        http: SocketAddr,
+        peer: Option<SocketAddr>,
+        tls: Option<EdgeTls>,
+    ) {
+        if let Some(t) = tls {
+            self.set_secure_targets(name, t);
+        }
         for (l, r) in &self.relays {
             if l.to != name {
                 continue;
@@ -72,12 +106,15 @@ impl Wiring {
         }
     }
 
-    /// Points the viewers' links to edge `name` at another address (a sibling's).
-    fn set_client_targets(&self, name: &str, to: SocketAddr) {
+    /// Points the viewers' links to edge `name` at another edge's addresses (a sibling's).
+    fn set_client_targets(&self, name: &str, to: SocketAddr, tls: Option<EdgeTls>) {
         for (l, r) in &self.relays {
             if l.kind == LinkKind::Client && l.to == name {
                 r.set_target(to);
             }
+        }
+        if let Some(t) = tls {
+            self.set_secure_targets(name, t);
         }
     }
 
@@ -86,12 +123,19 @@ impl Wiring {
             .join(format!("{}.toml", self.plan.edges[i].name))
     }
 
-    /// The client relays the router may send viewers to: (region, edge, URL).
-    pub fn client_relays(&self) -> Vec<(String, String, String)> {
+    /// The client relays the router may send viewers to: (region, edge, URL, HTTPS URL).
+    pub fn client_relays(&self) -> Vec<ClientRelay> {
         self.relays
             .iter()
             .filter(|(l, _)| l.kind == LinkKind::Client)
-            .map(|(l, r)| (l.from.clone(), l.to.clone(), format!("http://{}", r.addr())))
+            .map(|(l, r)| ClientRelay {
+                region: l.from.clone(),
+                edge: l.to.clone(),
+                url: format!("http://{}", r.addr()),
+                https_url: self
+                    .secure_relay(l.kind, &l.from, &l.to)
+                    .map(|s| format!("https://{}", s.addr())),
+            })
             .collect()
     }
 
@@ -105,12 +149,24 @@ impl Wiring {
     }
 }
 
+/// A viewers' link the router may send viewers to.
+pub struct ClientRelay {
+    pub region: String,
+    pub edge: String,
+    /// `http://RELAY`
+    pub url: String,
+    /// `https://RELAY`, with `[https]`.
+    pub https_url: Option<String>,
+}
+
 /// One planned edge.
 pub struct EdgeSlot {
     pub proc: NodeProc,
     /// `http://ADDR` once it has run.
     pub url: Option<String>,
     pub peer_addr: Option<SocketAddr>,
+    /// Its HTTPS and HTTP/3 addresses once it has run, with `[https]`.
+    pub(crate) tls: Option<EdgeTls>,
     /// Listed in the router's config.
     pub routed: bool,
     /// Listed in the other edges' peer lists.
@@ -144,7 +200,19 @@ impl Edges {
             })
             .collect();
         let listen = slots[i].peer_addr.unwrap_or(addr(e.peer_port));
-        let text = crate::nodeconf::edge_toml(&w.plan, i, origin_relay, listen, &peers, &w.pki)?;
+        // A restart keeps the HTTPS address, even when the OS chose it.
+        let tls = w.tls.as_ref().zip(e.https_port).map(|(t, port)| {
+            let at = slots[i].tls.map_or(addr(port), |t| t.https);
+            t.settings(at)
+        });
+        let wiring = crate::nodeconf::EdgeWiring {
+            origin_relay,
+            peer_listen: listen,
+            peer_relays: &peers,
+            pki: &w.pki,
+            tls,
+        };
+        let text = crate::nodeconf::edge_toml(&w.plan, i, &wiring)?;
         write_atomic(&w.config_path(i), &text)
     }
 
@@ -161,23 +229,31 @@ impl Edges {
     /// Writes the router's config (the `routed` edges) and tells the router to reload it.
     pub fn write_router_config(&self, slots: &[EdgeSlot]) -> anyhow::Result<()> {
         let w = &self.wiring;
-        let routed: Vec<(usize, String)> = slots
+        let routed: Vec<(usize, String, Option<String>)> = slots
             .iter()
             .enumerate()
             .filter(|(_, s)| s.routed)
-            .filter_map(|(i, s)| Some((i, s.url.clone()?)))
+            .filter_map(|(i, s)| {
+                let https = s.tls.map(|t| format!("https://{}", t.https));
+                Some((i, s.url.clone()?, https))
+            })
             .collect();
         let names: Vec<&str> = routed
             .iter()
-            .map(|(i, _)| w.plan.edges[*i].name.as_str())
+            .map(|(i, _, _)| w.plan.edges[*i].name.as_str())
             .collect();
         let links: Vec<_> = w
             .client_relays()
             .into_iter()
-            .filter(|(_, edge, _)| names.contains(&edge.as_str()))
+            .filter(|c| names.contains(&c.edge.as_str()))
             .collect();
-        let cfg =
-            crate::nodeconf::router_config(&w.plan, &w.origin_url, &routed, &w.control_url, &links);
+        let cfg = crate::nodeconf::router_config(
+            &w.plan,
+            (&w.origin_url, w.origin_https_url.as_deref()),
+            &routed,
+            &w.control_url,
+            &links,
+        );
         cfg.validate()
             .map_err(|e| anyhow::anyhow!("the generated router config is invalid: {e}"))?;
         write_atomic(
@@ -213,14 +289,33 @@ impl Edges {
             ),
             (true, port) => Some(addr(port)),
         };
+        let tls = match (&self.wiring.tls, e.https_port) {
+            (Some(_), Some(_)) => {
+                let https = slot
+                    .proc
+                    .learn_addr(offset, "tls_listen", NODE_START_TIMEOUT)
+                    .await?;
+                let http3 = match self.wiring.plan.file.https.http3 {
+                    true => Some(
+                        slot.proc
+                            .learn_addr(offset, "http3", NODE_START_TIMEOUT)
+                            .await?,
+                    ),
+                    false => None,
+                };
+                Some(EdgeTls { https, http3 })
+            }
+            _ => None,
+        };
         slot.url = Some(format!("http://{http}"));
         slot.peer_addr = peer;
+        slot.tls = tls;
         // A restart keeps the addresses, even when the OS chose them (the config written
         // at the next start has the peer address learned now).
         if slot.proc.args.get(2).is_some_and(|a| a.ends_with(":0")) {
             slot.proc.args[2] = http.to_string();
         }
-        self.wiring.set_targets(&e.name, http, peer);
+        self.wiring.set_targets(&e.name, http, peer, tls);
         let pid = slots[i].proc.pid();
         let url = slots[i].url.clone().unwrap_or_default();
         self.wiring.set_node(&e.name, |n| {
@@ -228,6 +323,7 @@ impl Edges {
             n.pid = pid;
             n.url = url;
             n.peer_addr = peer;
+            n.https_url = tls.map(|t| format!("https://{}", t.https));
         });
         Ok(())
     }
@@ -448,7 +544,7 @@ impl FleetSteps for LabFleet {
                 .as_deref()
                 .and_then(|u| u.trim_start_matches("http://").parse().ok())
         {
-            self.edges.wiring.set_client_targets(name, a);
+            self.edges.wiring.set_client_targets(name, a, slots[j].tls);
         }
     }
 

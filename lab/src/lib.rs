@@ -159,7 +159,7 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
 
     // The relays and the lab API, bound before any node starts: their addresses go into the
     // configs.
-    let relays = start::bind_relays(&setup.plan, &lab).await?;
+    let start::Relays { relays, secure } = start::bind_relays(&setup.plan, &lab).await?;
     let control = tokio::net::TcpListener::bind(addr(setup.plan.control_port))
         .await
         .map_err(|_| start::taken(setup.plan.control_port, "lab API", false))?;
@@ -171,6 +171,15 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
     let origin_addr = origin
         .learn_addr(origin_offset, "listen", NODE_START_TIMEOUT)
         .await?;
+    let origin_https_url = match setup.tls {
+        Some(_) => Some(format!(
+            "https://{}",
+            origin
+                .learn_addr(origin_offset, "tls_listen", NODE_START_TIMEOUT)
+                .await?
+        )),
+        None => None,
+    };
     for (l, r) in &relays {
         if l.kind == LinkKind::Origin {
             r.set_target(origin_addr);
@@ -183,7 +192,10 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
             run_dir: setup.run_dir.clone(),
             pki: setup.pki.clone(),
             relays,
+            secure,
+            tls: setup.tls.clone(),
             origin_url: format!("http://{origin_addr}"),
+            origin_https_url,
             control_url,
             router_toml: setup.run_dir.join("router.toml"),
             lab: lab.clone(),
@@ -192,11 +204,12 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
         router_pid: std::sync::Mutex::new(None),
     });
     let edge_urls = start::start_edges(&edges, &mut slots).await?;
-    let (router, router_url) = start::start_router(&edges, &slots, &setup).await?;
+    let router = start::start_router(&edges, &slots, &setup).await?;
+    let router_url = router.url.clone();
     *edges.slots.lock().await = slots;
 
     // What the dashboard shows, then its server and the metrics poller.
-    let state = start::describe(&edges, &router, &router_url, &origin);
+    let state = start::describe(&edges, &router, &origin, setup.tls.as_ref());
     if let Ok(mut i) = lab.info.lock() {
         *i = Some(state.clone());
     }
@@ -206,7 +219,7 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
         lab: lab.clone(),
         origin,
         edges: edges.clone(),
-        router,
+        router: router.proc,
     };
 
     // Health: every node answers and the router sees every edge up; then the autoscaler.
@@ -268,6 +281,29 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The HTTPS part of the banner: the CA, and the commands that trust it.
+fn print_https(h: &state::HttpsState) {
+    let (router, ca) = (&h.router, h.ca.display());
+    println!("HTTPS (every node, every viewer link; the lab's own CA):");
+    println!("  player and dashboard:  {router}/");
+    println!("  CA:                    {ca}");
+    println!("  certificate SPKI hash: {}", h.spki_sha256);
+    println!("  curl --cacert {ca} -sIL \"{router}/media/demo.webm?region=europe\"");
+    println!("  ffplay -ca_file {ca} -tls_verify 1 \"{router}/media/demo/index.m3u8?region=asia\"");
+    println!(
+        "  chromium --user-data-dir=\"$(mktemp -d)\" --ignore-certificate-errors-spki-list={} \"{router}/?region=asia&rendition=hls&autoplay=1\"",
+        h.spki_sha256
+    );
+    if h.http3 {
+        println!(
+            "  HTTP/3: the edges advertise it (Alt-Svc) on the port of each viewer's link, whose \
+             relay carries UDP on the same number; Chromium ignores Alt-Svc for a local CA: add \
+             --origin-to-force-quic-on=127.0.0.1:PORT (a link's https_addr in state.json)"
+        );
+    }
+    println!();
+}
+
 fn print_banner(lab: &Lab, plan: &Plan, state: &Path, took: Duration) {
     let info = lab.info();
     let router = info.as_ref().map(|i| i.router.clone()).unwrap_or_default();
@@ -313,5 +349,8 @@ fn print_banner(lab: &Lab, plan: &Plan, state: &Path, took: Duration) {
     println!("  curl -sIL \"{router}/media/demo.webm?region=europe\"");
     println!("  curl -s \"{router}/_route?region=south-america&path=/media/demo.mp4\"");
     println!();
+    if let Some(h) = info.as_ref().and_then(|i| i.https.as_ref()) {
+        print_https(h);
+    }
     println!("Ctrl-C stops the lab.");
 }

@@ -17,7 +17,7 @@ use crate::netsim::sniff::{Exchange, Observer};
 use crate::netsim::{TcpRelay, UdpRelay, bytes_per_sec, tcp_link};
 use crate::procs::NodeProc;
 use crate::scrape::Scraper;
-use crate::state::{LabState, LinkState, NodeInfo, NodeKind, RegionState};
+use crate::state::{HttpsState, LabState, LinkState, NodeInfo, NodeKind, RegionState};
 use crate::{
     EXCHANGES_KEPT, ExchangeRecord, Lab, LabArgs, NODE_START_TIMEOUT, START_TIMEOUT, addr, fleet,
     web,
@@ -33,6 +33,67 @@ pub(crate) struct Setup {
     pub pki: PathBuf,
     /// The origin's root directory.
     pub root: PathBuf,
+    /// The viewer certificate every node serves over HTTPS, with `[https]`.
+    pub tls: Option<ViewerTls>,
+}
+
+/// The lab's viewer TLS (`RUN_DIR/tls/`): its own CA and one certificate for `localhost`,
+/// `127.0.0.1` and `::1` that every node serves. Made once and kept across runs, so a CA a
+/// browser or a script was told to trust stays valid.
+#[derive(Debug, Clone)]
+pub(crate) struct ViewerTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Base64 SHA-256 of the certificate's SubjectPublicKeyInfo.
+    pub spki: String,
+}
+
+impl ViewerTls {
+    /// The files in `dir`, written (a new CA and certificate) unless all are there.
+    fn ensure(dir: &Path) -> anyhow::Result<ViewerTls> {
+        let tls = ViewerTls {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("viewer.pem"),
+            key: dir.join("viewer.key"),
+            spki: String::new(),
+        };
+        if ![&tls.ca, &tls.cert, &tls.key].iter().all(|p| p.exists()) {
+            let names = ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec();
+            cdn_edge::peer::pki::write_ca_and_certs(
+                dir,
+                "cdn lab viewer CA",
+                &[("viewer".to_owned(), names)],
+            )?;
+        }
+        let spki = cdn_edge::http3::spki_sha256_of_pem(&tls.cert)
+            .with_context(|| format!("{} is not a certificate", tls.cert.display()))?;
+        Ok(ViewerTls { spki, ..tls })
+    }
+
+    /// The `[tls]` of a node listening on `listen` with the viewer certificate.
+    pub(crate) fn settings(&self, listen: SocketAddr) -> cdn_http::tls::TlsSettings {
+        cdn_http::tls::TlsSettings {
+            listen: Some(listen),
+            certificates: vec![cdn_http::tls::CertFiles {
+                cert: self.cert.clone(),
+                key: self.key.clone(),
+            }],
+            ..Default::default()
+        }
+    }
+
+    /// `--tls-listen ADDR --tls-cert PEM --tls-key PEM`.
+    fn flags(&self, listen: SocketAddr) -> Vec<String> {
+        vec![
+            "--tls-listen".into(),
+            listen.to_string(),
+            "--tls-cert".into(),
+            self.cert.display().to_string(),
+            "--tls-key".into(),
+            self.key.display().to_string(),
+        ]
+    }
 }
 
 /// Reads the lab file and plans the lab; checks its fixed ports are free; makes the run
@@ -73,6 +134,10 @@ pub(crate) fn prepare(args: &LabArgs) -> anyhow::Result<Setup> {
     if plan.file.peering.enabled {
         ensure_pki(&pki, &names)?;
     }
+    let tls = match plan.file.https.enabled {
+        true => Some(ViewerTls::ensure(&run_dir.join("tls"))?),
+        false => None,
+    };
     let root = absolute(&plan.file.origin.root);
     if !root.join("media").is_dir() {
         anyhow::bail!(
@@ -88,18 +153,18 @@ pub(crate) fn prepare(args: &LabArgs) -> anyhow::Result<Setup> {
         geo_db,
         pki,
         root,
+        tls,
     })
 }
 
 /// A relay on every link of the plan (the lab's network simulation, `crate::netsim`): each
 /// link's RTT and bandwidth, the origin's uplink shared by every edge → origin link, and an
-/// observer on viewers' links for the dashboard.
-pub(crate) async fn bind_relays(
-    plan: &Plan,
-    lab: &Arc<Lab>,
-) -> anyhow::Result<Vec<(LinkPlan, AnyRelay)>> {
+/// observer on viewers' links for the dashboard. With `[https]`, each viewers' link also gets
+/// a [`SecureRelay`] with the same shape (and the same bandwidth buckets).
+pub(crate) async fn bind_relays(plan: &Plan, lab: &Arc<Lab>) -> anyhow::Result<Relays> {
     let uplink = plan.file.links.origin_uplink();
     let mut relays: Vec<(LinkPlan, AnyRelay)> = Vec::new();
+    let mut secure: Vec<(LinkPlan, SecureRelay)> = Vec::new();
     for link in &plan.links {
         let what = || format!("relay {} → {}", link.from, link.to);
         let relay = match link.kind {
@@ -127,12 +192,92 @@ pub(crate) async fn bind_relays(
                 };
                 let up = (kind == LinkKind::Origin).then_some(&uplink);
                 let shape = tcp_link(link.rtt(), bytes_per_sec(link.mbps), up);
+                if let Some(port) = link.https_port {
+                    let what = format!("HTTPS relay {} → {}", link.from, link.to);
+                    let h3 = plan.file.https.http3;
+                    let r = SecureRelay::bind(port, h3, &what, shape.clone()).await?;
+                    secure.push((link.clone(), r));
+                }
                 AnyRelay::Tcp(TcpRelay::spawn(l, shape, observer)?)
             }
         };
         relays.push((link.clone(), relay));
     }
-    Ok(relays)
+    Ok(Relays { relays, secure })
+}
+
+/// The relays [`bind_relays`] made.
+pub(crate) struct Relays {
+    pub relays: Vec<(LinkPlan, AnyRelay)>,
+    /// The viewers' links' HTTPS (and HTTP/3) relays.
+    pub secure: Vec<(LinkPlan, SecureRelay)>,
+}
+
+/// A viewers' link over TLS: a TCP relay to the edge's HTTPS listener (it carries TLS as
+/// bytes, unchanged) and, with HTTP/3, a UDP relay on the same port number to the edge's
+/// HTTP/3 endpoint, so an `Alt-Svc: h3=":PORT"` naming the port a browser came to (the edges'
+/// `alt_svc_request_port`) keeps its QUIC traffic on the simulated link. Both directions of
+/// both relays share the link's bandwidth buckets. Its HTTPS exchanges are not observed (the
+/// dashboard's "last requests" lists the plain HTTP ones).
+pub(crate) struct SecureRelay {
+    pub tcp: TcpRelay,
+    pub udp: Option<UdpRelay>,
+}
+
+/// Tries at an OS-chosen port before giving up on finding a UDP port free beside a TCP one.
+const SAME_PORT_TRIES: usize = 32;
+
+impl SecureRelay {
+    async fn bind(
+        port: u16,
+        http3: bool,
+        what: &str,
+        shape: crate::netsim::LinkShape,
+    ) -> anyhow::Result<SecureRelay> {
+        for _ in 0..SAME_PORT_TRIES {
+            let l = tokio::net::TcpListener::bind(addr(port))
+                .await
+                .map_err(|_| taken(port, what, false))?;
+            if !http3 {
+                return Ok(SecureRelay {
+                    tcp: TcpRelay::spawn(l, shape, None)?,
+                    udp: None,
+                });
+            }
+            let p = l.local_addr()?.port();
+            match tokio::net::UdpSocket::bind(addr(p)).await {
+                Ok(u) => {
+                    return Ok(SecureRelay {
+                        tcp: TcpRelay::spawn(l, shape.clone(), None)?,
+                        udp: Some(UdpRelay::spawn(u, shape)?),
+                    });
+                }
+                // The OS chose a TCP port whose UDP twin is taken: choose again.
+                Err(_) if port == 0 => continue,
+                Err(_) => return Err(taken(port, what, true)),
+            }
+        }
+        anyhow::bail!("{what}: no port free over both TCP and UDP after {SAME_PORT_TRIES} tries")
+    }
+
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.tcp.addr
+    }
+
+    /// Points the relay at an edge's HTTPS listener and HTTP/3 endpoint.
+    pub(crate) fn set_target(&self, to: EdgeTls) {
+        self.tcp.target.send_replace(Some(to.https));
+        if let (Some(u), Some(h3)) = (&self.udp, to.http3) {
+            u.target.send_replace(Some(h3));
+        }
+    }
+}
+
+/// Where an edge listens for HTTPS and HTTP/3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EdgeTls {
+    pub https: SocketAddr,
+    pub http3: Option<SocketAddr>,
 }
 
 /// Starts the origin; returns it and where its log of this run begins.
@@ -147,6 +292,9 @@ pub(crate) fn start_origin(setup: &Setup) -> anyhow::Result<(NodeProc, u64)> {
     ];
     if let Some(c) = &plan.file.origin.config {
         origin_args.extend(["--config".into(), absolute(c).display().to_string()]);
+    }
+    if let (Some(tls), Some(port)) = (&setup.tls, plan.origin_https_port) {
+        origin_args.extend(tls.flags(addr(port)));
     }
     let mut origin = NodeProc::new("origin", origin_args, setup.logs.join("origin.log"));
     let offset = origin.start()?;
@@ -172,6 +320,7 @@ pub(crate) fn edge_slots(setup: &Setup) -> Vec<fleet::EdgeSlot> {
                 proc: NodeProc::new(&e.name, args, setup.logs.join(format!("{}.log", e.name))),
                 url: None,
                 peer_addr: None,
+                tls: None,
                 routed: !e.spare,
                 peered: !e.spare,
             }
@@ -200,6 +349,7 @@ pub(crate) async fn start_edges(
             log: s.proc.log.clone(),
             peer_addr: None,
             spare: e.spare,
+            https_url: None,
         })
         .collect();
     if let Ok(mut n) = edges.wiring.lab.nodes.lock() {
@@ -211,42 +361,65 @@ pub(crate) async fn start_edges(
     Ok(slots.iter().filter_map(|s| s.url.clone()).collect())
 }
 
-/// Writes the router's config and starts it; returns it and its URL.
+/// The router as [`start_router`] started it.
+pub(crate) struct RouterRun {
+    pub proc: NodeProc,
+    /// `http://ADDR`
+    pub url: String,
+    /// `https://ADDR`, with `[https]`.
+    pub https_url: Option<String>,
+}
+
+/// Writes the router's config and starts it; returns it and its URLs.
 pub(crate) async fn start_router(
     edges: &fleet::Edges,
     slots: &[fleet::EdgeSlot],
     setup: &Setup,
-) -> anyhow::Result<(NodeProc, String)> {
+) -> anyhow::Result<RouterRun> {
     let router_toml = edges.wiring.router_toml.clone();
     edges.write_router_config(slots)?;
-    let mut router = NodeProc::new(
-        "router",
-        vec![
-            "router".into(),
-            "--listen".into(),
-            addr(edges.wiring.plan.router_port).to_string(),
-            "--geo-db".into(),
-            setup.geo_db.display().to_string(),
-            "--config".into(),
-            router_toml.display().to_string(),
-        ],
-        setup.logs.join("router.log"),
-    );
+    let plan = &edges.wiring.plan;
+    let mut args = vec![
+        "router".into(),
+        "--listen".into(),
+        addr(plan.router_port).to_string(),
+        "--geo-db".into(),
+        setup.geo_db.display().to_string(),
+        "--config".into(),
+        router_toml.display().to_string(),
+    ];
+    if let (Some(tls), Some(port)) = (&setup.tls, plan.router_https_port) {
+        args.extend(tls.flags(addr(port)));
+    }
+    let mut router = NodeProc::new("router", args, setup.logs.join("router.log"));
     let offset = router.start()?;
     let router_addr = router
         .learn_addr(offset, "addr", NODE_START_TIMEOUT)
         .await?;
+    let https_url = match setup.tls {
+        Some(_) => Some(format!(
+            "https://{}",
+            router
+                .learn_addr(offset, "tls_addr", NODE_START_TIMEOUT)
+                .await?
+        )),
+        None => None,
+    };
     *edges.router_pid.lock().unwrap_or_else(|p| p.into_inner()) = router.pid();
-    Ok((router, format!("http://{router_addr}")))
+    Ok(RouterRun {
+        proc: router,
+        url: format!("http://{router_addr}"),
+        https_url,
+    })
 }
 
 /// What the dashboard and `state.json` show of the lab: its URLs, regions, links and link
 /// model; the router and the origin join the node list.
 pub(crate) fn describe(
     edges: &fleet::Edges,
-    router: &NodeProc,
-    router_url: &str,
+    router: &RouterRun,
     origin: &NodeProc,
+    tls: Option<&ViewerTls>,
 ) -> LabState {
     let w = &edges.wiring;
     let plan = &w.plan;
@@ -259,12 +432,13 @@ pub(crate) fn describe(
                 name: "router".into(),
                 kind: NodeKind::Router,
                 region: "-".into(),
-                url: router_url.to_owned(),
-                pid: router.pid(),
+                url: router.url.clone(),
+                pid: router.proc.pid(),
                 running: true,
-                log: router.log.clone(),
+                log: router.proc.log.clone(),
                 peer_addr: None,
                 spare: false,
+                https_url: router.https_url.clone(),
             },
             NodeInfo {
                 name: "origin".into(),
@@ -276,15 +450,29 @@ pub(crate) fn describe(
                 log: origin.log.clone(),
                 peer_addr: None,
                 spare: false,
+                https_url: w.origin_https_url.clone(),
             },
         ],
     );
     if let Ok(mut n) = lab.nodes.lock() {
         *n = nodes;
     }
+    let https = match (tls, &router.https_url, &w.origin_https_url) {
+        (Some(t), Some(r), Some(o)) => Some(HttpsState {
+            router: r.clone(),
+            player: format!("{r}/"),
+            origin: o.clone(),
+            http3: plan.file.https.http3,
+            ca: t.ca.clone(),
+            cert: t.cert.clone(),
+            key: t.key.clone(),
+            spki_sha256: t.spki.clone(),
+        }),
+        _ => None,
+    };
     LabState {
-        router: router_url.to_owned(),
-        player: format!("{router_url}/"),
+        router: router.url.clone(),
+        player: format!("{}/", router.url),
         control: w.control_url.clone(),
         origin: w.origin_url.clone(),
         origin_region: plan.file.origin.region.clone(),
@@ -310,6 +498,7 @@ pub(crate) fn describe(
             .map(|(l, r)| LinkState {
                 link: l.clone(),
                 addr: r.addr(),
+                https_addr: w.secure_relay(l.kind, &l.from, &l.to).map(|s| s.addr()),
             })
             .collect(),
         link_model: plan.file.links.clone(),
@@ -318,6 +507,7 @@ pub(crate) fn describe(
             .map(|&(a, b, c, d)| (a.into(), b.into(), c.into(), d.into()))
             .collect(),
         tiers: crate::tiers::roles(plan),
+        https,
         pid: None,
         nodes: Vec::new(),
         started_in_secs: None,
@@ -395,8 +585,26 @@ fn check_free(plan: &Plan) -> anyhow::Result<()> {
         (plan.control_port, "lab API".to_owned()),
     ];
     tcp.extend(plan.edges.iter().map(|e| (e.port, e.name.clone())));
+    let mut udp = Vec::new();
+    for (port, what) in [
+        (plan.router_https_port, "router HTTPS"),
+        (plan.origin_https_port, "origin HTTPS"),
+    ] {
+        tcp.extend(port.map(|p| (p, what.to_owned())));
+    }
+    for e in &plan.edges {
+        if let Some(p) = e.https_port {
+            tcp.push((p, format!("{} HTTPS", e.name)));
+            if plan.file.https.http3 {
+                udp.push((p, format!("{} HTTP/3", e.name)));
+            }
+        }
+    }
     for (port, what) in tcp.into_iter().filter(|(p, _)| *p != 0) {
         std::net::TcpListener::bind(addr(port)).map_err(|_| taken(port, &what, false))?;
+    }
+    for (port, what) in udp.into_iter().filter(|(p, _)| *p != 0) {
+        std::net::UdpSocket::bind(addr(port)).map_err(|_| taken(port, &what, true))?;
     }
     if plan.file.peering.enabled {
         for e in plan.edges.iter().filter(|e| e.peer_port != 0) {

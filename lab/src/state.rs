@@ -36,6 +36,9 @@ pub struct NodeInfo {
     /// An edge the autoscaler starts when the load needs it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub spare: bool,
+    /// `https://ADDR` of its HTTPS listener (HTTP/3 on the same port number of an edge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_url: Option<String>,
 }
 
 /// One simulated region.
@@ -59,6 +62,29 @@ pub struct LinkState {
     #[serde(flatten)]
     pub link: LinkPlan,
     pub addr: SocketAddr,
+    /// A viewers' link's HTTPS relay (TCP; HTTP/3 over UDP on the same port number when the
+    /// lab's `https` says so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_addr: Option<SocketAddr>,
+}
+
+/// The lab's HTTPS: its URLs and the certificate files (`[https]` of the lab file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HttpsState {
+    /// The router over HTTPS (player, dashboard, redirects to `https://` links).
+    pub router: String,
+    pub player: String,
+    pub origin: String,
+    /// Whether the edges and the viewers' links carry HTTP/3.
+    pub http3: bool,
+    /// The lab's CA (PEM): trust it to verify every node.
+    pub ca: PathBuf,
+    /// The viewer certificate and key every node serves (`localhost`, `127.0.0.1`, `::1`).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Base64 SHA-256 of the certificate's public key (Chromium's
+    /// `--ignore-certificate-errors-spki-list`).
+    pub spki_sha256: String,
 }
 
 /// The lab as `state.json` describes it.
@@ -81,6 +107,9 @@ pub struct LabState {
     /// Each edge's tier role by name (shield, lower, flat), for the dashboard.
     #[serde(default)]
     pub tiers: serde_json::Map<String, serde_json::Value>,
+    /// HTTPS and HTTP/3, when the lab serves them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https: Option<HttpsState>,
     /// The lab process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
@@ -174,11 +203,14 @@ impl LabState {
                     rtt_ms: 4.0,
                     mbps: 50.0,
                     port: 0,
+                    https_port: None,
                 },
                 addr: "127.0.0.1:7000".parse().expect("addr"),
+                https_addr: Some("127.0.0.1:7443".parse().expect("addr")),
             }],
             link_model: LinkDefaults::default(),
             tiers: Default::default(),
+            https: None,
             renditions: vec![(
                 "mp4".into(),
                 "MP4".into(),
@@ -196,6 +228,7 @@ impl LabState {
                 log: "lab-run/eu-1.log".into(),
                 peer_addr: None,
                 spare: false,
+                https_url: Some("https://127.0.0.1:7444".into()),
             }],
             started_in_secs: Some(1.5),
         }

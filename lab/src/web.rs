@@ -9,8 +9,8 @@
 //! `POST /_lab/api/viewers` (a player's report: time to first frame, stalls).
 //!
 //! A POST (any method but GET/HEAD) is refused with `403` unless (1) its `Origin`, when sent,
-//! is the router's or the lab API's own (`http://127.0.0.1:PORT`, or `localhost` / `[::1]` with
-//! the same port when they listen on loopback); without `Origin`, `Sec-Fetch-Site` must not be
+//! is the router's (over HTTP or HTTPS) or the lab API's own (`http://127.0.0.1:PORT`, or
+//! `localhost` / `[::1]` with the same port when they listen on loopback); without `Origin`, `Sec-Fetch-Site` must not be
 //! `cross-site` or `same-site`; and (2) it carries `Content-Type: application/json` or an
 //! `X-CDN-Lab` header, which a page can only send cross-origin after a CORS preflight this API
 //! never grants. The dashboard sends both; so must scripts (`curl -H 'X-CDN-Lab: 1' -X POST`).
@@ -507,7 +507,11 @@ async fn same_origin_only(State(lab): State<Arc<Lab>>, req: Request, next: Next)
         let info = lab.info();
         let urls: Vec<&str> = info
             .iter()
-            .flat_map(|i| [i.router.as_str(), i.control.as_str()])
+            .flat_map(|i| {
+                let https = i.https.as_ref().map(|h| h.router.as_str());
+                [Some(i.router.as_str()), Some(i.control.as_str()), https]
+            })
+            .flatten()
             .collect();
         let allowed = allowed_origins(&urls);
         if let Err(why) = check_same_origin(req.headers(), &allowed) {

@@ -46,11 +46,12 @@ impl Browser {
     }
 
     /// [`Browser::launch`] with `extra` flags; QUIC stays enabled when they force it on for
-    /// an origin (`--origin-to-force-quic-on=HOST:PORT`), and is disabled otherwise.
+    /// an origin (`--origin-to-force-quic-on=HOST:PORT`) or ask for it (`--enable-quic`), and
+    /// is disabled otherwise.
     pub fn launch_with(dir: &Path, size: (u32, u32), extra: &[String]) -> Browser {
         let quic = extra
             .iter()
-            .any(|a| a.starts_with("--origin-to-force-quic-on="));
+            .any(|a| a.starts_with("--origin-to-force-quic-on=") || a == "--enable-quic");
         let exe = chromium_path().expect("chromium is installed (.ci/run installs it)");
         let profile = dir.join("chromium-profile");
         let _ = std::fs::remove_dir_all(&profile);

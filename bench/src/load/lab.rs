@@ -52,7 +52,7 @@ pub(super) fn url_addr(url: &str) -> anyhow::Result<SocketAddr> {
 }
 
 /// The lab file of a mode: the given one with its run directory, peering, link model and
-/// capacity set for the benchmark, and paths made absolute.
+/// capacity set for the benchmark, HTTPS off, and paths made absolute.
 pub(super) fn lab_file(args: &LoadArgs, mode: Mode, dir: &Path) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(&args.lab)
         .with_context(|| format!("reading {}", args.lab.display()))?;
@@ -71,6 +71,10 @@ pub(super) fn lab_file(args: &LoadArgs, mode: Mode, dir: &Path) -> anyhow::Resul
     let mut peering = section(&mut t, "peering")?;
     peering.insert("enabled".into(), V::from(crate::flash::peering(mode)));
     t.insert("peering".into(), V::Table(peering));
+    // Its viewers speak plain HTTP: no HTTPS listeners and relays to start.
+    let mut https = section(&mut t, "https")?;
+    https.insert("enabled".into(), V::from(false));
+    t.insert("https".into(), V::Table(https));
     let mut tiers = section(&mut t, "tiers")?;
     let tiered = if mode == Mode::CdnTiered {
         "shield"

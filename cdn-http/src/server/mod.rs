@@ -601,11 +601,26 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     }
 }
 
-/// Binds a TCP listener with a clear error naming the address.
+/// The listen backlog of every node's listeners (the kernel caps it at `net.core.somaxconn`,
+/// 4096 on current Linux). tokio's default, 1024, overflowed in a burst of 2000 new TLS
+/// connections (`TcpExtListenOverflows`): the dropped handshakes waited for SYN retransmits
+/// (1 s) and halved the edge's new connections per second (BENCHMARKS.md, `cdn bench tls`).
+/// nginx uses `backlog=4096` in the same benchmark.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a TCP listener (SO_REUSEADDR, as tokio's `TcpListener::bind`; a backlog of
+/// [`LISTEN_BACKLOG`]) with a clear error naming the address.
 pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+    let named = |e: io::Error| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"));
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .map_err(named)?;
+    #[cfg(unix)]
+    socket.set_reuseaddr(true).map_err(named)?;
+    socket.bind(addr).map_err(named)?;
+    socket.listen(LISTEN_BACKLOG).map_err(named)
 }
 
 /// A node serving in a background task; used by tests, the benches and `cdn lab`.

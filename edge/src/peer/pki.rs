@@ -70,12 +70,29 @@ pub fn peer_names(conn: &quinn::Connection) -> Vec<String> {
 /// Writes a new cluster CA (`ca.pem`, `ca.key`) and, for each node, `<name>.pem` and
 /// `<name>.key` signed by it, into `dir`.
 pub fn write_lab_pki(dir: &Path, node_names: &[String]) -> anyhow::Result<()> {
+    let certs: Vec<(String, Vec<String>)> = node_names
+        .iter()
+        .map(|n| (n.clone(), vec![n.clone()]))
+        .collect();
+    write_ca_and_certs(dir, "cdn cluster CA", &certs)
+}
+
+/// Writes a new CA named `ca_name` (`ca.pem`, `ca.key`) and, for each `(stem, names)`,
+/// `<stem>.pem` and `<stem>.key` signed by it for those names (server and client use; a name
+/// that parses as an IP address becomes an IP address SAN, any other a DNS name; the first
+/// is also the common name), into `dir`. The lab's viewer certificate (`localhost`,
+/// `127.0.0.1`, `::1`) comes from here too, under a CA of its own.
+pub fn write_ca_and_certs(
+    dir: &Path,
+    ca_name: &str,
+    certs: &[(String, Vec<String>)],
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params
         .distinguished_name
-        .push(DnType::CommonName, "cdn cluster CA");
+        .push(DnType::CommonName, ca_name);
     ca_params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,
@@ -86,19 +103,21 @@ pub fn write_lab_pki(dir: &Path, node_names: &[String]) -> anyhow::Result<()> {
     let ca = CertifiedIssuer::self_signed(ca_params, ca_key)?;
     write(dir, "ca.pem", &ca.pem())?;
     write(dir, "ca.key", &ca_key_pem)?;
-    for name in node_names {
-        let mut params = CertificateParams::new(vec![name.clone()])?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, name.as_str());
+    for (stem, names) in certs {
+        let mut params = CertificateParams::new(names.clone())?;
+        if let Some(first) = names.first() {
+            params
+                .distinguished_name
+                .push(DnType::CommonName, first.as_str());
+        }
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &ca)?;
-        write(dir, &format!("{name}.pem"), &cert.pem())?;
-        write(dir, &format!("{name}.key"), &key.serialize_pem())?;
+        write(dir, &format!("{stem}.pem"), &cert.pem())?;
+        write(dir, &format!("{stem}.key"), &key.serialize_pem())?;
     }
     Ok(())
 }
