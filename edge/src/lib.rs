@@ -296,14 +296,16 @@ pub async fn start(args: &EdgeArgs) -> anyhow::Result<EdgeNode> {
     }
     let listener = bind(args.listen).await?;
     let addr = listener.local_addr()?;
-    let (tls, tls_listener, tls_watcher) = match running.tls.listen {
+    // HTTP/3 on the HTTPS port (no `[http3]` table of its own, and not --no-http3).
+    let h3_on_https = edge.cfg.http3.is_none() && edge.cfg.http3_on_https;
+    let (tls, tls_listener, tls_watcher, mut same_port_h3) = match running.tls.listen {
         Some(at) => {
             let tls = cdn_http::tls::Tls::load(&running.tls)?;
-            let l = bind(at).await?;
+            let (l, h3) = bind_https(at, h3_on_https.then(|| tls.server_config_h3())).await?;
             let w = tls.watch();
-            (Some(tls), Some(l), Some(w))
+            (Some(tls), Some(l), Some(w), h3)
         }
-        None => (None, None, None),
+        None => (None, None, None, None),
     };
     let tls_addr = tls_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let admin_listener = match edge.cfg.admin_listen {
@@ -316,16 +318,15 @@ pub async fn start(args: &EdgeArgs) -> anyhow::Result<EdgeNode> {
         .transpose()?;
     // HTTP/3: an explicit `[http3]` (its own certificate), else the HTTPS port over UDP with
     // the `[tls]` certificates (their rotation applies to both) unless --no-http3.
-    let h3cfg = match (&edge.cfg.http3, &tls, tls_addr) {
-        (Some(h), _, _) => Some((h.clone(), http3::tls_from_pem(&h.cert, &h.key)?)),
-        (None, Some(t), Some(at)) if edge.cfg.http3_on_https => {
-            Some((http3::Http3Config::on(at), t.server_config_h3()))
+    let h3cfg = match (&edge.cfg.http3, same_port_h3.take()) {
+        (Some(h), _) => {
+            let endpoint = http3::bind(h, http3::tls_from_pem(&h.cert, &h.key)?)?;
+            Some((h.clone(), endpoint))
         }
-        _ => None,
+        (None, on_https) => on_https,
     };
     let http3 = match h3cfg {
-        Some((h, tls)) => {
-            let endpoint = http3::bind(&h, tls)?;
+        Some((h, endpoint)) => {
             let opts = http3::Http3Options {
                 quic: h,
                 limits: edge.cfg.limits.clone(),
@@ -621,4 +622,31 @@ mod tests {
         assert!(matches!(r.check(true).await, reload::Reload::Invalid(_)));
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+/// Binds the HTTPS listener at `at`, and with `h3` (the certificates for HTTP/3 on the same
+/// port) the QUIC endpoint on the same port number over UDP. When the OS chooses the port
+/// (`:0`), a TCP port whose UDP twin is already taken is chosen again (a few times), so that
+/// nodes started side by side on OS-chosen ports do not fail on each other's UDP sockets.
+async fn bind_https(
+    at: SocketAddr,
+    h3: Option<Arc<rustls::ServerConfig>>,
+) -> anyhow::Result<(
+    tokio::net::TcpListener,
+    Option<(http3::Http3Config, quinn::Endpoint)>,
+)> {
+    const TRIES: usize = 32;
+    for _ in 0..TRIES {
+        let l = bind(at).await?;
+        let Some(tls) = &h3 else {
+            return Ok((l, None));
+        };
+        let h = http3::Http3Config::on(l.local_addr()?);
+        match http3::bind(&h, tls.clone()) {
+            Ok(endpoint) => return Ok((l, Some((h, endpoint)))),
+            Err(http3::Http3Error::Bind { .. }) if at.port() == 0 => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    anyhow::bail!("{at}: no port free over both TCP and UDP after {TRIES} tries")
 }
