@@ -11,9 +11,9 @@
 //! the parts from the config; [`peer`] is replication between edges over QUIC (another fill
 //! source, hot-object push; its server reaches the node through
 //! [`peer::server::ChunkSource`], never the cache). [`freshness`] is the pure RFC 9111
-//! arithmetic, [`coalesce`] the one-fill-per-key table, [`budget`] per-client amplification
-//! budgets, [`admin`] health, metrics and purge, [`config`] the settings, [`reload`]
-//! following the config file at runtime (the peer list is applied on change and on SIGHUP),
+//! arithmetic, [`coalesce`] the one-fill-per-key table, [`growing`] a chunk readable while
+//! it is filled, [`budget`] per-client amplification budgets, [`admin`] health, metrics and
+//! purge, [`config`] the settings, [`reload`] following the config file at runtime (the peer list is applied on change and on SIGHUP),
 //! [`http3`] HTTP/3 to viewers over QUIC (the same router behind another transport).
 
 pub mod admin;
@@ -23,6 +23,7 @@ pub mod coalesce;
 pub mod config;
 pub mod fill;
 pub mod freshness;
+pub mod growing;
 pub mod http3;
 pub mod metric_names;
 pub mod node;
