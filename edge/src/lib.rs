@@ -13,8 +13,9 @@
 //! [`peer::server::ChunkSource`], never the cache). [`freshness`] is the pure RFC 9111
 //! arithmetic, [`coalesce`] the one-fill-per-key table, [`growing`] a chunk readable while
 //! it is filled, [`budget`] per-client amplification budgets, [`admin`] health, metrics and
-//! purge, [`config`] the settings, [`reload`] following the config file at runtime (the peer list is applied on change and on SIGHUP),
-//! [`http3`] HTTP/3 to viewers over QUIC (the same router behind another transport).
+//! purge, [`config`] the settings, [`reload`] following the config file at runtime (the
+//! peer list is applied on change and on SIGHUP), [`http3`] HTTP/3 to viewers over QUIC
+//! (the same router behind another transport).
 
 pub mod admin;
 pub mod budget;
