@@ -6,7 +6,14 @@
 //! - a flash crowd in four regions makes exactly one origin request per chunk;
 //! - the parent killed mid-object: the rest is served, and the origin sees at most one extra
 //!   copy of each chunk;
-//! - two nodes naming each other as parents: no deadlock, each answers the other cache-only.
+//! - two nodes naming each other as parents: no deadlock, each answers the other cache-only;
+//! - a chunk crosses the tiers in pipeline: the lower tier's viewer gets its first bytes
+//!   while the origin still holds the rest of the parent's fill, byte-exact in the end;
+//! - a parent that dies mid-stream: nothing of its answer is stored, the lower node fills
+//!   the chunk again, and the viewer's body is exact or aborted, never complete with other
+//!   bytes;
+//! - a corrupt streamed answer (the `test-hooks` corrupting peer) is never stored nor served
+//!   as complete.
 //!
 //! Timeouts are set long (coalesced waits, peer first byte, origin reads) so that a loaded
 //! machine does not take a path the test is not about; the tests wait on events.
@@ -26,6 +33,7 @@ use cdn_edge::config::{PeerConfig, PeerTls};
 use cdn_edge::{Edge, EdgeConfig};
 use cdn_http::server::NodeHandle;
 use common::*;
+use futures::StreamExt;
 
 const CHUNK: u64 = 64 * 1024;
 /// Bound of every wait in these tests: far beyond what a loaded CI machine needs.
@@ -115,16 +123,27 @@ struct Gate {
     log: Arc<Mutex<Vec<(String, String)>>>,
     open: Arc<tokio::sync::watch::Sender<bool>>,
     hold_from: usize,
+    /// The first answer's body: this many bytes, then the rest once [`Gate::release`]d.
+    split: Option<usize>,
+    release: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Gate {
     async fn start(upstream: &str, hold_from: usize) -> (Gate, String) {
+        Self::start_split(upstream, hold_from, None).await
+    }
+
+    /// A gate whose first answer sends `split` bytes of its body, then the rest only once
+    /// released.
+    async fn start_split(upstream: &str, hold_from: usize, split: Option<usize>) -> (Gate, String) {
         let gate = Gate {
             upstream: upstream.trim_end_matches('/').to_string(),
             client: client(),
             log: Arc::default(),
             open: Arc::new(tokio::sync::watch::channel(false).0),
             hold_from,
+            split,
+            release: Arc::new(tokio::sync::watch::channel(false).0),
         };
         let app = axum::Router::new()
             .fallback(forward)
@@ -139,6 +158,10 @@ impl Gate {
 
     fn open(&self) {
         self.open.send_replace(true);
+    }
+
+    fn release(&self) {
+        self.release.send_replace(true);
     }
 
     fn log(&self) -> Vec<(String, String)> {
@@ -194,6 +217,18 @@ async fn forward(State(g): State<Gate>, req: Request) -> Response {
         }
     }
     let body = up.bytes().await.expect("origin body");
+    if let (0, Some(split)) = (n, g.split) {
+        let split = split.min(body.len());
+        let (head, rest) = (body.slice(..split), body.slice(split..));
+        let mut release = g.release.subscribe();
+        let tail = async move {
+            let _ = release.wait_for(|r| *r).await;
+            Ok::<_, std::io::Error>(rest)
+        };
+        let stream = futures::stream::once(async move { Ok::<_, std::io::Error>(head) })
+            .chain(futures::stream::once(tail));
+        return out.body(Body::from_stream(stream)).expect("response");
+    }
     out.body(Body::from(body)).expect("response")
 }
 
@@ -461,5 +496,160 @@ async fn two_nodes_naming_each_other_as_parents_do_not_loop() {
             node.name
         );
     }
+    stop(nodes).await;
+}
+
+/// Starts a GET of `url` and returns the response once its first body bytes came (how many),
+/// or panics after [`SAFETY_NET`].
+async fn first_bytes(url: &str) -> (reqwest::Response, Vec<u8>) {
+    let mut r = tokio::time::timeout(SAFETY_NET, client().get(url).send())
+        .await
+        .expect("response head in time")
+        .expect("response");
+    assert_eq!(r.status(), 200, "{url}");
+    let first = tokio::time::timeout(SAFETY_NET, r.chunk())
+        .await
+        .expect("first body bytes in time")
+        .expect("body")
+        .expect("some bytes");
+    (r, first.to_vec())
+}
+
+/// The rest of `r`'s body after `got`: `Ok` with the whole body, or `Err` when it was
+/// aborted.
+async fn rest(mut r: reqwest::Response, mut got: Vec<u8>) -> Result<Vec<u8>, String> {
+    loop {
+        match tokio::time::timeout(SAFETY_NET, r.chunk())
+            .await
+            .expect("body ends in time")
+        {
+            Ok(Some(b)) => got.extend_from_slice(&b),
+            Ok(None) => return Ok(got),
+            Err(e) => return Err(format!("{e} after {} bytes", got.len())),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_chunk_crosses_the_tiers_in_pipeline() {
+    let real = start_origin(&media_root(), &Default::default()).await;
+    // The origin sends the first half of the parent's probe, then holds the rest.
+    let (gate, origin) = Gate::start_split(&real.url(), usize::MAX, Some(CHUNK as usize / 2)).await;
+    let nodes = cluster(
+        "pipeline",
+        &origin,
+        &[("s1", "eu", &[]), ("l1", "us", &["s1"])],
+    )
+    .await;
+    let size = 2 * CHUNK + 5;
+    let path = format!("/synthetic/pipeline?size={size}");
+    let want = synthetic("pipeline", 0..=size - 1);
+    let url = format!("{}{path}", nodes[1].handle.url());
+    // Store and forward at any hop would hold the lower tier's viewer until the chunk is
+    // whole at the parent, which the origin does not allow before the release.
+    let (resp, first) = first_bytes(&url).await;
+    assert!(
+        !first.is_empty() && first.len() < CHUNK as usize,
+        "{} bytes",
+        first.len()
+    );
+    assert!(
+        gate.log().iter().all(|(via, _)| via.ends_with("s1")),
+        "{:?}",
+        gate.log()
+    );
+    gate.release();
+    let body = rest(resp, first).await.expect("whole body");
+    assert!(body == want[..], "byte-exact body");
+    // Stored whole on both tiers: a second viewer is a hit, no more origin requests.
+    let before = gate.log().len();
+    assert!(fetch(url).await == want, "byte-exact second body");
+    assert_eq!(gate.log().len(), before, "{:?}", gate.log());
+    assert!(
+        metric(&nodes[1], "cdn_edge_tier_bytes_total", &[]).await >= CHUNK as f64,
+        "the lower tier's bytes came from its parent"
+    );
+    stop(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_parent_dying_mid_stream_stores_only_the_refilled_chunk() {
+    let real = start_origin(&media_root(), &Default::default()).await;
+    let (gate, origin) = Gate::start_split(&real.url(), usize::MAX, Some(CHUNK as usize / 2)).await;
+    let nodes = cluster(
+        "midstream",
+        &origin,
+        &[("s1", "eu", &[]), ("l1", "us", &["s1"])],
+    )
+    .await;
+    let size = CHUNK;
+    let path = format!("/synthetic/midstream?size={size}");
+    let want = synthetic("midstream", 0..=size - 1);
+    let url = format!("{}{path}", nodes[1].handle.url());
+    let (resp, first) = first_bytes(&url).await;
+    assert!(first.len() < CHUNK as usize);
+    // The parent dies with half of the chunk sent.
+    nodes[0].edge.close_peers();
+    // The lower node fills the chunk again (from the origin: its only parent is gone); the
+    // viewer's body goes on only with bytes that agree with what it was sent, else it is
+    // aborted: never complete with other bytes.
+    gate.release();
+    if let Ok(body) = rest(resp, first).await {
+        assert!(body == want[..], "a complete body is the exact one");
+    }
+    let from_lower = gate
+        .log()
+        .iter()
+        .filter(|(via, _)| via.ends_with("l1"))
+        .count();
+    assert_eq!(
+        from_lower,
+        1,
+        "the lower node filled the chunk again: {:?}",
+        gate.log()
+    );
+    // What it stored is the exact chunk, not the broken stream.
+    assert!(
+        fetch(url).await == want,
+        "byte-exact body after the failure"
+    );
+    assert_eq!(gate.log().len(), 2, "{:?}", gate.log());
+    stop(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_corrupt_streamed_answer_is_never_stored_nor_served_whole() {
+    let real = start_origin(&media_root(), &Default::default()).await;
+    let (_gate, origin) = Gate::start(&real.url(), usize::MAX).await;
+    let nodes = cluster(
+        "corrupt",
+        &origin,
+        &[("s1", "eu", &[]), ("l1", "us", &["s1"])],
+    )
+    .await;
+    // One chunk: no read-ahead fill (which would go on to the origin after the parent).
+    let size = CHUNK / 2 + 10;
+    let path = format!("/synthetic/corrupt?size={size}");
+    let want = synthetic("corrupt", 0..=size - 1);
+    let url = format!("{}{path}", nodes[1].handle.url());
+    let parent = nodes[0].edge.peers.as_ref().expect("peers");
+    parent.corrupt_chunks_sent(true);
+    // Chunk 0 from the parent, one byte flipped on the wire: the viewer's body is aborted,
+    // or, when the edge's fill went on to the origin before the viewer took a byte, exact;
+    // never complete with the flipped byte.
+    if let Ok(r) = client().get(&url).send().await
+        && let Ok(body) = r.bytes().await
+    {
+        assert!(body == want[..], "a complete body is the exact one");
+    }
+    assert!(
+        metric(&nodes[1], "cdn_edge_peer_digest_mismatches_total", &[]).await >= 1.0,
+        "the lower node saw the digest fail"
+    );
+    parent.corrupt_chunks_sent(false);
+    // Nothing corrupt was kept: the next body is exact (a stored corrupt chunk would be
+    // served as a hit).
+    assert!(fetch(url.clone()).await == want, "byte-exact body");
+    assert!(fetch(url).await == want, "byte-exact body, again");
     stop(nodes).await;
 }

@@ -11,10 +11,11 @@
 //! the parts from the config; [`peer`] is replication between edges over QUIC (another fill
 //! source, hot-object push; its server reaches the node through
 //! [`peer::server::ChunkSource`], never the cache). [`freshness`] is the pure RFC 9111
-//! arithmetic, [`coalesce`] the one-fill-per-key table, [`budget`] per-client amplification
-//! budgets, [`admin`] health, metrics and purge, [`config`] the settings, [`reload`]
-//! following the config file at runtime (the peer list is applied on change and on SIGHUP),
-//! [`http3`] HTTP/3 to viewers over QUIC (the same router behind another transport).
+//! arithmetic, [`coalesce`] the one-fill-per-key table, [`growing`] a chunk readable while
+//! it is filled, [`budget`] per-client amplification budgets, [`admin`] health, metrics and
+//! purge, [`config`] the settings, [`reload`] following the config file at runtime (the
+//! peer list is applied on change and on SIGHUP), [`http3`] HTTP/3 to viewers over QUIC
+//! (the same router behind another transport).
 
 pub mod admin;
 pub mod budget;
@@ -23,6 +24,7 @@ pub mod coalesce;
 pub mod config;
 pub mod fill;
 pub mod freshness;
+pub mod growing;
 pub mod http3;
 pub mod metric_names;
 pub mod node;
@@ -544,6 +546,33 @@ impl EdgeNode {
     }
 }
 
+/// Binds the HTTPS listener at `at`, and with `h3` (the certificates for HTTP/3 on the same
+/// port) the QUIC endpoint on the same port number over UDP. When the OS chooses the port
+/// (`:0`), a TCP port whose UDP twin is already taken is chosen again (a few times), so that
+/// nodes started side by side on OS-chosen ports do not fail on each other's UDP sockets.
+async fn bind_https(
+    at: SocketAddr,
+    h3: Option<Arc<rustls::ServerConfig>>,
+) -> anyhow::Result<(
+    tokio::net::TcpListener,
+    Option<(http3::Http3Config, quinn::Endpoint)>,
+)> {
+    const TRIES: usize = 32;
+    for _ in 0..TRIES {
+        let l = bind(at).await?;
+        let Some(tls) = &h3 else {
+            return Ok((l, None));
+        };
+        let h = http3::Http3Config::on(l.local_addr()?);
+        match http3::bind(&h, tls.clone()) {
+            Ok(endpoint) => return Ok((l, Some((h, endpoint)))),
+            Err(http3::Http3Error::Bind { .. }) if at.port() == 0 => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    anyhow::bail!("{at}: no port free over both TCP and UDP after {TRIES} tries")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -622,31 +651,4 @@ mod tests {
         assert!(matches!(r.check(true).await, reload::Reload::Invalid(_)));
         let _ = std::fs::remove_dir_all(&dir);
     }
-}
-
-/// Binds the HTTPS listener at `at`, and with `h3` (the certificates for HTTP/3 on the same
-/// port) the QUIC endpoint on the same port number over UDP. When the OS chooses the port
-/// (`:0`), a TCP port whose UDP twin is already taken is chosen again (a few times), so that
-/// nodes started side by side on OS-chosen ports do not fail on each other's UDP sockets.
-async fn bind_https(
-    at: SocketAddr,
-    h3: Option<Arc<rustls::ServerConfig>>,
-) -> anyhow::Result<(
-    tokio::net::TcpListener,
-    Option<(http3::Http3Config, quinn::Endpoint)>,
-)> {
-    const TRIES: usize = 32;
-    for _ in 0..TRIES {
-        let l = bind(at).await?;
-        let Some(tls) = &h3 else {
-            return Ok((l, None));
-        };
-        let h = http3::Http3Config::on(l.local_addr()?);
-        match http3::bind(&h, tls.clone()) {
-            Ok(endpoint) => return Ok((l, Some((h, endpoint)))),
-            Err(http3::Http3Error::Bind { .. }) if at.port() == 0 => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    anyhow::bail!("{at}: no port free over both TCP and UDP after {TRIES} tries")
 }

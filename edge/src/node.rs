@@ -129,4 +129,13 @@ impl peer::server::ChunkSource for Cache {
     ) -> BoxFuture<'static, Option<Bytes>> {
         async move { self.chunk(&meta, index).await.ok() }.boxed()
     }
+
+    fn owner_window(
+        self: Arc<Self>,
+        meta: Arc<ObjectMeta>,
+        index: u64,
+    ) -> futures::stream::BoxStream<'static, Result<Bytes, Arc<crate::fill::FillError>>> {
+        let (s, e) = meta.chunk_span(index);
+        self.chunk_window(&meta, index, 0, e - s + 1)
+    }
 }

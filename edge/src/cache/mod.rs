@@ -476,6 +476,18 @@ impl Cache {
         self.filler.chunk(meta, index).await.map(|(b, _)| b)
     }
 
+    /// Bytes `from..to` of chunk `index` of `meta`, from the store or from its fill as they
+    /// arrive (see [`Filler::window`]).
+    pub fn chunk_window(
+        &self,
+        meta: &Arc<ObjectMeta>,
+        index: u64,
+        from: u64,
+        to: u64,
+    ) -> futures::stream::BoxStream<'static, Result<Bytes, Arc<FillError>>> {
+        self.filler.window(meta, index, from, to)
+    }
+
     /// Starts filling chunk `index` in the background unless it is stored or under way.
     pub fn prefetch(&self, meta: &Arc<ObjectMeta>, index: u64) {
         self.filler.prefetch(meta, index);

@@ -162,10 +162,19 @@ impl Cache {
                 true => peers.fetch_object(&variant, &pq, &req, first).await,
                 false => peers.fetch_from_parents(&variant, &pq, &req, first).await,
             };
-            if let Some((meta, chunk)) = found {
+            if let Some((meta, body)) = found {
+                // As with the origin's body: the chunk is promised to waiters before the
+                // metadata is visible, and its bytes reach them as they arrive.
                 let meta = Arc::new(meta);
+                let pending = self.filler.pending(&meta, first..first + 1);
                 self.store.install(&meta).await;
-                self.store.put_chunk(meta.chunk_key(first), chunk).await;
+                tokio::spawn(read_peer_body(
+                    self.clone(),
+                    meta.clone(),
+                    body,
+                    first,
+                    pending,
+                ));
                 return Ok(ProbeOutcome::Stored {
                     meta,
                     revalidated: false,
@@ -434,6 +443,56 @@ fn unsatisfied_length(h: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
+/// Reads the chunk a peer answered a probe with, delivering its bytes to waiters as they
+/// arrive; stored only once complete and its digest matched. A broken or corrupt answer is
+/// never stored: the chunk is filled again from the sources, and if that fails too the
+/// waiters fail (a viewer mid-body sees an aborted response) and the metadata is dropped,
+/// so the next request probes again.
+async fn read_peer_body(
+    cache: Arc<Cache>,
+    meta: Arc<ObjectMeta>,
+    body: crate::peer::client::PeerBody,
+    index: u64,
+    mut pending: PendingChunks,
+) {
+    let read = {
+        let pending = &pending;
+        async move {
+            let mut body = body;
+            let mut buf = BytesMut::with_capacity(usize::try_from(body.len()).unwrap_or(0));
+            while let Some(piece) = body.next().await? {
+                buf.extend_from_slice(&piece);
+                pending.progress(index, piece);
+            }
+            Ok::<_, crate::peer::wire::WireError>(buf.freeze())
+        }
+    };
+    let read = match read.await {
+        Ok(chunk) => Ok(chunk),
+        Err(error) => {
+            // The metadata is the origin's, the chunk's bytes are not known good: the chunk
+            // is filled again from the sources (a viewer mid-chunk goes on only if the new
+            // bytes agree with what it was sent).
+            tracing::warn!(key = %meta.version.key, index, %error, "peer answer failed: filling the chunk again");
+            pending
+                .refill(&meta, index)
+                .await
+                .map_err(|e| format!("peer answer: {error}; then: {e}"))
+        }
+    };
+    match read {
+        Ok(chunk) => pending.deliver(index, chunk).await,
+        Err(error) => {
+            tracing::warn!(key = %meta.version.key, index, %error, "chunk fill failed: nothing of it is kept");
+            cache
+                .metrics
+                .with(|| metrics::counter!("cdn_edge_fill_errors_total").increment(1));
+            cache.store.discard(&meta, index..index).await;
+            pending.fail(FillError::Request(error));
+        }
+    }
+}
+
 /// Reads a probe's body, cutting it into chunks `start_index..end_index` and delivering each
 /// as it completes. A short, long or broken body fails the undelivered chunks and drops the
 /// metadata, so nothing of it passes for complete.
@@ -475,12 +534,14 @@ async fn read_body(
                         "body longer than the {want_total} bytes announced"
                     )));
                 }
-                let mut data = &data[..];
+                let mut data = data;
                 while !data.is_empty() && index < end_index {
                     let need = chunk_len(index) - buf.len();
                     let take = need.min(data.len());
-                    buf.extend_from_slice(&data[..take]);
-                    data = &data[take..];
+                    let piece = data.split_to(take);
+                    buf.extend_from_slice(&piece);
+                    // Readers of the chunk (viewers, peers) take its bytes as they arrive.
+                    pending.progress(index, piece);
                     if buf.len() == chunk_len(index) {
                         let chunk = std::mem::take(&mut buf).freeze();
                         pending.deliver(index, chunk).await;

@@ -60,8 +60,9 @@ use moka::policy::EvictionPolicy;
 
 use crate::config::{EdgeConfig, PeerConfig};
 use crate::fill::{FillError, FillSource};
+use crate::growing::Growing;
 use crate::store::ObjectMeta;
-use client::PeerClient;
+use client::{PeerBody, PeerClient};
 use wire::{GetRequest, WireMeta};
 
 pub use push::{TABLE_ENTRY_OVERHEAD, TableSize, TokenBucket, Window};
@@ -465,7 +466,7 @@ impl Peers {
     /// Asks the owner (or, when this node owns the chunk, the runner-up, cache only), then
     /// advertisers, for chunk `index` of an object. `validator` is the version the caller
     /// holds (a peer's other version is no use).
-    async fn ask(&self, req: GetRequest) -> Option<(WireMeta, Bytes)> {
+    async fn ask(&self, req: GetRequest, read: Read<'_>) -> Option<Found> {
         let set = self.peer_set();
         let mut candidates: Vec<(Arc<PeerClient>, Role)> = Vec::new();
         match self.rank(&set, &req.key, req.index) {
@@ -483,17 +484,20 @@ impl Peers {
                 .map(|c| (c, Role::Advertiser)),
         );
         drop(set);
-        self.try_in_order(&req, candidates).await
+        self.try_in_order(&req, candidates, read).await
     }
 
     /// Asks `candidates` in order for `req` until one has the chunk. A parent is asked only
     /// while no parent has answered: the next one takes the role of one that failed
-    /// (unreachable, refused, timed out), not of one that answered a miss.
+    /// (unreachable, refused, timed out, its streamed answer broken), not of one that
+    /// answered a miss. With [`Read::Head`] the first answer's body is left to the caller
+    /// (it reads it as it arrives); with [`Read::Into`] it is read here, into the sink.
     async fn try_in_order(
         &self,
         req: &GetRequest,
         candidates: Vec<(Arc<PeerClient>, Role)>,
-    ) -> Option<(WireMeta, Bytes)> {
+        read: Read<'_>,
+    ) -> Option<Found> {
         let mut parent_answered = false;
         for (peer, role) in candidates {
             if role == Role::Parent && parent_answered {
@@ -502,65 +506,114 @@ impl Peers {
             let r = GetRequest {
                 owner: role == Role::Owner,
                 tier: role == Role::Parent,
+                stream: true,
                 ..req.clone()
             };
-            let answer = peer.get(&r).await;
-            parent_answered |= role == Role::Parent && answer.is_ok();
+            let answer = peer.get(&r, role == Role::Parent).await;
+            let mut answered = answer.is_ok();
             match answer {
-                Ok(Some((meta, chunk))) => {
+                Ok(Some((meta, body))) => {
                     let same_version = req.validator.as_ref().is_none_or(|v| *v == meta.validator);
-                    if meta.key == req.key && meta.chunk_size == self.chunk_size && same_version {
-                        self.count("found", role);
-                        if role == Role::Parent {
-                            self.metrics.with(|| tier::count_bytes(chunk.len()));
+                    let fits = meta.key == req.key
+                        && meta.chunk_size == self.chunk_size
+                        && same_version
+                        && span_len(&meta, req.index) == Some(body.len());
+                    if !fits {
+                        self.count("miss", role);
+                    } else {
+                        match read {
+                            Read::Head => {
+                                self.count("found", role);
+                                return Some(Found::Head(Box::new((meta, body))));
+                            }
+                            Read::Into(sink) => match body.read_into(sink.map(|g| &**g)).await {
+                                Ok(bytes) => {
+                                    self.count("found", role);
+                                    return Some(Found::Whole(bytes));
+                                }
+                                Err(e) => {
+                                    // A broken answer: whatever it pushed is dropped, and a
+                                    // parent's role moves on as if it had not answered.
+                                    if let Some(g) = sink {
+                                        g.restart();
+                                    }
+                                    answered = false;
+                                    self.count_error(&peer, role, &e);
+                                }
+                            },
                         }
-                        return Some((meta, chunk));
                     }
-                    self.count("miss", role);
                 }
                 Ok(None) => self.count("miss", role),
-                Err(wire::WireError::Digest) => {
-                    tracing::warn!(peer = %peer.cfg.name, key = %req.key, "peer chunk failed its digest: dropped");
-                    self.metrics.with(|| {
-                        metrics::counter!("cdn_edge_peer_digest_mismatches_total").increment(1)
-                    });
-                    self.count("digest-mismatch", role);
-                }
-                Err(wire::WireError::Refused(_)) => self.count("not-a-peer", role),
-                Err(e) => {
-                    tracing::debug!(peer = %peer.cfg.name, error = %e, "peer fetch failed");
-                    self.count("error", role);
-                }
+                Err(e) => self.count_error(&peer, role, &e),
             }
+            parent_answered |= role == Role::Parent && answered;
         }
         None
     }
 
-    /// For a probe: metadata and the chunk at `index` from a peer, if one has them.
+    fn count_error(&self, peer: &PeerClient, role: Role, e: &wire::WireError) {
+        match e {
+            // The body counted the mismatch itself (`PeerBody::next`).
+            wire::WireError::Digest => self.count("digest-mismatch", role),
+            wire::WireError::Refused(_) => self.count("not-a-peer", role),
+            e => {
+                tracing::debug!(peer = %peer.cfg.name, error = %e, "peer fetch failed");
+                self.count("error", role);
+            }
+        }
+    }
+
+    /// For a probe: metadata from a peer, if one has the object, and the chunk at `index`
+    /// as it arrives (the caller stores it once it is complete and checked).
     pub async fn fetch_object(
         &self,
         key: &str,
         path_and_query: &str,
         req: &HeaderMap,
         index: u64,
-    ) -> Option<(ObjectMeta, Bytes)> {
+    ) -> Option<(ObjectMeta, PeerBody)> {
         let found = self
-            .ask(probe_request(key, path_and_query, req, index))
+            .ask(probe_request(key, path_and_query, req, index), Read::Head)
             .await;
         self.object_from(found, index)
     }
 
-    /// A peer's answer to a probe as metadata and the chunk at `index`, if they fit.
-    fn object_from(
-        &self,
-        found: Option<(WireMeta, Bytes)>,
-        index: u64,
-    ) -> Option<(ObjectMeta, Bytes)> {
-        let (meta, chunk) = found?;
+    /// A peer's answer to a probe as metadata and the body of the chunk at `index`, if
+    /// they fit.
+    fn object_from(&self, found: Option<Found>, index: u64) -> Option<(ObjectMeta, PeerBody)> {
+        let Some(Found::Head(head)) = found else {
+            return None;
+        };
+        let (meta, body) = *head;
         let meta = meta.into_meta(&self.targets)?;
         let (s, e) = meta.chunk_span(index);
-        (index < meta.chunk_count() && chunk.len() as u64 == e - s + 1).then_some((meta, chunk))
+        (index < meta.chunk_count() && body.len() == e - s + 1).then_some((meta, body))
     }
+}
+
+/// How a fetch from peers takes the chunk's bytes.
+#[derive(Clone, Copy)]
+enum Read<'a> {
+    /// The answer's metadata and body as soon as it starts (a probe reads the body itself).
+    Head,
+    /// The whole chunk, checked, its bytes pushed into the sink as they arrive.
+    Into(Option<&'a Arc<Growing>>),
+}
+
+/// A peer's answer.
+enum Found {
+    Head(Box<(WireMeta, PeerBody)>),
+    Whole(Bytes),
+}
+
+/// The length of chunk `index` of the object `meta` describes, if it has one.
+fn span_len(meta: &WireMeta, index: u64) -> Option<u64> {
+    let start = index.checked_mul(meta.chunk_size)?;
+    if start >= meta.len {
+        return None;
+    }
+    Some(meta.len.min(start.checked_add(meta.chunk_size)?) - start)
 }
 
 /// The request a probe sends to peers: no validator yet, the asker's content-negotiation
@@ -577,6 +630,8 @@ fn probe_request(key: &str, path_and_query: &str, req: &HeaderMap, index: u64) -
         index,
         owner: false,
         tier: false,
+        stream: true,
+        meta: None,
         path_and_query: path_and_query.to_string(),
         selecting,
     }
@@ -608,6 +663,26 @@ impl FillSource for PeerSource {
         meta: Arc<ObjectMeta>,
         index: u64,
     ) -> BoxFuture<'static, Result<Bytes, FillError>> {
+        self.fetch(meta, index, None)
+    }
+
+    fn fetch_chunk_into(
+        &self,
+        meta: Arc<ObjectMeta>,
+        index: u64,
+        sink: Arc<Growing>,
+    ) -> BoxFuture<'static, Result<Bytes, FillError>> {
+        self.fetch(meta, index, Some(sink))
+    }
+}
+
+impl PeerSource {
+    fn fetch(
+        &self,
+        meta: Arc<ObjectMeta>,
+        index: u64,
+        sink: Option<Arc<Growing>>,
+    ) -> BoxFuture<'static, Result<Bytes, FillError>> {
         let peers = self.0.clone();
         async move {
             let req = GetRequest {
@@ -616,6 +691,8 @@ impl FillSource for PeerSource {
                 index,
                 owner: false,
                 tier: false,
+                stream: true,
+                meta: Some(WireMeta::from_meta(&meta)),
                 path_and_query: meta.path_and_query.clone(),
                 selecting: meta
                     .selecting
@@ -625,9 +702,9 @@ impl FillSource for PeerSource {
                     })
                     .collect(),
             };
-            match peers.ask(req).await {
-                Some((_, chunk)) => Ok(chunk),
-                None => Err(FillError::Request("no peer had the chunk".into())),
+            match peers.ask(req, Read::Into(sink.as_ref())).await {
+                Some(Found::Whole(chunk)) => Ok(chunk),
+                _ => Err(FillError::Request("no peer had the chunk".into())),
             }
         }
         .boxed()

@@ -5,6 +5,11 @@
 //! fill made for a peer asks other peers only cache-only (the runner-up, advertisers), never
 //! as owner, so fills cannot loop.
 //!
+//! A `stream: true` request is answered as the chunk arrives ([`wire::STREAMED`]): from the
+//! store, or, for an owner (or top-tier) request, from the node's own fill of it, first byte
+//! as soon as the fill has one, so a chunk crosses the tiers in pipeline; PENDING repeats
+//! every [`wire::HEARTBEAT`] until then.
+//!
 //! Only current peers are served. The client certificate's names are read once per
 //! connection; every request stream is then checked against the peer set as it is at that
 //! moment ([`Peers::identify`]). A node that is not a peer gets [`wire::REFUSED`] before its
@@ -18,7 +23,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use cdn_http::metrics::NodeMetrics;
@@ -26,6 +33,7 @@ use cdn_http::metrics::NodeMetrics;
 use super::client::{Advertise, PENDING, PushHeader};
 use super::wire::{self, GetRequest, WireError, WireMeta};
 use super::{Peers, Refusal, pki};
+use crate::fill::FillError;
 use crate::store::{ObjectMeta, Store};
 
 /// What the peer server needs of its node, and no more: the store (answers from cache,
@@ -49,6 +57,13 @@ pub trait ChunkSource: Send + Sync + 'static {
         meta: Arc<ObjectMeta>,
         index: u64,
     ) -> BoxFuture<'static, Option<Bytes>>;
+    /// Chunk `index` of `meta` as its bytes arrive: from the store, or from its fill (started
+    /// if none is under way); the last byte only once the chunk is complete and checked.
+    fn owner_window(
+        self: Arc<Self>,
+        meta: Arc<ObjectMeta>,
+        index: u64,
+    ) -> BoxStream<'static, Result<Bytes, Arc<FillError>>>;
 }
 
 /// The peer server of one node.
@@ -227,12 +242,39 @@ async fn answer(
     Ok(())
 }
 
+/// Awaits `work`; with `heartbeat`, repeats PENDING every [`wire::HEARTBEAT`] meanwhile (the
+/// asker takes silence for a dead node).
+async fn with_heartbeats<T>(
+    send: &mut quinn::SendStream,
+    heartbeat: bool,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, WireError> {
+    if !heartbeat {
+        return Ok(work.await);
+    }
+    let mut work = std::pin::pin!(work);
+    let mut tick = tokio::time::interval(wire::HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            v = &mut work => return Ok(v),
+            _ = tick.tick() => wire::write_tag(send, PENDING).await?,
+        }
+    }
+}
+
 async fn get(edge: &Node, req: GetRequest, send: &mut quinn::SendStream) -> Result<(), WireError> {
     let cached = edge.source.store().lookup(&req.key).await.filter(|m| {
         req.validator
             .as_ref()
             .is_none_or(|v| *v == m.version.validator)
     });
+    let cached = match cached {
+        Some(m) => Some(m),
+        None if req.owner => adopt(edge, &req).await,
+        None => None,
+    };
     let mut pending_sent = false;
     let meta = match cached {
         Some(m) => Some(m),
@@ -248,20 +290,17 @@ async fn get(edge: &Node, req: GetRequest, send: &mut quinn::SendStream) -> Resu
                     headers.append(k, v);
                 }
             }
-            edge.source
-                .clone()
-                .owner_probe(
-                    req.key.clone(),
-                    req.path_and_query.clone(),
-                    headers,
-                    req.index,
-                )
-                .await
-                .filter(|m| {
-                    req.validator
-                        .as_ref()
-                        .is_none_or(|v| *v == m.version.validator)
-                })
+            let probe = edge.source.clone().owner_probe(
+                req.key.clone(),
+                req.path_and_query.clone(),
+                headers,
+                req.index,
+            );
+            with_heartbeats(send, req.stream, probe).await?.filter(|m| {
+                req.validator
+                    .as_ref()
+                    .is_none_or(|v| *v == m.version.validator)
+            })
         }
         None => None,
     };
@@ -271,6 +310,9 @@ async fn get(edge: &Node, req: GetRequest, send: &mut quinn::SendStream) -> Resu
         return wire::write_tag(send, wire::MISS).await;
     };
     let key = meta.chunk_key(req.index);
+    if req.stream {
+        return get_streamed(edge, &req, meta, pending_sent, send).await;
+    }
     let chunk = match edge.source.store().chunk(&key).await {
         Some(c) => Some(c),
         None if req.owner => {
@@ -295,6 +337,73 @@ async fn get(edge: &Node, req: GetRequest, send: &mut quinn::SendStream) -> Resu
             .increment(chunk.len() as u64)
     });
     Ok(())
+}
+
+/// The [`wire::STREAMED`] answer: the stored chunk, or (owner requests) the node's fill of it
+/// as it arrives. The answer starts at the fill's first byte (PENDING heartbeats until
+/// then); a fill that fails before it is a MISS, after it a reset stream.
+async fn get_streamed(
+    edge: &Node,
+    req: &GetRequest,
+    meta: Arc<ObjectMeta>,
+    pending_sent: bool,
+    send: &mut quinn::SendStream,
+) -> Result<(), WireError> {
+    let (s, e) = meta.chunk_span(req.index);
+    let len = e - s + 1;
+    let mut pieces = match edge.source.store().chunk(&meta.chunk_key(req.index)).await {
+        Some(c) => futures::stream::once(async move { Ok(c) }).boxed(),
+        None if req.owner => {
+            if !pending_sent {
+                wire::write_tag(send, PENDING).await?;
+            }
+            edge.source.clone().owner_window(meta.clone(), req.index)
+        }
+        None => return wire::write_tag(send, wire::MISS).await,
+    };
+    let first = if len == 0 {
+        Bytes::new()
+    } else {
+        match with_heartbeats(send, true, pieces.next()).await? {
+            Some(Ok(b)) => b,
+            Some(Err(e)) => {
+                tracing::debug!(key = %req.key, index = req.index, error = %e, "fill for a peer failed");
+                return wire::write_tag(send, wire::MISS).await;
+            }
+            None => return wire::write_tag(send, wire::MISS).await,
+        }
+    };
+    wire::write_json(send, wire::STREAMED, &WireMeta::from_meta(&meta)).await?;
+    let corrupt = edge.peers.corrupt();
+    let all = futures::stream::once(async move { Ok::<_, Arc<FillError>>(first) })
+        .chain(pieces)
+        .boxed();
+    let sent = wire::write_streamed(send, len, all, corrupt).await?;
+    edge.server.metrics.with(|| {
+        metrics::counter!("cdn_edge_peer_bytes_total", "direction" => "out").increment(sent)
+    });
+    Ok(())
+}
+
+/// For an owner request without metadata here: the asker's metadata of the version it
+/// asks for, installed as a pushed chunk's is (the origin's validators and timing), when no
+/// version of the object is held. The chunk is then filled by this node's own fill, which
+/// its own viewers' requests join: one origin request, not a probe beside a fill.
+async fn adopt(edge: &Node, req: &GetRequest) -> Option<Arc<ObjectMeta>> {
+    let wire = req.meta.clone()?;
+    if wire.key != req.key || req.validator.as_ref() != Some(&wire.validator) {
+        return None;
+    }
+    let meta = wire.into_meta(&edge.server.targeted_cache_control)?;
+    if meta.chunk_size != edge.server.chunk_size || meta.negative.is_some() {
+        return None;
+    }
+    if edge.source.store().lookup(&req.key).await.is_some() {
+        return None;
+    }
+    let meta = Arc::new(meta);
+    edge.source.store().install(&meta).await;
+    Some(meta)
 }
 
 /// Admits a pushed chunk through the normal cache admission, keeping the origin's validators

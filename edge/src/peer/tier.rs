@@ -30,12 +30,11 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::HeaderMap;
 
-use super::client::PeerClient;
+use super::client::{PeerBody, PeerClient};
 use super::wire::GetRequest;
-use super::{PeerSet, Peers, Role, probe_request, score};
+use super::{PeerSet, Peers, Read, Role, probe_request, score};
 use crate::store::ObjectMeta;
 
 /// Lower node: fetches from the upper tier, by `result` (found, miss, error, ...).
@@ -92,13 +91,13 @@ impl Peers {
         path_and_query: &str,
         req: &HeaderMap,
         index: u64,
-    ) -> Option<(ObjectMeta, Bytes)> {
+    ) -> Option<(ObjectMeta, PeerBody)> {
         if self.parents.is_empty() {
             return None;
         }
         let candidates = self.parents_for(&self.peer_set(), key, index);
         let req = probe_request(key, path_and_query, req, index);
-        let found = self.try_in_order(&req, candidates).await;
+        let found = self.try_in_order(&req, candidates, Read::Head).await;
         self.object_from(found, index)
     }
 }

@@ -7,6 +7,18 @@
 //! chunk:    len:u64  sha256:[u8;32]  bytes[len]
 //! refusal:  3  len:u32  json[len]                    (to any request, see [`Refusal`])
 //! ```
+//! A GET with `stream: true` (version 2 of the answer, see [`GetRequest::stream`]) is
+//! answered with [`STREAMED`] instead of [`FOUND`], whose chunk frame puts the digest last,
+//! so the answering node sends bytes as they arrive from its own fill and the asker forwards
+//! them as they come, checking the digest before it stores the chunk:
+//!
+//! ```text
+//! reply:    4  len:u32  json[len]  streamed frame
+//! streamed: len:u64  bytes[len]  sha256:[u8;32]
+//! ```
+//! While it waits on its own fill, the answering node repeats the PENDING status (2) every
+//! [`HEARTBEAT`] for such a request, so a silent parent is a dead one; a fill that fails
+//! after the first byte resets the stream ([`ABORTED_CODE`]), never ends it cleanly.
 //! A node that is not in the answering node's peer set gets the refusal as the first bytes of
 //! its stream, before the answering side reads the request (it stops reading with
 //! [`REFUSED_CODE`]), so a refused push costs no chunk upload.
@@ -36,6 +48,12 @@ pub const MISS: u8 = 1;
 pub const REFUSED: u8 = 3;
 /// The QUIC application error code a refused stream's request side is stopped with.
 pub const REFUSED_CODE: u32 = 0x403;
+/// A found chunk whose bytes follow as they arrive, digest last (answer to `stream: true`).
+pub const STREAMED: u8 = 4;
+/// The QUIC error code a streamed answer is reset with when its fill failed mid-chunk.
+pub const ABORTED_CODE: u32 = 0x502;
+/// How often a node repeats PENDING to a `stream: true` asker while it waits on its fill.
+pub const HEARTBEAT: Duration = Duration::from_millis(250);
 
 /// The body of a [`REFUSED`] answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -89,6 +107,15 @@ pub struct GetRequest {
     /// on the wire (older nodes): false.
     #[serde(default)]
     pub tier: bool,
+    /// The asker reads [`STREAMED`] answers and PENDING heartbeats (answer version 2).
+    /// Absent on the wire (older nodes): false, and the answer is a whole [`FOUND`] frame.
+    #[serde(default)]
+    pub stream: bool,
+    /// The object's metadata as the asker holds it (chunk fills): an owner that has none yet
+    /// takes it, as it takes a pushed chunk's, rather than probing the origin for a version
+    /// its own fill of the chunk will not coalesce with. Absent from older nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<WireMeta>,
     pub path_and_query: String,
     /// Vary-selecting request headers of the asker.
     pub selecting: Vec<(String, String)>,
@@ -343,6 +370,127 @@ pub async fn write_chunk(
         send.write_all(chunk).await?;
     }
     Ok(())
+}
+
+/// Writes a streamed chunk frame of `len` bytes from `pieces`, digest last. A piece that
+/// fails, or pieces that do not add up to `len`, reset the stream ([`ABORTED_CODE`]): the
+/// asker sees an error, never a chunk. `corrupt` flips a byte after it is hashed (a test
+/// hook). Returns the bytes sent.
+pub async fn write_streamed<E: std::fmt::Display>(
+    send: &mut quinn::SendStream,
+    len: u64,
+    mut pieces: impl futures::Stream<Item = Result<Bytes, E>> + Unpin,
+    corrupt: bool,
+) -> Result<u64, WireError> {
+    use futures::StreamExt;
+    send.write_all(&len.to_be_bytes()).await?;
+    let mut hasher = Sha256::new();
+    let mut sent = 0u64;
+    let mut flipped = !corrupt;
+    let failure = loop {
+        match pieces.next().await {
+            Some(Ok(piece)) => {
+                sent = sent.saturating_add(piece.len() as u64);
+                if sent > len {
+                    break Some(format!("more than the {len} bytes announced"));
+                }
+                hasher.update(&piece);
+                if !flipped && !piece.is_empty() {
+                    let mut bad = piece.to_vec();
+                    bad[piece.len() / 2] ^= 0xff;
+                    flipped = true;
+                    send.write_all(&bad).await?;
+                } else {
+                    send.write_all(&piece).await?;
+                }
+            }
+            Some(Err(e)) => break Some(e.to_string()),
+            None if sent == len => break None,
+            None => break Some(format!("ended after {sent} of {len} bytes")),
+        }
+    };
+    if let Some(why) = failure {
+        let _ = send.reset(ABORTED_CODE.into());
+        return Err(WireError::Io(format!("streamed chunk aborted: {why}")));
+    }
+    let digest: [u8; 32] = hasher.finalize().into();
+    send.write_all(&digest).await?;
+    Ok(sent)
+}
+
+/// The reading side of a streamed chunk frame: the bytes as they arrive, then the digest.
+pub struct StreamedChunk {
+    len: u64,
+    left: u64,
+    hasher: Sha256,
+    /// Longest silence between two reads before the answer counts as dead.
+    idle: Duration,
+}
+
+impl StreamedChunk {
+    /// Reads the frame's length (at most `max`); `idle` bounds every later read.
+    pub async fn start(
+        recv: &mut quinn::RecvStream,
+        max: u64,
+        idle: Duration,
+    ) -> Result<Self, WireError> {
+        let mut head = [0u8; 8];
+        tokio::time::timeout(idle, recv.read_exact(&mut head))
+            .await
+            .map_err(|_| WireError::Io("peer body stalled".into()))??;
+        let len = u64::from_be_bytes(head);
+        if len > max {
+            return Err(WireError::TooLarge(len));
+        }
+        Ok(StreamedChunk {
+            len,
+            left: len,
+            hasher: Sha256::new(),
+            idle,
+        })
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The next bytes; `Ok(None)` once all of them came and the digest matched.
+    pub async fn next(&mut self, recv: &mut quinn::RecvStream) -> Result<Option<Bytes>, WireError> {
+        if self.left == 0 {
+            let mut digest = [0u8; 32];
+            tokio::time::timeout(self.idle, recv.read_exact(&mut digest))
+                .await
+                .map_err(|_| WireError::Io("peer body stalled".into()))??;
+            let want: [u8; 32] = std::mem::take(&mut self.hasher).finalize().into();
+            if want != digest {
+                return Err(WireError::Digest);
+            }
+            return Ok(None);
+        }
+        let max = usize::try_from(self.left.min(64 * 1024)).unwrap_or(64 * 1024);
+        let chunk = tokio::time::timeout(self.idle, recv.read_chunk(max, true))
+            .await
+            .map_err(|_| WireError::Io("peer body stalled".into()))?
+            .map_err(|e| WireError::Io(e.to_string()))?;
+        let Some(chunk) = chunk else {
+            return Err(WireError::Io(format!(
+                "peer body ended after {} of {} bytes",
+                self.len - self.left,
+                self.len
+            )));
+        };
+        let n = chunk.bytes.len() as u64;
+        if n > self.left {
+            return Err(WireError::TooLarge(self.len - self.left + n));
+        }
+        self.left -= n;
+        self.hasher.update(&chunk.bytes);
+        Ok(Some(chunk.bytes))
+    }
 }
 
 /// Reads a chunk frame of at most `max` bytes and checks its digest.

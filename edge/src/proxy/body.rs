@@ -207,13 +207,11 @@ fn chunk_stream(
     let (start, end) = (*range.start(), *range.end());
     let len = end - start + 1;
     let first = start / meta.chunk_size;
-    let stream = futures::stream::unfold(start, move |pos| {
-        let (edge, meta) = (edge.clone(), meta.clone());
-        async move {
-            if pos > end {
-                return None;
-            }
-            let index = pos / meta.chunk_size;
+    let last = end / meta.chunk_size;
+    // Each chunk is read from the store or, as its bytes arrive, from its fill (tier.rs: a
+    // chunk crosses the tiers in pipeline); the stream stops at the first error.
+    let stream = futures::stream::iter(first..=last)
+        .map(move |index| {
             let (cstart, cend) = meta.chunk_span(index);
             let crossed = index > first;
             if end > cend || (crossed && end == cend) {
@@ -221,22 +219,25 @@ fn chunk_stream(
                     edge.cache.prefetch(&meta, index + ahead);
                 }
             }
-            match edge.cache.chunk(&meta, index).await {
-                Ok(bytes) => {
-                    let (from, to) = ((pos - cstart) as usize, (end.min(cend) - cstart + 1) as usize);
-                    if bytes.len() < to {
-                        let e = std::io::Error::other("stored chunk shorter than its span");
-                        return Some((Err(e), u64::MAX));
-                    }
-                    Some((Ok(bytes.slice(from..to)), end.min(cend) + 1))
-                }
-                Err(e) => {
-                    tracing::warn!(key = %meta.version.key, index, error = %e, "chunk fill failed; aborting response");
-                    Some((Err(std::io::Error::other(e.to_string())), u64::MAX))
-                }
+            let (from, to) = (start.max(cstart) - cstart, end.min(cend) - cstart + 1);
+            let key = meta.version.key.clone();
+            edge.cache
+                .chunk_window(&meta, index, from, to)
+                .map(move |r| {
+                    r.map_err(|e| {
+                        tracing::warn!(%key, index, error = %e, "chunk fill failed; aborting response");
+                        std::io::Error::other(e.to_string())
+                    })
+                })
+        })
+        .flatten()
+        .scan(false, |failed, item| {
+            if *failed {
+                return futures::future::ready(None);
             }
-        }
-    })
-    .boxed();
+            *failed = item.is_err();
+            futures::future::ready(Some(item))
+        })
+        .boxed();
     represent::exact_len(stream, len)
 }
