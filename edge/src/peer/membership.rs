@@ -149,6 +149,8 @@ async fn join(peers: Weak<Peers>, wait: Duration, every: Duration) {
         index: 0,
         owner: false,
         tier: false,
+        stream: false,
+        meta: None,
         path_and_query: "/".into(),
         selecting: Vec::new(),
     };
@@ -164,7 +166,7 @@ async fn join(peers: Weak<Peers>, wait: Duration, every: Duration) {
         let mut refusing = Vec::new();
         if p.sources.lock().resolved {
             for c in &siblings {
-                if let Err(WireError::Refused(_)) = c.get(&hello).await {
+                if let Err(WireError::Refused(_)) = c.get(&hello, false).await {
                     refusing.push(c.cfg.name.clone());
                 }
             }
