@@ -8,7 +8,8 @@
 //!   a buffer of [`BUFFER_BYTES`] fills, and at least every `interval`. Every other line
 //!   (start-up, warnings, errors) is written promptly: the writer thread is woken for it, and
 //!   everything before it goes out first.
-//! - Bounded: at most [`MAX_PENDING`] full buffers wait for the output. When the output cannot
+//! - Bounded: at most [`MAX_PENDING`] full buffers wait for the output (and at most as many
+//!   again are in the write the writer thread is blocked in). When the output cannot
 //!   keep up (a blocked pipe, a slow disk), new lines are dropped and counted rather than
 //!   blocking the request that logs or growing memory; the writer reports the count in a line
 //!   of its own as soon as it can write again ([`BufferedLog::dropped`] gives the total).
@@ -343,9 +344,10 @@ mod tests {
         let out = Out::default();
         let (log, guard) = BufferedLog::new(out.clone(), Duration::from_millis(10)).unwrap();
         let held = out.gate.lock().unwrap();
-        // Far more than the buffers hold; none of these calls may block.
+        // Far more than the buffers hold (the pending ones, and as many again that the
+        // writer may have taken into the write it is blocked in); none of these calls may block.
         let line_text = format!("{}\n", "a".repeat(99));
-        let lines = (MAX_PENDING + 4) * BUFFER_BYTES / line_text.len();
+        let lines = (2 * MAX_PENDING + 4) * BUFFER_BYTES / line_text.len();
         for _ in 0..lines {
             line(&log, &line_text, false);
         }
