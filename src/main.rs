@@ -113,7 +113,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         match cli.command.unwrap_or(Command::Lab(lab::LabArgs::default())) {
             Command::Lab(args) => lab::run(args).await,
             Command::Origin(args) => cdn_origin::run(args).await,
@@ -123,5 +123,13 @@ fn main() -> anyhow::Result<()> {
             Command::Bench(cmd) => bench::run(cmd).await,
             Command::Plan(args) => plan::run(args).await,
         }
-    })
+    });
+    // The command is done (drained, stopped): dropping the runtime would wait without bound
+    // for blocking tasks still running (a lab stopped by SIGTERM once printed its last line and
+    // then did not exit for 30 s in CI); give them a bounded moment, then exit.
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    result
 }
+
+/// How long the runtime's leftover blocking tasks may delay the exit after the command ended.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
