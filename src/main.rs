@@ -59,6 +59,7 @@ fn init_logging(filter: &str, json: bool) -> anyhow::Result<cdn_http::logbuf::Lo
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::stdout().is_terminal();
     let (writer, guard) = cdn_http::logbuf::BufferedLog::new(std::io::stdout(), LOG_INTERVAL)?;
+    let writer_for_access = writer.clone();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(true)
@@ -67,6 +68,8 @@ fn init_logging(filter: &str, json: bool) -> anyhow::Result<cdn_http::logbuf::Lo
     if json {
         builder.json().init();
     } else {
+        // Access lines skip tracing's formatter (same text format, cdn_http::access).
+        cdn_http::access::install(&writer_for_access);
         builder.init();
     }
     Ok(guard)

@@ -179,6 +179,20 @@ fn compare_runs_against_the_edge_alone() {
         std::fs::read_to_string(dir.join(format!("edge-logs-{mode}/edge.log"))).expect("edge.log")
     };
     assert!(log("on").contains("cdn_edge::access"), "no access line");
+    // The binary writes access lines with its own formatter (cdn_http::access): a hit's
+    // line reads as documented.
+    let on = log("on");
+    let hit = on
+        .lines()
+        .find(|l| l.contains(" cache=hit "))
+        .expect("a hit's access line");
+    assert!(
+        hit.contains(" INFO cdn_edge::access: client=127.0.0.1 method=GET path=/synthetic/")
+            && hit.contains(" range=")
+            && hit.contains(" duration_ms=")
+            && (hit.contains(" status=200 ") || hit.contains(" status=206 ")),
+        "{hit}"
+    );
     assert!(!log("off").contains("cdn_edge::access"));
     for r in &rows {
         let v = |c: &str| r[col(c)].parse::<f64>().expect(c);

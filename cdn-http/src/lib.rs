@@ -4,6 +4,7 @@
 //! a per-node Prometheus registry, the token bucket (`bucket`), the open-file limit, and the hardened accept loop every
 //! node runs.
 
+pub mod access;
 pub mod bucket;
 pub mod conditional;
 pub mod config;

@@ -127,6 +127,12 @@ impl BufferedLog {
         ))
     }
 
+    /// Appends one whole line (newline included) to be written with the next batch, as an
+    /// access line is ([`crate::access`] writes through this).
+    pub fn append_batched(&self, line: &[u8]) {
+        self.shared.append(line, false);
+    }
+
     /// Lines dropped so far because the output was behind.
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)

@@ -57,6 +57,11 @@ pub async fn metrics(State(edge): State<Arc<Edge>>) -> Response {
         metrics::gauge!("cdn_edge_cache_objects").set(objects as f64);
         metrics::gauge!("cdn_edge_inflight_requests")
             .set(edge.inflight.load(Ordering::Relaxed) as f64);
+        // Log lines the buffered writer dropped because its output was behind (only when
+        // the process logs through it: the `cdn` binary).
+        if let Some(log) = cdn_http::access::sink() {
+            metrics::counter!(crate::metric_names::LOG_LINES_DROPPED_TOTAL).absolute(log.dropped());
+        }
     });
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -13,6 +13,7 @@ pub const DNS_LOOKUPS_TOTAL: &str = "cdn_edge_dns_lookups_total";
 pub const DNS_MEMBERS: &str = "cdn_edge_dns_members";
 pub const FILL_ERRORS_TOTAL: &str = "cdn_edge_fill_errors_total";
 pub const INFLIGHT_REQUESTS: &str = "cdn_edge_inflight_requests";
+pub const LOG_LINES_DROPPED_TOTAL: &str = "cdn_edge_log_lines_dropped_total";
 pub const ORIGIN_BYTES_TOTAL: &str = "cdn_edge_origin_bytes_total";
 pub const ORIGIN_ERRORS_TOTAL: &str = "cdn_edge_origin_errors_total";
 pub const ORIGIN_FETCHES_TOTAL: &str = "cdn_edge_origin_fetches_total";

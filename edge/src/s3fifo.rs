@@ -41,6 +41,7 @@
 //! The ghost holds only (hash, weight) pairs, outside the weighted size: at most
 //! 0.9 × capacity ÷ the smallest weight entries of about 40 bytes each.
 
+use std::borrow::Borrow;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
 use std::sync::Arc;
@@ -432,8 +433,13 @@ where
         &self.shards[(hash >> 32) as usize % SHARDS]
     }
 
-    /// The value of `key`, counting a hit.
-    pub fn get(&self, key: &K) -> Option<V> {
+    /// The value of `key` (or of a borrowed form of it: a `&str` for `String` keys), counting
+    /// a hit.
+    pub fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let now = match self.group_of {
             Some(_) => self.clock.fetch_add(1, Relaxed).wrapping_add(1) as u32,
             None => 0,
@@ -453,7 +459,11 @@ where
     }
 
     /// Whether `key` is held (not counted as a hit).
-    pub fn contains_key(&self, key: &K) -> bool {
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let hash = self.hasher.hash_one(key);
         self.shard(hash).read().contains_key(key)
     }

@@ -1,6 +1,10 @@
 //! The chunk store: object metadata and fixed-size chunks in caches weighted by bytes. Chunks
-//! go to a [`ChunkCache`] (S3-FIFO, or moka with TinyLFU or LRU, per [`Policy`]); metadata to
-//! moka caches. It knows nothing of requests or of HTTP beyond the stored headers it keeps,
+//! go to a [`ChunkCache`] (S3-FIFO, or moka with TinyLFU or LRU, per [`Policy`]); metadata
+//! (per URL and per variant) to two S3-FIFO caches of their own, whatever the chunks' policy:
+//! every request reads both, and a read there is one shard read lock and an atomic increment
+//! (moka's read bookkeeping cost a hit ~10% of its CPU, BENCHMARKS.md "Hot path"). Keys are
+//! hashed with SipHash under a per-process random key (std's `RandomState`): URLs come from
+//! strangers, so no hasher whose collisions can be precomputed. It knows nothing of requests or of HTTP beyond the stored headers it keeps,
 //! and it never fetches: callers hand it what to keep ([`Store::install`],
 //! [`Store::put_chunk`]) and the values a request selects a variant by ([`variant_key`]).
 //!
@@ -355,8 +359,8 @@ pub fn chunk_weight(k: &ChunkKey, v: &Bytes) -> u32 {
 #[derive(Clone)]
 pub struct Store {
     chunks: ChunkCache,
-    metas: Cache<String, Arc<ObjectMeta>>,
-    primaries: Cache<String, Arc<PrimaryEntry>>,
+    metas: Arc<S3FifoCache<String, Arc<ObjectMeta>>>,
+    primaries: Arc<S3FifoCache<String, Arc<PrimaryEntry>>>,
     capacity: u64,
 }
 
@@ -373,16 +377,16 @@ impl Store {
     pub fn new(capacity: u64, policy: Policy) -> Self {
         let meta_budget = meta_budget(capacity);
         let chunks = ChunkCache::new(capacity.saturating_sub(meta_budget), policy);
-        let metas = Cache::builder()
-            .max_capacity(meta_budget * 3 / 4)
-            .weigher(|_: &String, m: &Arc<ObjectMeta>| m.weight())
-            .support_invalidation_closures()
-            .build();
-        let primaries = Cache::builder()
-            .max_capacity(meta_budget / 4)
-            .weigher(|k: &String, p: &Arc<PrimaryEntry>| (k.len() + 64 + p.vary.len() * 32) as u32)
-            .support_invalidation_closures()
-            .build();
+        let metas = Arc::new(S3FifoCache::new(
+            meta_budget * 3 / 4,
+            Box::new(|_: &String, m: &Arc<ObjectMeta>| m.weight()),
+        ));
+        let primaries = Arc::new(S3FifoCache::new(
+            meta_budget / 4,
+            Box::new(|k: &String, p: &Arc<PrimaryEntry>| {
+                u32::try_from(k.len() + 64 + p.vary.len() * 32).unwrap_or(u32::MAX)
+            }),
+        ));
         Store {
             chunks,
             metas,
@@ -401,7 +405,7 @@ impl Store {
 
     /// What is known of a URL across its variants.
     pub async fn primary(&self, primary: &str) -> Option<Arc<PrimaryEntry>> {
-        self.primaries.get(primary).await
+        self.primaries.get(primary)
     }
 
     /// The header names the stored responses of `primary` vary on (empty when none is held).
@@ -414,59 +418,53 @@ impl Store {
 
     /// The metadata stored under a variant key.
     pub async fn lookup(&self, variant: &str) -> Option<Arc<ObjectMeta>> {
-        self.metas.get(variant).await
+        self.metas.get(variant)
     }
 
     /// Stores a version's metadata under its variant key and records its URL's Vary (the
     /// names of `meta.selecting`), replacing whatever was held for either.
     pub async fn install(&self, meta: &Arc<ObjectMeta>) {
         let vary = meta.selecting.iter().map(|(n, _)| n.clone()).collect();
-        self.primaries
-            .insert(
-                meta.primary.clone(),
-                Arc::new(PrimaryEntry {
-                    vary,
-                    pass_until: None,
-                }),
-            )
-            .await;
+        self.primaries.insert(
+            meta.primary.clone(),
+            Arc::new(PrimaryEntry {
+                vary,
+                pass_until: None,
+            }),
+        );
         self.refresh(meta).await;
     }
 
     /// Replaces the metadata held under `meta`'s variant key (a 304's update; the URL's
     /// Vary is left as it is).
     pub async fn refresh(&self, meta: &Arc<ObjectMeta>) {
-        self.metas
-            .insert(meta.version.key.clone(), meta.clone())
-            .await;
+        self.metas.insert(meta.version.key.clone(), meta.clone());
     }
 
     /// Marks a URL as not storable until `until` (hit-for-pass); its Vary is forgotten.
     pub async fn pass_until(&self, primary: &str, until: Instant) {
-        self.primaries
-            .insert(
-                primary.to_string(),
-                Arc::new(PrimaryEntry {
-                    vary: Vec::new(),
-                    pass_until: Some(until),
-                }),
-            )
-            .await;
+        self.primaries.insert(
+            primary.to_string(),
+            Arc::new(PrimaryEntry {
+                vary: Vec::new(),
+                pass_until: Some(until),
+            }),
+        );
     }
 
     /// Drops the metadata of `version` if it is still the one held under its key.
     pub async fn forget(&self, version: &VersionId) {
-        if let Some(held) = self.metas.get(&version.key).await
+        if let Some(held) = self.metas.get(&version.key)
             && *held.version == *version
         {
-            self.metas.invalidate(&version.key).await;
+            self.metas.invalidate(&version.key);
         }
     }
 
     /// Drops whatever metadata is held under `meta`'s key and the chunks `indices` of its
     /// version (a body that failed: nothing of it may pass for complete).
     pub async fn discard(&self, meta: &ObjectMeta, indices: std::ops::Range<u64>) {
-        self.metas.invalidate(&meta.version.key).await;
+        self.metas.invalidate(&meta.version.key);
         for i in indices {
             self.chunks.invalidate(&meta.chunk_key(i)).await;
         }
@@ -496,8 +494,6 @@ impl Store {
     /// snapshots are exact.
     pub async fn settle(&self) {
         self.chunks.run_pending_tasks().await;
-        self.metas.run_pending_tasks().await;
-        self.primaries.run_pending_tasks().await;
     }
 
     /// Bytes held (chunks and metadata), after pending evictions ran.
@@ -511,7 +507,7 @@ impl Store {
         self.chunks.weighted_size()
     }
 
-    /// Variants held (moka: approximate until [`Store::settle`]).
+    /// Variants held.
     pub fn object_count(&self) -> u64 {
         self.metas.entry_count()
     }
@@ -523,12 +519,12 @@ impl Store {
 
     /// A snapshot of the metadata held, by variant key (tests and diagnostics).
     pub fn objects_held(&self) -> Vec<(String, Arc<ObjectMeta>)> {
-        self.metas.iter().map(|(k, v)| ((*k).clone(), v)).collect()
+        self.metas.snapshot()
     }
 
     /// Drops the stored responses of exact primary keys, or of every key under a prefix.
-    /// Metadata (moka) goes lazily, and so do chunks under the moka policies; S3-FIFO drops
-    /// them at once. Errs only if moka refuses the invalidation predicate.
+    /// Metadata goes at once; chunks go lazily under the moka policies, at once under S3-FIFO.
+    /// Errs only if moka refuses the invalidation predicate.
     pub async fn invalidate(&self, primary: &str, prefix: bool) -> Result<(), String> {
         let p = primary.to_string();
         let matches = move |k: &str| {
@@ -541,13 +537,9 @@ impl Store {
             }
         };
         let m = matches.clone();
-        self.primaries
-            .invalidate_entries_if(move |k, _| m(k))
-            .map_err(|e| e.to_string())?;
+        self.primaries.invalidate_entries_if(|k, _| m(k));
         let m = matches.clone();
-        self.metas
-            .invalidate_entries_if(move |k, _| m(k))
-            .map_err(|e| e.to_string())?;
+        self.metas.invalidate_entries_if(|k, _| m(k));
         self.chunks
             .invalidate_entries_if(move |k, _| matches(&k.version.key))?;
         Ok(())

@@ -47,8 +47,12 @@ pub async fn handle(State(edge): State<Arc<Edge>>, req: Request) -> Response {
     // What the access line says, taken only when the line will be written.
     let line = tracing::enabled!(target: "cdn_edge::access", tracing::Level::INFO).then(|| {
         Box::new(AccessLine {
+            client: req
+                .extensions()
+                .get::<ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip()),
             method: req.method().clone(),
-            path: req.uri().path().to_string(),
+            uri: req.uri().clone(),
             range: req.headers().get(header::RANGE).cloned(),
         })
     });
@@ -423,8 +427,9 @@ fn record(
 
 /// What the access line of a request says besides its outcome.
 struct AccessLine {
+    client: Option<std::net::IpAddr>,
     method: Method,
-    path: String,
+    uri: http::Uri,
     range: Option<HeaderValue>,
 }
 
@@ -453,16 +458,32 @@ fn finish(
             let elapsed = self.started.elapsed();
             self.duration.record(elapsed.as_secs_f64());
             if let Some(line) = &self.line {
-                tracing::info!(
+                let l = cdn_http::access::Line {
                     target: "cdn_edge::access",
-                    method = %line.method,
-                    path = %line.path,
-                    range = ?line.range,
-                    status = self.status,
-                    cache = self.cache,
-                    bytes = self.bytes,
-                    duration_ms = elapsed.as_millis() as u64,
-                );
+                    client: line.client,
+                    method: &line.method,
+                    path: line.uri.path(),
+                    range: line.range.as_ref(),
+                    status: self.status,
+                    cache: self.cache,
+                    bytes: self.bytes,
+                    duration: elapsed,
+                };
+                // Straight into the log buffer when the process installed it (`cdn`'s text
+                // format); else through tracing (JSON, tests).
+                if let Some(l) = cdn_http::access::emit(l) {
+                    tracing::info!(
+                        target: "cdn_edge::access",
+                        client = ?l.client,
+                        method = %l.method,
+                        path = %l.path,
+                        range = ?l.range,
+                        status = l.status,
+                        cache = l.cache,
+                        bytes = l.bytes,
+                        duration_ms = u64::try_from(l.duration.as_millis()).unwrap_or(u64::MAX),
+                    );
+                }
             }
         }
     }
