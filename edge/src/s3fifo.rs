@@ -552,7 +552,11 @@ where
     }
 
     /// Removes `key` (not remembered in the ghost).
-    pub fn invalidate(&self, key: &K) {
+    pub fn invalidate<Q>(&self, key: &Q)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let hash = self.hasher.hash_one(key);
         let mut q = self.queues.lock();
         let removed = self.shard(hash).write().remove(key);

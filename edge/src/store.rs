@@ -422,8 +422,13 @@ impl Store {
     }
 
     /// Stores a version's metadata under its variant key and records its URL's Vary (the
-    /// names of `meta.selecting`), replacing whatever was held for either.
+    /// names of `meta.selecting`), replacing whatever was held for either. A response with
+    /// Vary also drops a response without it held under the bare URL: a lookup finds that
+    /// one first and serves it without reading the URL's record (`Cache::decide`).
     pub async fn install(&self, meta: &Arc<ObjectMeta>) {
+        if meta.version.key != meta.primary {
+            self.metas.invalidate(&meta.primary);
+        }
         let vary = meta.selecting.iter().map(|(n, _)| n.clone()).collect();
         self.primaries.insert(
             meta.primary.clone(),
@@ -441,8 +446,11 @@ impl Store {
         self.metas.insert(meta.version.key.clone(), meta.clone());
     }
 
-    /// Marks a URL as not storable until `until` (hit-for-pass); its Vary is forgotten.
+    /// Marks a URL as not storable until `until` (hit-for-pass); its Vary is forgotten, and
+    /// a response held under the bare URL is dropped (a lookup that finds one there serves
+    /// it without reading the URL's record: `Cache::decide`).
     pub async fn pass_until(&self, primary: &str, until: Instant) {
+        self.metas.invalidate(primary);
         self.primaries.insert(
             primary.to_string(),
             Arc::new(PrimaryEntry {

@@ -290,16 +290,34 @@ impl Cache {
             };
         }
         let primary = self.primary_key(uri);
-        let entry = self.store.primary(&primary).await;
-        if let Some(e) = &entry
-            && e.pass_until.is_some_and(|t| t > Instant::now())
-        {
-            let mut v = Verdict::new(CacheOutcome::Pass, Some("bypass"));
-            v.detail = Some("hit-for-pass");
-            return Decision::Pass { verdict: v };
-        }
-        let vary = entry.map(|e| e.vary.clone()).unwrap_or_default();
-        let variant = variant_key(&primary, &vary, req);
+        // One lookup for a URL whose stored response has no Vary (most): its variant key is
+        // the primary key, and a response stored there is never behind a hit-for-pass (the
+        // store drops it when the URL turns hit-for-pass, and a newer response with Vary
+        // replaces it: `Store::pass_until`, `Store::install`). Otherwise the URL's record
+        // says whether it is hit-for-pass and which request fields select its variant.
+        let (variant, found) = match self.store.lookup(&primary).await {
+            Some(meta) if meta.selecting.is_empty() => (None, Some(meta)),
+            _ => {
+                let entry = self.store.primary(&primary).await;
+                if let Some(e) = &entry
+                    && e.pass_until.is_some_and(|t| t > Instant::now())
+                {
+                    let mut v = Verdict::new(CacheOutcome::Pass, Some("bypass"));
+                    v.detail = Some("hit-for-pass");
+                    return Decision::Pass { verdict: v };
+                }
+                match entry.as_deref().map(|e| e.vary.as_slice()) {
+                    Some(vary) if !vary.is_empty() => {
+                        let variant = variant_key(&primary, vary, req);
+                        let found = self.store.lookup(&variant).await;
+                        (Some(variant), found)
+                    }
+                    // Without Vary the variant is the primary key, looked up above.
+                    _ => (None, None),
+                }
+            }
+        };
+        let variant: &str = variant.as_deref().unwrap_or(&primary);
         let hint = cdn_http::range::first_byte_hint(req);
         // The origin is asked for exactly what is keyed: without the query when the query is
         // not part of the key, or a query could choose what is stored under the bare path.
@@ -309,7 +327,7 @@ impl Cache {
             _ => uri.path().to_string(),
         };
 
-        if let Some(meta) = self.store.lookup(&variant).await {
+        if let Some(meta) = found {
             let now = SystemTime::now();
             let age = meta.age(now);
             match freshness::usability(&meta.cc, meta.lifetime, age, &req_cc) {
@@ -322,7 +340,7 @@ impl Cache {
                 Usability::StaleWhileRevalidate => {
                     // One background refresh per object; this request does not wait.
                     let pq = pq_of();
-                    let _ = self.probe(&primary, &variant, &pq, req, Some(meta.clone()), 0);
+                    let _ = self.probe(&primary, variant, &pq, req, Some(meta.clone()), 0);
                     let mut v = Verdict::new(CacheOutcome::Stale, None);
                     v.detail = Some("stale-while-revalidate");
                     return Decision::Serve { meta, verdict: v };
@@ -333,7 +351,7 @@ impl Cache {
             if req_cc.only_if_cached {
                 return gateway_timeout();
             }
-            let (fut, leader) = self.probe(&primary, &variant, &pq, req, Some(meta.clone()), hint);
+            let (fut, leader) = self.probe(&primary, variant, &pq, req, Some(meta.clone()), hint);
             let outcome = self.wait(fut, leader).await;
             let sie = freshness::stale_if_error_allows(&meta.cc, &req_cc, meta.lifetime, age);
             let stale_if_error = |status: Option<u16>| {
@@ -381,13 +399,13 @@ impl Cache {
             return over_budget(&self.metrics);
         }
         let pq = pq_of();
-        let (fut, mut leader) = self.probe(&primary, &variant, &pq, req, None, hint);
+        let (fut, mut leader) = self.probe(&primary, variant, &pq, req, None, hint);
         let mut outcome = self.wait(fut, leader).await;
         if outcome.is_none() {
             // The probe is stuck (say on a peer that died mid-answer): every waiter whose
             // wait ran out joins one second probe, so the origin sees one more request at
             // most, never one per waiting viewer. Only if that one is stuck too, Pass.
-            let (fut, second_leader) = self.second_probe(&primary, &variant, &pq, req, hint);
+            let (fut, second_leader) = self.second_probe(&primary, variant, &pq, req, hint);
             leader = second_leader;
             outcome = self.wait(fut, leader).await;
         }

@@ -24,28 +24,32 @@ const BODY: &[u8] = b"0123456789";
 const ETAG: &str = "\"v1\"";
 
 struct Origin {
-    cc: &'static str,
+    /// Cache-Control, ETag and Vary of the answers (a test may change them).
+    answer: std::sync::Mutex<(&'static str, &'static str, Option<&'static str>)>,
     requests: AtomicUsize,
 }
 
 async fn answer(State(o): State<Arc<Origin>>, req: HeaderMap) -> Response {
     let n = o.requests.fetch_add(1, Ordering::SeqCst) + 1;
+    let (cc, etag, vary) = *o.answer.lock().unwrap();
     // `x-answer`: which origin answer this is (a 304 updates it in the stored fields).
-    let cc = [
-        (header::CACHE_CONTROL, o.cc.to_string()),
-        (header::ETAG, ETAG.to_string()),
-        (header::HeaderName::from_static("x-answer"), n.to_string()),
-    ];
-    if req.get(header::IF_NONE_MATCH).is_some_and(|v| v == ETAG) {
-        return (StatusCode::NOT_MODIFIED, cc).into_response();
+    let mut fields = HeaderMap::new();
+    fields.insert(header::CACHE_CONTROL, HeaderValue::from_static(cc));
+    fields.insert(header::ETAG, HeaderValue::from_static(etag));
+    fields.insert("x-answer", HeaderValue::from(n));
+    if let Some(v) = vary {
+        fields.insert(header::VARY, HeaderValue::from_static(v));
     }
-    (StatusCode::OK, cc, BODY).into_response()
+    if req.get(header::IF_NONE_MATCH).is_some_and(|v| v == etag) {
+        return (StatusCode::NOT_MODIFIED, fields).into_response();
+    }
+    (StatusCode::OK, fields, BODY).into_response()
 }
 
 /// An edge (no peers) in front of an origin answering with `cc`.
 async fn setup(cc: &'static str) -> (Arc<Edge>, Arc<Origin>) {
     let origin = Arc::new(Origin {
-        cc,
+        answer: std::sync::Mutex::new((cc, ETAG, None)),
         requests: AtomicUsize::new(0),
     });
     let app = axum::Router::new()
@@ -227,6 +231,47 @@ async fn an_unstorable_answer_goes_to_its_request_then_the_url_passes() {
         _ => panic!("not hit-for-pass"),
     }
     assert_eq!(requests(&origin), 1);
+}
+
+/// A fresh hit is one lookup when the stored response has no Vary (`Cache::decide`): so a
+/// URL turned hit-for-pass must not find one there.
+#[tokio::test]
+async fn a_url_turned_hit_for_pass_is_not_served_its_stored_response() {
+    let (edge, origin) = setup("max-age=60").await;
+    served(decide(&edge, &HeaderMap::new()).await);
+    let (_, v) = served(decide(&edge, &HeaderMap::new()).await);
+    assert_eq!(v.kind, CacheOutcome::Hit);
+    // What a later unstorable answer for the URL does (say a racing probe's).
+    let primary = edge.cache.primary_key(&Uri::from_static("/a"));
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    edge.store().pass_until(&primary, until).await;
+    match decide(&edge, &HeaderMap::new()).await {
+        Decision::Pass { verdict } => assert_eq!(verdict.detail, Some("hit-for-pass")),
+        _ => panic!("the response stored before the hit-for-pass was served"),
+    }
+    assert_eq!(requests(&origin), 1);
+}
+
+/// The same for a URL whose newer response has Vary: the older one without Vary, held
+/// under the bare URL, must not be found first.
+#[tokio::test]
+async fn a_response_with_vary_replaces_the_one_without_it() {
+    let (edge, origin) = setup("max-age=0").await;
+    let (_, v) = served(decide(&edge, &HeaderMap::new()).await);
+    assert_eq!(v.kind, CacheOutcome::Miss);
+    // The origin now answers with Vary, a new version, fresh for a minute.
+    *origin.answer.lock().unwrap() = ("max-age=60", "\"v2\"", Some("accept-language"));
+    let mut en = HeaderMap::new();
+    en.insert(header::ACCEPT_LANGUAGE, HeaderValue::from_static("en"));
+    let (meta, v) = served(decide(&edge, &en).await);
+    assert_eq!(v.kind, CacheOutcome::Stale, "revalidated: {v:?}");
+    assert_eq!(meta.etag.as_deref(), Some("\"v2\""));
+    assert_eq!(requests(&origin), 2);
+    // English is now a fresh hit of the new version, without asking (not the old version
+    // without Vary, which is stale and would be revalidated).
+    let (meta, v) = served(decide(&edge, &en).await);
+    assert_eq!((v.kind, meta.etag.as_deref()), (CacheOutcome::Hit, Some("\"v2\"")));
+    assert_eq!(requests(&origin), 2);
 }
 
 #[tokio::test]
