@@ -8,8 +8,8 @@
 //!   a buffer of [`BUFFER_BYTES`] fills, and at least every `interval`. Every other line
 //!   (start-up, warnings, errors) is written promptly: the writer thread is woken for it, and
 //!   everything before it goes out first.
-//! - Bounded: at most [`MAX_PENDING`] full buffers wait for the output (and at most as many
-//!   again are in the write the writer thread is blocked in). When the output cannot
+//! - Bounded: at most [`MAX_PENDING`] full buffers wait for the output or are in the write
+//!   the writer thread is blocked in (plus the one being filled). When the output cannot
 //!   keep up (a blocked pipe, a slow disk), new lines are dropped and counted rather than
 //!   blocking the request that logs or growing memory; the writer reports the count in a line
 //!   of its own as soon as it can write again ([`BufferedLog::dropped`] gives the total).
@@ -48,6 +48,9 @@ struct State {
     spare: Vec<Vec<u8>>,
     /// A line that must go out now is in `current`.
     urgent: bool,
+    /// Buffers the writer thread took and has not written yet (they count against
+    /// [`MAX_PENDING`] like those in `full`).
+    writing: usize,
     closed: bool,
 }
 
@@ -62,7 +65,7 @@ impl Shared {
         let mut st = self.lock();
         let mut notify = urgent;
         if !st.current.is_empty() && st.current.len() + line.len() > BUFFER_BYTES {
-            if st.full.len() >= MAX_PENDING {
+            if st.full.len() + st.writing >= MAX_PENDING {
                 drop(st);
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 // The writer is behind: make sure it is awake.
@@ -173,6 +176,7 @@ fn writer_thread(shared: &Shared, mut out: impl Write, interval: Duration) {
                 batch.push(std::mem::replace(&mut st.current, fresh));
             }
             st.urgent = false;
+            st.writing = batch.len();
             st.closed
         };
         for buf in &batch {
@@ -190,6 +194,7 @@ fn writer_thread(shared: &Shared, mut out: impl Write, interval: Duration) {
         }
         let _ = out.flush();
         let mut st = shared.lock();
+        st.writing = 0;
         for mut buf in batch.drain(..) {
             if st.spare.len() < 2 && buf.capacity() <= 2 * BUFFER_BYTES {
                 buf.clear();
@@ -353,17 +358,31 @@ mod tests {
         let out = Out::default();
         let (log, guard) = BufferedLog::new(out.clone(), Duration::from_millis(10)).unwrap();
         let held = out.gate.lock().unwrap();
-        // Far more than the buffers hold (the pending ones, and as many again that the
-        // writer may have taken into the write it is blocked in); none of these calls may block.
+        // Far more than the buffers hold; none of these calls may block.
         let line_text = format!("{}\n", "a".repeat(99));
-        let lines = (2 * MAX_PENDING + 4) * BUFFER_BYTES / line_text.len();
+        let lines = (MAX_PENDING + 4) * BUFFER_BYTES / line_text.len();
         for _ in 0..lines {
             line(&log, &line_text, false);
         }
         let dropped = log.dropped();
         assert!(dropped > 0, "nothing dropped");
-        let pending = { log.shared.lock().full.len() };
-        assert!(pending <= MAX_PENDING, "{pending} buffers pending");
+        // The bound holds for the buffers waiting and those in the blocked write together.
+        let (pending, writing) = {
+            let st = log.shared.lock();
+            (st.full.len(), st.writing)
+        };
+        assert!(
+            pending + writing <= MAX_PENDING,
+            "{pending} buffers pending, {writing} in the write"
+        );
+        // The lines kept are at most what the bound holds (the full buffers and the one
+        // being filled).
+        let kept_at_most = (MAX_PENDING + 1) * BUFFER_BYTES / line_text.len();
+        assert!(
+            lines as u64 - dropped <= kept_at_most as u64,
+            "{} lines kept",
+            lines as u64 - dropped
+        );
         drop(held);
         drop(guard);
         let all = text(&out);
