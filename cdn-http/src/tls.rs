@@ -237,9 +237,20 @@ fn load_pair(files: &CertFiles, provider: &CryptoProvider) -> Result<Entry, TlsE
     })
 }
 
-/// The DNS names of a certificate (DER): its DNS subject alternative names, else its
-/// common names; lowercase. Empty when it cannot be parsed.
+/// The DNS names of a certificate (DER) for SNI: [`cert_names`], lowercase.
 pub fn cert_dns_names(der: &[u8]) -> Vec<String> {
+    cert_names(der)
+        .into_iter()
+        .map(|n| n.to_ascii_lowercase())
+        .collect()
+}
+
+/// The names a certificate (DER) is issued to, as written: its DNS subject alternative
+/// names, or, only when it has none, its subject's common names. Empty when it cannot be
+/// parsed, and when it has two SAN extensions (malformed: it names nobody). The peer PKI
+/// takes them literally as node names (a wildcard names no node); SNI lowercases them
+/// ([`cert_dns_names`]).
+pub fn cert_names(der: &[u8]) -> Vec<String> {
     use x509_parser::extensions::GeneralName;
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
         return Vec::new();
@@ -250,18 +261,19 @@ pub fn cert_dns_names(der: &[u8]) -> Vec<String> {
             .general_names
             .iter()
             .filter_map(|n| match n {
-                GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+                GeneralName::DNSName(d) => Some(d.to_string()),
                 _ => None,
             })
             .collect(),
-        _ => Vec::new(),
+        Err(_) => return Vec::new(),
+        Ok(None) => Vec::new(),
     };
     if !dns.is_empty() {
         return dns;
     }
     cert.subject()
         .iter_common_name()
-        .filter_map(|cn| cn.as_str().ok().map(|s| s.to_ascii_lowercase()))
+        .filter_map(|cn| cn.as_str().ok().map(String::from))
         .collect()
 }
 

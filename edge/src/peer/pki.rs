@@ -26,36 +26,10 @@ use crate::config::PeerTls;
 /// ALPN protocol id of the peer protocol.
 pub const ALPN: &[u8] = b"cdn-peer/1";
 
-/// The node names a certificate (DER) is issued to: its DNS subject alternative names, or,
-/// only when it has none, its subject's common names. Empty when it cannot be parsed. Names
-/// are taken literally: a wildcard (`*.example`) names no node.
-pub fn cert_names(der: &[u8]) -> Vec<String> {
-    use x509_parser::extensions::GeneralName;
-    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
-        return Vec::new();
-    };
-    let dns: Vec<String> = match cert.subject_alternative_name() {
-        Ok(Some(san)) => san
-            .value
-            .general_names
-            .iter()
-            .filter_map(|n| match n {
-                GeneralName::DNSName(d) => Some(d.to_string()),
-                _ => None,
-            })
-            .collect(),
-        // A certificate with two SAN extensions is malformed: it names nobody.
-        Err(_) => return Vec::new(),
-        Ok(None) => Vec::new(),
-    };
-    if !dns.is_empty() {
-        return dns;
-    }
-    cert.subject()
-        .iter_common_name()
-        .filter_map(|cn| cn.as_str().ok().map(String::from))
-        .collect()
-}
+/// The node names a certificate (DER) is issued to (`cdn_http::tls::cert_names`: its DNS
+/// subject alternative names, or, only when it has none, its common names; taken literally,
+/// so a wildcard names no node).
+pub use cdn_http::tls::cert_names;
 
 /// The names of the certificate the other end of `conn` presented (its end-entity
 /// certificate, which the handshake checked against the cluster CA). Empty when it presented
