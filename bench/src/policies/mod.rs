@@ -18,6 +18,10 @@ use super::queue::{DList, Handle, IdMap};
 
 mod belady;
 mod grouped;
+mod rate;
+pub use rate::{RateKnobs, RateSampled};
+#[cfg(test)]
+mod diag;
 use belady::*;
 pub use grouped::GroupedS3Fifo;
 
@@ -82,6 +86,9 @@ pub enum PolicyKind {
     EdgeGrouped,
     /// The edge's grouped S3-FIFO cache weighted by object size alone (calibration).
     EdgeGroupedRaw,
+    /// Experiment (issue #18): sampled eviction by expected request rate (object session
+    /// starts × the learned reach of the chunk's index); not in the default list.
+    Rate,
 }
 
 impl PolicyKind {
@@ -129,6 +136,7 @@ impl PolicyKind {
                 capacity,
             )),
             PolicyKind::EdgeGroupedRaw => Box::new(EdgeGroupedRaw::new(capacity)),
+            PolicyKind::Rate => Box::new(RateSampled::new(capacity)),
         }
     }
 
@@ -180,6 +188,7 @@ impl PolicyKind {
             PolicyKind::Grouped => "grouped-S3-FIFO",
             PolicyKind::EdgeGrouped => "edge-grouped-S3-FIFO",
             PolicyKind::EdgeGroupedRaw => "edge-grouped-S3-FIFO-raw",
+            PolicyKind::Rate => "rate-sampled",
         }
     }
 }
