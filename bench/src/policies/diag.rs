@@ -6,6 +6,7 @@
 //! `cargo test --release -p cdn-bench --lib diag -- --ignored --nocapture`
 //! (`CDN_DIAG=alpha,share,policy` to change the workload's α, the cache share, the policy).
 
+use super::rate::RateKnobs;
 use super::*;
 use crate::sim::{SizeUnit, capacity_for};
 use crate::synth::{Churn, VideoSpec, video};

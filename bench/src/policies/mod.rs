@@ -19,7 +19,7 @@ use super::queue::{DList, Handle, IdMap};
 mod belady;
 mod grouped;
 mod rate;
-pub use rate::{RateKnobs, RateSampled};
+pub use rate::RateSampled;
 #[cfg(test)]
 mod diag;
 use belady::*;
@@ -87,12 +87,12 @@ pub enum PolicyKind {
     /// The edge's grouped S3-FIFO cache weighted by object size alone (calibration).
     EdgeGroupedRaw,
     /// Experiment (issue #18): sampled eviction by expected request rate (object session
-    /// starts × the learned reach of the chunk's index); not in the default list.
+    /// starts × the learned reach of the chunk's index); not in the edge.
     Rate,
 }
 
 impl PolicyKind {
-    pub const ALL: [PolicyKind; 15] = [
+    pub const ALL: [PolicyKind; 16] = [
         PolicyKind::Fifo,
         PolicyKind::Lru,
         PolicyKind::Sieve,
@@ -108,6 +108,7 @@ impl PolicyKind {
         PolicyKind::Grouped,
         PolicyKind::EdgeGrouped,
         PolicyKind::EdgeGroupedRaw,
+        PolicyKind::Rate,
     ];
 
     /// A cache of this policy holding `capacity` (units or bytes). `seed` feeds the sampling
