@@ -169,21 +169,16 @@ impl RateSampled {
         self.rng
     }
 
-    fn lambda(&self, group: u64) -> f64 {
-        if let Some(o) = &self.oracle {
-            let Some(times) = o.get(&group) else {
-                return 0.0;
-            };
-            let lo = self.now.saturating_sub(self.knobs.window);
-            let hi = self.now + self.knobs.window;
-            let a = times.partition_point(|&t| t < lo);
-            let b = times.partition_point(|&t| t <= hi);
-            return (b - a) as f64 + 0.01;
-        }
-        let half = self.half();
-        self.groups.get(&group).map_or(0.0, |g| {
-            g.starts * (-((self.now - g.at) as f64) / half).exp2()
-        })
+    /// λ(O) of the oracle: O's session starts within ± `window` of now.
+    fn oracle_lambda(&self, oracle: &IdMap<Vec<u64>>, group: u64) -> f64 {
+        let Some(times) = oracle.get(&group) else {
+            return 0.0;
+        };
+        let lo = self.now.saturating_sub(self.knobs.window);
+        let hi = self.now + self.knobs.window;
+        let a = times.partition_point(|&t| t < lo);
+        let b = times.partition_point(|&t| t <= hi);
+        (b - a) as f64 + 0.01
     }
 
     fn half(&self) -> f64 {
@@ -199,23 +194,31 @@ impl RateSampled {
         (self.at_index[i] as f64 + 0.5) / (self.at_index[0] as f64 + 1.0)
     }
 
-    fn awaited(&self, e: &Entry) -> bool {
+    /// Whether an active reader of the group is at most `ahead` places behind `index`.
+    fn awaited(&self, g: &GroupState, index: u32) -> bool {
         let ahead = self.knobs.ahead;
-        if ahead == 0 || e.index == 0 {
+        if ahead == 0 || index == 0 {
             return false;
         }
         let window = self.gap.window(ACTIVE);
-        self.groups.get(&e.group).is_some_and(|g| {
-            g.readers.iter().any(|&(i, t)| {
-                t > 0 && self.now - t <= window && i < e.index && e.index - i <= ahead
-            })
-        })
+        g.readers
+            .iter()
+            .any(|&(i, t)| t > 0 && self.now - t <= window && i < index && index - i <= ahead)
     }
 
+    /// Byte hits per byte held: the rate itself (sizes cancel); awaited chunks above all.
+    /// One lookup of the group.
     fn score(&self, e: &Entry) -> f64 {
-        // Byte hits per byte held: the rate itself (sizes cancel).
-        let s = self.lambda(e.group) * self.reach(e.index);
-        if self.awaited(e) { s + 1e6 } else { s }
+        let Some(g) = self.groups.get(&e.group) else {
+            return 0.0;
+        };
+        let lambda = if let Some(o) = &self.oracle {
+            self.oracle_lambda(o, e.group)
+        } else {
+            g.starts * (-((self.now - g.at) as f64) / self.half()).exp2()
+        };
+        let s = lambda * self.reach(e.index);
+        if self.awaited(g, e.index) { s + 1e6 } else { s }
     }
 
     fn track(&mut self, group: u64, index: u32) {
