@@ -23,6 +23,7 @@ use super::grouped::{ACTIVE, AHEAD, MeanGap, READERS};
 use super::{CachePolicy, Group};
 use crate::queue::{DList, Handle, IdMap};
 
+/// Experiment knobs (the module's doc says what each does); the defaults are the policy.
 #[derive(Debug, Clone, Copy)]
 pub struct RateKnobs {
     pub half: u64,
@@ -110,6 +111,7 @@ pub struct RateSampled {
     ghost_map: IdMap<Handle>,
     entries: Vec<Entry>,
     map: IdMap<usize>,
+    /// Every object seen (a replay's few thousand; an edge would have to bound it).
     groups: IdMap<GroupState>,
     at_index: Vec<u64>,
     knobs: RateKnobs,
@@ -128,7 +130,7 @@ impl RateSampled {
     }
 
     pub fn with_knobs(capacity: u64, knobs: RateKnobs) -> Self {
-        let small_cap = capacity * knobs.small / 100;
+        let small_cap = capacity / 100 * knobs.small;
         RateSampled {
             capacity,
             used: 0,
