@@ -49,6 +49,11 @@ impl MeanGap {
         self.0 = self.0 - (self.0 >> 6) + (gap.min(1 << 40) >> 2);
     }
 
+    /// The mean gap, in accesses.
+    pub fn mean(&self) -> f64 {
+        self.0 as f64 / 16.0
+    }
+
     /// Accesses after which a reader is no longer active.
     pub fn window(&self, active: u64) -> u64 {
         (self.0 * active) >> 4

@@ -1,18 +1,20 @@
 //! Expected-rate eviction (issue #18, second round; an experiment of the harness, not in the
-//! edge): chunk k of object O is expected to be requested at rate λ(O) × reach(k). λ(O) is a
+//! edge): chunk k of object O is expected to be requested at rate λ(O) × reach(k) by
+//! sessions yet to start, plus reach(k) / reach(i) per (k − i) mean gaps by each active
+//! reader of O at index i < k (the grouped S3-FIFO's readers, `super::grouped`). λ(O) is a
 //! decayed count of O's session starts (its chunk-0 requests, and reads that continue no
 //! reader: seeks), with a half-life of 8 mean eviction ages (learned, so it scales with the
-//! cache); reach(k) is the share of sessions that get to index k, learned online (requests
-//! at index k over requests at index 0). A miss is always admitted; eviction takes the
-//! lowest rate among 32 sampled cached chunks (byte hits per byte held: sizes cancel),
-//! except that a chunk just ahead of an active reader of its object (the grouped S3-FIFO's
-//! readers, `super::grouped`) is spared unless every sample is. Without groups (every item
-//! chunk 0 of its own group) it is a sampled, decayed LFU.
+//! cache), taken per request (× ln 2 / half-life); reach(k) is the share of sessions that
+//! get to index k, learned online (requests at index k over requests at index 0). A miss is
+//! always admitted; eviction takes the lowest rate among 32 sampled cached chunks (byte hits
+//! per byte held: sizes cancel). Without groups (every item chunk 0 of its own group) it is
+//! a sampled, decayed LFU.
 //!
 //! Knobs, measured in BENCHMARKS.md ("Beyond S3-FIFO, second round"):
 //! `CDN_RATE=name=value,...` (`age` half-life in mean eviction ages, 0 = use `half`, a
 //! half-life in requests; `samples`; `admit` = admit a miss only if it outscores the
-//! victim; `ahead` = places ahead of a reader that are spared, 0 = off; `seeks`; `small` =
+//! victim; `unify=0` = instead of the readers' rates, spare (score + 10⁶) chunks at most
+//! `ahead` places ahead of an active reader; `seeks`; `small` =
 //! a probationary FIFO in front, in per cent of the capacity, whose leavers enter if they
 //! outscore the victim; `ghost` = a ghost of ids, in per cent, whose hits skip the FIFO).
 //! With [`RateSampled::with_oracle`] (the diagnostic only) λ(O) is O's session starts
@@ -37,6 +39,10 @@ pub struct RateKnobs {
     pub age: u64,
     /// Count a request that continues no reader (a seek) as a session start too.
     pub seeks: bool,
+    /// One expected rate for both kinds of reuse: new sessions (λ per request × reach(k))
+    /// plus each active reader i < k (reach(k) / reach(i) per (k − i) mean gaps), instead
+    /// of sparing chunks within `ahead` of a reader.
+    pub unify: bool,
 }
 
 impl Default for RateKnobs {
@@ -51,6 +57,7 @@ impl Default for RateKnobs {
             ghost: 0,
             age: 8,
             seeks: true,
+            unify: true,
         }
     }
 }
@@ -71,6 +78,7 @@ impl RateKnobs {
                     "ghost" => k.ghost = v.min(1000),
                     "age" => k.age = v.min(1000),
                     "seeks" => k.seeks = v > 0,
+                    "unify" => k.unify = v > 0,
                     _ => {}
                 }
             }
@@ -219,6 +227,20 @@ impl RateSampled {
         } else {
             g.starts * (-((self.now - g.at) as f64) / self.half()).exp2()
         };
+        if self.knobs.unify {
+            let half = self.half();
+            let reach = self.reach(e.index);
+            let mut s = lambda * std::f64::consts::LN_2 / half * reach;
+            let window = self.gap.window(ACTIVE);
+            let gap = self.gap.mean().max(1.0);
+            for &(i, t) in &g.readers {
+                if t > 0 && self.now - t <= window && i < e.index {
+                    let d = f64::from(e.index - i);
+                    s += reach / self.reach(i) / (d * gap);
+                }
+            }
+            return s;
+        }
         let s = lambda * self.reach(e.index);
         if self.awaited(g, e.index) { s + 1e6 } else { s }
     }
@@ -496,14 +518,15 @@ mod tests {
 
     #[test]
     fn the_chunk_of_the_object_with_more_sessions_stays() {
-        // Room for 3 chunks of size 1 (no spared readers: ahead = 0; a long fixed
-        // half-life). Object 1 gets 3 session starts, object 2 one; the cache holds 1/0,
+        // Room for 3 chunks of size 1 (rates of new sessions alone: no readers, unify and
+        // ahead off; a long fixed half-life). Object 1 gets 3 session starts, object 2 one; the cache holds 1/0,
         // 1/1 and 2/0. Then 3/0 must evict; reach(0) = (5 + ½)/(5 + 1) (five chunk-0
         // requests so far), reach(1) = (2 + ½)/6, so the rates are 1/0: 3 × 0.92,
         // 1/1: 3 × 0.42, 2/0: 1 × 0.92, the lowest: 2/0 leaves. 1/0 and 1/1 still hit,
         // 2/0 misses.
         let knobs = RateKnobs {
             ahead: 0,
+            unify: false,
             age: 0,
             half: 1_000_000,
             samples: 1024,
@@ -534,5 +557,45 @@ mod tests {
             })
             .collect();
         assert_eq!(got, "MMHHHMMHHM");
+    }
+
+    #[test]
+    fn a_chunk_an_active_reader_is_about_to_read_stays() {
+        // Room for 4 chunks of size 1. Viewer A reads chunks 0-2 of object 1 (ids 10-12),
+        // viewer B starts it (10 hits), then objects 3 and 4 start (30, 40): 40 must evict.
+        // With the readers' rates, 11 and 12 (B will read them in 1 and 2 gaps) outrank
+        // 10 and 30, and 30 (one start against object 1's two) leaves: B's 11 and 12 hit.
+        // With new sessions alone, 11 and 12 have the lowest rates (2 starts × reach 0.3,
+        // against 30's 1 × 0.9), 11 leaves and B misses it.
+        let g = |id, index| Group { id, index };
+        let reqs = [
+            (10, g(1, 0)),
+            (11, g(1, 1)),
+            (12, g(1, 2)),
+            (10, g(1, 0)),
+            (30, g(3, 0)),
+            (40, g(4, 0)),
+            (11, g(1, 1)),
+            (12, g(1, 2)),
+        ];
+        let run = |knobs: RateKnobs| -> String {
+            let mut p = RateSampled::with_knobs(4, knobs);
+            reqs.iter()
+                .map(|&(id, gr)| {
+                    if p.access_in_group(id, 1, None, gr) {
+                        'H'
+                    } else {
+                        'M'
+                    }
+                })
+                .collect()
+        };
+        assert_eq!(run(RateKnobs::default()), "MMMHMMHH");
+        let alone = RateKnobs {
+            unify: false,
+            ahead: 0,
+            ..RateKnobs::default()
+        };
+        assert_eq!(&run(alone)[..7], "MMMHMMM");
     }
 }
