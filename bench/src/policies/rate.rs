@@ -376,8 +376,8 @@ impl RateSampled {
             None => false,
         };
         if self.small_cap > 0 && !ghost_hit && size <= self.small_cap {
-            // Probation: a FIFO; what leaves it enters the sampled store if its score beats
-            // the would-be victim's, or if awaited.
+            // Probation: a FIFO; what leaves it enters the sampled store if its rate beats
+            // the would-be victim's, else its id goes to the ghost.
             while self.small_used + size > self.small_cap {
                 let Some(old) = self.small.pop_back() else {
                     break;
