@@ -49,6 +49,11 @@ impl MeanGap {
         self.0 = self.0 - (self.0 >> 6) + (gap.min(1 << 40) >> 2);
     }
 
+    /// The mean gap, in accesses.
+    pub fn mean(&self) -> f64 {
+        self.0 as f64 / 16.0
+    }
+
     /// Accesses after which a reader is no longer active.
     pub fn window(&self, active: u64) -> u64 {
         (self.0 * active) >> 4
@@ -72,6 +77,10 @@ pub struct Knobs {
     pub ahead_small: bool,
     /// Mean gaps a reader stays active.
     pub active: u64,
+    /// The small queue's share of the capacity, in per cent (S3-FIFO: 10).
+    pub small: u64,
+    /// The ghost's size, in per cent of the capacity (S3-FIFO: 90).
+    pub ghost: u64,
 }
 
 impl Default for Knobs {
@@ -83,6 +92,8 @@ impl Default for Knobs {
             ahead: AHEAD,
             ahead_small: true,
             active: ACTIVE,
+            small: 10,
+            ghost: 90,
         }
     }
 }
@@ -101,6 +112,8 @@ impl Knobs {
                     "ahead" => k.ahead = v.min(u64::from(u32::MAX)) as u32,
                     "ahead_small" => k.ahead_small = v > 0,
                     "active" => k.active = v,
+                    "small" => k.small = v.clamp(1, 90),
+                    "ghost" => k.ghost = v.min(1000),
                     _ => {}
                 }
             }
@@ -176,12 +189,13 @@ impl GroupedS3Fifo {
     }
 
     pub fn with_knobs(capacity: u64, knobs: Knobs) -> Self {
-        let small_cap = ((capacity as f64 * 0.10) as u64).max(1).min(capacity);
+        let share = |per_cent: u64| capacity as f64 * (per_cent as f64 / 100.0);
+        let small_cap = (share(knobs.small) as u64).max(1).min(capacity);
         Self {
             capacity,
             small_cap,
             main_cap: capacity - small_cap,
-            ghost_cap: (capacity as f64 * 0.90) as u64,
+            ghost_cap: share(knobs.ghost) as u64,
             small: DList::new(),
             main: DList::new(),
             ghost: DList::new(),

@@ -18,6 +18,10 @@ use super::queue::{DList, Handle, IdMap};
 
 mod belady;
 mod grouped;
+mod rate;
+pub use rate::RateSampled;
+#[cfg(test)]
+mod diag;
 use belady::*;
 pub use grouped::GroupedS3Fifo;
 
@@ -82,10 +86,13 @@ pub enum PolicyKind {
     EdgeGrouped,
     /// The edge's grouped S3-FIFO cache weighted by object size alone (calibration).
     EdgeGroupedRaw,
+    /// Experiment (issue #18): sampled eviction by expected request rate (object session
+    /// starts × the learned reach of the chunk's index); not in the edge.
+    Rate,
 }
 
 impl PolicyKind {
-    pub const ALL: [PolicyKind; 15] = [
+    pub const ALL: [PolicyKind; 16] = [
         PolicyKind::Fifo,
         PolicyKind::Lru,
         PolicyKind::Sieve,
@@ -101,6 +108,7 @@ impl PolicyKind {
         PolicyKind::Grouped,
         PolicyKind::EdgeGrouped,
         PolicyKind::EdgeGroupedRaw,
+        PolicyKind::Rate,
     ];
 
     /// A cache of this policy holding `capacity` (units or bytes). `seed` feeds the sampling
@@ -129,6 +137,7 @@ impl PolicyKind {
                 capacity,
             )),
             PolicyKind::EdgeGroupedRaw => Box::new(EdgeGroupedRaw::new(capacity)),
+            PolicyKind::Rate => Box::new(RateSampled::new(capacity)),
         }
     }
 
@@ -180,6 +189,7 @@ impl PolicyKind {
             PolicyKind::Grouped => "grouped-S3-FIFO",
             PolicyKind::EdgeGrouped => "edge-grouped-S3-FIFO",
             PolicyKind::EdgeGroupedRaw => "edge-grouped-S3-FIFO-raw",
+            PolicyKind::Rate => "rate-sampled",
         }
     }
 }
