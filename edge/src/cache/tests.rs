@@ -270,7 +270,10 @@ async fn a_response_with_vary_replaces_the_one_without_it() {
     // English is now a fresh hit of the new version, without asking (not the old version
     // without Vary, which is stale and would be revalidated).
     let (meta, v) = served(decide(&edge, &en).await);
-    assert_eq!((v.kind, meta.etag.as_deref()), (CacheOutcome::Hit, Some("\"v2\"")));
+    assert_eq!(
+        (v.kind, meta.etag.as_deref()),
+        (CacheOutcome::Hit, Some("\"v2\""))
+    );
     assert_eq!(requests(&origin), 2);
 }
 
