@@ -381,9 +381,17 @@ async fn stale_if_error_serves_stale_with_the_origin_stopped() {
         cache_status(&r)
     );
     assert_eq!(r.bytes().await.unwrap(), synthetic("sie-1", 0..=2999));
-    // must-revalidate forbids it: a gateway error instead of stale bytes.
+    // must-revalidate forbids it: a gateway error instead of stale bytes, its message sized
+    // (Content-Length, not chunked).
     let r = client().get(&strict).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    assert!(!r.headers().contains_key("transfer-encoding"));
+    let len: usize = r.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap().len(), len);
     edge.stop().await;
 }
 

@@ -57,6 +57,7 @@ pub async fn handle(State(edge): State<Arc<Edge>>, req: Request) -> Response {
         })
     });
     let method = req.method();
+    let head = method == Method::HEAD;
     let (resp, kind) = if let Some(why) = passthrough::bodiless_with_body(&req) {
         // A GET or HEAD with a body: refused, never forwarded without it (the origin would
         // read the next request on the connection as this one's body).
@@ -84,7 +85,7 @@ pub async fn handle(State(edge): State<Arc<Edge>>, req: Request) -> Response {
             CacheOutcome::Pass,
         )
     };
-    finish(&edge, resp, kind, started, line)
+    finish(&edge, resp, kind, started, line, head)
 }
 
 async fn respond_to(
@@ -440,6 +441,7 @@ fn finish(
     kind: CacheOutcome,
     started: Instant,
     line: Option<Box<AccessLine>>,
+    head: bool,
 ) -> Response {
     let status = resp.status().as_u16();
     let (served, duration) = record(&edge.metrics, kind, started.elapsed());
@@ -496,7 +498,22 @@ fn finish(
         duration,
         inflight: edge.inflight.clone(),
     };
-    let (parts, body) = resp.into_parts();
+    let (mut parts, body) = resp.into_parts();
+    // The counting wrapper below hides the body's exact length from hyper, which would then
+    // send a body the handler sized (an error message, say) chunked: say the length here.
+    // (Not for HEAD, whose Content-Length is the GET's, nor for statuses without a body.)
+    let status = parts.status;
+    if !head
+        && let Some(len) = http_body::Body::size_hint(&body).exact()
+        && !parts.headers.contains_key(header::CONTENT_LENGTH)
+        && !status.is_informational()
+        && status != StatusCode::NO_CONTENT
+        && status != StatusCode::NOT_MODIFIED
+    {
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
     let body = body.map_frame(move |frame| {
         // The whole log moves into the closure (not just its counter): it is dropped, and
         // the line written, with the body.
