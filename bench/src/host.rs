@@ -89,6 +89,18 @@ pub(crate) fn machine() -> String {
     format!("{n} CPUs ({cpu}){mem}, load average {}", load_average())
 }
 
+/// The head every benchmark report starts with: its title, the command line that made it,
+/// the machine and the load average before the run and now.
+pub(crate) fn report_head(title: &str, load_before: &str) -> String {
+    let cmd: Vec<String> = std::env::args().collect();
+    format!(
+        "# {title}\n\nCommand: `{}`\n\nMachine: {}; load average before / after: {load_before} / {}\n\n",
+        cmd.join(" "),
+        machine(),
+        load_average()
+    )
+}
+
 pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))

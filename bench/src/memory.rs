@@ -23,7 +23,7 @@ use anyhow::Context;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::host::{load_average, machine};
+use crate::host::load_average;
 use crate::hot::{MIB, hot_1m_job, hot_1m_objects, hot_16k_job, hot_16k_objects};
 use crate::loadgen::{self, Job, JobGen};
 use crate::servers::{ServerProc, cdn_bin, free_port, spawn_child, start_origin, wait_ready};
@@ -161,16 +161,7 @@ pub async fn run(args: MemoryArgs) -> anyhow::Result<()> {
     let churn: Vec<&Sample> = samples.iter().filter(|s| s.phase == "churn").collect();
     let hot: Vec<&Sample> = samples.iter().filter(|s| s.phase == "hot").collect();
     let peak = |v: &[&Sample]| v.iter().map(|s| s.rss).max().unwrap_or(0) as f64;
-    let mut report = String::new();
-    let cmd: Vec<String> = std::env::args().collect();
-    let _ = writeln!(report, "# cdn bench memory\n");
-    let _ = writeln!(report, "Command: `{}`\n", cmd.join(" "));
-    let _ = writeln!(
-        report,
-        "Machine: {}; load average before / after: {load_before} / {}\n",
-        machine(),
-        load_average()
-    );
+    let mut report = crate::host::report_head("cdn bench memory", &load_before);
     let _ = writeln!(
         report,
         "Edge: --capacity {:.0} MiB, --chunk-size {:.0} KiB, {threads} worker threads. \

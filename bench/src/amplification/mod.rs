@@ -519,16 +519,7 @@ pub async fn run(args: AmplificationArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&root);
     let _ = std::fs::remove_dir_all(setup.nginx_cache());
 
-    let cmd: Vec<String> = std::env::args().collect();
-    let mut report = String::new();
-    let _ = writeln!(report, "# cdn bench amplification\n");
-    let _ = writeln!(report, "Command: `{}`\n", cmd.join(" "));
-    let _ = writeln!(
-        report,
-        "Machine: {}; load average before / after: {load_before} / {}\n",
-        crate::host::machine(),
-        crate::host::load_average()
-    );
+    let mut report = crate::host::report_head("cdn bench amplification", &load_before);
     let _ = writeln!(
         report,
         "Servers: edge (`cdn edge`, 1 MiB chunks, `amplification_burst = {}`, \

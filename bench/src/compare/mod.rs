@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::host::{apt_install, load_average, machine, missing_packages, self_cpu, version};
+use crate::host::{apt_install, load_average, missing_packages, self_cpu, version};
 use crate::hot::{MIB, hot_1m_job, hot_1m_objects, hot_16k_job, hot_16k_objects};
 use crate::loadgen::{self, Job, JobGen, Stats};
 pub use crate::servers::Server;
@@ -514,16 +514,7 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
             .join(format!("cdn-bench-nginx-{}", std::process::id())),
     );
 
-    let cmd: Vec<String> = std::env::args().collect();
-    let mut report = String::new();
-    let _ = writeln!(report, "# cdn bench compare\n");
-    let _ = writeln!(report, "Command: `{}`\n", cmd.join(" "));
-    let _ = writeln!(
-        report,
-        "Machine: {}; load average before / after: {load_before} / {}\n",
-        machine(),
-        load_average()
-    );
+    let mut report = crate::host::report_head("cdn bench compare", &load_before);
     let _ = writeln!(
         report,
         "Servers: edge (`cdn edge`, {threads} worker threads), {}, {}; load: {}{}; took {:.0} s.\n",
