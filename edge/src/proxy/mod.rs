@@ -23,7 +23,6 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
-use http_body_util::BodyExt;
 
 use cdn_http::conditional::{Precondition, Validators};
 use cdn_http::metrics::NodeMetrics;
@@ -57,7 +56,6 @@ pub async fn handle(State(edge): State<Arc<Edge>>, req: Request) -> Response {
         })
     });
     let method = req.method();
-    let head = method == Method::HEAD;
     let (resp, kind) = if let Some(why) = passthrough::bodiless_with_body(&req) {
         // A GET or HEAD with a body: refused, never forwarded without it (the origin would
         // read the next request on the connection as this one's body).
@@ -85,7 +83,7 @@ pub async fn handle(State(edge): State<Arc<Edge>>, req: Request) -> Response {
             CacheOutcome::Pass,
         )
     };
-    finish(&edge, resp, kind, started, line, head)
+    finish(&edge, resp, kind, started, line)
 }
 
 async fn respond_to(
@@ -434,6 +432,52 @@ struct AccessLine {
     range: Option<HeaderValue>,
 }
 
+/// The access line and counters of one response, written when its body is dropped.
+struct AccessLog {
+    line: Option<Box<AccessLine>>,
+    status: u16,
+    cache: &'static str,
+    bytes: u64,
+    started: Instant,
+    duration: metrics::Histogram,
+    inflight: Arc<std::sync::atomic::AtomicU64>,
+}
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        self.inflight.fetch_sub(1, Ordering::Relaxed);
+        let elapsed = self.started.elapsed();
+        self.duration.record(elapsed.as_secs_f64());
+        if let Some(line) = &self.line {
+            let l = cdn_http::access::Line {
+                target: "cdn_edge::access",
+                client: line.client,
+                method: &line.method,
+                path: line.uri.path(),
+                range: line.range.as_ref(),
+                status: self.status,
+                cache: self.cache,
+                bytes: self.bytes,
+                duration: elapsed,
+            };
+            // Straight into the log buffer when the process installed it (`cdn`'s text
+            // format); else through tracing (JSON, tests).
+            if let Some(l) = cdn_http::access::emit(l) {
+                tracing::info!(
+                    target: "cdn_edge::access",
+                    client = ?l.client,
+                    method = %l.method,
+                    path = %l.path,
+                    range = ?l.range,
+                    status = l.status,
+                    cache = l.cache,
+                    bytes = l.bytes,
+                    duration_ms = u64::try_from(l.duration.as_millis()).unwrap_or(u64::MAX),
+                );
+            }
+        }
+    }
+}
+
 /// Counts the request and its bytes, and logs one access line when the body ends.
 fn finish(
     edge: &Arc<Edge>,
@@ -441,55 +485,10 @@ fn finish(
     kind: CacheOutcome,
     started: Instant,
     line: Option<Box<AccessLine>>,
-    head: bool,
 ) -> Response {
     let status = resp.status().as_u16();
     let (served, duration) = record(&edge.metrics, kind, started.elapsed());
-    struct AccessLog {
-        line: Option<Box<AccessLine>>,
-        status: u16,
-        cache: &'static str,
-        bytes: u64,
-        started: Instant,
-        duration: metrics::Histogram,
-        inflight: Arc<std::sync::atomic::AtomicU64>,
-    }
-    impl Drop for AccessLog {
-        fn drop(&mut self) {
-            self.inflight.fetch_sub(1, Ordering::Relaxed);
-            let elapsed = self.started.elapsed();
-            self.duration.record(elapsed.as_secs_f64());
-            if let Some(line) = &self.line {
-                let l = cdn_http::access::Line {
-                    target: "cdn_edge::access",
-                    client: line.client,
-                    method: &line.method,
-                    path: line.uri.path(),
-                    range: line.range.as_ref(),
-                    status: self.status,
-                    cache: self.cache,
-                    bytes: self.bytes,
-                    duration: elapsed,
-                };
-                // Straight into the log buffer when the process installed it (`cdn`'s text
-                // format); else through tracing (JSON, tests).
-                if let Some(l) = cdn_http::access::emit(l) {
-                    tracing::info!(
-                        target: "cdn_edge::access",
-                        client = ?l.client,
-                        method = %l.method,
-                        path = %l.path,
-                        range = ?l.range,
-                        status = l.status,
-                        cache = l.cache,
-                        bytes = l.bytes,
-                        duration_ms = u64::try_from(l.duration.as_millis()).unwrap_or(u64::MAX),
-                    );
-                }
-            }
-        }
-    }
-    let mut log = AccessLog {
+    let log = AccessLog {
         line,
         status,
         cache: kind.label(),
@@ -498,33 +497,48 @@ fn finish(
         duration,
         inflight: edge.inflight.clone(),
     };
-    let (mut parts, body) = resp.into_parts();
-    // The counting wrapper below hides the body's exact length from hyper, which would then
-    // send a body the handler sized (an error message, say) chunked: say the length here.
-    // (Not for HEAD, whose Content-Length is the GET's, nor for statuses without a body.)
-    let status = parts.status;
-    if !head
-        && let Some(len) = http_body::Body::size_hint(&body).exact()
-        && !parts.headers.contains_key(header::CONTENT_LENGTH)
-        && !status.is_informational()
-        && status != StatusCode::NO_CONTENT
-        && status != StatusCode::NOT_MODIFIED
-    {
-        parts
-            .headers
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    }
-    let body = body.map_frame(move |frame| {
-        // The whole log moves into the closure (not just its counter): it is dropped, and
-        // the line written, with the body.
-        let log = &mut log;
-        if let Some(d) = frame.data_ref() {
-            served.increment(d.len() as u64);
-            log.bytes += d.len() as u64;
-        }
-        frame
-    });
+    let (parts, inner) = resp.into_parts();
+    // The whole log moves into the body (not just its counter): it is dropped, and the line
+    // written, with the body.
+    let body = Counted { inner, log, served };
     Response::from_parts(parts, Body::new(body))
+}
+
+/// A response body that counts the bytes it passes (for the access line and the served-bytes
+/// counter) and keeps the inner body's size hint, so hyper still sizes a body the handler
+/// sized (Content-Length, where the rules allow one) instead of sending it chunked.
+struct Counted {
+    inner: Body,
+    log: AccessLog,
+    served: metrics::Counter,
+}
+
+impl http_body::Body for Counted {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(d) = frame.data_ref()
+        {
+            this.served.increment(d.len() as u64);
+            this.log.bytes += d.len() as u64;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 #[cfg(test)]
