@@ -38,6 +38,30 @@ pub const ACTIVE: u64 = 4;
 #[derive(Debug, Clone, Copy)]
 pub struct MeanGap(u64);
 
+/// A read of chunk `index` at `now`: moves up the reader that last read `index - 1` or
+/// `index - 2` (its gap goes into `gap`), else answers the slot of the stalest reader, whose
+/// place the read may take.
+pub fn continue_reader(
+    readers: &mut [(u32, u64); READERS],
+    index: u32,
+    now: u64,
+    gap: &mut MeanGap,
+) -> Result<(), usize> {
+    let mut stalest = 0;
+    for n in 0..READERS {
+        let (i, t) = readers[n];
+        if t > 0 && (i.wrapping_add(1) == index || i.wrapping_add(2) == index) {
+            readers[n] = (index, now);
+            gap.add(now - t);
+            return Ok(());
+        }
+        if t < readers[stalest].1 {
+            stalest = n;
+        }
+    }
+    Err(stalest)
+}
+
 impl Default for MeanGap {
     fn default() -> Self {
         MeanGap(64 << 4)
@@ -234,19 +258,9 @@ impl GroupedS3Fifo {
         let Some(g) = self.groups.get_mut(&group) else {
             return;
         };
-        let mut stalest = 0;
-        for n in 0..READERS {
-            let (i, t) = g.readers[n];
-            if t > 0 && (i.wrapping_add(1) == index || i.wrapping_add(2) == index) {
-                g.readers[n] = (index, now);
-                self.gap.add(now - t);
-                return;
-            }
-            if t < g.readers[stalest].1 {
-                stalest = n;
-            }
+        if let Err(stalest) = continue_reader(&mut g.readers, index, now, &mut self.gap) {
+            g.readers[stalest] = (index, now);
         }
-        g.readers[stalest] = (index, now);
     }
 
     /// Whether an active reader of the chunk's group is at most `ahead` places behind it.

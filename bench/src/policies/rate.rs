@@ -21,7 +21,7 @@
 //! within ± `window` requests of now in the whole trace: an upper bound of what better
 //! estimates of the rates could give (it also knows the sessions about to start).
 
-use super::grouped::{ACTIVE, AHEAD, MeanGap, READERS};
+use super::grouped::{ACTIVE, AHEAD, MeanGap, READERS, continue_reader};
 use super::{CachePolicy, Group};
 use crate::queue::{DList, Handle, IdMap};
 
@@ -258,18 +258,9 @@ impl RateSampled {
         if index == 0 {
             bump(g);
         }
-        let mut stalest = 0;
-        for n in 0..READERS {
-            let (i, t) = g.readers[n];
-            if t > 0 && (i.wrapping_add(1) == index || i.wrapping_add(2) == index) {
-                g.readers[n] = (index, now);
-                self.gap.add(now - t);
-                return;
-            }
-            if t < g.readers[stalest].1 {
-                stalest = n;
-            }
-        }
+        let Err(stalest) = continue_reader(&mut g.readers, index, now, &mut self.gap) else {
+            return;
+        };
         if seeks && index > 0 {
             // A read that continues no reader: a session that started by seeking.
             bump(g);
