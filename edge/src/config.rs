@@ -177,6 +177,10 @@ pub struct EdgeConfig {
     /// Content-Length, `Timing-Allow-Origin: *`), so players on another origin's page (the
     /// lab's, hls.js) can fetch media over HTTPS and HTTP/3. Off by default.
     pub cors_any_origin: bool,
+    /// The express lane on the plain HTTP listener: stored hits answered without hyper
+    /// (`proxy::express`), the rest by the full stack. On by default; off sends every request
+    /// through the full stack (the answers are the same).
+    pub express: bool,
 }
 
 /// The cluster's TLS material for one node.
@@ -283,6 +287,7 @@ impl Default for EdgeConfig {
             http3: None,
             alt_svc_request_port: false,
             cors_any_origin: false,
+            express: true,
         }
     }
 }
@@ -490,6 +495,7 @@ impl EdgeConfig {
             http3,
             alt_svc_request_port,
             cors_any_origin,
+            express,
         )
     }
 
@@ -515,6 +521,7 @@ impl EdgeConfig {
         cdn_http::server::ServeOptions {
             limits: self.limits.clone(),
             drain_deadline: Duration::from_secs(self.drain_secs),
+            express: None,
         }
     }
 }

@@ -221,13 +221,18 @@ impl EdgeArgs {
     }
 }
 
+/// The paths the edge's router serves itself (health, metrics, purge); every other path
+/// is the proxy's.
+pub const ADMIN_PATHS: [&str; 3] = ["/healthz", "/metrics", "/_admin/purge"];
+
 /// Builds the edge's router and state.
 pub fn app(cfg: EdgeConfig) -> anyhow::Result<(Router, Arc<Edge>)> {
     let edge = Edge::new(cfg, Arc::new(NodeMetrics::new()))?;
+    let [healthz, metrics, purge] = ADMIN_PATHS;
     let router = Router::new()
-        .route("/healthz", get(admin::healthz))
-        .route("/metrics", get(admin::metrics))
-        .route("/_admin/purge", post(admin::purge_admin))
+        .route(healthz, get(admin::healthz))
+        .route(metrics, get(admin::metrics))
+        .route(purge, post(admin::purge_admin))
         .fallback(proxy::handle)
         .with_state(edge.clone());
     Ok((router, edge))
@@ -238,9 +243,23 @@ pub fn spawn(
     listener: tokio::net::TcpListener,
     cfg: EdgeConfig,
 ) -> anyhow::Result<(NodeHandle, Arc<Edge>)> {
-    let opts = cfg.serve_options();
+    let mut opts = cfg.serve_options();
     let (router, edge) = app(cfg)?;
+    opts.express = express_lane(&edge, Vec::new());
     Ok((NodeHandle::spawn(listener, router, opts)?, edge))
+}
+
+/// The express lane of the plain listener (`proxy::express`), unless configured off;
+/// `extra` are the fields the node's response layers add when absent.
+fn express_lane(
+    edge: &Arc<Edge>,
+    extra: Vec<(http::HeaderName, http::HeaderValue)>,
+) -> Option<Arc<dyn cdn_http::server::express::Express>> {
+    if !edge.cfg.express {
+        return None;
+    }
+    let lane = proxy::express::EdgeExpress::new(edge.clone(), extra)?;
+    Some(Arc::new(lane))
 }
 
 /// `cdn edge`: serves until SIGTERM or Ctrl-C, then drains.
@@ -424,20 +443,23 @@ fn alt_svc_on_request_port(router: Router, max_age_secs: u64) -> Router {
 /// The fields of `cors_any_origin`: any page may read the responses and their timings.
 fn cors_any_origin(router: Router) -> Router {
     use tower_http::set_header::SetResponseHeaderLayer;
-    let set = |name: &'static str, value: &'static str| {
-        SetResponseHeaderLayer::if_not_present(
+    CORS_ANY_ORIGIN.iter().fold(router, |r, (name, value)| {
+        r.layer(SetResponseHeaderLayer::if_not_present(
             http::HeaderName::from_static(name),
             http::HeaderValue::from_static(value),
-        )
-    };
-    router
-        .layer(set("access-control-allow-origin", "*"))
-        .layer(set(
-            "access-control-expose-headers",
-            "Cache-Status, Age, Content-Range, Content-Length",
         ))
-        .layer(set("timing-allow-origin", "*"))
+    })
 }
+
+/// The fields `cors_any_origin` adds to every response that lacks them.
+const CORS_ANY_ORIGIN: [(&str, &str); 3] = [
+    ("access-control-allow-origin", "*"),
+    (
+        "access-control-expose-headers",
+        "Cache-Status, Age, Content-Range, Content-Length",
+    ),
+    ("timing-allow-origin", "*"),
+];
 
 impl EdgeNode {
     /// Serves until `shutdown` completes, then drains, stops following the config file and
@@ -508,11 +530,30 @@ impl EdgeNode {
             }
             _ => None,
         };
+        // The plain listener's express lane adds what the layers above add (CORS, Alt-Svc);
+        // none while plain HTTP only redirects.
+        let mut extra = Vec::new();
+        if edge.cfg.cors_any_origin {
+            extra.extend(CORS_ANY_ORIGIN.map(|(n, v)| {
+                (
+                    http::HeaderName::from_static(n),
+                    http::HeaderValue::from_static(v),
+                )
+            }));
+        }
+        if let Some(v) = alt_svc.as_ref().filter(|_| !by_request) {
+            extra.push((http::header::ALT_SVC, v.clone()));
+        }
+        let mut opts = opts;
         let plain = match (&tls, tls_addr) {
             (Some(t), Some(at)) if t.settings().redirect_http => {
+                opts.express = None;
                 cdn_http::tls::redirect_to_https(router.clone(), at.port())
             }
-            _ => router.clone(),
+            _ => {
+                opts.express = express_lane(&edge, extra);
+                router.clone()
+            }
         };
         let served = match http3 {
             Some((endpoint, h3opts)) => {

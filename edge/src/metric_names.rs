@@ -11,6 +11,9 @@ pub const COALESCED_WAITS_TOTAL: &str = "cdn_edge_coalesced_waits_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "cdn_edge_config_reloads_total";
 pub const DNS_LOOKUPS_TOTAL: &str = "cdn_edge_dns_lookups_total";
 pub const DNS_MEMBERS: &str = "cdn_edge_dns_members";
+/// Requests answered on the express lane (`proxy::express`); they are counted in
+/// `REQUESTS_TOTAL` too.
+pub const EXPRESS_TOTAL: &str = "cdn_edge_express_total";
 pub const FILL_ERRORS_TOTAL: &str = "cdn_edge_fill_errors_total";
 pub const INFLIGHT_REQUESTS: &str = "cdn_edge_inflight_requests";
 pub const LOG_LINES_DROPPED_TOTAL: &str = "cdn_edge_log_lines_dropped_total";

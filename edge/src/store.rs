@@ -81,13 +81,28 @@ pub struct ObjectMeta {
 
 /// The fields of a stored response that are the same on every hit (ETag, Last-Modified and
 /// the stored end-to-end fields, in the order they are sent), rendered once per stored
-/// version and cloned per hit rather than formatted and inserted one by one.
+/// version and cloned per hit rather than formatted and inserted one by one; and the heads
+/// the express lane sends, rendered from them once.
 ///
 /// A clone of it is empty: a copy of an [`ObjectMeta`] is how a 304 refresh makes the
 /// updated metadata (`..old.clone()`), whose fields differ, so nothing rendered from the old
 /// fields may travel with it.
 #[derive(Debug, Default)]
-pub struct RenderedFields(std::sync::OnceLock<HeaderMap>);
+pub struct RenderedFields(
+    std::sync::OnceLock<HeaderMap>,
+    std::sync::OnceLock<RenderedHeads>,
+);
+
+/// The fields of a hit's head that do not change from one hit to the next, as bytes
+/// (`name: value\r\n` each), for the whole object and for a range of it (see
+/// `proxy::express`).
+#[derive(Debug)]
+pub struct RenderedHeads {
+    pub full: Bytes,
+    pub part: Bytes,
+    /// Whether the stored fields carry a Date (else the response gets the current one).
+    pub dated: bool,
+}
 
 impl Clone for RenderedFields {
     fn clone(&self) -> Self {
@@ -99,6 +114,11 @@ impl RenderedFields {
     /// The rendered fields, rendered by `render` the first time.
     pub fn get_or_init(&self, render: impl FnOnce() -> HeaderMap) -> &HeaderMap {
         self.0.get_or_init(render)
+    }
+
+    /// The rendered heads, rendered by `render` the first time.
+    pub fn heads_or_init(&self, render: impl FnOnce() -> RenderedHeads) -> &RenderedHeads {
+        self.1.get_or_init(render)
     }
 }
 
@@ -145,8 +165,8 @@ impl ObjectMeta {
             .sum();
         let body = self.negative.as_ref().map_or(0, |n| n.body.len());
         // The rendered fields share the stored values' bytes: their own cost is the map's
-        // entries, plus ETag and Last-Modified.
-        let rendered = 128 + self.headers.len() * 80;
+        // entries, plus ETag and Last-Modified; the two rendered heads copy the fields.
+        let rendered = 128 + self.headers.len() * 80 + 2 * (headers + 256);
         (512 + self.version.key.len() * 2
             + self.version.validator.len()
             + headers
@@ -247,6 +267,19 @@ impl ChunkCache {
             ChunkInner::Moka(c, _) => c.get(key).await,
             ChunkInner::S3Fifo(c) => c.get(key),
         }
+    }
+
+    /// The chunk, counted as a hit, when the policy reads without waiting; `None` under
+    /// moka's policies.
+    pub fn get_now(&self, key: &ChunkKey) -> Option<Bytes> {
+        match &self.inner {
+            ChunkInner::Moka(..) => None,
+            ChunkInner::S3Fifo(c) => c.get(key),
+        }
+    }
+
+    fn get_now_works(&self) -> bool {
+        matches!(self.inner, ChunkInner::S3Fifo(_))
     }
 
     /// Whether the chunk is held (not counted as a hit).
@@ -421,6 +454,11 @@ impl Store {
         self.metas.get(variant)
     }
 
+    /// [`Store::lookup`], for callers that cannot wait (the metadata never waits).
+    pub fn lookup_now(&self, variant: &str) -> Option<Arc<ObjectMeta>> {
+        self.metas.get(variant)
+    }
+
     /// Stores a version's metadata under its variant key and records its URL's Vary (the
     /// names of `meta.selecting`), replacing whatever was held for either. A response with
     /// Vary also drops a response without it held under the bare URL: a lookup finds that
@@ -481,6 +519,17 @@ impl Store {
     /// The chunk, counted as a hit.
     pub async fn chunk(&self, key: &ChunkKey) -> Option<Bytes> {
         self.chunks.get(key).await
+    }
+
+    /// The chunk, counted as a hit, when the policy answers without waiting (S3-FIFO and
+    /// grouped S3-FIFO; never with moka's policies, whose reads are asynchronous).
+    pub fn chunk_now(&self, key: &ChunkKey) -> Option<Bytes> {
+        self.chunks.get_now(key)
+    }
+
+    /// Whether [`Store::chunk_now`] can find chunks (the policy's reads do not wait).
+    pub fn reads_now(&self) -> bool {
+        self.chunks.get_now_works()
     }
 
     /// Whether the chunk is held (not counted as a hit).

@@ -49,18 +49,32 @@ use tokio::task::JoinSet;
 use tower::ServiceExt;
 
 mod conn_io;
+pub mod express;
 
 pub use crate::limits::Limits;
 use crate::limits::{header_bytes, uri_len};
 use conn_io::{ConnState, SharedIo, close_gently, idle_for, no_request_within, write_shared};
+use express::{Express, Lane, Outcome, Rewind};
 
 /// How a node serves connections.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServeOptions {
     /// The limits of every connection and request.
     pub limits: Limits,
     /// How long in-flight responses may run after shutdown begins; then they are cut.
     pub drain_deadline: Duration,
+    /// The express lane of plain HTTP/1.1 connections ([`express`]), when the node has one.
+    pub express: Option<Arc<dyn Express>>,
+}
+
+impl std::fmt::Debug for ServeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeOptions")
+            .field("limits", &self.limits)
+            .field("drain_deadline", &self.drain_deadline)
+            .field("express", &self.express.is_some())
+            .finish()
+    }
 }
 
 impl Default for ServeOptions {
@@ -68,6 +82,7 @@ impl Default for ServeOptions {
         ServeOptions {
             limits: Limits::default(),
             drain_deadline: Duration::from_secs(10),
+            express: None,
         }
     }
 }
@@ -253,6 +268,10 @@ async fn serve_on(
         )
     });
     let graceful = GracefulShutdown::new();
+    // The express lane (plain HTTP only): its connections hold a receiver, told to stop at
+    // shutdown; the drain waits until every one has closed or been handed to hyper.
+    let express = opts.express.clone().filter(|_| tls.is_none());
+    let (stop_lanes, _) = tokio::sync::watch::channel(false);
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let overflow = Arc::new(Semaphore::new(budget.overflow));
     let mut backoff = AcceptBackoff::new();
@@ -318,7 +337,15 @@ async fn serve_on(
                 }
                 guarded(app.clone(), lim.clone(), req)
             });
-            conns.spawn(conn.run(io, acceptor.clone(), full.clone(), svc, limits.clone()));
+            let lane = express.clone().map(|x| (x, stop_lanes.subscribe()));
+            conns.spawn(conn.run(
+                io,
+                acceptor.clone(),
+                lane,
+                full.clone(),
+                svc,
+                limits.clone(),
+            ));
         } else {
             tracing::debug!(%peer, "over max_connections: 503");
             let (retry, st) = (limits.retry_after_secs, state.clone());
@@ -335,6 +362,7 @@ async fn serve_on(
             conns.spawn(conn.run(
                 io,
                 acceptor.clone(),
+                None,
                 refuse.clone(),
                 svc,
                 overflow_limits.clone(),
@@ -342,8 +370,13 @@ async fn serve_on(
         }
     }
     drop(listener);
+    let _ = stop_lanes.send(true);
     tokio::select! {
-        _ = graceful.shutdown() => {}
+        // The lanes first: a lane may still hand its connection to hyper, to be watched.
+        _ = async {
+            stop_lanes.closed().await;
+            graceful.shutdown().await;
+        } => {}
         _ = tokio::time::sleep(opts.drain_deadline) => {
             tracing::warn!("drain deadline passed with responses still in flight: cutting them");
         }
@@ -363,11 +396,13 @@ struct Conn {
 
 impl Conn {
     /// Runs the connection: the TLS handshake first when `tls` is set (within its
-    /// timeout), then HTTP with `builder` and `svc` under `limits`.
+    /// timeout), else the express `lane` first when there is one; then HTTP with `builder`
+    /// and `svc` under `limits`.
     async fn run<S, B>(
         self,
         io: SharedIo,
         tls: Option<(tokio_rustls::TlsAcceptor, Duration)>,
+        lane: Option<(Arc<dyn Express>, tokio::sync::watch::Receiver<bool>)>,
         builder: Arc<auto::Builder<TokioExecutor>>,
         svc: S,
         limits: Arc<Limits>,
@@ -390,6 +425,33 @@ impl Conn {
             watcher,
         } = self;
         match tls {
+            None if lane.is_some() => {
+                let Some((express, mut stop)) = lane else {
+                    return;
+                };
+                let outcome = Lane {
+                    stream: &stream,
+                    state: &state,
+                    limits: &limits,
+                    peer,
+                    express: &*express,
+                    stop: &mut stop,
+                }
+                .run()
+                .await;
+                let Outcome::Handoff(prefix) = outcome else {
+                    return;
+                };
+                let io = Rewind { prefix, io };
+                let conn = watcher.watch(
+                    builder
+                        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+                        .into_owned(),
+                );
+                // Watched before the lane lets go: the drain then waits for hyper.
+                drop(stop);
+                drive(conn, Some(stream), state, limits, peer, permit).await;
+            }
             None => {
                 let conn = watcher.watch(
                     builder

@@ -259,10 +259,14 @@ impl Cache {
     /// The primary cache key of a request: origin scheme and authority, path, and the query
     /// when configured.
     pub fn primary_key(&self, uri: &Uri) -> String {
+        self.primary_key_parts(uri.path(), uri.query())
+    }
+
+    /// [`Cache::primary_key`] of a request's path and query.
+    pub fn primary_key_parts(&self, path: &str, query: Option<&str>) -> String {
         // Pushed, not `format!`ed: this runs on every request (the formatting machinery cost
         // a hit about 2% of its CPU).
-        let path = uri.path();
-        let query = uri.query().filter(|_| self.cfg.cache_query);
+        let query = query.filter(|_| self.cfg.cache_query);
         let len = self.key_base.len() + path.len() + query.map_or(0, |q| q.len() + 1);
         let mut key = String::with_capacity(len);
         key.push_str(&self.key_base);

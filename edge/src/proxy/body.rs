@@ -191,6 +191,26 @@ impl Source for Chunks {
     }
 }
 
+/// Starts the read-ahead of a body that reads chunk `index` on its way from chunk `first` to
+/// byte `end` (see [`chunk_stream`]): the next `readahead` chunks, once the reader is
+/// sequential.
+pub(super) fn read_ahead(
+    edge: &Edge,
+    meta: &Arc<ObjectMeta>,
+    index: u64,
+    first: u64,
+    end: u64,
+    readahead: u64,
+) {
+    let (_, cend) = meta.chunk_span(index);
+    let crossed = index > first;
+    if end > cend || (crossed && end == cend) {
+        for ahead in 1..=readahead {
+            edge.cache.prefetch(meta, index + ahead);
+        }
+    }
+}
+
 /// Streams `range` of an object chunk by chunk.
 ///
 /// Read-ahead of the next `readahead` chunks starts at a chunk the reader goes on to the end
@@ -213,12 +233,7 @@ fn chunk_stream(
     let stream = futures::stream::iter(first..=last)
         .map(move |index| {
             let (cstart, cend) = meta.chunk_span(index);
-            let crossed = index > first;
-            if end > cend || (crossed && end == cend) {
-                for ahead in 1..=readahead {
-                    edge.cache.prefetch(&meta, index + ahead);
-                }
-            }
+            read_ahead(&edge, &meta, index, first, end, readahead);
             let (from, to) = (start.max(cstart) - cstart, end.min(cend) - cstart + 1);
             let key = meta.version.key.clone();
             edge.cache

@@ -33,6 +33,7 @@ use crate::node::Edge;
 use crate::passthrough;
 
 mod body;
+pub mod express;
 use crate::store::{Negative, ObjectMeta};
 use body::{Chunks, stored, within_bounds};
 
@@ -377,6 +378,7 @@ struct Handles {
     requests: [Option<(metrics::Counter, metrics::Histogram)>; 4],
     served: metrics::Counter,
     body: metrics::Histogram,
+    express: metrics::Counter,
 }
 
 fn kind_index(kind: CacheOutcome) -> usize {
@@ -388,12 +390,13 @@ fn kind_index(kind: CacheOutcome) -> usize {
     }
 }
 
-/// Counts a request of `kind` answered (head) after `elapsed`; returns the handles of the
-/// body's byte counter and duration histogram.
+/// Counts a request of `kind` answered (head) after `elapsed` (on the express lane when
+/// `express`); returns the handles of the body's byte counter and duration histogram.
 fn record(
     node: &Arc<NodeMetrics>,
     kind: CacheOutcome,
     elapsed: std::time::Duration,
+    express: bool,
 ) -> (metrics::Counter, metrics::Histogram) {
     thread_local! {
         static HANDLES: RefCell<Option<Handles>> = const { RefCell::new(None) };
@@ -408,8 +411,12 @@ fn record(
                 requests: Default::default(),
                 served: metrics::counter!("cdn_edge_bytes_served_total"),
                 body: metrics::histogram!("cdn_edge_response_body_seconds"),
+                express: metrics::counter!(crate::metric_names::EXPRESS_TOTAL),
             })),
         };
+        if express {
+            h.express.increment(1);
+        }
         let (requests, response) = h.requests[kind_index(kind)].get_or_insert_with(|| {
             node.with(|| {
                 (
@@ -487,7 +494,7 @@ fn finish(
     line: Option<Box<AccessLine>>,
 ) -> Response {
     let status = resp.status().as_u16();
-    let (served, duration) = record(&edge.metrics, kind, started.elapsed());
+    let (served, duration) = record(&edge.metrics, kind, started.elapsed(), false);
     let log = AccessLog {
         line,
         status,

@@ -1,0 +1,351 @@
+//! The express lane of plain HTTP/1.1: requests an [`Express`] responder can answer at once
+//! from memory (the edge's stored hits) are parsed with `httparse` and answered with one
+//! vectored write of a rendered head and the body's bytes, without hyper, its request and
+//! response types or a task per response. The first request the lane does not answer (another
+//! method, a body, HTTP/1.0, an upgrade, a field the responder does not know, a miss...)
+//! hands the connection to hyper for good, with every byte read so far ([`Rewind`]), so that
+//! hyper parses that request as if it had read it itself.
+//!
+//! The lane keeps the connection rules of [`super`]: a head not complete within
+//! `header_read_timeout` gets `408` when part of it came and a silent close when nothing did
+//! (counted from the accept for the first request, from the end of the last response for
+//! the next, as hyper counts); a response that moves no byte for `idle_timeout` is cut; a
+//! head larger than hyper would buffer, or over the URI or field limits, goes to hyper,
+//! which answers `431`/`414`; at shutdown the response in flight is finished and the
+//! connection closed.
+
+use super::*;
+use bytes::{Buf, Bytes};
+use std::io::IoSlice;
+use tokio::sync::watch;
+
+pub use httparse::Header;
+
+/// A request the lane offers its responder: a GET or HEAD over HTTP/1.1, without a body and
+/// within the limits, whose target is a path (origin form).
+#[derive(Debug)]
+pub struct ExpressRequest<'a> {
+    /// HEAD (no body is sent), else GET.
+    pub head: bool,
+    /// The request target as received: path and query.
+    pub target: &'a str,
+    /// The fields as received, in order.
+    pub headers: &'a [Header<'a>],
+    pub peer: SocketAddr,
+}
+
+/// A response the responder has rendered: its head went into the lane's buffer, the body is
+/// these pieces in order.
+pub struct Answer {
+    /// The body, in order (empty for HEAD). At most [`MAX_PIECES`] pieces.
+    pub body: Vec<Bytes>,
+    /// Called once the response is written, or the write failed, with the body bytes sent.
+    pub done: Box<dyn FnOnce(u64) + Send>,
+}
+
+/// At most this many pieces in an [`Answer`]'s body.
+pub const MAX_PIECES: usize = 32;
+
+/// What answers requests on the express lane.
+pub trait Express: Send + Sync + 'static {
+    /// Renders the whole response head (status line through the empty line, with a `date`
+    /// field: [`date_line`]) into `head`, which is empty, and returns the body; or returns
+    /// `None` (whatever it wrote is discarded) to hand this request and the connection to
+    /// the full stack.
+    fn answer(&self, req: &ExpressRequest<'_>, head: &mut Vec<u8>) -> Option<Answer>;
+}
+
+/// `date: <IMF-fixdate>\r\n` for now, rendered once per second per thread (as hyper does).
+pub fn date_line(out: &mut Vec<u8>) {
+    thread_local! {
+        static DATE: std::cell::RefCell<(u64, Vec<u8>)> =
+            const { std::cell::RefCell::new((u64::MAX, Vec::new())) };
+    }
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, line)| {
+        if *at != secs {
+            line.clear();
+            line.extend_from_slice(b"date: ");
+            line.extend_from_slice(httpdate::fmt_http_date(now).as_bytes());
+            line.extend_from_slice(b"\r\n");
+            *at = secs;
+        }
+        out.extend_from_slice(line);
+    });
+}
+
+/// How the lane left a connection.
+pub(super) enum Outcome {
+    /// Closed (by the client, a timeout, an error or shutdown).
+    Closed,
+    /// Handed to the full stack with these bytes read and not yet answered.
+    Handoff(Bytes),
+}
+
+/// The fields of the largest head the lane parses; a head with more goes to hyper.
+const MAX_FIELDS: usize = 128;
+
+/// The connection the lane serves and the rules it keeps.
+pub(super) struct Lane<'a> {
+    pub(super) stream: &'a TcpStream,
+    pub(super) state: &'a ConnState,
+    pub(super) limits: &'a Limits,
+    pub(super) peer: SocketAddr,
+    pub(super) express: &'a dyn Express,
+    pub(super) stop: &'a mut watch::Receiver<bool>,
+}
+
+impl Lane<'_> {
+    /// Serves the connection until it closes or a request is handed off.
+    pub(super) async fn run(self) -> Outcome {
+        let cap = self.limits.head_buffer_bytes();
+        let mut buf = vec![0u8; 8192.min(cap)];
+        let mut have = 0usize;
+        let mut head = Vec::with_capacity(1024);
+        // The next head must be complete by then: from the accept, then from the end of
+        // each response.
+        let mut deadline = Instant::now() + self.limits.header_read_timeout();
+        loop {
+            // Answer every complete request held.
+            while have > 0 {
+                let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+                let mut req = httparse::Request::new(&mut fields);
+                let used = match req.parse(&buf[..have]) {
+                    Ok(httparse::Status::Complete(n)) => n,
+                    Ok(httparse::Status::Partial) if have < cap => break,
+                    // Malformed, too many fields or too large: hyper gives the answer.
+                    _ => return Outcome::Handoff(Bytes::copy_from_slice(&buf[..have])),
+                };
+                head.clear();
+                let Some(answer) = self.offer(&req, &mut head) else {
+                    return Outcome::Handoff(Bytes::copy_from_slice(&buf[..have]));
+                };
+                self.state.on_request();
+                let sent = self.write(&head, &answer.body).await;
+                (answer.done)(match sent {
+                    Ok(n) | Err(n) => n,
+                });
+                if sent.is_err() {
+                    return Outcome::Closed;
+                }
+                buf.copy_within(used..have, 0);
+                have -= used;
+                deadline = Instant::now() + self.limits.header_read_timeout();
+                if *self.stop.borrow() {
+                    // Shutting down: the response in flight is finished; no more.
+                    return Outcome::Closed;
+                }
+            }
+            if have == buf.len() {
+                buf.resize((buf.len() * 2).min(cap), 0);
+            }
+            if have == 0 && *self.stop.borrow() {
+                return Outcome::Closed;
+            }
+            let idle = have == 0;
+            let ready = tokio::select! {
+                r = self.stream.readable() => r,
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    self.head_timeout(!idle).await;
+                    return Outcome::Closed;
+                }
+                _ = self.stop.changed(), if idle => return Outcome::Closed,
+            };
+            if ready.is_err() {
+                return Outcome::Closed;
+            }
+            match read_some(self.stream, &mut buf[have..]) {
+                Ok(0) => return Outcome::Closed,
+                Ok(n) => {
+                    have += n;
+                    self.state.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+                    self.state.touch();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return Outcome::Closed,
+            }
+        }
+    }
+
+    /// The responder's answer to `req`, when the request is one the lane may take.
+    fn offer(&self, req: &httparse::Request<'_, '_>, head: &mut Vec<u8>) -> Option<Answer> {
+        let get = match req.method? {
+            "GET" => true,
+            "HEAD" => false,
+            _ => return None,
+        };
+        let target = req.path?;
+        if req.version? != 1
+            || !target.starts_with('/')
+            || target.len() > self.limits.max_uri_bytes
+            || req.headers.len() > self.limits.max_headers
+        {
+            return None;
+        }
+        let mut bytes = 0usize;
+        for f in req.headers.iter() {
+            bytes += f.name.len() + f.value.len() + 4;
+            let name = f.name;
+            // Framing and connection management are hyper's (a body, an upgrade, 100-continue,
+            // a close); `Connection: keep-alive` is what HTTP/1.1 means anyway.
+            if name.eq_ignore_ascii_case("content-length")
+                || name.eq_ignore_ascii_case("transfer-encoding")
+                || name.eq_ignore_ascii_case("upgrade")
+                || name.eq_ignore_ascii_case("expect")
+                || (name.eq_ignore_ascii_case("connection")
+                    && !f.value.eq_ignore_ascii_case(b"keep-alive"))
+            {
+                return None;
+            }
+        }
+        if bytes > self.limits.max_header_bytes {
+            return None;
+        }
+        let answer = self.express.answer(
+            &ExpressRequest {
+                head: !get,
+                target,
+                headers: req.headers,
+                peer: self.peer,
+            },
+            head,
+        )?;
+        (answer.body.len() <= MAX_PIECES).then_some(answer)
+    }
+
+    /// Writes `head` and `body`: `Ok` with the body bytes when all went out, `Err` with those
+    /// that did when the client went away or stopped reading for `idle_timeout`.
+    async fn write(&self, head: &[u8], body: &[Bytes]) -> Result<u64, u64> {
+        let total = head.len() + body.iter().map(Bytes::len).sum::<usize>();
+        let mut done = 0usize;
+        let body_sent = |done: usize| done.saturating_sub(head.len()) as u64;
+        loop {
+            let mut slices = [IoSlice::new(&[]); MAX_PIECES + 1];
+            let mut n = 0;
+            let mut skip = done;
+            for piece in std::iter::once(head).chain(body.iter().map(|b| &b[..])) {
+                if skip >= piece.len() {
+                    skip -= piece.len();
+                    continue;
+                }
+                slices[n] = IoSlice::new(&piece[skip..]);
+                skip = 0;
+                n += 1;
+            }
+            match self.stream.try_write_vectored(&slices[..n]) {
+                Ok(0) => return Err(body_sent(done)),
+                Ok(w) => {
+                    done += w;
+                    self.state.touch();
+                    if done >= total {
+                        return Ok(body_sent(done));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let writable = tokio::select! {
+                        r = self.stream.writable() => r.is_ok(),
+                        _ = idle_for(self.state, self.limits.idle_timeout()) => false,
+                    };
+                    if !writable {
+                        return Err(body_sent(done));
+                    }
+                }
+                Err(_) => return Err(body_sent(done)),
+            }
+        }
+    }
+
+    /// The head deadline passed: `408` when part of a head came, else a silent close.
+    async fn head_timeout(&self, partial: bool) {
+        if !partial {
+            tracing::debug!(peer = %self.peer, "no request within the head timeout: closed");
+            return;
+        }
+        tracing::info!(target: "cdn_http::limits", peer = %self.peer, status = 408, "request head not received in time");
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            write_shared(
+                self.stream,
+                b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+            )
+            .await?;
+            close_gently(self.stream).await
+        })
+        .await;
+    }
+}
+
+/// One receive into `dst`; a receive that fills less than `dst` drained the socket, so its
+/// readiness is cleared then (as [`conn_io`]'s reads do), sparing the `WouldBlock` receive.
+fn read_some(stream: &TcpStream, dst: &mut [u8]) -> io::Result<usize> {
+    use std::io::Read;
+    let room = dst.len();
+    let mut received = None;
+    let result = stream.try_io(tokio::io::Interest::READABLE, || {
+        let n = (&*socket2::SockRef::from(stream)).read(dst)?;
+        received = Some(n);
+        if n > 0 && n < room {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match received {
+        Some(n) => Ok(n),
+        None => result,
+    }
+}
+
+/// The connection's I/O for hyper after a handoff: the bytes the lane read first, then the
+/// socket.
+pub(super) struct Rewind {
+    pub(super) prefix: Bytes,
+    pub(super) io: SharedIo,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}

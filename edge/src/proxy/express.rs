@@ -1,0 +1,271 @@
+//! The edge's answers on the express lane ([`cdn_http::server::express`]): a GET or HEAD
+//! that is a fresh hit on a URL without Vary, for the whole object or one byte range, with
+//! every chunk it needs stored, from a request that carries no field such an answer depends
+//! on besides Range ([`IGNORED`]). Anything else declines, and the connection goes on in the
+//! full stack ([`super::handle`]), which would have given the same answer.
+//!
+//! The answer is [`super::handle`]'s, rendered without a header map: the fields that do not
+//! change from hit to hit are rendered once per stored version (`RenderedHeads`, from the
+//! same [`super::stored_fields`] plus what the response adds: Via, Accept-Ranges,
+//! Content-Type, Content-Digest for the whole object, and the node's own fields such as
+//! CORS), then Age, Cache-Status, Content-Range, Content-Length and Date are appended. Every
+//! field name carries the same values in the same order as on the full stack (fields of
+//! different names may come in another order, which HTTP gives no meaning).
+//! `tests/express.rs` compares the two answers field by field and byte by byte.
+//! Counters, the access line and the read-ahead of a body spanning chunks are the full
+//! stack's.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, header};
+
+use cdn_http::range::{self, RangeRequest};
+use cdn_http::server::express::{Answer, Express, ExpressRequest, date_line};
+
+use super::{AccessLine, AccessLog, CONTENT_DIGEST, age_and_ttl, record, stored_fields, via};
+use crate::cache::{CacheOutcome, Verdict};
+use crate::freshness::{self, CacheControl, Usability};
+use crate::node::Edge;
+use crate::store::{ObjectMeta, RenderedHeads};
+
+/// Request fields a fresh hit's answer never reads when the stored response has no Vary
+/// (besides Range, which the lane evaluates): a request with any other field (Authorization,
+/// Cache-Control, Pragma, a precondition, If-Range, one nobody anticipated...) goes to the
+/// full stack. `sec-*` (fetch metadata, client hints) are ignored as well.
+pub const IGNORED: &[&str] = &[
+    "host",
+    "user-agent",
+    "accept",
+    "accept-encoding",
+    "accept-language",
+    "referer",
+    "origin",
+    "cookie",
+    "connection",
+    "keep-alive",
+    "dnt",
+    "priority",
+    "upgrade-insecure-requests",
+];
+
+/// At most this many chunks in a body on the lane; larger bodies stream on the full stack.
+const MAX_CHUNKS: u64 = 16;
+
+/// The edge's [`Express`] responder.
+pub struct EdgeExpress {
+    edge: Arc<Edge>,
+    /// Fields the node's layers add to every response when absent (CORS, Alt-Svc).
+    extra: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl EdgeExpress {
+    /// The responder of `edge`, adding `extra` to each response that lacks the field (as the
+    /// node's response layers do); `None` when the chunk policy's reads wait (moka's), so
+    /// that no answer could be given without waiting.
+    pub fn new(edge: Arc<Edge>, extra: Vec<(HeaderName, HeaderValue)>) -> Option<Self> {
+        edge.cache
+            .store()
+            .reads_now()
+            .then_some(EdgeExpress { edge, extra })
+    }
+
+    fn render(&self, meta: &ObjectMeta) -> RenderedHeads {
+        let stored = meta
+            .rendered
+            .get_or_init(|| stored_fields(meta.etag.as_deref(), meta.last_modified, &meta.headers));
+        let mut full = stored.clone();
+        // Appended per hit, after the stored fields.
+        full.remove(header::AGE);
+        full.remove(header::CONTENT_LENGTH);
+        if let Some(v) = via(&self.edge.cfg.name) {
+            full.append(header::VIA, v);
+        }
+        full.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        full.insert(header::CONTENT_TYPE, meta.content_type.clone());
+        // A stored 200's own Content-Range belongs to that 200 alone (`super::serve`).
+        let mut part = full.clone();
+        part.remove(header::CONTENT_RANGE);
+        if let Some(d) = &meta.digest {
+            full.append(CONTENT_DIGEST, d.clone());
+        }
+        for (name, value) in &self.extra {
+            for h in [&mut full, &mut part] {
+                if !h.contains_key(name) {
+                    h.insert(name.clone(), value.clone());
+                }
+            }
+        }
+        RenderedHeads {
+            dated: full.contains_key(header::DATE),
+            full: serialize(&full),
+            part: serialize(&part),
+        }
+    }
+}
+
+/// `name: value\r\n` for each field, in the map's order.
+fn serialize(h: &HeaderMap) -> Bytes {
+    let mut out = Vec::with_capacity(h.len() * 48);
+    for (k, v) in h {
+        out.extend_from_slice(k.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    Bytes::from(out)
+}
+
+fn ignored(name: &str) -> bool {
+    IGNORED.iter().any(|n| n.eq_ignore_ascii_case(name))
+        || name
+            .get(..4)
+            .is_some_and(|p| p.eq_ignore_ascii_case("sec-"))
+}
+
+impl Express for EdgeExpress {
+    fn answer(&self, req: &ExpressRequest<'_>, head: &mut Vec<u8>) -> Option<Answer> {
+        let started = Instant::now();
+        let mut range_field = None;
+        for f in req.headers {
+            if f.name.eq_ignore_ascii_case("range") {
+                if range_field.replace(f.value).is_some() {
+                    return None;
+                }
+            } else if !ignored(f.name) {
+                return None;
+            }
+        }
+        let pq = http::uri::PathAndQuery::try_from(req.target).ok()?;
+        if crate::ADMIN_PATHS.contains(&pq.path()) {
+            return None;
+        }
+        let edge = &self.edge;
+        let primary = edge.cache.primary_key_parts(pq.path(), pq.query());
+        let meta = edge.cache.store().lookup_now(&primary)?;
+        // No Vary: the stored response is the one for every request (`Cache::decide`).
+        if !meta.selecting.is_empty() || meta.negative.is_some() {
+            return None;
+        }
+        let age = meta.age(SystemTime::now());
+        if freshness::usability(&meta.cc, meta.lifetime, age, &CacheControl::default())
+            != Usability::Fresh
+        {
+            return None;
+        }
+        let len = meta.len;
+        // Range is for GET only; an invalid one is ignored; several ranges, or none
+        // satisfiable, are the full stack's (multipart, 416).
+        let range_value = match range_field {
+            Some(v) => Some(HeaderValue::from_bytes(v).ok()?),
+            None => None,
+        };
+        let part = match (&range_value, req.head) {
+            (Some(v), false) => match v.to_str().map(|s| range::evaluate_str(s, len)) {
+                Ok(RangeRequest::Ranges(r)) if r.len() == 1 => Some(r[0].clone()),
+                Ok(RangeRequest::Ranges(_) | RangeRequest::Unsatisfiable) => return None,
+                Ok(RangeRequest::Full) | Err(_) => None,
+            },
+            _ => None,
+        };
+        let body_range = match &part {
+            Some(r) => Some(r.clone()),
+            None if !req.head && len > 0 => Some(0..=len - 1),
+            None => None,
+        };
+        let mut body = Vec::new();
+        if let Some(r) = &body_range {
+            let cs = meta.chunk_size;
+            let (first, last) = (r.start() / cs, r.end() / cs);
+            if last - first >= MAX_CHUNKS {
+                return None;
+            }
+            let store = edge.cache.store();
+            // A body of one chunk takes it in one counted lookup; a longer one checks that
+            // every chunk is held before taking any (as the full stack does).
+            if first != last && !(first..=last).all(|i| store.has_chunk(&meta.chunk_key(i))) {
+                return None;
+            }
+            let readahead = edge.cfg.readahead;
+            for index in first..=last {
+                let chunk = store.chunk_now(&meta.chunk_key(index))?;
+                let (cstart, cend) = meta.chunk_span(index);
+                if first != last {
+                    super::body::read_ahead(edge, &meta, index, first, *r.end(), readahead);
+                }
+                let from = usize::try_from(r.start().max(&cstart) - cstart).ok()?;
+                let to = usize::try_from(r.end().min(&cend) - cstart + 1).ok()?;
+                if to > chunk.len() {
+                    return None;
+                }
+                body.push(chunk.slice(from..to));
+            }
+        }
+        edge.cache.note_served(&meta);
+        let heads = meta.rendered.heads_or_init(|| self.render(&meta));
+        let (age, ttl) = age_and_ttl(&meta);
+        let mut num = itoa::Buffer::new();
+        head.extend_from_slice(match part {
+            Some(_) => b"HTTP/1.1 206 Partial Content\r\n",
+            None => b"HTTP/1.1 200 OK\r\n",
+        });
+        head.extend_from_slice(if part.is_some() {
+            &heads.part
+        } else {
+            &heads.full
+        });
+        head.extend_from_slice(b"age: ");
+        head.extend_from_slice(num.format(age).as_bytes());
+        head.extend_from_slice(b"\r\ncache-status: ");
+        let verdict = Verdict::new(CacheOutcome::Hit, None);
+        head.extend_from_slice(verdict.header(&edge.cfg.name, Some(ttl)).as_bytes());
+        head.extend_from_slice(b"\r\n");
+        let body_len = match &part {
+            Some(r) => {
+                head.extend_from_slice(b"content-range: ");
+                head.extend_from_slice(range::content_range(r, len).as_bytes());
+                head.extend_from_slice(b"\r\n");
+                r.end() - r.start() + 1
+            }
+            None => len,
+        };
+        head.extend_from_slice(b"content-length: ");
+        head.extend_from_slice(num.format(body_len).as_bytes());
+        head.extend_from_slice(b"\r\n");
+        if !heads.dated {
+            date_line(head);
+        }
+        head.extend_from_slice(b"\r\n");
+
+        // Counted and logged as the full stack does (`super::handle`, `super::finish`).
+        edge.inflight.fetch_add(1, Ordering::Relaxed);
+        let (served, duration) = record(&edge.metrics, CacheOutcome::Hit, started.elapsed(), true);
+        let line = tracing::enabled!(target: "cdn_edge::access", tracing::Level::INFO).then(|| {
+            Box::new(AccessLine {
+                client: Some(req.peer.ip()),
+                method: if req.head { Method::HEAD } else { Method::GET },
+                uri: http::Uri::from(pq),
+                range: range_value,
+            })
+        });
+        let mut log = AccessLog {
+            line,
+            status: if part.is_some() { 206 } else { 200 },
+            cache: CacheOutcome::Hit.label(),
+            bytes: 0,
+            started,
+            duration,
+            inflight: edge.inflight.clone(),
+        };
+        Some(Answer {
+            body,
+            done: Box::new(move |sent| {
+                served.increment(sent);
+                log.bytes = sent;
+                drop(log);
+            }),
+        })
+    }
+}
