@@ -3,7 +3,8 @@
 //! 1. Churn: new objects of mixed sizes (log-uniform between `--min-size` and `--max-size`,
 //!    16 KiB to 9 MiB by default, seeded) are fetched whole through one edge, `--rounds` times
 //!    its capacity in all, so the store evicts its whole content several times over. The
-//!    edge's RSS (`/proc/PID/status` VmRSS) is read after each capacity's worth, and checked
+//!    edge's memory (resident anonymous and file pages plus its chunk arena's memory files:
+//!    [`rss`]) is read after each capacity's worth, and checked
 //!    against the bound of issue 17: 1.1 × capacity + 64 MiB.
 //! 2. Hot load: `--connections` closed-loop clients for `--hot-secs` on warmed objects (half
 //!    the requests 16 KiB objects, half aligned 1 MiB ranges of 4 MiB objects), RSS sampled
@@ -74,16 +75,37 @@ pub struct MemoryArgs {
     pub seed: u64,
 }
 
-/// VmRSS of a process, bytes (0 when it cannot be read).
+/// The memory a process holds, bytes (0 when it cannot be read): its resident anonymous and
+/// file-backed pages (`RssAnon` + `RssFile` of `/proc/PID/status`) plus every page of the
+/// edge's chunk arena (its memory files, `/memfd:cdn-chunks`, counted whole whether or not
+/// they are mapped; `RssShmem` would count only the pages the process has read through
+/// its mapping, so it is left out rather than counted twice).
 fn rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .map_or(0, |kib| kib.saturating_mul(1024))
+    };
+    field("RssAnon:") + field("RssFile:") + arena_bytes(pid)
+}
+
+/// Bytes held by the edge's arena files (`cdn_edge::arena`), from its descriptors.
+fn arena_bytes(pid: u32) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    fds.flatten()
+        .filter(|e| {
+            std::fs::read_link(e.path())
+                .is_ok_and(|t| t.to_string_lossy().starts_with("/memfd:cdn-chunks"))
         })
-        .map_or(0, |kib| kib.saturating_mul(1024))
+        .filter_map(|e| std::fs::metadata(e.path()).ok())
+        .map(|m| m.blocks() * 512)
+        .sum()
 }
 
 /// Sizes of the churn: log-uniform in `[min, max]`, until they add up to `total`.

@@ -55,6 +55,7 @@ pub async fn metrics(State(edge): State<Arc<Edge>>) -> Response {
         metrics::gauge!("cdn_edge_cache_bytes").set(bytes as f64);
         metrics::gauge!("cdn_edge_cache_capacity_bytes").set(edge.store().capacity() as f64);
         metrics::gauge!("cdn_edge_cache_objects").set(objects as f64);
+        metrics::gauge!(crate::metric_names::ARENA_BYTES).set(edge.store().arena_bytes() as f64);
         metrics::gauge!("cdn_edge_inflight_requests")
             .set(edge.inflight.load(Ordering::Relaxed) as f64);
         // Log lines the buffered writer dropped because its output was behind (only when

@@ -18,6 +18,7 @@
 //! (the same router behind another transport).
 
 pub mod admin;
+pub mod arena;
 pub mod budget;
 pub mod cache;
 pub mod coalesce;

@@ -3,6 +3,9 @@
 
 pub const ADMIN_REFUSED_TOTAL: &str = "cdn_edge_admin_refused_total";
 pub const AMPLIFICATION_REFUSED_TOTAL: &str = "cdn_edge_amplification_refused_total";
+/// Memory held by chunks in the arena's memory files (`arena`: shared memory, which the
+/// process's anonymous RSS does not count).
+pub const ARENA_BYTES: &str = "cdn_edge_arena_bytes";
 pub const BYTES_SERVED_TOTAL: &str = "cdn_edge_bytes_served_total";
 pub const CACHE_BYTES: &str = "cdn_edge_cache_bytes";
 pub const CACHE_CAPACITY_BYTES: &str = "cdn_edge_cache_capacity_bytes";

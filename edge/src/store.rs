@@ -392,6 +392,8 @@ pub fn chunk_weight(k: &ChunkKey, v: &Bytes) -> u32 {
 #[derive(Clone)]
 pub struct Store {
     chunks: ChunkCache,
+    /// Memory files for large chunks, sent without copying (`arena`); none when off.
+    arena: Option<Arc<crate::arena::Arena>>,
     metas: Arc<S3FifoCache<String, Arc<ObjectMeta>>>,
     primaries: Arc<S3FifoCache<String, Arc<PrimaryEntry>>>,
     capacity: u64,
@@ -425,7 +427,28 @@ impl Store {
             metas,
             primaries,
             capacity,
+            arena: None,
         }
+    }
+
+    /// [`Store::new`] keeping chunks of 64 KiB up to `chunk_size` in memory files that the
+    /// express lane sends with `sendfile` ([`crate::arena`]), when this system has them.
+    pub fn with_arena(capacity: u64, policy: Policy, chunk_size: u64) -> Self {
+        let mut store = Store::new(capacity, policy);
+        store.arena = usize::try_from(chunk_size)
+            .ok()
+            .and_then(crate::arena::Arena::new);
+        store
+    }
+
+    /// Where `bytes` lie in the arena's files, when they are part of a chunk held there.
+    pub fn file_span(&self, bytes: &[u8]) -> Option<crate::arena::FileSpan> {
+        self.arena.as_ref()?.locate(bytes)
+    }
+
+    /// Bytes of memory the arena's files hold (shared memory: outside anonymous RSS).
+    pub fn arena_bytes(&self) -> u64 {
+        self.arena.as_ref().map_or(0, |a| a.resident_bytes())
     }
 
     pub fn capacity(&self) -> u64 {
@@ -539,6 +562,10 @@ impl Store {
 
     /// Stores a chunk (exact bytes: the caller checked them against the version's span).
     pub async fn put_chunk(&self, key: ChunkKey, chunk: Bytes) {
+        let chunk = match &self.arena {
+            Some(arena) => arena.adopt(chunk),
+            None => chunk,
+        };
         self.chunks.insert(key, chunk).await;
     }
 

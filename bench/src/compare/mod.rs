@@ -143,6 +143,10 @@ pub struct CompareArgs {
     /// The `cdn` binary whose `cdn edge` is measured (default: this one).
     #[arg(long)]
     pub cdn_bin: Option<PathBuf>,
+    /// An edge config file (TOML) given to the measured edge under the bench's flags, to
+    /// compare settings (e.g. `express = false`).
+    #[arg(long)]
+    pub edge_config: Option<PathBuf>,
     /// Where nginx keeps its cache (tmpfs, so no disk is involved).
     #[arg(long, default_value = "/dev/shm")]
     pub cache_base: PathBuf,
@@ -320,6 +324,12 @@ async fn run_mode(
     logs: AccessLog,
 ) -> anyhow::Result<Vec<Row>> {
     let mut running: Vec<Running> = Vec::new();
+    let edge_config = match &args.edge_config {
+        Some(p) => {
+            Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
+        }
+        None => None,
+    };
     for &server in &args.servers {
         let dir = out.join(format!("{}-logs-{}", server.name(), logs.name()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -327,7 +337,7 @@ async fn run_mode(
             cdn_bin: args.cdn_bin.as_deref(),
             cache_base: &args.cache_base,
             threads,
-            edge_config: None,
+            edge_config: edge_config.as_deref(),
             access_log: logs == AccessLog::On,
         };
         match start_server(server, &setup, origin.proc.addr, &dir).await {

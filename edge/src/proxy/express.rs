@@ -23,7 +23,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 
 use cdn_http::range::{self, RangeRequest};
-use cdn_http::server::express::{Answer, Express, ExpressRequest, date_line};
+use cdn_http::server::express::{Answer, Express, ExpressRequest, Piece, date_line};
 
 use super::{AccessLine, AccessLog, CONTENT_DIGEST, age_and_ttl, record, stored_fields, via};
 use crate::cache::{CacheOutcome, Verdict};
@@ -200,7 +200,10 @@ impl Express for EdgeExpress {
                 if to > chunk.len() {
                     return None;
                 }
-                body.push(chunk.slice(from..to));
+                let bytes = chunk.slice(from..to);
+                // Large chunks held in the arena's files go out with `sendfile`.
+                let file = store.file_span(&bytes);
+                body.push(Piece { bytes, file });
             }
         }
         edge.cache.note_served(&meta);
