@@ -265,9 +265,11 @@ async fn both(addr: SocketAddr, method: &str, path: &str, fields: &[(&str, &str)
 async fn the_lane_answers_every_hit_as_the_full_stack_does() {
     let origin = start_origin(&media_root(), &Default::default()).await;
     let odd = odd_origin().await;
-    let (edge, _) = start_edge(&origin.url(), |c| {
+    // With `sendfile`: the big object's chunks go out from the arena's files.
+    let (edge, node) = start_edge(&origin.url(), |c| {
         c.chunk_size = MIB;
         c.cors_any_origin = true;
+        c.sendfile = true;
     })
     .await;
     // The node as `cdn edge` runs it, with its response layers (CORS here).
@@ -281,6 +283,10 @@ async fn the_lane_answers_every_hit_as_the_full_stack_does() {
         assert_eq!(r.status, 200, "{path}");
     }
     assert_eq!(one(odd_edge, "GET", "/up", &[]).await.status, 200);
+    assert!(
+        node.store().arena_bytes() >= 3 * MIB,
+        "the big object is in the arena"
+    );
 
     let browser: &[(&str, &str)] = &[
         ("user-agent", "Mozilla/5.0"),
@@ -552,6 +558,7 @@ async fn bytes_sent_from_a_slot_survive_its_reuse() {
     let (edge, node) = start_edge(&origin.url(), |c| {
         c.chunk_size = MIB;
         c.capacity = 5 * MIB;
+        c.sendfile = true;
     })
     .await;
     let url = edge.url();

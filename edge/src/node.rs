@@ -37,7 +37,11 @@ impl Edge {
     /// Builds the edge; with `peer_listen` set, binds its QUIC endpoint and starts answering
     /// peers (must run inside a tokio runtime).
     pub fn new(cfg: EdgeConfig, metrics: Arc<NodeMetrics>) -> anyhow::Result<Arc<Self>> {
-        let store = Store::with_arena(cfg.capacity, cfg.policy, cfg.chunk_size);
+        let store = if cfg.sendfile {
+            Store::with_arena(cfg.capacity, cfg.policy, cfg.chunk_size)
+        } else {
+            Store::new(cfg.capacity, cfg.policy)
+        };
         let origin = Arc::new(
             OriginClient::from_config(&cfg, metrics.clone())?.with_fill_fields(cfg.fill_fields()),
         );

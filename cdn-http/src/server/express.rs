@@ -233,8 +233,7 @@ impl Lane<'_> {
 
     /// Writes `head` and `body`: `Ok` with the body bytes when all went out, `Err` with those
     /// that did when the client went away or stopped reading for `idle_timeout`. Bytes in
-    /// memory go out with vectored writes, pieces in files with `sendfile` (the memory before
-    /// one marked `MSG_MORE`, so a head and its body still leave in full segments).
+    /// memory go out with vectored writes, pieces in files with `sendfile`.
     async fn write(&self, head: &[u8], body: &[Piece]) -> Result<u64, u64> {
         let total = head.len() + body.iter().map(|p| p.bytes.len()).sum::<usize>();
         let mut done = 0usize;
@@ -262,21 +261,17 @@ impl Lane<'_> {
                 _ => {
                     let mut slices = [IoSlice::new(&[]); MAX_PIECES + 1];
                     let mut n = 0;
-                    let mut more = false;
                     for i in first..count {
                         let (bytes, file) = segment(i);
                         if file.is_some() {
-                            more = true;
                             break;
                         }
                         slices[n] = IoSlice::new(&bytes[if i == first { skip } else { 0 }..]);
                         n += 1;
                     }
-                    self.stream.try_io(tokio::io::Interest::WRITABLE, || {
-                        let flags = if more { libc::MSG_MORE } else { 0 };
-                        socket2::SockRef::from(self.stream)
-                            .send_vectored_with_flags(&slices[..n], flags)
-                    })
+                    // Not `MSG_MORE` before a file: corking the head made every 1 MiB
+                    // `sendfile` cost five times the CPU on loopback (BENCHMARKS.md).
+                    self.stream.try_write_vectored(&slices[..n])
                 }
             };
             match sent {
