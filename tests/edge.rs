@@ -55,6 +55,48 @@ async fn concurrent_cold_requests_make_one_origin_fetch() {
     origin.stop().await;
 }
 
+/// `only-if-cached` (RFC 9111 §5.2.1.7) on an object whose metadata is stored but not the
+/// chunk the request needs: 504 and no origin request (before: the chunk was filled from the
+/// origin as for any partial hit).
+#[tokio::test]
+async fn only_if_cached_does_not_fill_a_missing_chunk() {
+    let origin = start_origin(&media_root(), &Default::default()).await;
+    let (edge, _) = start_edge(&origin.url(), |c| c.chunk_size = MIB).await;
+    let url = format!("{}/synthetic/oic?size={}", edge.url(), 3 * MIB);
+    let c = client();
+    // The first chunk and the metadata are stored; the third chunk is not.
+    let r = c
+        .get(&url)
+        .header("range", "bytes=0-0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    let before = origin_requests(&origin.url()).await;
+    let r = c
+        .get(&url)
+        .header("range", format!("bytes={}-{}", 2 * MIB, 2 * MIB + 9))
+        .header("cache-control", "only-if-cached")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(origin_requests(&origin.url()).await, before);
+    // What is stored still answers it.
+    let r = c
+        .get(&url)
+        .header("range", "bytes=0-9")
+        .header("cache-control", "only-if-cached")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.bytes().await.unwrap(), synthetic("oic", 0..=9));
+    assert_eq!(origin_requests(&origin.url()).await, before);
+    edge.stop().await;
+    origin.stop().await;
+}
+
 #[tokio::test]
 async fn small_range_of_a_huge_object_fetches_one_chunk() {
     let origin = start_origin_with(&media_root(), "synthetic_max_bytes = 1073741824\n").await;

@@ -157,6 +157,17 @@ async fn serve(
     // A hit whose body needs a chunk that is not stored goes to the origin for the rest.
     if verdict.kind == CacheOutcome::Hit && !stored(edge, &meta, &plan, method, &mut at_hand).await
     {
+        if crate::freshness::CacheControl::parse(&parts.headers).only_if_cached {
+            // RFC 9111 §5.2.1.7: what is stored does not answer, and the origin is not asked.
+            let verdict = Verdict::new(CacheOutcome::Miss, Some("miss"));
+            let mut r = (
+                StatusCode::GATEWAY_TIMEOUT,
+                "only-if-cached and not in cache\n",
+            )
+                .into_response();
+            decorate(edge, r.headers_mut(), &verdict, None);
+            return (r, CacheOutcome::Miss);
+        }
         verdict.kind = CacheOutcome::Miss;
         verdict.fwd = Some("partial");
     }
