@@ -205,22 +205,8 @@ async fn start_node(
     )
     .expect("write");
     let args = cdn_edge::EdgeArgs {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        origin: None,
-        name: None,
-        region: None,
-        capacity: None,
-        chunk_size: None,
-        policy: None,
-        peer_listen: None,
         config: Some(config),
-        check_config: None,
-        tls_listen: None,
-        tls_cert: None,
-        tls_key: None,
-        no_http3: false,
-        admin_listen: None,
-        origin_ca: None,
+        ..cdn_edge::EdgeArgs::listening_at("127.0.0.1:0".parse().expect("addr"))
     };
     let node = cdn_edge::start(&args).await.expect("edge starts");
     let addr = node.addr;

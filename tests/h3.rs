@@ -49,22 +49,8 @@ impl H3Edge {
         );
         std::fs::write(&config, text).expect("config");
         let args = cdn_edge::EdgeArgs {
-            listen: "127.0.0.1:0".parse().expect("addr"),
-            origin: None,
-            name: None,
-            region: None,
-            capacity: None,
-            chunk_size: None,
-            policy: None,
-            peer_listen: None,
             config: Some(config),
-            check_config: None,
-            tls_listen: None,
-            tls_cert: None,
-            tls_key: None,
-            no_http3: false,
-            admin_listen: None,
-            origin_ca: None,
+            ..cdn_edge::EdgeArgs::listening_at("127.0.0.1:0".parse().expect("addr"))
         };
         let node = cdn_edge::start(&args).await.expect("edge starts");
         let (tcp, udp) = (node.addr, node.http3_addr.expect("http3 is on"));
@@ -441,22 +427,13 @@ async fn the_https_port_serves_http3_unless_turned_off() {
     let want = synthetic("h3-tlsport", 0..=4999);
     for no_http3 in [false, true] {
         let args = cdn_edge::EdgeArgs {
-            listen: "127.0.0.1:0".parse().expect("addr"),
             origin: Some(origin.url()),
             name: Some("edge-tls".into()),
-            region: None,
-            capacity: None,
-            chunk_size: None,
-            policy: None,
-            peer_listen: None,
-            config: None,
-            check_config: None,
             tls_listen: Some("127.0.0.1:0".parse().expect("addr")),
             tls_cert: Some(dir.join("localhost.pem")),
             tls_key: Some(dir.join("localhost.key")),
             no_http3,
-            admin_listen: None,
-            origin_ca: None,
+            ..cdn_edge::EdgeArgs::listening_at("127.0.0.1:0".parse().expect("addr"))
         };
         let node = cdn_edge::start(&args).await.expect("edge starts");
         let tls = node.tls_addr.expect("the HTTPS listener");

@@ -721,23 +721,10 @@ async fn cdn_edge_follows_the_peers_in_its_config_file() {
     let file = dir.join("a.toml");
     write_config(&file, &config(&[("b", pb)], ""));
     let args = cdn_edge::EdgeArgs {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        origin: None,
-        name: None,
-        region: None,
         // A flag wins over the file, at start and at every reload.
         capacity: Some(32 << 20),
-        chunk_size: None,
-        policy: None,
-        peer_listen: None,
         config: Some(file.clone()),
-        tls_listen: None,
-        tls_cert: None,
-        tls_key: None,
-        no_http3: false,
-        admin_listen: None,
-        origin_ca: None,
-        check_config: None,
+        ..cdn_edge::EdgeArgs::listening_at("127.0.0.1:0".parse().unwrap())
     };
     // What `cdn edge --config FILE` runs, in-process.
     let node = cdn_edge::start(&args).await.expect("edge starts");

@@ -252,22 +252,16 @@ async fn tls_edge(
     tokio::sync::oneshot::Sender<()>,
 ) {
     let args = cdn_edge::EdgeArgs {
-        listen: "127.0.0.1:0".parse().expect("addr"),
         origin: Some(origin.to_string()),
         name: Some("tls-edge".into()),
-        region: None,
         capacity: Some(64 << 20),
         chunk_size: Some(256 * 1024),
-        policy: None,
-        peer_listen: None,
         config,
         tls_listen: Some("127.0.0.1:0".parse().expect("addr")),
         tls_cert: Some(cert.to_path_buf()),
         tls_key: Some(key.to_path_buf()),
         no_http3: true,
-        admin_listen: None,
-        origin_ca: None,
-        check_config: None,
+        ..cdn_edge::EdgeArgs::listening_at("127.0.0.1:0".parse().expect("addr"))
     };
     let node = cdn_edge::start(&args).await.expect("edge starts");
     let (plain, https, edge) = (

@@ -178,7 +178,8 @@ impl Limits {
 }
 
 /// Descriptors kept out of the connection budget: listeners, the peers' UDP socket, logs,
-/// config and geo files, the runtime's own (epoll, eventfd, blocking threads' files).
+/// config and geo files, the edge's chunk arena (at most 16 memory files, with `sendfile`
+/// on), the runtime's own (epoll, eventfd, blocking threads' files).
 pub const FD_RESERVE: u64 = 128;
 
 /// How many connections a node serves and refuses (503) at once.

@@ -111,6 +111,29 @@ pub struct EdgeArgs {
 }
 
 impl EdgeArgs {
+    /// `cdn edge --listen LISTEN` and no other flag (for embedders and tests, with `..` to
+    /// set the others).
+    pub fn listening_at(listen: SocketAddr) -> Self {
+        EdgeArgs {
+            listen,
+            origin: None,
+            name: None,
+            region: None,
+            capacity: None,
+            chunk_size: None,
+            policy: None,
+            peer_listen: None,
+            config: None,
+            check_config: None,
+            tls_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            no_http3: false,
+            admin_listen: None,
+            origin_ca: None,
+        }
+    }
+
     /// The configuration: the file (or defaults) with the flags applied.
     pub fn resolve(&self) -> anyhow::Result<EdgeConfig> {
         Ok(self.resolve_file()?.0)
@@ -621,22 +644,10 @@ mod tests {
 
     fn args(config: Option<PathBuf>) -> EdgeArgs {
         EdgeArgs {
-            listen: "127.0.0.1:0".parse().expect("addr"),
-            origin: None,
             name: Some("flag-name".into()),
-            region: None,
             capacity: Some(32 << 20),
-            chunk_size: None,
-            policy: None,
-            peer_listen: None,
             config,
-            tls_listen: None,
-            tls_cert: None,
-            tls_key: None,
-            no_http3: false,
-            admin_listen: None,
-            origin_ca: None,
-            check_config: None,
+            ..EdgeArgs::listening_at("127.0.0.1:0".parse().expect("addr"))
         }
     }
 

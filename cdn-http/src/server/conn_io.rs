@@ -146,32 +146,37 @@ const READ_CHUNK: usize = 64 * 1024;
 ///   through `try_io` only when no readiness event has arrived since the receive began, so
 ///   data that arrives meanwhile is not missed.
 fn read_into(stream: &TcpStream, buf: &mut ReadBuf<'_>) -> io::Result<usize> {
-    use std::io::Read;
     thread_local! {
         static SCRATCH: std::cell::RefCell<Box<[u8]>> =
             std::cell::RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
     }
     SCRATCH.with_borrow_mut(|scratch| {
         let room = buf.remaining().min(scratch.len());
-        let dst = &mut scratch[..room];
-        let mut received = None;
-        let result = stream.try_io(tokio::io::Interest::READABLE, || {
-            let n = (&*socket2::SockRef::from(stream)).read(dst)?;
-            received = Some(n);
-            if n > 0 && n < room {
-                // Drained: clear the readiness (the bytes are returned below).
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            Ok(n)
-        });
-        match received {
-            Some(n) => {
-                buf.put_slice(&scratch[..n]);
-                Ok(n)
-            }
-            None => result,
-        }
+        let n = recv_draining(stream, &mut scratch[..room])?;
+        buf.put_slice(&scratch[..n]);
+        Ok(n)
     })
+}
+
+/// One receive into `dst`; a receive that fills less than `dst` drained the socket, so its
+/// readiness is cleared then (see [`read_into`]), sparing the `WouldBlock` receive after it.
+pub(super) fn recv_draining(stream: &TcpStream, dst: &mut [u8]) -> io::Result<usize> {
+    use std::io::Read;
+    let room = dst.len();
+    let mut received = None;
+    let result = stream.try_io(tokio::io::Interest::READABLE, || {
+        let n = (&*socket2::SockRef::from(stream)).read(dst)?;
+        received = Some(n);
+        if n > 0 && n < room {
+            // Drained: clear the readiness (the bytes are returned below).
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match received {
+        Some(n) => Ok(n),
+        None => result,
+    }
 }
 
 impl AsyncWrite for SharedIo {

@@ -37,7 +37,7 @@ pub struct ExpressRequest<'a> {
 /// A response the responder has rendered: its head went into the lane's buffer, the body is
 /// these pieces in order.
 pub struct Answer {
-    /// The body, in order (empty for HEAD). At most [`MAX_PIECES`] pieces.
+    /// The body, in order (empty for HEAD).
     pub body: Vec<Piece>,
     /// Called once the response is written, or the write failed, with the body bytes sent.
     pub done: Box<dyn FnOnce(u64) + Send>,
@@ -58,8 +58,8 @@ pub struct FileSpan {
     pub offset: u64,
 }
 
-/// At most this many pieces in an [`Answer`]'s body.
-pub const MAX_PIECES: usize = 32;
+/// Memory pieces given to one vectored write (the rest go in the next).
+const WRITEV_SLICES: usize = 32;
 
 /// What answers requests on the express lane.
 pub trait Express: Send + Sync + 'static {
@@ -172,7 +172,7 @@ impl Lane<'_> {
             if ready.is_err() {
                 return Outcome::Closed;
             }
-            match read_some(self.stream, &mut buf[have..]) {
+            match recv_draining(self.stream, &mut buf[have..]) {
                 Ok(0) => return Outcome::Closed,
                 Ok(n) => {
                     have += n;
@@ -219,7 +219,7 @@ impl Lane<'_> {
         if bytes > self.limits.max_header_bytes {
             return None;
         }
-        let answer = self.express.answer(
+        self.express.answer(
             &ExpressRequest {
                 head: !get,
                 target,
@@ -227,8 +227,7 @@ impl Lane<'_> {
                 peer: self.peer,
             },
             head,
-        )?;
-        (answer.body.len() <= MAX_PIECES).then_some(answer)
+        )
     }
 
     /// Writes `head` and `body`: `Ok` with the body bytes when all went out, `Err` with those
@@ -259,11 +258,11 @@ impl Lane<'_> {
             let sent = match segment(first) {
                 (bytes, Some(file)) => self.send_file(file, skip, bytes.len() - skip),
                 _ => {
-                    let mut slices = [IoSlice::new(&[]); MAX_PIECES + 1];
+                    let mut slices = [IoSlice::new(&[]); WRITEV_SLICES];
                     let mut n = 0;
                     for i in first..count {
                         let (bytes, file) = segment(i);
-                        if file.is_some() {
+                        if file.is_some() || n == slices.len() {
                             break;
                         }
                         slices[n] = IoSlice::new(&bytes[if i == first { skip } else { 0 }..]);
@@ -336,26 +335,6 @@ impl Lane<'_> {
             close_gently(self.stream).await
         })
         .await;
-    }
-}
-
-/// One receive into `dst`; a receive that fills less than `dst` drained the socket, so its
-/// readiness is cleared then (as [`conn_io`]'s reads do), sparing the `WouldBlock` receive.
-fn read_some(stream: &TcpStream, dst: &mut [u8]) -> io::Result<usize> {
-    use std::io::Read;
-    let room = dst.len();
-    let mut received = None;
-    let result = stream.try_io(tokio::io::Interest::READABLE, || {
-        let n = (&*socket2::SockRef::from(stream)).read(dst)?;
-        received = Some(n);
-        if n > 0 && n < room {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        Ok(n)
-    });
-    match received {
-        Some(n) => Ok(n),
-        None => result,
     }
 }
 

@@ -53,7 +53,9 @@ pub mod express;
 
 pub use crate::limits::Limits;
 use crate::limits::{header_bytes, uri_len};
-use conn_io::{ConnState, SharedIo, close_gently, idle_for, no_request_within, write_shared};
+use conn_io::{
+    ConnState, SharedIo, close_gently, idle_for, no_request_within, recv_draining, write_shared,
+};
 use express::{Express, Lane, Outcome, Rewind};
 
 /// How a node serves connections.
