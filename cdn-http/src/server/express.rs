@@ -70,13 +70,12 @@ pub trait Express: Send + Sync + 'static {
     fn answer(&self, req: &ExpressRequest<'_>, head: &mut Vec<u8>) -> Option<Answer>;
 }
 
-/// `date: <IMF-fixdate>\r\n` for now, rendered once per second per thread (as hyper does).
-pub fn date_line(out: &mut Vec<u8>) {
+/// `date: <IMF-fixdate>\r\n` for `now`, rendered once per second per thread (as hyper does).
+pub fn date_line(out: &mut Vec<u8>, now: std::time::SystemTime) {
     thread_local! {
         static DATE: std::cell::RefCell<(u64, Vec<u8>)> =
             const { std::cell::RefCell::new((u64::MAX, Vec::new())) };
     }
-    let now = std::time::SystemTime::now();
     let secs = now
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -126,17 +125,22 @@ impl Lane<'_> {
         loop {
             // Answer every complete request held.
             while have > 0 {
-                let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-                let mut req = httparse::Request::new(&mut fields);
-                let used = match req.parse(&buf[..have]) {
-                    Ok(httparse::Status::Complete(n)) => n,
-                    Ok(httparse::Status::Partial) if have < cap => break,
-                    // Malformed, too many fields or too large: hyper gives the answer.
-                    _ => return Outcome::Handoff(Bytes::copy_from_slice(&buf[..have])),
-                };
-                head.clear();
-                let Some(answer) = self.offer(&req, &mut head) else {
-                    return Outcome::Handoff(Bytes::copy_from_slice(&buf[..have]));
+                // The parsed fields (4 KiB) end here, before the write is awaited, so that
+                // they are not kept in every connection's future.
+                let (used, answer) = {
+                    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+                    let mut req = httparse::Request::new(&mut fields);
+                    let used = match req.parse(&buf[..have]) {
+                        Ok(httparse::Status::Complete(n)) => n,
+                        Ok(httparse::Status::Partial) if have < cap => break,
+                        // Malformed, too many fields or too large: hyper gives the answer.
+                        _ => return Outcome::Handoff(Bytes::copy_from_slice(&buf[..have])),
+                    };
+                    head.clear();
+                    match self.offer(&req, &mut head) {
+                        Some(answer) => (used, answer),
+                        None => return Outcome::Handoff(Bytes::copy_from_slice(&buf[..have])),
+                    }
                 };
                 self.state.on_request();
                 let sent = self.write(&head, &answer.body).await;

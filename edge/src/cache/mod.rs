@@ -122,34 +122,41 @@ impl Verdict {
 
     /// The Cache-Status member for this node; `ttl` is the remaining freshness in seconds.
     pub fn header(&self, node: &str, ttl: Option<i64>) -> String {
-        use std::fmt::Write as _;
-        // On every response: one buffer, no intermediate strings.
-        let mut s = String::with_capacity(node.len() + 64);
-        s.push_str(node);
+        let mut out = Vec::with_capacity(node.len() + 64);
+        self.write_header(node, ttl, &mut out);
+        // Only `str`s and digits went in.
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// [`Verdict::header`], appended to `out` (the express lane writes it into the head).
+    pub fn write_header(&self, node: &str, ttl: Option<i64>, out: &mut Vec<u8>) {
+        let mut num = itoa::Buffer::new();
+        out.extend_from_slice(node.as_bytes());
         match self.fwd {
-            None => s.push_str("; hit"),
+            None => out.extend_from_slice(b"; hit"),
             Some(f) => {
-                s.push_str("; fwd=");
-                s.push_str(f);
+                out.extend_from_slice(b"; fwd=");
+                out.extend_from_slice(f.as_bytes());
             }
         }
         if let Some(st) = self.fwd_status {
-            let _ = write!(s, "; fwd-status={st}");
+            out.extend_from_slice(b"; fwd-status=");
+            out.extend_from_slice(num.format(st).as_bytes());
         }
         if let Some(t) = ttl {
-            let _ = write!(s, "; ttl={t}");
+            out.extend_from_slice(b"; ttl=");
+            out.extend_from_slice(num.format(t).as_bytes());
         }
         if self.stored {
-            s.push_str("; stored");
+            out.extend_from_slice(b"; stored");
         }
         if self.collapsed {
-            s.push_str("; collapsed");
+            out.extend_from_slice(b"; collapsed");
         }
         if let Some(d) = self.detail {
-            s.push_str("; detail=");
-            s.push_str(d);
+            out.extend_from_slice(b"; detail=");
+            out.extend_from_slice(d.as_bytes());
         }
-        s
     }
 }
 

@@ -25,7 +25,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use cdn_http::range::{self, RangeRequest};
 use cdn_http::server::express::{Answer, Express, ExpressRequest, Piece, date_line};
 
-use super::{AccessLine, AccessLog, CONTENT_DIGEST, age_and_ttl, record, stored_fields, via};
+use super::{AccessLine, AccessLog, CONTENT_DIGEST, age_and_ttl_at, record, stored_fields, via};
 use crate::cache::{CacheOutcome, Verdict};
 use crate::freshness::{self, CacheControl, Usability};
 use crate::node::Edge;
@@ -149,7 +149,9 @@ impl Express for EdgeExpress {
         if !meta.selecting.is_empty() || meta.negative.is_some() {
             return None;
         }
-        let age = meta.age(SystemTime::now());
+        // One clock reading for the freshness, Age, the TTL and Date.
+        let now = SystemTime::now();
+        let age = meta.age(now);
         if freshness::usability(&meta.cc, meta.lifetime, age, &CacheControl::default())
             != Usability::Fresh
         {
@@ -208,7 +210,7 @@ impl Express for EdgeExpress {
         }
         edge.cache.note_served(&meta);
         let heads = meta.rendered.heads_or_init(|| self.render(&meta));
-        let (age, ttl) = age_and_ttl(&meta);
+        let (age, ttl) = age_and_ttl_at(&meta, now);
         let mut num = itoa::Buffer::new();
         head.extend_from_slice(match part {
             Some(_) => b"HTTP/1.1 206 Partial Content\r\n",
@@ -222,8 +224,7 @@ impl Express for EdgeExpress {
         head.extend_from_slice(b"age: ");
         head.extend_from_slice(num.format(age).as_bytes());
         head.extend_from_slice(b"\r\ncache-status: ");
-        let verdict = Verdict::new(CacheOutcome::Hit, None);
-        head.extend_from_slice(verdict.header(&edge.cfg.name, Some(ttl)).as_bytes());
+        Verdict::new(CacheOutcome::Hit, None).write_header(&edge.cfg.name, Some(ttl), head);
         head.extend_from_slice(b"\r\n");
         let body_len = match &part {
             Some(r) => {
@@ -238,7 +239,7 @@ impl Express for EdgeExpress {
         head.extend_from_slice(num.format(body_len).as_bytes());
         head.extend_from_slice(b"\r\n");
         if !heads.dated {
-            date_line(head);
+            date_line(head, now);
         }
         head.extend_from_slice(b"\r\n");
 

@@ -278,7 +278,12 @@ fn fields(edge: &Edge, meta: &ObjectMeta, verdict: &Verdict) -> HeaderMap {
 
 /// The stored response's current age and its remaining freshness, in seconds.
 fn age_and_ttl(meta: &ObjectMeta) -> (u64, i64) {
-    let age = meta.age(SystemTime::now());
+    age_and_ttl_at(meta, SystemTime::now())
+}
+
+/// [`age_and_ttl`] at `now`.
+fn age_and_ttl_at(meta: &ObjectMeta, now: SystemTime) -> (u64, i64) {
+    let age = meta.age(now);
     let secs = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
     (age.as_secs(), secs(meta.lifetime).saturating_sub(secs(age)))
 }
@@ -377,7 +382,9 @@ fn via(name: &str) -> Option<HeaderValue> {
 /// This node's Cache-Status member (RFC 9211): the text of [`Verdict::header`], written in
 /// one buffer that becomes the value without a copy.
 fn cache_status(verdict: &Verdict, node: &str, ttl: Option<i64>) -> Option<HeaderValue> {
-    HeaderValue::from_maybe_shared(Bytes::from(verdict.header(node, ttl))).ok()
+    let mut out = Vec::with_capacity(node.len() + 64);
+    verdict.write_header(node, ttl, &mut out);
+    HeaderValue::from_maybe_shared(Bytes::from(out)).ok()
 }
 
 /// The metric handles of one node, kept per thread: looking a series up in the registry
