@@ -13,7 +13,7 @@ use http::HeaderMap;
 use cdn_http::metrics::NodeMetrics;
 
 use crate::cache::Cache;
-use crate::config::EdgeConfig;
+use crate::config::{EdgeConfig, Policy};
 use crate::fill::{FillSource, Filler};
 use crate::origin::OriginClient;
 use crate::peer::{self, Peers};
@@ -37,7 +37,17 @@ impl Edge {
     /// Builds the edge; with `peer_listen` set, binds its QUIC endpoint and starts answering
     /// peers (must run inside a tokio runtime).
     pub fn new(cfg: EdgeConfig, metrics: Arc<NodeMetrics>) -> anyhow::Result<Arc<Self>> {
-        let store = if cfg.sendfile {
+        // The arena only pays with the lane reading chunks without waiting (S3-FIFO).
+        let lane_reads =
+            cfg.express && matches!(cfg.policy, Policy::S3Fifo | Policy::GroupedS3Fifo);
+        if cfg.sendfile && !lane_reads {
+            tracing::warn!(
+                express = cfg.express,
+                policy = ?cfg.policy,
+                "sendfile needs the express lane and an S3-FIFO policy: chunks stay on the heap"
+            );
+        }
+        let store = if cfg.sendfile && lane_reads {
             Store::with_arena(cfg.capacity, cfg.policy, cfg.chunk_size)
         } else {
             Store::new(cfg.capacity, cfg.policy)
