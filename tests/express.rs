@@ -14,6 +14,7 @@ use axum::extract::Request;
 use axum::response::IntoResponse;
 use cdn_http::server::NodeHandle;
 use common::*;
+use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -104,7 +105,7 @@ impl Raw {
             !fields.iter().any(|(k, _)| k == "transfer-encoding"),
             "{fields:?}"
         );
-        let len: usize = if head || status == 304 {
+        let len: usize = if head || status == 304 || status == 204 {
             0
         } else {
             fields
@@ -157,6 +158,13 @@ async fn odd_origin() -> NodeHandle {
             .unwrap_or("none")
             .to_string();
         let mut resp = match path.as_str() {
+            "/moved" => {
+                let mut r = (StatusCode::MOVED_PERMANENTLY, "moved").into_response();
+                r.headers_mut()
+                    .insert("location", "/elsewhere".parse().unwrap());
+                r
+            }
+            "/empty" => StatusCode::NO_CONTENT.into_response(),
             "/vary" => {
                 let mut r = format!("in {lang}").into_response();
                 r.headers_mut()
@@ -269,6 +277,10 @@ async fn the_lane_answers_every_hit_as_the_full_stack_does() {
         assert_eq!(r.status, 200, "{path}");
     }
     assert_eq!(one(odd_edge, "GET", "/up", &[]).await.status, 200);
+    assert_eq!(one(odd_edge, "GET", "/moved", &[]).await.status, 301);
+    assert_eq!(one(odd_edge, "GET", "/empty", &[]).await.status, 204);
+    // A 404 of the media origin is stored for `negative_ttl_secs`.
+    assert_eq!(one(edge.addr, "GET", "/missing.mp4", &[]).await.status, 404);
     assert!(
         node.store().arena_bytes() >= 3 * MIB,
         "the big object is in the arena"
@@ -368,6 +380,30 @@ async fn the_lane_answers_every_hit_as_the_full_stack_does() {
             assert!(r.get("cache-status").unwrap().starts_with("edge-test; hit"));
         }
     }
+    // Stored negative responses, replayed whole (Range does not apply to them).
+    for (addr, path, status) in [
+        (edge.addr, "/missing.mp4", 404),
+        (odd_edge, "/moved", 301),
+        (odd_edge, "/empty", 204),
+    ] {
+        for (method, fields) in [
+            ("GET", vec![]),
+            ("HEAD", vec![]),
+            ("GET", vec![("range", "bytes=0-1")]),
+        ] {
+            let (lane, full) = both(addr, method, path, &fields).await;
+            assert_eq!((lane.status, full.status), (status, status), "{path}");
+            let mut full_fields = full.by_name();
+            if status == 204 && method == "HEAD" {
+                // hyper adds `Content-Length: 0` to a HEAD answered 204, which RFC 9110
+                // §8.6 forbids in a 204; the lane sends none, as it does for the GET.
+                assert_eq!(full_fields.remove("content-length"), Some(vec!["0".into()]));
+            }
+            assert_eq!(lane.by_name(), full_fields, "{method} {path} {fields:?}");
+            assert_eq!(lane.body, full.body, "{method} {path} {fields:?}");
+        }
+    }
+    assert_eq!(one(odd_edge, "GET", "/moved", &[]).await.body, b"moved");
     // The upstream's fields: its Via and Cache-Status members come first, its own CORS
     // field stays, its Date is the response's only one.
     let (lane, full) = both(odd_edge, "GET", "/up", &[]).await;

@@ -1,7 +1,8 @@
 //! The edge's answers on the express lane ([`cdn_http::server::express`]): a GET or HEAD
 //! that is a fresh hit on a URL without Vary, for the whole object or one byte range, with
-//! every chunk it needs stored, from a request that carries no field such an answer depends
-//! on besides Range ([`IGNORED`]). Anything else declines, and the connection goes on in the
+//! every chunk it needs stored, or for a stored negative response (a 404, a 301...: replayed
+//! whole), from a request that carries no field such an answer depends on besides Range
+//! ([`IGNORED`]). Anything else declines, and the connection goes on in the
 //! full stack ([`super::handle`]), which would have given the same answer.
 //!
 //! The answer is [`super::handle`]'s, rendered without a header map: the fields that do not
@@ -73,6 +74,22 @@ impl EdgeExpress {
     }
 
     fn render(&self, meta: &ObjectMeta) -> RenderedHeads {
+        if meta.negative.is_some() {
+            // `super::replay`'s fields: the stored ones (with their own Content-Type and
+            // validators), Age and Content-Length set per response, then Via and ours.
+            let mut h = meta.headers.clone();
+            h.remove(header::AGE);
+            h.remove(header::CONTENT_LENGTH);
+            if let Some(v) = via(&self.edge.cfg.name) {
+                h.append(header::VIA, v);
+            }
+            self.add_extra(&mut h);
+            return RenderedHeads {
+                dated: h.contains_key(header::DATE),
+                full: serialize(&h),
+                part: Bytes::new(),
+            };
+        }
         let stored = meta
             .rendered
             .get_or_init(|| stored_fields(meta.etag.as_deref(), meta.last_modified, &meta.headers));
@@ -91,17 +108,23 @@ impl EdgeExpress {
         if let Some(d) = &meta.digest {
             full.append(CONTENT_DIGEST, d.clone());
         }
-        for (name, value) in &self.extra {
-            for h in [&mut full, &mut part] {
-                if !h.contains_key(name) {
-                    h.insert(name.clone(), value.clone());
-                }
-            }
-        }
+        self.add_extra(&mut full);
+        self.add_extra(&mut part);
         RenderedHeads {
             dated: full.contains_key(header::DATE),
             full: serialize(&full),
             part: serialize(&part),
+        }
+    }
+}
+
+impl EdgeExpress {
+    /// The node's own fields, where the response lacks them (as its layers add them).
+    fn add_extra(&self, h: &mut HeaderMap) {
+        for (name, value) in &self.extra {
+            if !h.contains_key(name) {
+                h.insert(name.clone(), value.clone());
+            }
         }
     }
 }
@@ -146,7 +169,7 @@ impl Express for EdgeExpress {
         let primary = edge.cache.primary_key_parts(pq.path(), pq.query());
         let meta = edge.cache.store().lookup_now(&primary)?;
         // No Vary: the stored response is the one for every request (`Cache::decide`).
-        if !meta.selecting.is_empty() || meta.negative.is_some() {
+        if !meta.selecting.is_empty() {
             return None;
         }
         // One clock reading for the freshness, Age, the TTL and Date.
@@ -157,14 +180,115 @@ impl Express for EdgeExpress {
         {
             return None;
         }
-        let len = meta.len;
-        // Range is for GET only; an invalid one is ignored; several ranges, or none
-        // satisfiable, are the full stack's (multipart, 416).
         let range_value = match range_field {
             Some(v) => Some(HeaderValue::from_bytes(v).ok()?),
             None => None,
         };
-        let part = match (&range_value, req.head) {
+        let (status, body) = match &meta.negative {
+            Some(neg) => {
+                // A stored 404, 301...: replayed whole (`super::replay`; Range does not
+                // apply, and no precondition can be in the request).
+                let heads = meta.rendered.heads_or_init(|| self.render(&meta));
+                self.negative_head(&meta, neg.status, neg.body.len(), heads, now, head);
+                let body = match req.head || neg.body.is_empty() {
+                    true => Vec::new(),
+                    false => vec![Piece {
+                        bytes: neg.body.clone(),
+                        file: None,
+                    }],
+                };
+                (neg.status.as_u16(), body)
+            }
+            None => self.hit(&meta, req.head, range_value.as_ref(), now, head)?,
+        };
+
+        // Counted and logged as the full stack does (`super::handle`, `super::finish`).
+        edge.inflight.fetch_add(1, Ordering::Relaxed);
+        let (served, duration) = record(&edge.metrics, CacheOutcome::Hit, started.elapsed(), true);
+        let line = tracing::enabled!(target: "cdn_edge::access", tracing::Level::INFO).then(|| {
+            Box::new(AccessLine {
+                client: Some(req.peer.ip()),
+                method: if req.head { Method::HEAD } else { Method::GET },
+                uri: http::Uri::from(pq),
+                range: range_value,
+            })
+        });
+        let mut log = AccessLog {
+            line,
+            status,
+            cache: CacheOutcome::Hit.label(),
+            bytes: 0,
+            started,
+            duration,
+            inflight: edge.inflight.clone(),
+        };
+        Some(Answer {
+            body,
+            done: Box::new(move |sent| {
+                served.increment(sent);
+                log.bytes = sent;
+                drop(log);
+            }),
+        })
+    }
+}
+
+impl EdgeExpress {
+    /// The head of a stored negative response with `status` and a body of `len` bytes.
+    fn negative_head(
+        &self,
+        meta: &ObjectMeta,
+        status: http::StatusCode,
+        len: usize,
+        heads: &RenderedHeads,
+        now: SystemTime,
+        head: &mut Vec<u8>,
+    ) {
+        let mut num = itoa::Buffer::new();
+        head.extend_from_slice(b"HTTP/1.1 ");
+        head.extend_from_slice(status.as_str().as_bytes());
+        head.extend_from_slice(b" ");
+        head.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
+        head.extend_from_slice(b"\r\n");
+        head.extend_from_slice(&heads.full);
+        self.dynamic_fields(meta, now, head);
+        if status != http::StatusCode::NO_CONTENT && status != http::StatusCode::NOT_MODIFIED {
+            head.extend_from_slice(b"content-length: ");
+            head.extend_from_slice(num.format(len).as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        if !heads.dated {
+            date_line(head, now);
+        }
+        head.extend_from_slice(b"\r\n");
+    }
+
+    /// Age and this node's Cache-Status member of a hit at `now`.
+    fn dynamic_fields(&self, meta: &ObjectMeta, now: SystemTime, head: &mut Vec<u8>) {
+        let (age, ttl) = age_and_ttl_at(meta, now);
+        head.extend_from_slice(b"age: ");
+        head.extend_from_slice(itoa::Buffer::new().format(age).as_bytes());
+        head.extend_from_slice(b"\r\ncache-status: ");
+        Verdict::new(CacheOutcome::Hit, None).write_header(&self.edge.cfg.name, Some(ttl), head);
+        head.extend_from_slice(b"\r\n");
+    }
+
+    /// The head and body of a hit on a stored 200 (the whole object, or the range of
+    /// `range_value` when it is one satisfiable range), or `None` when the lane cannot
+    /// give it (several ranges or none satisfiable, a chunk not stored, too many chunks).
+    fn hit(
+        &self,
+        meta: &Arc<ObjectMeta>,
+        head_only: bool,
+        range_value: Option<&HeaderValue>,
+        now: SystemTime,
+        head: &mut Vec<u8>,
+    ) -> Option<(u16, Vec<Piece>)> {
+        let edge = &self.edge;
+        let len = meta.len;
+        // Range is for GET only; an invalid one is ignored; several ranges, or none
+        // satisfiable, are the full stack's (multipart, 416).
+        let part = match (range_value, head_only) {
             (Some(v), false) => match v.to_str().map(|s| range::evaluate_str(s, len)) {
                 Ok(RangeRequest::Ranges(r)) if r.len() == 1 => Some(r[0].clone()),
                 Ok(RangeRequest::Ranges(_) | RangeRequest::Unsatisfiable) => return None,
@@ -174,7 +298,7 @@ impl Express for EdgeExpress {
         };
         let body_range = match &part {
             Some(r) => Some(r.clone()),
-            None if !req.head && len > 0 => Some(0..=len - 1),
+            None if !head_only && len > 0 => Some(0..=len - 1),
             None => None,
         };
         let mut body = Vec::new();
@@ -195,7 +319,7 @@ impl Express for EdgeExpress {
                 let chunk = store.chunk_now(&meta.chunk_key(index))?;
                 let (cstart, cend) = meta.chunk_span(index);
                 if first != last {
-                    super::body::read_ahead(edge, &meta, index, first, *r.end(), readahead);
+                    super::body::read_ahead(edge, meta, index, first, *r.end(), readahead);
                 }
                 let from = usize::try_from(r.start().max(&cstart) - cstart).ok()?;
                 let to = usize::try_from(r.end().min(&cend) - cstart + 1).ok()?;
@@ -208,9 +332,8 @@ impl Express for EdgeExpress {
                 body.push(Piece { bytes, file });
             }
         }
-        edge.cache.note_served(&meta);
-        let heads = meta.rendered.heads_or_init(|| self.render(&meta));
-        let (age, ttl) = age_and_ttl_at(&meta, now);
+        edge.cache.note_served(meta);
+        let heads = meta.rendered.heads_or_init(|| self.render(meta));
         let mut num = itoa::Buffer::new();
         head.extend_from_slice(match part {
             Some(_) => b"HTTP/1.1 206 Partial Content\r\n",
@@ -221,11 +344,7 @@ impl Express for EdgeExpress {
         } else {
             &heads.full
         });
-        head.extend_from_slice(b"age: ");
-        head.extend_from_slice(num.format(age).as_bytes());
-        head.extend_from_slice(b"\r\ncache-status: ");
-        Verdict::new(CacheOutcome::Hit, None).write_header(&edge.cfg.name, Some(ttl), head);
-        head.extend_from_slice(b"\r\n");
+        self.dynamic_fields(meta, now, head);
         let body_len = match &part {
             Some(r) => {
                 head.extend_from_slice(b"content-range: ");
@@ -242,34 +361,6 @@ impl Express for EdgeExpress {
             date_line(head, now);
         }
         head.extend_from_slice(b"\r\n");
-
-        // Counted and logged as the full stack does (`super::handle`, `super::finish`).
-        edge.inflight.fetch_add(1, Ordering::Relaxed);
-        let (served, duration) = record(&edge.metrics, CacheOutcome::Hit, started.elapsed(), true);
-        let line = tracing::enabled!(target: "cdn_edge::access", tracing::Level::INFO).then(|| {
-            Box::new(AccessLine {
-                client: Some(req.peer.ip()),
-                method: if req.head { Method::HEAD } else { Method::GET },
-                uri: http::Uri::from(pq),
-                range: range_value,
-            })
-        });
-        let mut log = AccessLog {
-            line,
-            status: if part.is_some() { 206 } else { 200 },
-            cache: CacheOutcome::Hit.label(),
-            bytes: 0,
-            started,
-            duration,
-            inflight: edge.inflight.clone(),
-        };
-        Some(Answer {
-            body,
-            done: Box::new(move |sent| {
-                served.increment(sent);
-                log.bytes = sent;
-                drop(log);
-            }),
-        })
+        Some((if part.is_some() { 206 } else { 200 }, body))
     }
 }
