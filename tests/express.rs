@@ -571,23 +571,25 @@ async fn an_idle_lane_connection_does_not_hold_up_the_drain() {
 
 /// The arena (`cdn_edge::arena`) hands the kernel a chunk's pages with `sendfile`; the slot
 /// is reused once the response is written, while its bytes may still wait in the socket.
-/// Here a whole 1 MiB body waits unread in the client's receive buffer while its chunk is
-/// evicted and its slot refilled with other objects: the client must still read its own
-/// bytes (a slot overwritten in place would hand it the next object's).
+/// Here a whole body (one 64 KiB chunk: it fits any kernel's socket buffers) waits unread in
+/// the client's receive buffer while its chunk is evicted and its slot refilled with other
+/// objects: the client must still read its own bytes (a slot overwritten in place would hand
+/// it the next object's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_sent_from_a_slot_survive_its_reuse() {
+    const K: u64 = 64 * 1024;
     let origin = start_origin(&media_root(), &Default::default()).await;
     let (edge, node) = start_edge(&origin.url(), |c| {
-        c.chunk_size = MIB;
-        c.capacity = 5 * MIB;
+        c.chunk_size = K;
+        c.capacity = 8 * K;
         c.sendfile = true;
     })
     .await;
     let url = edge.url();
-    let a = format!("/synthetic/slot-a?size={MIB}");
+    let a = format!("/synthetic/slot-a?size={K}");
     assert_eq!(one(edge.addr, "GET", &a, &[]).await.status, 200);
     assert!(
-        metric_sum(&url, cdn_edge::metric_names::ARENA_BYTES).await >= MIB as f64,
+        metric_sum(&url, cdn_edge::metric_names::ARENA_BYTES).await >= K as f64,
         "the chunk is held in the arena"
     );
     let served = |url: String| async move {
@@ -596,7 +598,7 @@ async fn bytes_sent_from_a_slot_survive_its_reuse() {
     let before = served(url.clone()).await;
     // A client whose receive buffer takes the whole body, which it does not read yet.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(8 << 20).unwrap();
+    socket.set_recv_buffer_size(1 << 20).unwrap();
     let mut slow = Raw {
         s: socket.connect(edge.addr).await.expect("connect"),
         buf: Vec::new(),
@@ -605,7 +607,7 @@ async fn bytes_sent_from_a_slot_survive_its_reuse() {
     // Until the lane has written all of it (the served-bytes counter moves when it is done).
     let mut written = false;
     for _ in 0..400 {
-        if served(url.clone()).await >= before + MIB as f64 {
+        if served(url.clone()).await >= before + K as f64 {
             written = true;
             break;
         }
@@ -616,14 +618,14 @@ async fn bytes_sent_from_a_slot_survive_its_reuse() {
     let store = node.store();
     let primary = node
         .cache
-        .primary_key_parts("/synthetic/slot-a", Some(&format!("size={MIB}")));
+        .primary_key_parts("/synthetic/slot-a", Some(&format!("size={K}")));
     let chunk = store
         .lookup_now(&primary)
         .expect("A's metadata")
         .chunk_key(0);
     let mut gone = false;
     for i in 0..20 {
-        let other = format!("/synthetic/slot-{i}?size={MIB}");
+        let other = format!("/synthetic/slot-{i}?size={K}");
         assert_eq!(one(edge.addr, "GET", &other, &[]).await.status, 200);
         if !store.has_chunk(&chunk) {
             gone = true;
@@ -633,13 +635,13 @@ async fn bytes_sent_from_a_slot_survive_its_reuse() {
     assert!(gone, "A's chunk was evicted");
     // More objects, so that its slot is written again.
     for i in 20..24 {
-        let other = format!("/synthetic/slot-{i}?size={MIB}");
+        let other = format!("/synthetic/slot-{i}?size={K}");
         assert_eq!(one(edge.addr, "GET", &other, &[]).await.status, 200);
     }
     let r = slow.response(false).await;
     assert_eq!(r.status, 200);
     assert!(
-        r.body == synthetic("slot-a", 0..=MIB - 1),
+        r.body == synthetic("slot-a", 0..=K - 1),
         "the body changed after it was sent"
     );
     edge.stop().await;
