@@ -75,7 +75,9 @@ impl Raw {
     }
 
     async fn fill(&mut self) -> usize {
-        let mut chunk = [0u8; 65536];
+        // On the heap: an array here would sit in every future that awaits this one (64 KiB
+        // each, and debug builds move futures on the stack: the tests overflowed it).
+        let mut chunk = vec![0u8; 65536];
         let n = tokio::time::timeout(Duration::from_secs(20), self.s.read(&mut chunk))
             .await
             .expect("bytes in time")
