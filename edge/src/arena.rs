@@ -31,7 +31,7 @@ const SLAB_BYTES: usize = 1 << 30;
 
 /// One memory file and its read-only shared mapping.
 struct Slab {
-    fd: Arc<OwnedFd>,
+    file: Arc<std::fs::File>,
     base: *const u8,
     len: usize,
 }
@@ -80,7 +80,7 @@ impl Slab {
             return Err(std::io::Error::last_os_error());
         }
         Ok(Slab {
-            fd: Arc::new(OwnedFd::from(file)),
+            file: Arc::new(file),
             base: base as *const u8,
             len,
         })
@@ -126,7 +126,7 @@ impl Drop for SlotOwner {
         // SAFETY: a plain syscall on a descriptor we own, with a range inside the file.
         let punched = unsafe {
             libc::fallocate(
-                self.slab.fd.as_raw_fd(),
+                self.slab.file.as_raw_fd(),
                 libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
                 offset as libc::off_t,
                 self.arena.slot as libc::off_t,
@@ -201,14 +201,7 @@ impl Arena {
             return chunk;
         };
         let offset = at.1 as u64 * self.slot as u64;
-        let file = std::fs::File::from(match slab.fd.try_clone() {
-            Ok(fd) => fd,
-            Err(_) => {
-                self.release(at);
-                return chunk;
-            }
-        });
-        if file.write_all_at(&chunk, offset).is_err() {
+        if slab.file.write_all_at(&chunk, offset).is_err() {
             self.release(at);
             return chunk;
         }
@@ -233,7 +226,7 @@ impl Arena {
         for slab in self.slabs.iter().map_while(OnceLock::get) {
             if slab.contains(p) {
                 return Some(FileSpan {
-                    fd: slab.fd.clone(),
+                    file: slab.file.clone(),
                     offset: (p as usize - slab.base as usize) as u64,
                 });
             }
@@ -247,11 +240,8 @@ impl Arena {
             .iter()
             .map_while(OnceLock::get)
             .map(|s| {
-                let file = std::fs::File::from(match s.fd.try_clone() {
-                    Ok(fd) => fd,
-                    Err(_) => return 0,
-                });
-                file.metadata()
+                s.file
+                    .metadata()
                     .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
                     .unwrap_or(0)
             })
@@ -272,7 +262,7 @@ mod tests {
         let span = arena.locate(&b).expect("adopted");
         assert_eq!(span.offset % (256 * 1024), 0);
         // The file holds the same bytes at that offset.
-        let file = std::fs::File::from(span.fd.try_clone().unwrap());
+        let file = &span.file;
         let mut back = vec![0u8; data.len()];
         file.read_exact_at(&mut back, span.offset).unwrap();
         assert_eq!(back, data);

@@ -54,7 +54,7 @@ pub struct Piece {
 /// alive, the file holds exactly those bytes at `offset` and nobody writes there.
 #[derive(Clone, Debug)]
 pub struct FileSpan {
-    pub fd: Arc<std::os::fd::OwnedFd>,
+    pub file: Arc<std::fs::File>,
     pub offset: u64,
 }
 
@@ -309,12 +309,12 @@ impl Lane<'_> {
             .ok_or(io::ErrorKind::InvalidInput)?;
         self.stream.try_io(tokio::io::Interest::WRITABLE, || {
             // SAFETY: a syscall on two descriptors that are open for its duration (the socket
-            // is borrowed, the file's `OwnedFd` is held by `file`), with a pointer to a local
+            // is borrowed, the file is held by `file`), with a pointer to a local
             // offset; it reads the file and writes the socket, touching no memory of ours.
             let n = unsafe {
                 libc::sendfile(
                     self.stream.as_raw_fd(),
-                    file.fd.as_raw_fd(),
+                    file.file.as_raw_fd(),
                     &mut offset,
                     len,
                 )

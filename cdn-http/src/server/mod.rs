@@ -426,11 +426,8 @@ impl Conn {
             permit,
             watcher,
         } = self;
-        match tls {
-            None if lane.is_some() => {
-                let Some((express, mut stop)) = lane else {
-                    return;
-                };
+        match (tls, lane) {
+            (None, Some((express, mut stop))) => {
                 let outcome = Lane {
                     stream: &stream,
                     state: &state,
@@ -454,7 +451,7 @@ impl Conn {
                 drop(stop);
                 drive(conn, Some(stream), state, limits, peer, permit).await;
             }
-            None => {
+            (None, None) => {
                 let conn = watcher.watch(
                     builder
                         .serve_connection_with_upgrades(TokioIo::new(io), svc)
@@ -462,7 +459,7 @@ impl Conn {
                 );
                 drive(conn, Some(stream), state, limits, peer, permit).await;
             }
-            Some((acceptor, timeout)) => {
+            (Some((acceptor, timeout)), _) => {
                 let tls_io = match tokio::time::timeout(timeout, acceptor.accept(io)).await {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {

@@ -116,9 +116,7 @@ impl EdgeExpress {
             part: serialize(&part),
         }
     }
-}
 
-impl EdgeExpress {
     /// The node's own fields, where the response lacks them (as its layers add them).
     fn add_extra(&self, h: &mut HeaderMap) {
         for (name, value) in &self.extra {
@@ -189,7 +187,19 @@ impl Express for EdgeExpress {
                 // A stored 404, 301...: replayed whole (`super::replay`; Range does not
                 // apply, and no precondition can be in the request).
                 let heads = meta.rendered.heads_or_init(|| self.render(&meta));
-                self.negative_head(&meta, neg.status, neg.body.len(), heads, now, head);
+                let bodiless = neg.status == http::StatusCode::NO_CONTENT
+                    || neg.status == http::StatusCode::NOT_MODIFIED;
+                let len = (!bodiless).then_some(neg.body.len() as u64);
+                self.write_head(
+                    neg.status,
+                    &heads.full,
+                    heads.dated,
+                    &meta,
+                    now,
+                    None,
+                    len,
+                    head,
+                );
                 let body = match req.head || neg.body.is_empty() {
                     true => Vec::new(),
                     false => vec![Piece {
@@ -234,42 +244,48 @@ impl Express for EdgeExpress {
 }
 
 impl EdgeExpress {
-    /// The head of a stored negative response with `status` and a body of `len` bytes.
-    fn negative_head(
+    /// A whole head: the status line, `fixed` (the fields rendered once per version), Age and
+    /// this node's Cache-Status member at `now`, Content-Range and Content-Length when given,
+    /// Date unless the stored fields carry one, and the empty line.
+    #[allow(clippy::too_many_arguments)]
+    fn write_head(
         &self,
-        meta: &ObjectMeta,
         status: http::StatusCode,
-        len: usize,
-        heads: &RenderedHeads,
+        fixed: &[u8],
+        dated: bool,
+        meta: &ObjectMeta,
         now: SystemTime,
+        content_range: Option<&str>,
+        content_length: Option<u64>,
         head: &mut Vec<u8>,
     ) {
+        let field = |head: &mut Vec<u8>, name: &[u8], value: &[u8]| {
+            head.extend_from_slice(name);
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value);
+            head.extend_from_slice(b"\r\n");
+        };
         let mut num = itoa::Buffer::new();
         head.extend_from_slice(b"HTTP/1.1 ");
         head.extend_from_slice(status.as_str().as_bytes());
         head.extend_from_slice(b" ");
         head.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
         head.extend_from_slice(b"\r\n");
-        head.extend_from_slice(&heads.full);
-        self.dynamic_fields(meta, now, head);
-        if status != http::StatusCode::NO_CONTENT && status != http::StatusCode::NOT_MODIFIED {
-            head.extend_from_slice(b"content-length: ");
-            head.extend_from_slice(num.format(len).as_bytes());
-            head.extend_from_slice(b"\r\n");
+        head.extend_from_slice(fixed);
+        let (age, ttl) = age_and_ttl_at(meta, now);
+        field(head, b"age", num.format(age).as_bytes());
+        head.extend_from_slice(b"cache-status: ");
+        Verdict::new(CacheOutcome::Hit, None).write_header(&self.edge.cfg.name, Some(ttl), head);
+        head.extend_from_slice(b"\r\n");
+        if let Some(r) = content_range {
+            field(head, b"content-range", r.as_bytes());
         }
-        if !heads.dated {
+        if let Some(len) = content_length {
+            field(head, b"content-length", num.format(len).as_bytes());
+        }
+        if !dated {
             date_line(head, now);
         }
-        head.extend_from_slice(b"\r\n");
-    }
-
-    /// Age and this node's Cache-Status member of a hit at `now`.
-    fn dynamic_fields(&self, meta: &ObjectMeta, now: SystemTime, head: &mut Vec<u8>) {
-        let (age, ttl) = age_and_ttl_at(meta, now);
-        head.extend_from_slice(b"age: ");
-        head.extend_from_slice(itoa::Buffer::new().format(age).as_bytes());
-        head.extend_from_slice(b"\r\ncache-status: ");
-        Verdict::new(CacheOutcome::Hit, None).write_header(&self.edge.cfg.name, Some(ttl), head);
         head.extend_from_slice(b"\r\n");
     }
 
@@ -334,33 +350,21 @@ impl EdgeExpress {
         }
         edge.cache.note_served(meta);
         let heads = meta.rendered.heads_or_init(|| self.render(meta));
-        let mut num = itoa::Buffer::new();
-        head.extend_from_slice(match part {
-            Some(_) => b"HTTP/1.1 206 Partial Content\r\n",
-            None => b"HTTP/1.1 200 OK\r\n",
-        });
-        head.extend_from_slice(if part.is_some() {
-            &heads.part
-        } else {
-            &heads.full
-        });
-        self.dynamic_fields(meta, now, head);
-        let body_len = match &part {
+        match &part {
             Some(r) => {
-                head.extend_from_slice(b"content-range: ");
-                head.extend_from_slice(range::content_range(r, len).as_bytes());
-                head.extend_from_slice(b"\r\n");
-                r.end() - r.start() + 1
+                let content_range = range::content_range(r, len);
+                let body_len = r.end() - r.start() + 1;
+                let status = http::StatusCode::PARTIAL_CONTENT;
+                let (fixed, dated) = (&heads.part, heads.dated);
+                let cr = Some(content_range.as_str());
+                self.write_head(status, fixed, dated, meta, now, cr, Some(body_len), head);
             }
-            None => len,
-        };
-        head.extend_from_slice(b"content-length: ");
-        head.extend_from_slice(num.format(body_len).as_bytes());
-        head.extend_from_slice(b"\r\n");
-        if !heads.dated {
-            date_line(head, now);
+            None => {
+                let status = http::StatusCode::OK;
+                let (fixed, dated) = (&heads.full, heads.dated);
+                self.write_head(status, fixed, dated, meta, now, None, Some(len), head);
+            }
         }
-        head.extend_from_slice(b"\r\n");
         Some((if part.is_some() { 206 } else { 200 }, body))
     }
 }
