@@ -223,6 +223,49 @@ async fn default_limits_answer_431_for_a_20_kib_head_and_414_for_a_9_kib_target(
     }
 }
 
+/// RFC 9112 §3.2: an HTTP/1.1 request without a Host field, any request with two, and one
+/// whose Host is not `host[:port]` get 400 on every node. On the edge the object is a fresh
+/// hit first, so the express lane (which would answer it from memory) must hand these over.
+#[tokio::test]
+async fn a_missing_repeated_or_invalid_host_gets_400_on_every_node() {
+    for node in every_node(&Limits::default()).await {
+        let path = match node.kind {
+            "router" => "/healthz",
+            _ => "/synthetic/host-check?size=1000",
+        };
+        let good = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        for _ in 0..2 {
+            assert_eq!(raw_request(node.addr, &good).await.0, 200, "{}", node.kind);
+        }
+        for (what, fields) in [
+            ("no Host", ""),
+            ("two Hosts", "Host: x\r\nHost: y\r\n"),
+            ("user information", "Host: evil@x\r\n"),
+            ("a bad port", "Host: x:port\r\n"),
+            ("a space", "Host: x y\r\n"),
+        ] {
+            // Kept alive (the lane takes only such requests), a closing request behind it.
+            let req = format!(
+                "GET {path} HTTP/1.1\r\n{fields}\r\n\
+                 GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            );
+            let (status, _, body) = raw_request(node.addr, &req).await;
+            assert_eq!(
+                status,
+                400,
+                "{} with {what}: {}",
+                node.kind,
+                String::from_utf8_lossy(&body)
+            );
+        }
+        // HTTP/1.0 needs no Host.
+        let req = format!("GET {path} HTTP/1.0\r\n\r\n");
+        assert_eq!(raw_request(node.addr, &req).await.0, 200, "{}", node.kind);
+        ok_after(&node).await;
+        node.stop().await;
+    }
+}
+
 /// An origin that reads whole request bodies and says how many bytes it got; counts every
 /// body byte it ever received.
 async fn counting_origin(received: Arc<AtomicU64>) -> NodeHandle {

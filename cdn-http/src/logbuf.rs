@@ -171,11 +171,17 @@ fn writer_thread(shared: &Shared, mut out: impl Write, interval: Duration) {
                 }
             }
             batch.extend(st.full.drain(..));
-            if !st.current.is_empty() {
+            // The buffer being filled goes too, unless the write already holds the most
+            // buffers allowed: it then stays the one being filled (the bound is
+            // `MAX_PENDING` in the write, plus that one), and a pending urgent line stays
+            // marked, so the next round takes it without waiting for the interval.
+            if !st.current.is_empty() && batch.len() < MAX_PENDING {
                 let fresh = st.spare.pop().unwrap_or_default();
                 batch.push(std::mem::replace(&mut st.current, fresh));
+                st.urgent = false;
+            } else if st.current.is_empty() {
+                st.urgent = false;
             }
-            st.urgent = false;
             st.writing = batch.len();
             st.closed
         };

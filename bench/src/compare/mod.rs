@@ -12,7 +12,9 @@
 //! The load generator is this process's ([`super::loadgen`]): `--connections` keep-alive
 //! connections in a closed loop for `--duration`, every response checked by status and length
 //! and every `--verify-every`-th byte for byte. With `--wrk`, the hot scenarios are also run by
-//! wrk (a standard reference generator) with the same request mix. `--access-log off,on`
+//! wrk (a standard reference generator) twice: with the same request mix (tool `wrk`), and on
+//! one hot object with wrk's fixed request (tool `wrk-one`, the method of issue 17's table),
+//! each the best of `--wrk-rounds` runs. `--access-log off,on`
 //! runs everything twice: with every access log off, then with each server's default access
 //! log on (the edge at `--log info`, nginx's `access_log` in its `combined` format,
 //! varnishncsa beside Varnish). Results: a table with ratios edge/nginx and edge/varnish per
@@ -36,7 +38,7 @@ use crate::servers::{
     Origin, ServerProc, Setup, cdn_bin, clean_run_dir, start_origin, start_server,
 };
 use report::{csv, ratios, table};
-use wrk::run_wrk;
+use wrk::{WrkLoad, run_wrk};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
@@ -137,6 +139,9 @@ pub struct CompareArgs {
     /// Also run the hot scenarios with wrk (`wrk -t2 -cCONNECTIONS -dDURATION --latency`).
     #[arg(long)]
     pub wrk: bool,
+    /// wrk runs per server, scenario, load and access-log mode; the best is reported.
+    #[arg(long, default_value_t = 2)]
+    pub wrk_rounds: usize,
     /// Install missing nginx, varnish and wrk with apt-get first.
     #[arg(long)]
     pub install: bool,
@@ -421,14 +426,40 @@ async fn scenarios(
                     rows.push(row);
                 }
                 if args.wrk {
-                    for r in running {
-                        eprintln!("  {} {}: wrk ...", r.server.name(), scenario.name());
-                        let cpu0 = r.proc.cpu();
-                        let mut row =
-                            run_wrk(args, scenario, r.server, r.proc.addr, &r.dir, origin).await?;
-                        row.server_cpu_us =
-                            (r.proc.cpu() - cpu0) * 1e6 / row.requests.max(1) as f64;
-                        rows.push(row);
+                    for load in [WrkLoad::Mix, WrkLoad::One] {
+                        // Best of `--wrk-rounds`, the servers taking turns within a round.
+                        let mut best: Vec<Vec<Row>> = running.iter().map(|_| Vec::new()).collect();
+                        for round in 0..args.wrk_rounds.max(1) {
+                            for (i, r) in running.iter().enumerate() {
+                                eprintln!(
+                                    "  {} {}: {} round {} ...",
+                                    r.server.name(),
+                                    scenario.name(),
+                                    load.tool(),
+                                    round + 1
+                                );
+                                let cpu0 = r.proc.cpu();
+                                let mut row =
+                                    run_wrk(args, scenario, load, round, r, origin).await?;
+                                row.server_cpu_us =
+                                    (r.proc.cpu() - cpu0) * 1e6 / row.requests.max(1) as f64;
+                                best[i].push(row);
+                            }
+                        }
+                        for mut runs in best {
+                            runs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+                            let (lo, hi) = (runs[0].rps, runs[runs.len() - 1].rps);
+                            let n = runs.len();
+                            let Some(mut row) = runs.pop() else { continue };
+                            if n > 1 {
+                                row.note = format!("best of {n} runs; req/s {lo:.0}..{hi:.0}");
+                            }
+                            for o in &runs {
+                                row.errors += o.errors;
+                                row.bad_status += o.bad_status;
+                            }
+                            rows.push(row);
+                        }
                     }
                 }
             }

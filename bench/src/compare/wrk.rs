@@ -7,33 +7,90 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use super::{CompareArgs, Row, Scenario, hot_objects};
+use super::{CompareArgs, Row, Running, Scenario, hot_objects};
 use crate::hot::MIB;
-use crate::servers::{Origin, Server};
+use crate::servers::Origin;
 
-/// A wrk Lua script asking for the same mix as [`hot_gen`].
-fn wrk_script(args: &CompareArgs, scenario: Scenario) -> String {
-    let mut s = format!("math.randomseed({})\nlocal paths = {{\n", args.seed);
-    for (id, size) in &hot_objects(args, scenario) {
-        let _ = writeln!(s, "  \"/synthetic/{id}?size={size}\",");
-    }
-    s.push_str("}\n");
-    match scenario {
-        Scenario::Hot1m => {
-            let _ = write!(
-                s,
-                "local chunks = {}\nlocal cs = {MIB}\nrequest = function()\n  local p = \
-                 paths[math.random(#paths)]\n  local c = math.random(chunks) - 1\n  return \
-                 wrk.format(\"GET\", p, {{[\"Range\"] = \"bytes=\" .. (c * cs) .. \"-\" .. \
-                 ((c + 1) * cs - 1)}})\nend\n",
-                args.chunks_per_object
-            );
+/// What wrk asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum WrkLoad {
+    /// The same mix as [`super::hot_gen`]: every request drawn from the scenario's objects
+    /// (and chunks) by a Lua `request` function returning one of the requests built once at
+    /// start, so wrk formats nothing per request.
+    Mix,
+    /// One hot object and no script (wrk's own fixed request, its cheapest loop): the
+    /// method of issue 17's table. `hot-16k`: the first 16 KiB object; `hot-1m`: the first
+    /// 1 MiB chunk of the first object.
+    One,
+}
+
+impl WrkLoad {
+    /// The report's "tool" column.
+    pub(super) fn tool(self) -> &'static str {
+        match self {
+            WrkLoad::Mix => "wrk",
+            WrkLoad::One => "wrk-one",
         }
-        _ => s.push_str(
-            "request = function()\n  return wrk.format(\"GET\", paths[math.random(#paths)])\nend\n",
-        ),
     }
+}
+
+/// A wrk Lua script asking for the same mix as [`super::hot_gen`]: every possible request
+/// formatted once when the script loads, one drawn at random per request.
+fn wrk_script(args: &CompareArgs, scenario: Scenario) -> String {
+    // Built in `init`: wrk sets `wrk.host` (and so the Host field) only after the script
+    // is loaded.
+    let mut s = format!(
+        "math.randomseed({})\nlocal reqs = {{}}\ninit = function(args)\n",
+        args.seed
+    );
+    for (id, size) in &hot_objects(args, scenario) {
+        let path = format!("/synthetic/{id}?size={size}");
+        match scenario {
+            Scenario::Hot1m => {
+                for c in 0..(size / MIB).max(1) {
+                    let _ = writeln!(
+                        s,
+                        "  reqs[#reqs + 1] = wrk.format(\"GET\", \"{path}\", {{[\"Range\"] = \
+                         \"bytes={}-{}\"}})",
+                        c * MIB,
+                        (c + 1) * MIB - 1
+                    );
+                }
+            }
+            _ => {
+                let _ = writeln!(s, "  reqs[#reqs + 1] = wrk.format(\"GET\", \"{path}\")");
+            }
+        }
+    }
+    s.push_str("end\nrequest = function()\n  return reqs[math.random(#reqs)]\nend\n");
     s
+}
+
+/// wrk's arguments after the common ones for `load`: the script, or the one object's URL
+/// (and its Range field).
+fn wrk_target(
+    args: &CompareArgs,
+    scenario: Scenario,
+    load: WrkLoad,
+    addr: SocketAddr,
+    script: &Path,
+) -> Vec<String> {
+    match load {
+        WrkLoad::Mix => vec![
+            "-s".into(),
+            script.display().to_string(),
+            format!("http://{addr}"),
+        ],
+        WrkLoad::One => {
+            let objs = hot_objects(args, scenario);
+            let (id, size) = objs.first().cloned().unwrap_or_default();
+            let url = format!("http://{addr}/synthetic/{id}?size={size}");
+            match scenario {
+                Scenario::Hot1m => vec!["-H".into(), format!("Range: bytes=0-{}", MIB - 1), url],
+                _ => vec![url],
+            }
+        }
+    }
 }
 
 /// wrk's "1.23MB", "456.78KB" (binary units in wrk) → bytes.
@@ -122,18 +179,21 @@ fn parse_wrk(out: &str) -> Option<WrkOut> {
 pub(super) async fn run_wrk(
     args: &CompareArgs,
     scenario: Scenario,
-    server: Server,
-    addr: SocketAddr,
-    dir: &Path,
+    load: WrkLoad,
+    round: usize,
+    server: &Running,
     origin: &Origin,
 ) -> anyhow::Result<Row> {
+    let (dir, addr) = (server.dir.as_path(), server.proc.addr);
     // The script depends only on the scenario: one copy in the run directory serves every
     // server (`dir` is the server's own subdirectory).
     let script = dir
         .parent()
         .unwrap_or(dir)
         .join(format!("wrk-{}.lua", scenario.name()));
-    std::fs::write(&script, wrk_script(args, scenario))?;
+    if load == WrkLoad::Mix {
+        std::fs::write(&script, wrk_script(args, scenario))?;
+    }
     let before = origin.counters().await;
     let out = tokio::process::Command::new("wrk")
         .args([
@@ -141,10 +201,8 @@ pub(super) async fn run_wrk(
             format!("-c{}", args.connections),
             format!("-d{}s", args.duration.ceil() as u64),
             "--latency".into(),
-            "-s".into(),
-            script.display().to_string(),
-            format!("http://{addr}"),
         ])
+        .args(wrk_target(args, scenario, load, addr, &script))
         .kill_on_drop(true)
         .output()
         .await
@@ -152,15 +210,15 @@ pub(super) async fn run_wrk(
     let after = origin.counters().await;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     std::fs::write(
-        dir.join(format!("wrk-{}.txt", scenario.name())),
+        dir.join(format!("{}-{}-{round}.txt", load.tool(), scenario.name())),
         format!("{text}{}", String::from_utf8_lossy(&out.stderr)),
     )?;
     let w = parse_wrk(&text).with_context(|| format!("cannot read wrk's output:\n{text}"))?;
     Ok(Row {
         scenario: scenario.name(),
         logs: "off",
-        server: server.name(),
-        tool: "wrk",
+        server: server.server.name(),
+        tool: load.tool(),
         requests: w.requests,
         seconds: w.seconds,
         rps: w.rps,

@@ -220,7 +220,16 @@ impl Lane<'_> {
                 return None;
             }
         }
-        if bytes > self.limits.max_header_bytes {
+        if bytes > self.limits.max_header_bytes
+            || !super::host_fields_ok(
+                http::Version::HTTP_11,
+                req.headers
+                    .iter()
+                    .filter(|f| f.name.eq_ignore_ascii_case("host"))
+                    .map(|f| f.value),
+            )
+        {
+            // hyper's side answers the 400.
             return None;
         }
         self.express.answer(

@@ -5,6 +5,7 @@
 //! and graceful shutdown that lets in-flight responses finish within a deadline.
 //!
 //! What a client sees when it crosses a limit:
+//! - no Host on HTTP/1.1, two Hosts, or one that is not `host[:port]` (RFC 9112 §3.2): `400`;
 //! - head too large or too many fields: `431`; request target too long: `414`; body too large:
 //!   `413` (before the body is read when Content-Length announces it, else when the body passes
 //!   the limit; nothing past the limit reaches the application);
@@ -501,6 +502,17 @@ async fn guarded(
         ))
     } else if req.body().size_hint().lower() > limits.max_body_bytes {
         Some((StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"))
+    } else if !host_fields_ok(
+        version,
+        req.headers()
+            .get_all(header::HOST)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    ) {
+        Some((
+            StatusCode::BAD_REQUEST,
+            "one valid Host field is required\n",
+        ))
     } else {
         None
     };
@@ -542,6 +554,45 @@ async fn guarded(
         ));
     }
     Ok(resp)
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host field, a request of any version
+/// at most one, and its value is empty or an authority without user information
+/// (`uri-host [ ":" port ]`). A server must answer any other with 400 (two fields or an
+/// unparsable one could name different hosts to the edge and to whatever is behind it).
+pub(crate) fn host_fields_ok<'a>(
+    version: Version,
+    mut values: impl Iterator<Item = &'a [u8]>,
+) -> bool {
+    match (values.next(), values.next()) {
+        (None, _) => version != Version::HTTP_11,
+        (Some(_), Some(_)) => false,
+        (Some(v), None) => v.is_empty() || host_value_ok(v),
+    }
+}
+
+/// `uri-host [ ":" port ]` (RFC 3986 §3.2.2–3.2.3; the port a number that fits 16 bits, or
+/// empty).
+fn host_value_ok(v: &[u8]) -> bool {
+    if v.contains(&b'@') {
+        return false;
+    }
+    let Ok(a) = http::uri::Authority::try_from(v) else {
+        return false;
+    };
+    // `Authority` checks the characters but takes any text after the colon as the port.
+    let host_len = if a.host().starts_with('[') || !a.host().contains(':') {
+        a.host().len()
+    } else {
+        return false;
+    };
+    match a.as_str().get(host_len..) {
+        Some("") => true,
+        Some(rest) => rest.strip_prefix(':').is_some_and(|p| {
+            p.is_empty() || (p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok())
+        }),
+        None => false,
+    }
 }
 
 /// A short plain-text answer that closes the connection.
