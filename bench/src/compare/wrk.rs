@@ -35,7 +35,7 @@ impl WrkLoad {
 }
 
 /// A wrk Lua script asking for the same mix as [`super::hot_gen`]: every possible request
-/// formatted once when the script loads, one drawn at random per request.
+/// formatted once in each wrk thread's `init`, one drawn at random per request.
 fn wrk_script(args: &CompareArgs, scenario: Scenario) -> String {
     // Built in `init`: wrk sets `wrk.host` (and so the Host field) only after the script
     // is loaded.
@@ -241,6 +241,29 @@ pub(super) async fn run_wrk(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_mix_is_formatted_once_after_wrk_knows_its_host() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: CompareArgs,
+        }
+        let cli = Cli::parse_from(["compare", "--objects-16k", "3", "--objects-1m", "2"]);
+        let s = wrk_script(&cli.args, Scenario::Hot16k);
+        // Every wrk.format call sits inside init (wrk.host is set by then, so each request
+        // carries Host); request() only draws one.
+        let (init, request) = s.split_once("request = function()").expect("request()");
+        assert!(!request.contains("wrk.format"), "{s}");
+        let body = init.split_once("init = function(args)").expect("init").1;
+        assert_eq!(body.matches("wrk.format(\"GET\"").count(), 3, "{s}");
+        assert!(body.contains("\"/synthetic/hot16k-2?size=16384\""), "{s}");
+        let s = wrk_script(&cli.args, Scenario::Hot1m);
+        // 2 objects x 4 chunks, each chunk's exact Range.
+        assert_eq!(s.matches("wrk.format(").count(), 8, "{s}");
+        assert!(s.contains("\"bytes=3145728-4194303\""), "{s}");
+    }
 
     #[test]
     fn reads_wrk_output() {
