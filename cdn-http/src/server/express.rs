@@ -221,7 +221,7 @@ impl Lane<'_> {
             }
         }
         if bytes > self.limits.max_header_bytes
-            || !super::host_fields_ok(
+            || !super::guard::host_fields_ok(
                 http::Version::HTTP_11,
                 req.headers
                     .iter()

@@ -29,17 +29,14 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::ConnectInfo;
-use axum::response::Response;
-use http::{HeaderValue, StatusCode, Version, header};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
-use hyper::body::{Body as _, Incoming};
+use http::StatusCode;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -47,17 +44,17 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
-use tower::ServiceExt;
 
 mod conn_io;
 pub mod express;
+mod guard;
 
 pub use crate::limits::Limits;
-use crate::limits::{header_bytes, uri_len};
 use conn_io::{
     ConnState, SharedIo, close_gently, idle_for, no_request_within, recv_draining, write_shared,
 };
 use express::{Express, Lane, Outcome, Rewind};
+use guard::{guarded, refusal};
 
 /// How a node serves connections.
 #[derive(Clone)]
@@ -482,141 +479,6 @@ impl Conn {
             }
         }
     }
-}
-
-/// Runs `app` for a request within the limits, or answers the limit's status.
-async fn guarded(
-    app: Router,
-    limits: Arc<Limits>,
-    req: hyper::Request<Incoming>,
-) -> Result<Response, Infallible> {
-    let version = req.version();
-    let refused = if uri_len(req.uri()) > limits.max_uri_bytes {
-        Some((StatusCode::URI_TOO_LONG, "request target too long\n"))
-    } else if req.headers().len() > limits.max_headers
-        || header_bytes(req.headers()) > limits.max_header_bytes
-    {
-        Some((
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "request header fields too large\n",
-        ))
-    } else if req.body().size_hint().lower() > limits.max_body_bytes {
-        Some((StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"))
-    } else if !host_fields_ok(
-        version,
-        req.headers()
-            .get_all(header::HOST)
-            .iter()
-            .map(HeaderValue::as_bytes),
-    ) {
-        Some((
-            StatusCode::BAD_REQUEST,
-            "one valid Host field is required\n",
-        ))
-    } else {
-        None
-    };
-    if let Some((status, why)) = refused {
-        let peer = req
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0);
-        tracing::info!(target: "cdn_http::limits", ?peer, status = status.as_u16(), "request refused");
-        return Ok(refusal(status, why, version, None));
-    }
-    let (parts, body) = req.into_parts();
-    if body.is_end_stream() {
-        // No body (most GETs): nothing to limit.
-        let req = http::Request::from_parts(parts, Body::new(body));
-        return app.oneshot(req).await;
-    }
-    let exceeded = Arc::new(AtomicBool::new(false));
-    let flag = exceeded.clone();
-    let max = usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX);
-    let body = Limited::new(body, max).map_err(move |e| {
-        if e.is::<LengthLimitError>() {
-            flag.store(true, Ordering::Relaxed);
-        }
-        e
-    });
-    let resp = app
-        .oneshot(http::Request::from_parts(parts, Body::new(body)))
-        .await?;
-    if exceeded.load(Ordering::Relaxed) {
-        // The application gave up on a body that passed the limit (an edge's pass-through
-        // fails its origin request): say why.
-        tracing::info!(target: "cdn_http::limits", status = 413, "request body over the limit");
-        return Ok(refusal(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request body too large\n",
-            version,
-            None,
-        ));
-    }
-    Ok(resp)
-}
-
-/// RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host field, a request of any version
-/// at most one, and its value is empty or an authority without user information
-/// (`uri-host [ ":" port ]`). A server must answer any other with 400 (two fields or an
-/// unparsable one could name different hosts to the edge and to whatever is behind it).
-pub(crate) fn host_fields_ok<'a>(
-    version: Version,
-    mut values: impl Iterator<Item = &'a [u8]>,
-) -> bool {
-    match (values.next(), values.next()) {
-        (None, _) => version != Version::HTTP_11,
-        (Some(_), Some(_)) => false,
-        (Some(v), None) => v.is_empty() || host_value_ok(v),
-    }
-}
-
-/// `uri-host [ ":" port ]` (RFC 3986 §3.2.2–3.2.3; the port a number that fits 16 bits, or
-/// empty).
-fn host_value_ok(v: &[u8]) -> bool {
-    if v.contains(&b'@') {
-        return false;
-    }
-    let Ok(a) = http::uri::Authority::try_from(v) else {
-        return false;
-    };
-    // `Authority` checks the characters but takes any text after the colon as the port.
-    let host_len = if a.host().starts_with('[') || !a.host().contains(':') {
-        a.host().len()
-    } else {
-        return false;
-    };
-    match a.as_str().get(host_len..) {
-        Some("") => true,
-        Some(rest) => rest.strip_prefix(':').is_some_and(|p| {
-            p.is_empty() || (p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok())
-        }),
-        None => false,
-    }
-}
-
-/// A short plain-text answer that closes the connection.
-fn refusal(
-    status: StatusCode,
-    why: &'static str,
-    version: Version,
-    retry_after: Option<u64>,
-) -> Response {
-    let mut r = Response::new(Body::from(why));
-    *r.status_mut() = status;
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Some(s) = retry_after {
-        h.insert(header::RETRY_AFTER, HeaderValue::from(s));
-    }
-    if version < Version::HTTP_2 {
-        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    r
 }
 
 /// Why a connection ended.

@@ -1,0 +1,196 @@
+//! What a request must satisfy before the application sees it: [`guarded`] answers a
+//! request target over `max_uri_bytes` with 414, too many or too large header fields with
+//! 431, a body announced or found over `max_body_bytes` with 413 (the application reads the
+//! body through a limit, so nothing past it reaches the application), and a missing,
+//! repeated or invalid Host ([`host_fields_ok`], RFC 9112 §3.2) with 400; every such answer is
+//! a [`refusal`] that closes an HTTP/1 connection. The express lane applies the same Host
+//! rule before it answers anything itself.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::response::Response;
+use http::{HeaderValue, StatusCode, Version, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::{Body as _, Incoming};
+use tower::ServiceExt;
+
+use crate::limits::{Limits, header_bytes, uri_len};
+
+/// Runs `app` for a request within the limits, or answers the limit's status.
+pub(super) async fn guarded(
+    app: Router,
+    limits: Arc<Limits>,
+    req: hyper::Request<Incoming>,
+) -> Result<Response, Infallible> {
+    let version = req.version();
+    let refused = if uri_len(req.uri()) > limits.max_uri_bytes {
+        Some((StatusCode::URI_TOO_LONG, "request target too long\n"))
+    } else if req.headers().len() > limits.max_headers
+        || header_bytes(req.headers()) > limits.max_header_bytes
+    {
+        Some((
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request header fields too large\n",
+        ))
+    } else if req.body().size_hint().lower() > limits.max_body_bytes {
+        Some((StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"))
+    } else if !host_fields_ok(
+        version,
+        req.headers()
+            .get_all(header::HOST)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    ) {
+        Some((
+            StatusCode::BAD_REQUEST,
+            "one valid Host field is required\n",
+        ))
+    } else {
+        None
+    };
+    if let Some((status, why)) = refused {
+        let peer = req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0);
+        tracing::info!(target: "cdn_http::limits", ?peer, status = status.as_u16(), "request refused");
+        return Ok(refusal(status, why, version, None));
+    }
+    let (parts, body) = req.into_parts();
+    if body.is_end_stream() {
+        // No body (most GETs): nothing to limit.
+        let req = http::Request::from_parts(parts, Body::new(body));
+        return app.oneshot(req).await;
+    }
+    let exceeded = Arc::new(AtomicBool::new(false));
+    let flag = exceeded.clone();
+    let max = usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX);
+    let body = Limited::new(body, max).map_err(move |e| {
+        if e.is::<LengthLimitError>() {
+            flag.store(true, Ordering::Relaxed);
+        }
+        e
+    });
+    let resp = app
+        .oneshot(http::Request::from_parts(parts, Body::new(body)))
+        .await?;
+    if exceeded.load(Ordering::Relaxed) {
+        // The application gave up on a body that passed the limit (an edge's pass-through
+        // fails its origin request): say why.
+        tracing::info!(target: "cdn_http::limits", status = 413, "request body over the limit");
+        return Ok(refusal(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large\n",
+            version,
+            None,
+        ));
+    }
+    Ok(resp)
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host field, a request of any version
+/// at most one, and its value is empty or an authority without user information
+/// (`uri-host [ ":" port ]`). A server must answer any other with 400 (two fields or an
+/// unparsable one could name different hosts to the edge and to whatever is behind it).
+pub(crate) fn host_fields_ok<'a>(
+    version: Version,
+    mut values: impl Iterator<Item = &'a [u8]>,
+) -> bool {
+    match (values.next(), values.next()) {
+        (None, _) => version != Version::HTTP_11,
+        (Some(_), Some(_)) => false,
+        (Some(v), None) => v.is_empty() || host_value_ok(v),
+    }
+}
+
+/// `uri-host [ ":" port ]` (RFC 3986 §3.2.2–3.2.3; the port a number that fits 16 bits, or
+/// empty).
+fn host_value_ok(v: &[u8]) -> bool {
+    if v.contains(&b'@') {
+        return false;
+    }
+    let Ok(a) = http::uri::Authority::try_from(v) else {
+        return false;
+    };
+    // `Authority` checks the characters but takes any text after the colon as the port.
+    let host_len = if a.host().starts_with('[') || !a.host().contains(':') {
+        a.host().len()
+    } else {
+        return false;
+    };
+    match a.as_str().get(host_len..) {
+        Some("") => true,
+        Some(rest) => rest.strip_prefix(':').is_some_and(|p| {
+            p.is_empty() || (p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok())
+        }),
+        None => false,
+    }
+}
+
+/// A short plain-text answer that closes the connection.
+pub(super) fn refusal(
+    status: StatusCode,
+    why: &'static str,
+    version: Version,
+    retry_after: Option<u64>,
+) -> Response {
+    let mut r = Response::new(Body::from(why));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(s) = retry_after {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(s));
+    }
+    if version < Version::HTTP_2 {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_fields_follow_rfc_9112() {
+        let ok = |v: Version, hosts: &[&str]| host_fields_ok(v, hosts.iter().map(|h| h.as_bytes()));
+        for good in [
+            "example.com",
+            "example.com:8080",
+            "example.com:",
+            "127.0.0.1:65535",
+            "[::1]:443",
+            "[::1]",
+            "",
+        ] {
+            assert!(ok(Version::HTTP_11, &[good]), "{good:?}");
+        }
+        for bad in [
+            "user@example.com",
+            "example.com:http",
+            "example.com:65536",
+            "example.com:-1",
+            "a b",
+            "::1",
+            "example.com/path",
+        ] {
+            assert!(!ok(Version::HTTP_11, &[bad]), "{bad:?}");
+        }
+        assert!(!ok(Version::HTTP_11, &[]), "HTTP/1.1 needs a Host");
+        assert!(ok(Version::HTTP_10, &[]), "HTTP/1.0 does not");
+        assert!(ok(Version::HTTP_2, &[]), "h2 has :authority");
+        for v in [Version::HTTP_10, Version::HTTP_11, Version::HTTP_2] {
+            assert!(!ok(v, &["a", "a"]), "two Hosts, {v:?}");
+        }
+    }
+}
