@@ -79,7 +79,8 @@ pub struct MemoryArgs {
 /// file-backed pages (`RssAnon` + `RssFile` of `/proc/PID/status`) plus every page of the
 /// edge's chunk arena (its memory files, `/memfd:cdn-chunks`, counted whole whether or not
 /// they are mapped; `RssShmem` would count only the pages the process has read through
-/// its mapping, so it is left out rather than counted twice).
+/// its mapping, so it is left out rather than counted twice). The report calls it "RSS +
+/// arena": without `sendfile` the arena is empty and this is the RSS less shared memory.
 fn rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| -> u64 {
@@ -193,7 +194,7 @@ pub async fn run(args: MemoryArgs) -> anyhow::Result<()> {
         mib(bound)
     );
     report.push_str(
-        "| phase | after | RSS MiB | store MiB (cdn_edge_cache_bytes) | within bound |\n",
+        "| phase | after | RSS + arena MiB | store MiB (cdn_edge_cache_bytes) | within bound |\n",
     );
     report.push_str("|---|---|---|---|---|\n");
     for s in &samples {
@@ -213,7 +214,7 @@ pub async fn run(args: MemoryArgs) -> anyhow::Result<()> {
     }
     let _ = writeln!(
         report,
-        "\nChurn: peak RSS {:.1} MiB ({:.2} x capacity), bound {:.0} MiB: {}.",
+        "\nChurn: peak RSS + arena {:.1} MiB ({:.2} x capacity), bound {:.0} MiB: {}.",
         mib(peak(&churn)),
         peak(&churn) / args.capacity as f64,
         mib(bound),
@@ -226,7 +227,7 @@ pub async fn run(args: MemoryArgs) -> anyhow::Result<()> {
     if let (Some(first), Some(last)) = (hot.first(), hot.last()) {
         let _ = writeln!(
             report,
-            "Hot load: RSS first {:.1}, peak {:.1}, last {:.1} MiB (growth first to last {:+.1} MiB).",
+            "Hot load: RSS + arena first {:.1}, peak {:.1}, last {:.1} MiB (growth first to last {:+.1} MiB).",
             mib(first.rss as f64),
             mib(peak(&hot)),
             mib(last.rss as f64),
@@ -296,7 +297,7 @@ async fn measure(
             store: store().await,
         });
         eprintln!(
-            "  churn round {} of {}: RSS {:.1} MiB",
+            "  churn round {} of {}: RSS + arena {:.1} MiB",
             round + 1,
             args.rounds,
             samples.last().map_or(0, |s| s.rss) as f64 / MIB as f64
