@@ -16,7 +16,10 @@
 //! victim; `unify=0` = instead of the readers' rates, spare (score + 10⁶) chunks at most
 //! `ahead` places ahead of an active reader; `seeks`; `small` =
 //! a probationary FIFO in front, in per cent of the capacity, whose leavers enter if they
-//! outscore the victim; `ghost` = a ghost of ids, in per cent, whose hits skip the FIFO).
+//! outscore the victim; `ghost` = a ghost of ids, in per cent, whose hits skip the FIFO;
+//! `long` = a second session-rate estimate with `long` times the half-life, combined by
+//! `blend`: per cent of it in a weighted mean, or above 100 the larger of the two: third
+//! round).
 //! With [`RateSampled::with_oracle`] (the diagnostic only) λ(O) is O's session starts
 //! within ± `window` requests of now in the whole trace: an upper bound of what better
 //! estimates of the rates could give (it also knows the sessions about to start).
@@ -43,6 +46,12 @@ pub struct RateKnobs {
     /// plus each active reader i < k (reach(k) / reach(i) per (k − i) mean gaps), instead
     /// of sparing chunks within `ahead` of a reader.
     pub unify: bool,
+    /// When > 0, a second estimate of the session rate with a half-life `long` times the
+    /// first's, combined with it by `blend`.
+    pub long: u64,
+    /// How the two estimates combine: per cent of the long one's rate in a weighted mean
+    /// (0–100), or above 100 the larger of the two.
+    pub blend: u64,
 }
 
 impl Default for RateKnobs {
@@ -58,6 +67,8 @@ impl Default for RateKnobs {
             age: 8,
             seeks: true,
             unify: true,
+            long: 0,
+            blend: 50,
         }
     }
 }
@@ -79,6 +90,8 @@ impl RateKnobs {
                     "age" => k.age = v.min(1000),
                     "seeks" => k.seeks = v > 0,
                     "unify" => k.unify = v > 0,
+                    "long" => k.long = v.min(1000),
+                    "blend" => k.blend = v.min(101),
                     _ => {}
                 }
             }
@@ -100,6 +113,8 @@ struct Entry {
 struct GroupState {
     /// Decayed session starts, as of `at`.
     starts: f64,
+    /// The same with the long half-life (`RateKnobs::long`).
+    long_starts: f64,
     at: u64,
     readers: [(u32, u64); READERS],
 }
@@ -230,7 +245,21 @@ impl RateSampled {
         if self.knobs.unify {
             let half = self.half();
             let reach = self.reach(e.index);
-            let mut s = lambda * std::f64::consts::LN_2 / half * reach;
+            let mut rate = lambda * std::f64::consts::LN_2 / half;
+            if self.knobs.long > 0 && self.oracle.is_none() {
+                let long = half * self.knobs.long as f64;
+                let slow = g.long_starts
+                    * (-((self.now - g.at) as f64) / long).exp2()
+                    * std::f64::consts::LN_2
+                    / long;
+                rate = if self.knobs.blend > 100 {
+                    rate.max(slow)
+                } else {
+                    let w = self.knobs.blend as f64 / 100.0;
+                    (1.0 - w) * rate + w * slow
+                };
+            }
+            let mut s = rate * reach;
             let window = self.gap.window(ACTIVE);
             let gap = self.gap.mean().max(1.0);
             for &(i, t) in &g.readers {
@@ -251,8 +280,13 @@ impl RateSampled {
         let half = self.half();
         let seeks = self.knobs.seeks;
         let g = self.groups.entry(group).or_default();
+        let long = half * self.knobs.long as f64;
         let bump = |g: &mut GroupState| {
-            g.starts = g.starts * (-((now - g.at) as f64) / half).exp2() + 1.0;
+            let age = (now - g.at) as f64;
+            g.starts = g.starts * (-age / half).exp2() + 1.0;
+            if long > 0.0 {
+                g.long_starts = g.long_starts * (-age / long).exp2() + 1.0;
+            }
             g.at = now;
         };
         if index == 0 {
