@@ -428,7 +428,8 @@ async fn scenarios(
                 if args.wrk {
                     for load in [WrkLoad::Mix, WrkLoad::One] {
                         // Best of `--wrk-rounds`, the servers taking turns within a round.
-                        let mut best: Vec<Vec<Row>> = running.iter().map(|_| Vec::new()).collect();
+                        let mut per_server: Vec<Vec<Row>> =
+                            running.iter().map(|_| Vec::new()).collect();
                         for round in 0..args.wrk_rounds.max(1) {
                             for (i, r) in running.iter().enumerate() {
                                 eprintln!(
@@ -443,10 +444,10 @@ async fn scenarios(
                                     run_wrk(args, scenario, load, round, r, origin).await?;
                                 row.server_cpu_us =
                                     (r.proc.cpu() - cpu0) * 1e6 / row.requests.max(1) as f64;
-                                best[i].push(row);
+                                per_server[i].push(row);
                             }
                         }
-                        for mut runs in best {
+                        for mut runs in per_server {
                             runs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
                             let (lo, hi) = (runs[0].rps, runs[runs.len() - 1].rps);
                             let n = runs.len();
