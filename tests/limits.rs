@@ -243,6 +243,7 @@ async fn a_missing_repeated_or_invalid_host_gets_400_on_every_node() {
             ("user information", "Host: evil@x\r\n"),
             ("a bad port", "Host: x:port\r\n"),
             ("a space", "Host: x y\r\n"),
+            ("an empty Host", "Host:\r\n"),
         ] {
             // Kept alive (the lane takes only such requests), a closing request behind it.
             let req = format!(
@@ -261,6 +262,34 @@ async fn a_missing_repeated_or_invalid_host_gets_400_on_every_node() {
         // HTTP/1.0 needs no Host.
         let req = format!("GET {path} HTTP/1.0\r\n\r\n");
         assert_eq!(raw_request(node.addr, &req).await.0, 200, "{}", node.kind);
+        ok_after(&node).await;
+        node.stop().await;
+    }
+}
+
+/// The asterisk form (RFC 9112 §3.2.4, RFC 9110 §9.3.7): `OPTIONS *` is about the server and
+/// every node answers it itself (200, no content; the edge sent it to its origin and
+/// answered 502), and `*` with another method is a 400.
+#[tokio::test]
+async fn options_star_is_answered_by_the_node_and_other_methods_on_star_get_400() {
+    for node in every_node(&Limits::default()).await {
+        let (status, head, body) = raw_request(
+            node.addr,
+            "OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(status, 200, "{}: {head}", node.kind);
+        assert!(
+            head.to_ascii_lowercase().contains("content-length: 0"),
+            "{}: {head}",
+            node.kind
+        );
+        assert!(body.is_empty(), "{}", node.kind);
+        for method in ["GET", "HEAD", "POST", "DELETE"] {
+            let req = format!("{method} * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let (status, head, _) = raw_request(node.addr, &req).await;
+            assert_eq!(status, 400, "{} {method} *: {head}", node.kind);
+        }
         ok_after(&node).await;
         node.stop().await;
     }

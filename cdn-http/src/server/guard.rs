@@ -1,9 +1,10 @@
 //! What a request must satisfy before the application sees it: [`guarded`] answers a
 //! request target over `max_uri_bytes` with 414, too many or too large header fields with
 //! 431, a body announced or found over `max_body_bytes` with 413 (the application reads the
-//! body through a limit, so nothing past it reaches the application), and a missing,
-//! repeated or invalid Host ([`host_fields_ok`], RFC 9112 §3.2) with 400; every such answer is
-//! a [`refusal`] that closes an HTTP/1 connection. The express lane applies the same Host
+//! body through a limit, so nothing past it reaches the application), a missing, repeated
+//! or invalid Host ([`host_fields_ok`], RFC 9112 §3.2) and the target `*` with any method
+//! but OPTIONS with 400; every such answer is a [`refusal`] that closes an HTTP/1
+//! connection. `OPTIONS *` is answered here (200, no content). The express lane applies the same Host
 //! rule before it answers anything itself.
 
 use std::convert::Infallible;
@@ -40,6 +41,11 @@ pub(super) async fn guarded(
         ))
     } else if req.body().size_hint().lower() > limits.max_body_bytes {
         Some((StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"))
+    } else if req.uri().path() == "*" && req.method() != http::Method::OPTIONS {
+        Some((
+            StatusCode::BAD_REQUEST,
+            "the request target * is for OPTIONS only\n",
+        ))
     } else if !host_fields_ok(
         version,
         req.headers()
@@ -61,6 +67,14 @@ pub(super) async fn guarded(
             .map(|c| c.0);
         tracing::info!(target: "cdn_http::limits", ?peer, status = status.as_u16(), "request refused");
         return Ok(refusal(status, why, version, None));
+    }
+    if req.uri().path() == "*" {
+        // `OPTIONS *` asks about the server in general (RFC 9110 §9.3.7): the node answers
+        // it, with no content; no application route or origin has anything to say.
+        let mut r = Response::new(Body::empty());
+        r.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        return Ok(r);
     }
     let (parts, body) = req.into_parts();
     if body.is_end_stream() {
@@ -95,8 +109,9 @@ pub(super) async fn guarded(
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host field, a request of any version
-/// at most one, and its value is empty or an authority without user information
-/// (`uri-host [ ":" port ]`). A server must answer any other with 400 (two fields or an
+/// at most one, and its value is an authority without user information
+/// (`uri-host [ ":" port ]`; empty only for a target without an authority, which an http
+/// or https target always has). A server must answer any other with 400 (two fields or an
 /// unparsable one could name different hosts to the edge and to whatever is behind it).
 pub(crate) fn host_fields_ok<'a>(
     version: Version,
@@ -105,7 +120,8 @@ pub(crate) fn host_fields_ok<'a>(
     match (values.next(), values.next()) {
         (None, _) => version != Version::HTTP_11,
         (Some(_), Some(_)) => false,
-        (Some(v), None) => v.is_empty() || host_value_ok(v),
+        // Empty only when the target URI has no authority, which an http(s) URI always has.
+        (Some(v), None) => host_value_ok(v),
     }
 }
 
@@ -171,7 +187,6 @@ mod tests {
             "127.0.0.1:65535",
             "[::1]:443",
             "[::1]",
-            "",
         ] {
             assert!(ok(Version::HTTP_11, &[good]), "{good:?}");
         }
@@ -183,6 +198,7 @@ mod tests {
             "a b",
             "::1",
             "example.com/path",
+            "",
         ] {
             assert!(!ok(Version::HTTP_11, &[bad]), "{bad:?}");
         }
