@@ -256,6 +256,37 @@ fn hot_gen(args: &CompareArgs, scenario: Scenario) -> JobGen {
     }
 }
 
+/// Which of a server's runs a row reports.
+#[derive(Clone, Copy)]
+enum Pick {
+    /// The run with the median req/s (the project's generator).
+    Median,
+    /// The run with the most req/s (wrk, as issue 17 measured).
+    Best,
+}
+
+/// The row of `runs` that `pick` chooses, its note giving how many runs and their req/s
+/// range, with the failures of every run added in; `None` for no runs.
+fn one_of(mut runs: Vec<Row>, pick: Pick) -> Option<Row> {
+    runs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+    let n = runs.len();
+    let (lo, hi) = (runs.first()?.rps, runs.last()?.rps);
+    let (i, word) = match pick {
+        Pick::Median => (n / 2, "median"),
+        Pick::Best => (n - 1, "best"),
+    };
+    let mut row = runs.swap_remove(i);
+    if n > 1 {
+        row.note = format!("{word} of {n} runs; req/s {lo:.0}..{hi:.0}");
+    }
+    for o in &runs {
+        row.errors += o.errors;
+        row.bad_status += o.bad_status;
+        row.corrupt += o.corrupt;
+    }
+    Some(row)
+}
+
 /// A server being measured.
 struct Running {
     server: Server,
@@ -409,22 +440,7 @@ async fn scenarios(
                         runs[i].push(row);
                     }
                 }
-                for mut runs in runs {
-                    runs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
-                    let (lo, hi) = (runs[0].rps, runs[runs.len() - 1].rps);
-                    let n = runs.len();
-                    let mut row = runs.swap_remove(n / 2);
-                    if n > 1 {
-                        row.note = format!("median of {n} runs; req/s {lo:.0}..{hi:.0}");
-                    }
-                    // Failures of any run count.
-                    for o in &runs {
-                        row.errors += o.errors;
-                        row.bad_status += o.bad_status;
-                        row.corrupt += o.corrupt;
-                    }
-                    rows.push(row);
-                }
+                rows.extend(runs.into_iter().filter_map(|r| one_of(r, Pick::Median)));
                 if args.wrk {
                     for load in [WrkLoad::Mix, WrkLoad::One] {
                         // Best of `--wrk-rounds`, the servers taking turns within a round.
@@ -447,20 +463,7 @@ async fn scenarios(
                                 per_server[i].push(row);
                             }
                         }
-                        for mut runs in per_server {
-                            runs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
-                            let (lo, hi) = (runs[0].rps, runs[runs.len() - 1].rps);
-                            let n = runs.len();
-                            let Some(mut row) = runs.pop() else { continue };
-                            if n > 1 {
-                                row.note = format!("best of {n} runs; req/s {lo:.0}..{hi:.0}");
-                            }
-                            for o in &runs {
-                                row.errors += o.errors;
-                                row.bad_status += o.bad_status;
-                            }
-                            rows.push(row);
-                        }
+                        rows.extend(per_server.into_iter().filter_map(|r| one_of(r, Pick::Best)));
                     }
                 }
             }

@@ -242,16 +242,21 @@ pub(super) async fn run_wrk(
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_mix_is_formatted_once_after_wrk_knows_its_host() {
+    /// `cdn bench compare`'s arguments from `flags`, defaults for the rest.
+    fn compare_args(flags: &[&str]) -> CompareArgs {
         use clap::Parser;
         #[derive(Parser)]
         struct Cli {
             #[command(flatten)]
             args: CompareArgs,
         }
-        let cli = Cli::parse_from(["compare", "--objects-16k", "3", "--objects-1m", "2"]);
-        let s = wrk_script(&cli.args, Scenario::Hot16k);
+        Cli::parse_from(std::iter::once("compare").chain(flags.iter().copied())).args
+    }
+
+    #[test]
+    fn the_mix_is_formatted_once_after_wrk_knows_its_host() {
+        let args = compare_args(&["--objects-16k", "3", "--objects-1m", "2"]);
+        let s = wrk_script(&args, Scenario::Hot16k);
         // Every wrk.format call sits inside init (wrk.host is set by then, so each request
         // carries Host); request() only draws one.
         let (init, request) = s.split_once("request = function()").expect("request()");
@@ -259,10 +264,33 @@ mod tests {
         let body = init.split_once("init = function(args)").expect("init").1;
         assert_eq!(body.matches("wrk.format(\"GET\"").count(), 3, "{s}");
         assert!(body.contains("\"/synthetic/hot16k-2?size=16384\""), "{s}");
-        let s = wrk_script(&cli.args, Scenario::Hot1m);
+        let s = wrk_script(&args, Scenario::Hot1m);
         // 2 objects x 4 chunks, each chunk's exact Range.
         assert_eq!(s.matches("wrk.format(").count(), 8, "{s}");
         assert!(s.contains("\"bytes=3145728-4194303\""), "{s}");
+    }
+
+    #[test]
+    fn wrk_one_asks_for_the_first_object_or_its_first_chunk_without_a_script() {
+        let args = compare_args(&[]);
+        let addr: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+        let script = Path::new("/unused.lua");
+        assert_eq!(
+            wrk_target(&args, Scenario::Hot16k, WrkLoad::One, addr, script),
+            ["http://127.0.0.1:9/synthetic/hot16k-0?size=16384"]
+        );
+        assert_eq!(
+            wrk_target(&args, Scenario::Hot1m, WrkLoad::One, addr, script),
+            [
+                "-H",
+                "Range: bytes=0-1048575",
+                "http://127.0.0.1:9/synthetic/hot1m-0?size=4194304"
+            ]
+        );
+        assert_eq!(
+            wrk_target(&args, Scenario::Hot16k, WrkLoad::Mix, addr, script),
+            ["-s", "/unused.lua", "http://127.0.0.1:9"]
+        );
     }
 
     #[test]

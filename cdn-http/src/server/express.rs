@@ -205,9 +205,13 @@ impl Lane<'_> {
             return None;
         }
         let mut bytes = 0usize;
+        let (mut host, mut hosts) = (None, 0usize);
         for f in req.headers.iter() {
             bytes += f.name.len() + f.value.len() + 4;
             let name = f.name;
+            if name.eq_ignore_ascii_case("host") {
+                (host, hosts) = (Some(f.value), hosts + 1);
+            }
             // Framing and connection management are hyper's (a body, an upgrade, 100-continue,
             // a close); `Connection: keep-alive` is what HTTP/1.1 means anyway.
             if name.eq_ignore_ascii_case("content-length")
@@ -221,13 +225,8 @@ impl Lane<'_> {
             }
         }
         if bytes > self.limits.max_header_bytes
-            || !super::guard::host_fields_ok(
-                http::Version::HTTP_11,
-                req.headers
-                    .iter()
-                    .filter(|f| f.name.eq_ignore_ascii_case("host"))
-                    .map(|f| f.value),
-            )
+            || hosts > 1
+            || !super::guard::host_fields_ok(http::Version::HTTP_11, host.into_iter())
         {
             // hyper's side answers the 400.
             return None;

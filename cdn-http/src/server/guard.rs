@@ -4,8 +4,9 @@
 //! body through a limit, so nothing past it reaches the application), a missing, repeated
 //! or invalid Host ([`host_fields_ok`], RFC 9112 §3.2) and the target `*` with any method
 //! but OPTIONS with 400; every such answer is a [`refusal`] that closes an HTTP/1
-//! connection. `OPTIONS *` is answered here (200, no content). The express lane applies the same Host
-//! rule before it answers anything itself.
+//! connection. `OPTIONS *` is answered here (200, no content). The express lane applies the
+//! same Host rule before it answers anything itself; the edge's HTTP/3 requests get the
+//! same [`refusal`].
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -30,6 +31,7 @@ pub(super) async fn guarded(
     req: hyper::Request<Incoming>,
 ) -> Result<Response, Infallible> {
     let version = req.version();
+    let asterisk = req.uri().path() == "*";
     let refused = if uri_len(req.uri()) > limits.max_uri_bytes {
         Some((StatusCode::URI_TOO_LONG, "request target too long\n"))
     } else if req.headers().len() > limits.max_headers
@@ -41,7 +43,7 @@ pub(super) async fn guarded(
         ))
     } else if req.body().size_hint().lower() > limits.max_body_bytes {
         Some((StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"))
-    } else if req.uri().path() == "*" && req.method() != http::Method::OPTIONS {
+    } else if asterisk && req.method() != http::Method::OPTIONS {
         Some((
             StatusCode::BAD_REQUEST,
             "the request target * is for OPTIONS only\n",
@@ -68,7 +70,7 @@ pub(super) async fn guarded(
         tracing::info!(target: "cdn_http::limits", ?peer, status = status.as_u16(), "request refused");
         return Ok(refusal(status, why, version, None));
     }
-    if req.uri().path() == "*" {
+    if asterisk {
         // `OPTIONS *` asks about the server in general (RFC 9110 §9.3.7): the node answers
         // it, with no content; no application route or origin has anything to say.
         let mut r = Response::new(Body::empty());
@@ -128,29 +130,27 @@ pub(crate) fn host_fields_ok<'a>(
 /// `uri-host [ ":" port ]` (RFC 3986 §3.2.2–3.2.3; the port a number that fits 16 bits, or
 /// empty).
 fn host_value_ok(v: &[u8]) -> bool {
-    if v.contains(&b'@') {
-        return false;
-    }
     let Ok(a) = http::uri::Authority::try_from(v) else {
         return false;
     };
-    // `Authority` checks the characters but takes any text after the colon as the port.
-    let host_len = if a.host().starts_with('[') || !a.host().contains(':') {
-        a.host().len()
-    } else {
+    let (all, host) = (a.as_str(), a.host());
+    // `Authority` allows user information, an unbracketed IPv6-like host, and any text
+    // after the colon as the port.
+    if all.contains('@') || (host.contains(':') && !host.starts_with('[')) {
         return false;
-    };
-    match a.as_str().get(host_len..) {
-        Some("") => true,
-        Some(rest) => rest.strip_prefix(':').is_some_and(|p| {
-            p.is_empty() || (p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok())
-        }),
+    }
+    match all.get(host.len()..).map(|rest| rest.strip_prefix(':')) {
+        Some(None) => all.len() == host.len(),
+        Some(Some(port)) => {
+            port.is_empty()
+                || (port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok())
+        }
         None => false,
     }
 }
 
-/// A short plain-text answer that closes the connection.
-pub(super) fn refusal(
+/// A short plain-text answer, not stored; it closes an HTTP/1 connection.
+pub fn refusal(
     status: StatusCode,
     why: &'static str,
     version: Version,

@@ -54,7 +54,8 @@ use conn_io::{
     ConnState, SharedIo, close_gently, idle_for, no_request_within, recv_draining, write_shared,
 };
 use express::{Express, Lane, Outcome, Rewind};
-use guard::{guarded, refusal};
+use guard::guarded;
+pub use guard::refusal;
 
 /// How a node serves connections.
 #[derive(Clone)]

@@ -576,15 +576,7 @@ fn refused(req: &http::Request<()>, limits: &Limits) -> Option<Response> {
 }
 
 fn refusal(status: StatusCode, why: &'static str) -> Response {
-    let mut r = Response::new(Body::from(why));
-    *r.status_mut() = status;
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
+    cdn_http::server::refusal(status, why, http::Version::HTTP_3, None)
 }
 
 /// The one Content-Length of a request (all its values equal), `None` when absent or invalid.
