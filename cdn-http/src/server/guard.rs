@@ -6,7 +6,7 @@
 //! but OPTIONS with 400; every such answer is a [`refusal`] that closes an HTTP/1
 //! connection. `OPTIONS *` is answered here (200, no content). The express lane applies the
 //! same Host rule before it answers anything itself; the edge's HTTP/3 requests get the
-//! same [`refusal`].
+//! same [`refusal`] and [`limited_body`].
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -84,18 +84,8 @@ pub(super) async fn guarded(
         let req = http::Request::from_parts(parts, Body::new(body));
         return app.oneshot(req).await;
     }
-    let exceeded = Arc::new(AtomicBool::new(false));
-    let flag = exceeded.clone();
-    let max = usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX);
-    let body = Limited::new(body, max).map_err(move |e| {
-        if e.is::<LengthLimitError>() {
-            flag.store(true, Ordering::Relaxed);
-        }
-        e
-    });
-    let resp = app
-        .oneshot(http::Request::from_parts(parts, Body::new(body)))
-        .await?;
+    let (body, exceeded) = limited_body(body, limits.max_body_bytes);
+    let resp = app.oneshot(http::Request::from_parts(parts, body)).await?;
     if exceeded.load(Ordering::Relaxed) {
         // The application gave up on a body that passed the limit (an edge's pass-through
         // fails its origin request): say why.
@@ -108,6 +98,26 @@ pub(super) async fn guarded(
         ));
     }
     Ok(resp)
+}
+
+/// `body` ending in an error after `max` bytes, and the flag that says it did: an
+/// application that gives up on such a body answers with whatever it answers, and the
+/// caller turns that into the 413 it was.
+pub fn limited_body<B>(body: B, max: u64) -> (Body, Arc<AtomicBool>)
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let exceeded = Arc::new(AtomicBool::new(false));
+    let flag = exceeded.clone();
+    let max = usize::try_from(max).unwrap_or(usize::MAX);
+    let body = Limited::new(body, max).map_err(move |e| {
+        if e.is::<LengthLimitError>() {
+            flag.store(true, Ordering::Relaxed);
+        }
+        e
+    });
+    (Body::new(body), exceeded)
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host field, a request of any version

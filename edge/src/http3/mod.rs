@@ -35,7 +35,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -45,7 +45,7 @@ use axum::response::Response;
 use bytes::{Buf, Bytes};
 use http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use http_body::{Frame, SizeHint};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
@@ -606,16 +606,8 @@ async fn call<S: App>(
             Err(never) => match never {},
         };
     };
-    let exceeded = Arc::new(AtomicBool::new(false));
-    let flag = exceeded.clone();
-    let max = usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX);
-    let body = Limited::new(body, max).map_err(move |e| {
-        if e.is::<LengthLimitError>() {
-            flag.store(true, Ordering::Relaxed);
-        }
-        e
-    });
-    let req = http::Request::from_parts(parts, Body::new(body));
+    let (body, exceeded) = cdn_http::server::limited_body(body, limits.max_body_bytes);
+    let req = http::Request::from_parts(parts, body);
     let resp = match app.oneshot(req).await {
         Ok(r) => r,
         Err(never) => match never {},
