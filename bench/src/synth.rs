@@ -101,6 +101,8 @@ struct Popularity {
     zipf: Zipf<f64>,
     churn: Churn,
     draws: u64,
+    /// Each churn event: (the draw it came with, 1-based; the rank it entered at, 0-based).
+    events: Vec<(u64, usize)>,
 }
 
 impl Popularity {
@@ -114,6 +116,7 @@ impl Popularity {
             zipf,
             churn,
             draws: 0,
+            events: Vec::new(),
         })
     }
 
@@ -125,6 +128,7 @@ impl Popularity {
             self.ranks.pop();
             self.ranks.insert(pos, self.next_item);
             self.next_item += 1;
+            self.events.push((self.draws, pos));
         }
         let rank = (self.zipf.sample(rng) as usize).clamp(1, self.ranks.len());
         self.ranks[rank - 1]
@@ -186,6 +190,20 @@ fn chunk_id(video: u64, chunk: u64) -> u64 {
 
 /// Generates a video-session workload.
 pub fn video(spec: &VideoSpec) -> anyhow::Result<Trace> {
+    video_with_churn(spec).map(|(trace, _)| trace)
+}
+
+/// The popularity churn of a generated video workload, for a diagnostic that knows the
+/// generator's true rates: each event as (the number of requests generated before it, the
+/// rank it entered at, 0-based); the new video's id is `videos` + the event's position.
+#[derive(Debug, Clone, Default)]
+#[cfg_attr(not(test), allow(dead_code))] // read by the true-rate diagnostic (policies::diag)
+pub struct ChurnLog {
+    pub events: Vec<(u64, usize)>,
+}
+
+/// [`video`], with the log of its popularity churn.
+pub fn video_with_churn(spec: &VideoSpec) -> anyhow::Result<(Trace, ChurnLog)> {
     anyhow::ensure!(
         (0.0..1.0).contains(&spec.abandon),
         "abandon must be in [0, 1)"
@@ -202,7 +220,13 @@ pub fn video(spec: &VideoSpec) -> anyhow::Result<Trace> {
             (chunks, r.random_range(1..=chunk_bytes))
         })
     };
-    let mut new_session = |rng: &mut StdRng, info: &mut dyn FnMut(u64) -> (u64, u64)| {
+    // The number of requests generated before each draw (draw d at draw_at[d - 1]).
+    let mut draw_at: Vec<u64> = Vec::new();
+    let mut new_session = |rng: &mut StdRng,
+                           info: &mut dyn FnMut(u64) -> (u64, u64),
+                           draw_at: &mut Vec<u64>,
+                           generated: usize| {
+        draw_at.push(generated as u64);
         let video = pop.draw(rng);
         let (len, _) = info(video);
         let chunk = if rng.random_bool(0.1) {
@@ -213,7 +237,7 @@ pub fn video(spec: &VideoSpec) -> anyhow::Result<Trace> {
         Session { video, chunk, len }
     };
     let mut sessions: Vec<Session> = (0..spec.concurrent.max(1))
-        .map(|_| new_session(&mut rng, &mut info))
+        .map(|_| new_session(&mut rng, &mut info, &mut draw_at, 0))
         .collect();
     let mut requests = Vec::with_capacity(spec.requests as usize);
     while (requests.len() as u64) < spec.requests {
@@ -232,9 +256,16 @@ pub fn video(spec: &VideoSpec) -> anyhow::Result<Trace> {
         });
         s.chunk += 1;
         if s.chunk >= s.len || rng.random_bool(spec.abandon) {
-            sessions[i] = new_session(&mut rng, &mut info);
+            sessions[i] = new_session(&mut rng, &mut info, &mut draw_at, requests.len());
         }
     }
+    let log = ChurnLog {
+        events: pop
+            .events
+            .iter()
+            .map(|&(draw, pos)| (draw_at[(draw - 1) as usize], pos))
+            .collect(),
+    };
     let churn = if spec.churn.every > 0 {
         format!(
             ", churn 1 per {} sessions into top {}",
@@ -263,7 +294,7 @@ pub fn video(spec: &VideoSpec) -> anyhow::Result<Trace> {
         spec.concurrent,
         spec.seed
     );
-    Ok(trace)
+    Ok((trace, log))
 }
 
 #[cfg(test)]
@@ -334,6 +365,39 @@ mod tests {
         }
         assert!(in_order > 4000, "{in_order}");
         assert!(t.requests.iter().all(|r| r.size >= 1 && r.size <= 1 << 20));
+    }
+
+    #[test]
+    fn the_churn_log_says_when_each_new_video_entered() {
+        let spec = VideoSpec {
+            videos: 50,
+            requests: 20_000,
+            alpha: 0.8,
+            chunk_bytes: 1 << 20,
+            median_chunks: 10.0,
+            abandon: 0.05,
+            concurrent: 4,
+            churn: Churn { every: 20, top: 3 },
+            seed: 5,
+        };
+        let (t, log) = video_with_churn(&spec).expect("gen");
+        assert_eq!(t.requests, video(&spec).expect("gen").requests);
+        assert!(log.events.len() > 20, "{}", log.events.len());
+        assert!(log.events.windows(2).all(|w| w[0].0 <= w[1].0));
+        assert!(log.events.iter().all(|&(_, pos)| pos < 3));
+        // New video `50 + n` is requested only after event n, and most of them are.
+        let mut first: IdMap<usize> = IdMap::default();
+        for (i, r) in t.requests.iter().enumerate() {
+            first.entry(r.group).or_insert(i);
+        }
+        let mut seen = 0;
+        for (n, &(at, _)) in log.events.iter().enumerate() {
+            if let Some(&i) = first.get(&(50 + n as u64)) {
+                assert!(i as u64 >= at, "video {} at {i}, entered at {at}", 50 + n);
+                seen += 1;
+            }
+        }
+        assert!(seen * 2 > log.events.len(), "{seen}");
     }
 
     #[test]

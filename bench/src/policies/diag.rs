@@ -262,3 +262,67 @@ fn expected_rate_with_oracle_rates() {
         miss as f64 / bytes as f64
     );
 }
+
+/// The rate policy with the rates the generator drew from (its Zipf popularity, rank by rank
+/// as it churns): what no estimate from past requests can beat (BENCHMARKS.md, "Beyond
+/// S3-FIFO, fourth round"). `CDN_DIAG=alpha,share[,seed]`; `CDN_RATE` as for the policy.
+#[test]
+#[ignore = "diagnostic: run by hand (see the module's doc)"]
+fn expected_rate_with_true_rates() {
+    use super::rate::TrueRates;
+    use crate::synth::video_with_churn;
+    let spec = std::env::var("CDN_DIAG").unwrap_or_default();
+    let mut parts = spec.split(',');
+    let alpha: f64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0.8);
+    let share: f64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0.1);
+    let seed: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(42);
+    let (trace, log) = video_with_churn(&VideoSpec {
+        videos: 2000,
+        requests: 2_000_000,
+        alpha,
+        chunk_bytes: 1 << 20,
+        median_chunks: 150.0,
+        abandon: 0.02,
+        concurrent: 64,
+        churn: Churn {
+            every: 200,
+            top: 10,
+        },
+        seed,
+    })
+    .expect("workload");
+    let stats = trace.stats();
+    let capacity = capacity_for(share, SizeUnit::Bytes, &stats);
+    let starts = trace.requests.iter().filter(|r| r.index == 0).count();
+    let per_request = starts as f64 / trace.requests.len() as f64;
+    let knobs = RateKnobs::from_env();
+    let truth = TrueRates::new(2000, alpha, per_request, log.events.clone());
+    let half = trace.requests.len() / 2;
+    let run = |p: &mut RateSampled| {
+        // Byte miss ratio over the whole trace and over its second half (warmed up).
+        let (mut bytes, mut miss, mut bytes2, mut miss2) = (0u64, 0u64, 0u64, 0u64);
+        for (t, r) in trace.requests.iter().enumerate() {
+            let g = Group {
+                id: r.group,
+                index: r.index,
+            };
+            let hit = p.access_in_group(r.id, r.size, None, g);
+            bytes += r.size;
+            miss += if hit { 0 } else { r.size };
+            if t >= half {
+                bytes2 += r.size;
+                miss2 += if hit { 0 } else { r.size };
+            }
+        }
+        (miss as f64 / bytes as f64, miss2 as f64 / bytes2 as f64)
+    };
+    let (whole, second) = run(&mut RateSampled::with_true_rates(capacity, knobs, truth));
+    let (online, online2) = run(&mut RateSampled::with_knobs(capacity, knobs));
+    println!(
+        "α {alpha}, cache {share}, seed {seed}, {} churn events, {per_request:.5} chunk-0 \
+         requests per request, {knobs:?}: byte miss ratio \
+         rate-true {whole:.4} (second half {second:.4}), rate-sampled {online:.4} (second half \
+         {online2:.4})",
+        log.events.len(),
+    );
+}

@@ -145,6 +145,77 @@ pub struct RateSampled {
     evict_age: f64,
     /// Oracle: per group, the times of its chunk-0 requests in the whole trace.
     oracle: Option<IdMap<Vec<u64>>>,
+    /// Oracle: the generator's own popularity, rank by rank as it churns.
+    #[cfg(test)]
+    truth: Option<TrueRates>,
+}
+
+/// The rates a video workload was generated with (diagnostic only): object O's sessions
+/// start at `per_request` × pmf(rank of O now) per request, Zipf over `n` ranks, the ranks
+/// churning as the generator's log says.
+#[cfg(test)]
+pub struct TrueRates {
+    pmf: Vec<f64>,
+    per_request: f64,
+    ranks: Vec<u64>,
+    rank_of: IdMap<usize>,
+    events: Vec<(u64, usize)>,
+    applied: usize,
+    next_item: u64,
+}
+
+#[cfg(test)]
+impl TrueRates {
+    /// `n` videos of Zipf `alpha`; `per_request`: chunk-0 requests per request;
+    /// `events`: the generator's churn (`synth::ChurnLog`).
+    pub fn new(n: u64, alpha: f64, per_request: f64, events: Vec<(u64, usize)>) -> Self {
+        let weights: Vec<f64> = (1..=n).map(|k| (k as f64).powf(-alpha)).collect();
+        let total: f64 = weights.iter().sum();
+        let mut t = TrueRates {
+            pmf: weights.iter().map(|w| w / total).collect(),
+            per_request,
+            ranks: (0..n).collect(),
+            rank_of: IdMap::default(),
+            events,
+            applied: 0,
+            next_item: n,
+        };
+        t.reindex();
+        t
+    }
+
+    fn reindex(&mut self) {
+        self.rank_of = self
+            .ranks
+            .iter()
+            .enumerate()
+            .map(|(r, &o)| (o, r))
+            .collect();
+    }
+
+    /// Applies the churn events that came before request `now` (1-based).
+    fn advance(&mut self, now: u64) {
+        let mut changed = false;
+        while let Some(&(at, pos)) = self.events.get(self.applied)
+            && at < now
+        {
+            self.ranks.pop();
+            self.ranks.insert(pos.min(self.ranks.len()), self.next_item);
+            self.next_item += 1;
+            self.applied += 1;
+            changed = true;
+        }
+        if changed {
+            self.reindex();
+        }
+    }
+
+    /// Chunk-0 requests of `group` per request, now.
+    fn rate(&self, group: u64) -> f64 {
+        self.rank_of
+            .get(&group)
+            .map_or(0.0, |&r| self.pmf[r] * self.per_request)
+    }
 }
 
 impl RateSampled {
@@ -175,6 +246,8 @@ impl RateSampled {
             rng: 0x2545_f491_4f6c_dd1d,
             evict_age: 0.0,
             oracle: None,
+            #[cfg(test)]
+            truth: None,
         }
     }
 
@@ -183,6 +256,15 @@ impl RateSampled {
     pub fn with_oracle(capacity: u64, knobs: RateKnobs, starts: IdMap<Vec<u64>>) -> Self {
         RateSampled {
             oracle: Some(starts),
+            ..Self::with_knobs(capacity, knobs)
+        }
+    }
+
+    /// λ(O) as the generator drew it: the best any estimate of the rates could give.
+    #[cfg(test)]
+    pub fn with_true_rates(capacity: u64, knobs: RateKnobs, truth: TrueRates) -> Self {
+        RateSampled {
+            truth: Some(truth),
             ..Self::with_knobs(capacity, knobs)
         }
     }
@@ -246,6 +328,10 @@ impl RateSampled {
             let half = self.half();
             let reach = self.reach(e.index);
             let mut rate = lambda * std::f64::consts::LN_2 / half;
+            #[cfg(test)]
+            if let Some(t) = &self.truth {
+                rate = t.rate(e.group);
+            }
             if self.knobs.long > 0 && self.oracle.is_none() {
                 let long = half * self.knobs.long as f64;
                 let slow = g.long_starts
@@ -444,6 +530,10 @@ impl RateSampled {
 
 impl CachePolicy for RateSampled {
     fn name(&self) -> String {
+        #[cfg(test)]
+        if self.truth.is_some() {
+            return "rate-true".into();
+        }
         if self.oracle.is_some() {
             "rate-oracle".into()
         } else {
@@ -457,6 +547,10 @@ impl CachePolicy for RateSampled {
 
     fn access_in_group(&mut self, id: u64, size: u64, _next: Option<u64>, g: Group) -> bool {
         self.now += 1;
+        #[cfg(test)]
+        if let Some(t) = &mut self.truth {
+            t.advance(self.now);
+        }
         self.track(g.id, g.index);
         self.lookup(id, size, g)
     }
@@ -497,6 +591,24 @@ mod tests {
             r.1 += 1;
         }
         out
+    }
+
+    #[test]
+    fn true_rates_follow_the_churn() {
+        // Three videos, α 1: pmf 6/11, 3/11, 2/11. Before request 6 a new video (id 3)
+        // enters at rank 0: video 0 moves to rank 1, 1 to rank 2, 2 retires.
+        let mut t = TrueRates::new(3, 1.0, 0.5, vec![(5, 0)]);
+        let r = |t: &TrueRates, g| (t.rate(g) * 22.0 * 1000.0).round() / 1000.0;
+        t.advance(5);
+        assert_eq!(
+            [r(&t, 0), r(&t, 1), r(&t, 2), r(&t, 3)],
+            [6.0, 3.0, 2.0, 0.0]
+        );
+        t.advance(6);
+        assert_eq!(
+            [r(&t, 0), r(&t, 1), r(&t, 2), r(&t, 3)],
+            [3.0, 2.0, 0.0, 6.0]
+        );
     }
 
     #[test]
