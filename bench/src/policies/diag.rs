@@ -71,15 +71,19 @@ impl Table {
     }
 }
 
-#[test]
-#[ignore = "diagnostic: run by hand (see the module's doc)"]
-fn what_belady_keeps_that_the_policy_does_not() {
+/// `CDN_DIAG=alpha,share,...`: the workload's α (0.8), the cache's share of the working set
+/// (0.1) and the rest of the fields, in order.
+fn diag_args() -> (f64, f64, Vec<String>) {
     let spec = std::env::var("CDN_DIAG").unwrap_or_default();
-    let mut parts = spec.split(',');
-    let alpha: f64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0.8);
-    let share: f64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0.1);
-    let policy_name = parts.next().unwrap_or("grouped").to_string();
-    let trace = video(&VideoSpec {
+    let mut parts = spec.split(',').map(str::to_string);
+    let alpha = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0.8);
+    let share = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0.1);
+    (alpha, share, parts.collect())
+}
+
+/// The video workload of `bench/hit-ratio.sh` with this α and seed (42 there).
+fn workload(alpha: f64, seed: u64) -> VideoSpec {
+    VideoSpec {
         videos: 2000,
         requests: 2_000_000,
         alpha,
@@ -91,9 +95,16 @@ fn what_belady_keeps_that_the_policy_does_not() {
             every: 200,
             top: 10,
         },
-        seed: 42,
-    })
-    .expect("workload");
+        seed,
+    }
+}
+
+#[test]
+#[ignore = "diagnostic: run by hand (see the module's doc)"]
+fn what_belady_keeps_that_the_policy_does_not() {
+    let (alpha, share, rest) = diag_args();
+    let policy_name = rest.first().map_or("grouped", String::as_str).to_string();
+    let trace = video(&workload(alpha, 42)).expect("workload");
     let stats = trace.stats();
     let capacity = capacity_for(share, SizeUnit::Bytes, &stats);
     let kind = <PolicyKind as clap::ValueEnum>::from_str(&policy_name, true).expect("policy");
@@ -217,25 +228,8 @@ fn what_belady_keeps_that_the_policy_does_not() {
 #[test]
 #[ignore = "diagnostic: run by hand (see the module's doc)"]
 fn expected_rate_with_oracle_rates() {
-    let spec = std::env::var("CDN_DIAG").unwrap_or_default();
-    let mut parts = spec.split(',');
-    let alpha: f64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0.8);
-    let share: f64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0.1);
-    let trace = video(&VideoSpec {
-        videos: 2000,
-        requests: 2_000_000,
-        alpha,
-        chunk_bytes: 1 << 20,
-        median_chunks: 150.0,
-        abandon: 0.02,
-        concurrent: 64,
-        churn: Churn {
-            every: 200,
-            top: 10,
-        },
-        seed: 42,
-    })
-    .expect("workload");
+    let (alpha, share, _) = diag_args();
+    let trace = video(&workload(alpha, 42)).expect("workload");
     let stats = trace.stats();
     let capacity = capacity_for(share, SizeUnit::Bytes, &stats);
     let mut starts: IdMap<Vec<u64>> = IdMap::default();
@@ -271,26 +265,9 @@ fn expected_rate_with_oracle_rates() {
 fn expected_rate_with_true_rates() {
     use super::rate::TrueRates;
     use crate::synth::video_with_churn;
-    let spec = std::env::var("CDN_DIAG").unwrap_or_default();
-    let mut parts = spec.split(',');
-    let alpha: f64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0.8);
-    let share: f64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0.1);
-    let seed: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(42);
-    let (trace, log) = video_with_churn(&VideoSpec {
-        videos: 2000,
-        requests: 2_000_000,
-        alpha,
-        chunk_bytes: 1 << 20,
-        median_chunks: 150.0,
-        abandon: 0.02,
-        concurrent: 64,
-        churn: Churn {
-            every: 200,
-            top: 10,
-        },
-        seed,
-    })
-    .expect("workload");
+    let (alpha, share, rest) = diag_args();
+    let seed: u64 = rest.first().and_then(|s| s.parse().ok()).unwrap_or(42);
+    let (trace, log) = video_with_churn(&workload(alpha, seed)).expect("workload");
     let stats = trace.stats();
     let capacity = capacity_for(share, SizeUnit::Bytes, &stats);
     let starts = trace.requests.iter().filter(|r| r.index == 0).count();
