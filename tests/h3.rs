@@ -275,6 +275,17 @@ async fn quic_limits_answer_clearly_and_the_edge_keeps_serving() {
     );
     let r = c.get(path, &[]).await.expect("still served");
     assert_eq!((r.status(), r.body.len()), (StatusCode::OK, 1000));
+    // RFC 9114 §4.3.1: a Host beside :authority is the same (the h3 crates refuse to send
+    // or take another), and there is one (RFC 9112 §3.2 for every version: else 400).
+    let other = "evil.example";
+    for (host, want) in [
+        (vec![c.authority()], StatusCode::OK),
+        (vec![c.authority(), other], StatusCode::BAD_REQUEST),
+    ] {
+        let fields: Vec<(&str, &str)> = host.iter().map(|h| ("host", *h)).collect();
+        let r = c.get(path, &fields).await.expect("answered");
+        assert_eq!(r.status(), want, "Host {host:?}");
+    }
 
     // Stream credit: four streams at once; a fifth waits until one is done.
     let q = c.quic().clone();

@@ -267,6 +267,48 @@ async fn a_missing_repeated_or_invalid_host_gets_400_on_every_node() {
     }
 }
 
+/// HTTP/2 (here cleartext, prior knowledge): a Host field beside `:authority` must name the
+/// same host and port (RFC 9113 §8.3.1), else 400 on every node; the same Host in other
+/// case, or none, is served.
+#[tokio::test]
+async fn an_h2_host_that_differs_from_the_authority_gets_400_on_every_node() {
+    cdn_http::tls::install_crypto_provider();
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    for node in every_node(&Limits::default()).await {
+        let path = match node.kind {
+            "router" => "/healthz",
+            _ => "/synthetic/h2-host?size=1000",
+        };
+        let url = format!("http://{}{path}", node.addr);
+        let authority = node.addr.to_string();
+        for (host, want) in [
+            (None, 200),
+            (Some(authority.clone()), 200),
+            (Some(authority.to_uppercase()), 200),
+            (Some(format!("127.0.0.1:{}", node.addr.port() ^ 1)), 400),
+            (Some("evil.example".to_string()), 400),
+        ] {
+            let mut req = client.get(&url);
+            if let Some(h) = &host {
+                req = req.header(http::header::HOST, h);
+            }
+            let r = req.send().await.expect("answered");
+            assert_eq!(r.version(), http::Version::HTTP_2, "{}", node.kind);
+            assert_eq!(
+                r.status().as_u16(),
+                want,
+                "{} with Host {host:?}",
+                node.kind
+            );
+        }
+        ok_after(&node).await;
+        node.stop().await;
+    }
+}
+
 /// The asterisk form (RFC 9112 §3.2.4, RFC 9110 §9.3.7): `OPTIONS *` is about the server and
 /// every node answers it itself (200, no content; the edge sent it to its origin and
 /// answered 502), and `*` with another method is a 400.

@@ -2,7 +2,8 @@
 //! request target over `max_uri_bytes` with 414, too many or too large header fields with
 //! 431, a body announced or found over `max_body_bytes` with 413 (the application reads the
 //! body through a limit, so nothing past it reaches the application), a missing, repeated
-//! or invalid Host ([`host_fields_ok`], RFC 9112 §3.2) and the target `*` with any method
+//! or invalid Host, or one that differs from an h2 or h3 `:authority` ([`host_ok`]) and
+//! the target `*` with any method
 //! but OPTIONS with 400; every such answer is a [`refusal`] that closes an HTTP/1
 //! connection. `OPTIONS *` is answered here (200, no content). The express lane applies the
 //! same Host rule before it answers anything itself; the edge's HTTP/3 requests get the
@@ -48,16 +49,10 @@ pub(super) async fn guarded(
             StatusCode::BAD_REQUEST,
             "the request target * is for OPTIONS only\n",
         ))
-    } else if !host_fields_ok(
-        version,
-        req.headers()
-            .get_all(header::HOST)
-            .iter()
-            .map(HeaderValue::as_bytes),
-    ) {
+    } else if !host_ok(version, req.uri(), req.headers()) {
         Some((
             StatusCode::BAD_REQUEST,
-            "one valid Host field is required\n",
+            "one valid Host field is required (in HTTP/2, naming the :authority)\n",
         ))
     } else {
         None
@@ -118,6 +113,43 @@ where
         e
     });
     (Body::new(body), exceeded)
+}
+
+/// The Host rules of every version: [`host_fields_ok`] (RFC 9112 §3.2), and for HTTP/2 and
+/// HTTP/3 a Host field beside `:authority` names the same host and port (RFC 9113 §8.3.1,
+/// RFC 9114 §4.3.1: else the request is malformed; a node that read one and something
+/// behind it the other would answer for another host). An HTTP/1.1 absolute-form target
+/// wins over Host (RFC 9112 §3.2.2), so there the two may differ.
+pub fn host_ok(version: Version, uri: &http::Uri, headers: &http::HeaderMap) -> bool {
+    let hosts = headers.get_all(header::HOST);
+    if !host_fields_ok(version, hosts.iter().map(HeaderValue::as_bytes)) {
+        return false;
+    }
+    match (
+        version >= Version::HTTP_2,
+        uri.authority(),
+        hosts.iter().next(),
+    ) {
+        (true, Some(authority), Some(host)) => {
+            same_authority(authority, host.as_bytes(), uri.scheme_str())
+        }
+        _ => true,
+    }
+}
+
+/// Whether `host` (a valid Host value) names the host and port of `authority`: hosts
+/// compared without case, a missing port taken as the scheme's default.
+fn same_authority(authority: &http::uri::Authority, host: &[u8], scheme: Option<&str>) -> bool {
+    let Ok(host) = http::uri::Authority::try_from(host) else {
+        return false;
+    };
+    let default = match scheme {
+        Some("https") => Some(443),
+        Some("http") => Some(80),
+        _ => None,
+    };
+    authority.host().eq_ignore_ascii_case(host.host())
+        && authority.port_u16().or(default) == host.port_u16().or(default)
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host field, a request of any version
@@ -215,6 +247,27 @@ mod tests {
         assert!(!ok(Version::HTTP_11, &[]), "HTTP/1.1 needs a Host");
         assert!(ok(Version::HTTP_10, &[]), "HTTP/1.0 does not");
         assert!(ok(Version::HTTP_2, &[]), "h2 has :authority");
+        // h2 and h3: Host beside :authority must name the same host and port.
+        let uri: http::Uri = "https://Example.com/a".parse().expect("uri");
+        let with_host = |v: Version, uri: &http::Uri, host: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(header::HOST, HeaderValue::from_str(host).expect("value"));
+            host_ok(v, uri, &h)
+        };
+        for v in [Version::HTTP_2, Version::HTTP_3] {
+            assert!(host_ok(v, &uri, &http::HeaderMap::new()));
+            for same in ["example.com", "EXAMPLE.com:443"] {
+                assert!(with_host(v, &uri, same), "{v:?} {same}");
+            }
+            for other in ["other.com", "example.com:8443", "example.com.evil"] {
+                assert!(!with_host(v, &uri, other), "{v:?} {other}");
+            }
+        }
+        // HTTP/1.1 absolute form: the target wins, Host may differ.
+        assert!(with_host(Version::HTTP_11, &uri, "other.com"));
+        let plain: http::Uri = "http://x:80/".parse().expect("uri");
+        assert!(with_host(Version::HTTP_2, &plain, "x"));
+        assert!(!with_host(Version::HTTP_2, &plain, "x:443"));
         for v in [Version::HTTP_10, Version::HTTP_11, Version::HTTP_2] {
             assert!(!ok(v, &["a", "a"]), "two Hosts, {v:?}");
         }

@@ -122,6 +122,11 @@ impl Client {
         &self.conn
     }
 
+    /// `NAME:PORT`: the `:authority` of this client's requests.
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+
     /// `https://NAME:PORT` + `path`: the URI of a request to this server.
     pub fn uri(&self, path: &str) -> String {
         format!("https://{}{path}", self.authority)

@@ -568,6 +568,11 @@ fn refused(req: &http::Request<()>, limits: &Limits) -> Option<Response> {
         && content_length(req.headers()).is_none()
     {
         (StatusCode::BAD_REQUEST, "invalid Content-Length\n")
+    } else if !cdn_http::server::host_ok(http::Version::HTTP_3, req.uri(), req.headers()) {
+        (
+            StatusCode::BAD_REQUEST,
+            "one valid Host field, the same as :authority, is required\n",
+        )
     } else {
         return None;
     };
