@@ -69,7 +69,7 @@ done
 for seed in 1 2; do
   run "video-a0.8-seed$seed" --workload video --alpha 0.8 --seed "$seed" \
     --churn-every 200 --unit bytes --sizes 0.01,0.1 \
-    --policies s3fifo,moka-tinylfu,moka-lru,edge-tinylfu,edge-lru,edge-s3fifo,edge-s3fifo-raw,grouped,edge-grouped,edge-grouped-raw,rate
+    --policies s3fifo,moka-tinylfu,moka-lru,edge-tinylfu,edge-lru,edge-s3fifo,edge-s3fifo-raw,grouped,edge-grouped,edge-grouped-raw,rate,s3fifo-rate
 done
 
 echo

@@ -1,6 +1,8 @@
 //! The [`CachePolicy`] trait every simulated cache implements, the list of policies the
 //! benchmark knows ([`PolicyKind`], one line per policy to add one), and the reference
-//! policies written in the harness: FIFO, LRU, SIEVE, S3-FIFO, Belady and size-aware Belady.
+//! policies written in the harness: FIFO, LRU, SIEVE, S3-FIFO (and S3-FIFO+rate, with the
+//! expected-rate order of `rate` among the chunks past a group's first), Belady and
+//! size-aware Belady.
 //!
 //! Semantics follow libCacheSim (so that its published miss ratios can be reproduced):
 //! capacity is counted in the request's `size` (the runner passes 1 for unit sizing); a miss
@@ -89,10 +91,12 @@ pub enum PolicyKind {
     /// Experiment (issue #18): sampled eviction by expected request rate (object session
     /// starts × the learned reach of the chunk's index); not in the edge.
     Rate,
+    /// Experiment (issue #18): S3-FIFO, with the rate order among chunks past the first.
+    S3fifoRate,
 }
 
 impl PolicyKind {
-    pub const ALL: [PolicyKind; 16] = [
+    pub const ALL: [PolicyKind; 17] = [
         PolicyKind::Fifo,
         PolicyKind::Lru,
         PolicyKind::Sieve,
@@ -109,6 +113,7 @@ impl PolicyKind {
         PolicyKind::EdgeGrouped,
         PolicyKind::EdgeGroupedRaw,
         PolicyKind::Rate,
+        PolicyKind::S3fifoRate,
     ];
 
     /// A cache of this policy holding `capacity` (units or bytes). `seed` feeds the sampling
@@ -138,6 +143,7 @@ impl PolicyKind {
             )),
             PolicyKind::EdgeGroupedRaw => Box::new(EdgeGroupedRaw::new(capacity)),
             PolicyKind::Rate => Box::new(RateSampled::new(capacity)),
+            PolicyKind::S3fifoRate => Box::new(S3Fifo::with_rate_chunks(capacity)),
         }
     }
 
@@ -190,6 +196,7 @@ impl PolicyKind {
             PolicyKind::EdgeGrouped => "edge-grouped-S3-FIFO",
             PolicyKind::EdgeGroupedRaw => "edge-grouped-S3-FIFO-raw",
             PolicyKind::Rate => "rate-sampled",
+            PolicyKind::S3fifoRate => "S3-FIFO+rate",
         }
     }
 }
@@ -398,6 +405,8 @@ pub struct S3Fifo {
     map: IdMap<S3Loc>,
     ghost_map: IdMap<Handle>,
     has_evicted: bool,
+    /// `S3Fifo::with_rate_chunks`: the chunks past a group's first, held in main by rate.
+    chunks: Option<Box<RateSampled>>,
 }
 
 impl S3Fifo {
@@ -419,6 +428,20 @@ impl S3Fifo {
             map: IdMap::default(),
             ghost_map: IdMap::default(),
             has_evicted: false,
+            chunks: None,
+        }
+    }
+
+    /// Experiment (issue #18, fourth round): S3-FIFO for every item at index 0 (items
+    /// without a group, first chunks) and the expected-rate order for the other chunks. Those
+    /// skip small and enter main; when main's CLOCK reaches one with no hits left, the chunk
+    /// of the lowest rate among 32 sampled leaves instead and the hand moves on, so S3-FIFO
+    /// still decides how main splits between chunks and everything else. Without groups it
+    /// is S3-FIFO, request by request.
+    pub fn with_rate_chunks(capacity: u64) -> Self {
+        Self {
+            chunks: Some(Box::new(RateSampled::pool())),
+            ..Self::new(capacity)
         }
     }
 
@@ -466,6 +489,16 @@ impl S3Fifo {
             if obj.freq >= 1 {
                 self.main.get_mut(h).freq = obj.freq.min(3) - 1;
                 self.main.move_to_front(h);
+            } else if let Some(pool) = self.chunks.as_mut().filter(|p| p.holds(obj.id)) {
+                // A chunk: the lowest-rate one leaves (perhaps this one); the hand moves on.
+                self.main.move_to_front(h);
+                if let Some((id, size)) = pool.drop_lowest()
+                    && let Some(S3Loc::Main(v)) = self.map.remove(&id)
+                {
+                    self.main.remove(v);
+                    self.main_used -= size;
+                    return;
+                }
             } else {
                 self.main.remove(h);
                 self.map.remove(&obj.id);
@@ -487,7 +520,37 @@ impl S3Fifo {
 
 impl CachePolicy for S3Fifo {
     fn name(&self) -> String {
-        "S3-FIFO".into()
+        if self.chunks.is_some() {
+            "S3-FIFO+rate".into()
+        } else {
+            "S3-FIFO".into()
+        }
+    }
+
+    fn access_in_group(&mut self, id: u64, size: u64, next: Option<u64>, g: Group) -> bool {
+        let Some(pool) = self.chunks.as_mut() else {
+            return self.access(id, size, next);
+        };
+        pool.observe(g);
+        if g.index == 0 {
+            return self.access(id, size, next);
+        }
+        if let Some(&S3Loc::Main(h)) = self.map.get(&id) {
+            let o = self.main.get_mut(h);
+            o.freq = o.freq.saturating_add(1);
+            return true;
+        }
+        if size > self.main_cap {
+            return false;
+        }
+        while self.small_used + self.main_used + size > self.capacity {
+            self.evict();
+        }
+        self.insert_main(S3Obj { id, size, freq: 0 });
+        if let Some(pool) = self.chunks.as_mut() {
+            pool.hold(id, size, g);
+        }
+        false
     }
 
     fn access(&mut self, id: u64, size: u64, _next: Option<u64>) -> bool {
@@ -703,5 +766,100 @@ mod tests {
         let reqs = [(1, 4), (2, 4), (3, 4), (1, 4)];
         assert_eq!(run(&mut Lru::new(10), &reqs), "MMMM");
         assert_eq!(run(&mut Lru::new(12), &reqs), "MMMH");
+    }
+
+    /// A small seeded video workload (the generator of `bench/hit-ratio.sh`, scaled down).
+    fn small_video(seed: u64) -> crate::trace::Trace {
+        crate::synth::video(&crate::synth::VideoSpec {
+            videos: 200,
+            requests: 60_000,
+            alpha: 0.8,
+            chunk_bytes: 1000,
+            median_chunks: 30.0,
+            abandon: 0.03,
+            concurrent: 16,
+            churn: crate::synth::Churn { every: 50, top: 5 },
+            seed,
+        })
+        .expect("workload")
+    }
+
+    /// Replays `trace` with groups: (hits, hit bytes).
+    fn replay_grouped(p: &mut dyn CachePolicy, trace: &crate::trace::Trace) -> (u64, u64) {
+        let (mut hits, mut bytes) = (0, 0);
+        for r in &trace.requests {
+            let g = Group {
+                id: r.group,
+                index: r.index,
+            };
+            if p.access_in_group(r.id, r.size, None, g) {
+                hits += 1;
+                bytes += r.size;
+            }
+        }
+        (hits, bytes)
+    }
+
+    #[test]
+    fn s3fifo_with_rate_chunks_is_s3fifo_without_groups() {
+        // Ungrouped requests (Zipf-like ids, varied sizes): the same hit, request by request.
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let reqs: Vec<(u64, u64)> = (0..50_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let u = (x >> 11) as f64 / (1u64 << 53) as f64;
+                let id = (u * u * u * 5000.0) as u64;
+                (id, 1 + id.wrapping_mul(0x2545_f491_4f6c_dd1d) % 3000)
+            })
+            .collect();
+        for capacity in [20_000, 200_000] {
+            let a = run(&mut S3Fifo::new(capacity), &reqs);
+            let b = run(&mut S3Fifo::with_rate_chunks(capacity), &reqs);
+            assert_eq!(a, b, "capacity {capacity}");
+            assert!(a.contains('H') && a.contains('M'));
+        }
+    }
+
+    #[test]
+    fn s3fifo_with_rate_chunks_stays_within_capacity() {
+        for capacity in [3_000, 30_000, 300_000] {
+            let trace = small_video(capacity);
+            let mut p = S3Fifo::with_rate_chunks(capacity);
+            for (i, r) in trace.requests.iter().enumerate() {
+                let g = Group {
+                    id: r.group,
+                    index: r.index,
+                };
+                p.access_in_group(r.id, r.size, None, g);
+                let used = p.small_used + p.main_used;
+                assert!(used <= capacity, "{capacity}: {used} after request {i}");
+                let pool = p.chunks.as_ref().map_or(0, |c| c.held_bytes());
+                assert!(
+                    pool <= p.main_used,
+                    "{capacity}: chunks {pool} in main {}",
+                    p.main_used
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn s3fifo_with_rate_chunks_replays_a_small_video_trace_as_pinned() {
+        // The pinned counts guard the policy against silent changes; that it beats S3-FIFO
+        // on sessions is the point of it.
+        let trace = small_video(7);
+        let capacity = 60_000; // 60 chunks (`CDN_RATE` unset)
+        let (hits, bytes) = replay_grouped(&mut S3Fifo::with_rate_chunks(capacity), &trace);
+        let (s3_hits, s3_bytes) = replay_grouped(&mut S3Fifo::new(capacity), &trace);
+        assert!(
+            bytes > s3_bytes,
+            "S3-FIFO+rate {bytes} B, S3-FIFO {s3_bytes} B"
+        );
+        assert_eq!(
+            (hits, bytes, s3_hits, s3_bytes),
+            (7351, 7_248_596, 6108, 6_016_131)
+        );
     }
 }

@@ -528,6 +528,59 @@ impl RateSampled {
     }
 }
 
+/// The rate order as a pool inside another policy (`S3Fifo::with_rate_chunks`): the pool
+/// only tracks, holds and picks victims; the host decides when a chunk must leave.
+impl RateSampled {
+    /// A pool without a capacity of its own, small queue or ghost.
+    pub(super) fn pool() -> Self {
+        Self::with_knobs(
+            u64::MAX,
+            RateKnobs {
+                small: 0,
+                ghost: 0,
+                ..RateKnobs::from_env()
+            },
+        )
+    }
+
+    /// Every request, in order (chunk 0 and items without a group included: they feed the
+    /// session rates and the reach).
+    pub(super) fn observe(&mut self, g: Group) {
+        self.now += 1;
+        self.track(g.id, g.index);
+    }
+
+    /// The bytes of the chunks held.
+    #[cfg(test)]
+    pub(super) fn held_bytes(&self) -> u64 {
+        self.used
+    }
+
+    pub(super) fn holds(&self, id: u64) -> bool {
+        self.map.contains_key(&id)
+    }
+
+    pub(super) fn hold(&mut self, id: u64, size: u64, g: Group) {
+        self.map.insert(id, self.entries.len());
+        self.entries.push(Entry {
+            id,
+            size,
+            group: g.id,
+            index: g.index,
+            born: self.now,
+        });
+        self.used += size;
+    }
+
+    /// Drops the sampled chunk of the lowest rate: its id and size.
+    pub(super) fn drop_lowest(&mut self) -> Option<(u64, u64)> {
+        let (slot, _) = self.victim()?;
+        let e = self.entries[slot];
+        self.remove_slot(slot);
+        Some((e.id, e.size))
+    }
+}
+
 impl CachePolicy for RateSampled {
     fn name(&self) -> String {
         #[cfg(test)]
