@@ -45,9 +45,11 @@ use std::borrow::Borrow;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
 
 use parking_lot::{Mutex, RwLock};
+
+mod rate;
 
 /// The weight of an entry, like moka's `weigher`.
 pub type Weigher<K, V> = Box<dyn Fn(&K, &V) -> u32 + Send + Sync>;
@@ -74,6 +76,10 @@ struct Node<K> {
     index: u32,
     /// The key's group, in a grouped cache.
     group: Option<Arc<GroupCell>>,
+    /// The clock when the entry came (`s3-fifo-rate`: the age of evicted chunks).
+    born: u64,
+    /// Its place in the chunk pool (`s3-fifo-rate`), [`rate::NO_SLOT`] when in none.
+    slot: AtomicU32,
 }
 
 /// How keys group (a chunk's group is its object), for [`S3FifoCache::grouped`].
@@ -99,6 +105,8 @@ pub const ACTIVE: u64 = 4;
 struct GroupCell {
     hash: u64,
     readers: [AtomicU64; READERS],
+    /// Decayed session starts (`s3-fifo-rate` only).
+    starts: Mutex<rate::Starts>,
 }
 
 fn unpack(reader: u64) -> (u32, u32) {
@@ -164,6 +172,7 @@ impl Groups {
             cell: Arc::new(GroupCell {
                 hash,
                 readers: Default::default(),
+                starts: Mutex::default(),
             }),
             held: 0,
         });
@@ -279,6 +288,8 @@ struct Queues<K> {
     /// Groups with a key cached or in the ghost (empty unless the cache is grouped).
     groups: Groups,
     has_evicted: bool,
+    /// Main's chunks past their group's first (`s3-fifo-rate` only).
+    pool: Option<rate::Pool<K>>,
 }
 
 impl<K> Queues<K> {
@@ -292,6 +303,11 @@ impl<K> Queues<K> {
         if queue == MAIN {
             self.main_used += w;
             self.main_live += 1;
+            if let Some(pool) = &mut self.pool
+                && node.index > 0
+            {
+                pool.add(node.clone());
+            }
             self.main.push_front(node);
         } else {
             self.small_used += w;
@@ -302,6 +318,9 @@ impl<K> Queues<K> {
 
     /// Accounts for a node leaving its queue (popped, or marked dead in place).
     fn forget(&mut self, node: &Node<K>) {
+        if let Some(pool) = &mut self.pool {
+            pool.remove(node);
+        }
         let w = node.weight.load(Relaxed);
         match node.queue.swap(DEAD, Relaxed) {
             SMALL => {
@@ -353,6 +372,8 @@ pub struct S3FifoCache<K, V, S = RandomState> {
     clock: AtomicU64,
     /// Mean gap between a reader's reads, in sixteenths of a `get`, weight 1/64 per sample.
     gap: AtomicU64,
+    /// The rate estimates (`s3-fifo-rate` only).
+    rates: Option<Box<rate::Rates>>,
 }
 
 /// A key's group hash and index.
@@ -403,6 +424,7 @@ where
                 ghost: Ghost::new(ghost_cap),
                 groups: Groups::default(),
                 has_evicted: false,
+                pool: None,
             }),
             weigher,
             capacity,
@@ -413,6 +435,7 @@ where
             group_of: None,
             clock: AtomicU64::new(0),
             gap: AtomicU64::new(64 << 4),
+            rates: None,
         }
     }
 
@@ -428,6 +451,22 @@ where
         }
     }
 
+    /// The `s3-fifo-rate` cache (see [`rate`]): S3-FIFO for every key at index 0 of its
+    /// group, the expected-rate order among the chunks past the first, which skip small.
+    /// Keys that are chunk 0 of a group of their own are cached exactly as by plain S3-FIFO.
+    pub fn with_rates(capacity: u64, weigher: Weigher<K, V>, hasher: S) -> Self
+    where
+        K: KeyGroup,
+    {
+        let c = S3FifoCache {
+            group_of: Some(group_hash::<K, S>),
+            rates: Some(Box::new(rate::Rates::new())),
+            ..Self::with_hasher(capacity, weigher, hasher)
+        };
+        c.queues.lock().pool = Some(rate::Pool::new());
+        c
+    }
+
     fn shard(&self, hash: u64) -> &Shard<K, V, S> {
         // Bits the shard maps' own bucket and tag bits do not use.
         &self.shards[(hash >> 32) as usize % SHARDS]
@@ -441,7 +480,7 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let now = match self.group_of {
-            Some(_) => self.clock.fetch_add(1, Relaxed).wrapping_add(1) as u32,
+            Some(_) => self.clock.fetch_add(1, Relaxed).wrapping_add(1),
             None => 0,
         };
         let hash = self.hasher.hash_one(key);
@@ -514,7 +553,11 @@ where
             }
             None => false,
         };
-        let too_big = weight > self.capacity || (weight > self.small_cap && weight > self.main_cap);
+        // `s3-fifo-rate`: chunks past the first go straight to main.
+        let chunk = self.rates.is_some() && index > 0;
+        let too_big = weight > self.capacity
+            || (weight > self.small_cap && weight > self.main_cap)
+            || (chunk && weight > self.main_cap);
         if too_big {
             if let Some(g) = &group {
                 q.groups.release(g.hash);
@@ -525,6 +568,7 @@ where
             self.evict(&mut q);
         }
         let to_main = ghost_hit
+            || chunk
             || weight > self.small_cap
             || (!q.has_evicted && q.small_used >= self.small_cap);
         let node = Arc::new(Node {
@@ -535,6 +579,8 @@ where
             queue: AtomicU8::new(DEAD),
             index,
             group,
+            born: self.clock.load(Relaxed),
+            slot: rate::no_slot(),
         });
         self.shard(hash).write().insert(
             key,
@@ -544,7 +590,7 @@ where
             },
         );
         if let Some(g) = &node.group {
-            self.track(g, index, self.clock.load(Relaxed) as u32);
+            self.track(g, index, self.clock.load(Relaxed));
         }
         q.push(node, if to_main { MAIN } else { SMALL });
         self.entries.fetch_add(1, Relaxed);
@@ -594,9 +640,15 @@ where
         removed
     }
 
-    /// Whether the cache is grouped ([`S3FifoCache::grouped`]).
+    /// Whether the cache is grouped ([`S3FifoCache::grouped`] or
+    /// [`S3FifoCache::with_rates`]).
     pub fn is_grouped(&self) -> bool {
         self.group_of.is_some()
+    }
+
+    /// Whether the cache orders chunks by rate ([`S3FifoCache::with_rates`]).
+    pub fn has_rates(&self) -> bool {
+        self.rates.is_some()
     }
 
     /// Sum of the weights held; never more than the capacity once an insert has returned.
@@ -625,21 +677,44 @@ where
             .collect()
     }
 
-    /// A read of chunk `index` of group `g`: moves its readers, learns the mean gap.
-    fn track(&self, g: &GroupCell, index: u32, now: u32) {
-        if let Some(gap) = g.read(index, now) {
+    /// A read of chunk `index` of group `g`: moves its readers, learns the mean gap (and,
+    /// with rates, counts the read for reach and a session start for λ).
+    fn track(&self, g: &GroupCell, index: u32, now: u64) {
+        let moved = g.read(index, now as u32);
+        if let Some(gap) = moved {
             let m = self.gap.load(Relaxed);
             self.gap
                 .store(m - (m >> 6) + (u64::from(gap) >> 2), Relaxed);
         }
+        if let Some(rates) = &self.rates {
+            rates.read(&g.starts, index, moved.is_some(), now);
+        }
     }
 
-    /// Whether an active reader of the node's group is about to reach it.
+    /// The expected requests per request for a pooled chunk (`s3-fifo-rate`).
+    fn rate_of(&self, rates: &rate::Rates, node: &Node<K>, now: u64) -> f64 {
+        let Some(g) = &node.group else {
+            return 0.0;
+        };
+        let gap = self.gap.load(Relaxed);
+        let window = (gap * ACTIVE) >> 4;
+        let now32 = now as u32;
+        let readers = g.readers.iter().filter_map(|r| {
+            let v = r.load(Relaxed);
+            let (i, t) = unpack(v);
+            (v != 0 && u64::from(now32.wrapping_sub(t)) <= window).then_some(i)
+        });
+        rates.score(&g.starts, readers, node.index, now, gap as f64 / 16.0)
+    }
+
+    /// Whether an active reader of the node's group is about to reach it (the grouped
+    /// policy; with rates, readers count in the rate instead).
     fn awaited(&self, node: &Node<K>) -> bool {
-        node.group.as_ref().is_some_and(|g| {
-            let window = (self.gap.load(Relaxed) * ACTIVE) >> 4;
-            g.awaits(node.index, self.clock.load(Relaxed) as u32, window)
-        })
+        self.rates.is_none()
+            && node.group.as_ref().is_some_and(|g| {
+                let window = (self.gap.load(Relaxed) * ACTIVE) >> 4;
+                g.awaits(node.index, self.clock.load(Relaxed) as u32, window)
+            })
     }
 
     fn publish(&self, q: &Queues<K>) {
@@ -709,6 +784,26 @@ where
             } else if turns > 0 && self.awaited(&node) {
                 turns -= 1;
                 q.main.push_front(node);
+            } else if let Some(rates) = &self.rates
+                && node.slot.load(Relaxed) != rate::NO_SLOT
+            {
+                // A chunk past the first: the lowest-rate one leaves (perhaps this one), and
+                // the hand moves on.
+                q.main.push_front(node);
+                let now = self.clock.load(Relaxed);
+                let Some(pool) = &mut q.pool else {
+                    return;
+                };
+                let Some(victim) = pool.lowest(|n| self.rate_of(rates, n, now)) else {
+                    return;
+                };
+                rates.set_half(pool.evicted(now.saturating_sub(victim.born)));
+                q.forget(&victim);
+                q.dead += 1;
+                self.unmap(&victim);
+                q.release(&victim);
+                q.compact();
+                return;
             } else {
                 q.forget(&node);
                 self.unmap(&node);
@@ -756,6 +851,19 @@ where
         }
         let table: HashMap<u64, u32> = q.groups.map.iter().map(|(h, e)| (*h, e.held)).collect();
         assert_eq!(held, table);
+        // With rates: the pool is exactly main's live chunks past the first, slots right.
+        if let Some(pool) = &q.pool {
+            let chunks = q
+                .main
+                .iter()
+                .filter(|n| n.queue.load(Relaxed) == MAIN && n.index > 0)
+                .count();
+            assert_eq!(pool.len(), chunks);
+            for (i, n) in pool.nodes() {
+                assert_eq!(n.slot.load(Relaxed) as usize, i);
+                assert_eq!(n.queue.load(Relaxed), MAIN);
+            }
+        }
     }
 }
 
@@ -925,6 +1033,44 @@ mod tests {
         assert!(c.weighted_size() > 40_000, "{}", c.weighted_size());
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_reads_of_rated_chunks_keep_the_bounds() {
+        let c = Arc::new(rated(50_000));
+        let tasks: Vec<_> = (0..16u64)
+            .map(|t| {
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let mut x = t + 1;
+                    for i in 0..5_000u64 {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        // A session: 8 chunks of one of 300 objects from a random start.
+                        let (object, start) = (x % 300, (x >> 20) % 50);
+                        for index in start..start + 8 {
+                            let key = Chunk(object, index);
+                            if c.get(&key).is_none() {
+                                c.insert(key, 1 + (x >> 40) as u32 % 200);
+                            }
+                        }
+                        if i % 501 == 0 {
+                            c.invalidate_entries_if(move |k, _| k.0 % 100 == t);
+                        }
+                        assert!(c.weighted_size() <= 50_000);
+                        if i % 100 == 0 {
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        c.check();
+        assert!(c.weighted_size() > 40_000, "{}", c.weighted_size());
+    }
+
     /// A chunk key for the grouped tests: (object, index), weight 1.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
     struct Chunk(u64, u64);
@@ -945,6 +1091,10 @@ mod tests {
         S3FifoCache::grouped(capacity, Box::new(|_, w: &u32| *w), Fixed::default())
     }
 
+    fn rated(capacity: u64) -> S3FifoCache<Chunk, u32, Fixed> {
+        S3FifoCache::with_rates(capacity, Box::new(|_, w: &u32| *w), Fixed::default())
+    }
+
     fn plain(capacity: u64) -> S3FifoCache<Chunk, u32, Fixed> {
         S3FifoCache::with_hasher(capacity, Box::new(|_, w: &u32| *w), Fixed::default())
     }
@@ -959,8 +1109,14 @@ mod tests {
 
     #[test]
     fn grouped_keys_that_are_their_own_group_hit_as_plain_s3fifo() {
-        for (capacity, max_weight) in [(50, 1), (500, 1), (200_000, 1_000)] {
-            let (g, p) = (grouped(capacity), plain(capacity));
+        for (capacity, max_weight, g) in [
+            (50, 1, grouped(50)),
+            (500, 1, grouped(500)),
+            (200_000, 1_000, grouped(200_000)),
+            (500, 1, rated(500)),
+            (200_000, 1_000, rated(200_000)),
+        ] {
+            let p = plain(capacity);
             let mut x = capacity | 1;
             for i in 0..100_000u64 {
                 x ^= x << 13;
@@ -1014,8 +1170,46 @@ mod tests {
 
     #[test]
     fn grouped_capacity_is_never_exceeded() {
-        let c = grouped(10_000);
+        for c in [grouped(10_000), rated(10_000)] {
+            capacity_holds_with_chunks_and_purges(&c);
+        }
+    }
+
+    #[test]
+    fn the_lowest_rate_chunk_leaves_and_the_others_stay() {
+        // 8 slots: small 1, main 7. Video 1 gets three sessions (chunks 0-2 each), video 2
+        // one (0-2); chunks past the first go to main's pool. A session of video 3 reads
+        // chunks 0-3: chunk 2 makes S3-FIFO evict (video 2's chunk 0: no hits), chunk 3
+        // reaches a pooled chunk with no hits, and the chunk of the lowest rate leaves
+        // instead: video 2's chunk 1 (one session, the oldest start, the earliest in the
+        // pool of the two), not video 1's (three sessions), which still hit.
+        let c = rated(8);
+        for _ in 0..3 {
+            for i in 0..3 {
+                touch(&c, Chunk(1, i), 1);
+            }
+        }
+        for i in 0..3 {
+            touch(&c, Chunk(2, i), 1);
+        }
+        for i in 0..4 {
+            assert!(!touch(&c, Chunk(3, i), 1), "video 3 chunk {i} is new");
+        }
+        c.check();
+        let q = c.queues.lock();
+        assert_eq!(q.node_queue(&Chunk(2, 0)), None);
+        assert_eq!(q.node_queue(&Chunk(2, 1)), None, "the lowest rate");
+        assert_eq!(q.node_queue(&Chunk(2, 2)), Some(MAIN));
+        assert_eq!(q.node_queue(&Chunk(1, 1)), Some(MAIN));
+        assert_eq!(q.node_queue(&Chunk(1, 2)), Some(MAIN));
+        drop(q);
+        assert!(touch(&c, Chunk(1, 1), 1) && touch(&c, Chunk(1, 2), 1));
+        c.check();
+    }
+
+    fn capacity_holds_with_chunks_and_purges(c: &S3FifoCache<Chunk, u32, Fixed>) {
         let mut x = 1u64;
+        let mut most = 0;
         for i in 0..50_000u64 {
             x = x
                 .wrapping_mul(6364136223846793005)
@@ -1024,8 +1218,8 @@ mod tests {
             let object = (x >> 33) % 100;
             let index = (x >> 45) % 40;
             let w = 1 + ((object * 40 + index).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 50) as u32;
-            touch(&c, Chunk(object, index), w);
-            touch(&c, Chunk(object, index + 1), w);
+            touch(c, Chunk(object, index), w);
+            touch(c, Chunk(object, index + 1), w);
             if i % 97 == 0 {
                 c.invalidate(&Chunk((x >> 40) % 100, (x >> 20) % 40));
             }
@@ -1034,12 +1228,14 @@ mod tests {
                 c.invalidate_entries_if(move |k, _| k.0 == gone);
             }
             assert!(c.weighted_size() <= 10_000, "at {i}");
+            most = most.max(c.weighted_size());
             if i % 1_000 == 0 {
                 c.check();
             }
         }
         c.check();
-        assert!(c.weighted_size() > 9_000, "{}", c.weighted_size());
+        // Weights of up to 16k in 10k: a few entries at a time, but the cache does fill.
+        assert!(most > 9_000, "{most}");
     }
 
     impl<K> Queues<K> {
