@@ -574,6 +574,7 @@ async fn memory_stays_within_capacity_after_filling_four_times_over() {
         cdn_edge::Policy::TinyLfu,
         cdn_edge::Policy::S3Fifo,
         cdn_edge::Policy::GroupedS3Fifo,
+        cdn_edge::Policy::S3FifoRate,
     ] {
         let (edge, state) = start_edge(&origin.url(), |c| {
             c.capacity = capacity;

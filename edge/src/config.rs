@@ -23,11 +23,28 @@ pub enum Policy {
     #[serde(rename = "s3-fifo")]
     #[value(name = "s3-fifo")]
     S3Fifo,
-    /// S3-FIFO that knows each chunk's object (`crate::s3fifo`, grouped): a chunk of an
-    /// object whose chunks are re-requested skips the small queue.
+    /// S3-FIFO that knows each chunk's object (`crate::s3fifo`, grouped): a chunk an
+    /// active viewer of its object is about to reach stays.
     #[serde(rename = "grouped-s3-fifo")]
     #[value(name = "grouped-s3-fifo")]
     GroupedS3Fifo,
+    /// S3-FIFO for first chunks and single objects, the expected request rate (the object's
+    /// session starts × the share of sessions that reach the chunk, plus active viewers)
+    /// among later chunks (`crate::s3fifo::rate`): for stores that hold video.
+    #[serde(rename = "s3-fifo-rate")]
+    #[value(name = "s3-fifo-rate")]
+    S3FifoRate,
+}
+
+impl Policy {
+    /// Whether the store is the edge's own S3-FIFO (any form): reads never wait, evictions
+    /// happen within the insert.
+    pub fn is_s3fifo(self) -> bool {
+        matches!(
+            self,
+            Policy::S3Fifo | Policy::GroupedS3Fifo | Policy::S3FifoRate
+        )
+    }
 }
 
 /// Everything an edge needs to run (the lab writes its edges' files from it).
@@ -707,6 +724,7 @@ mod tests {
             ("lru", Policy::Lru),
             ("s3-fifo", Policy::S3Fifo),
             ("grouped-s3-fifo", Policy::GroupedS3Fifo),
+            ("s3-fifo-rate", Policy::S3FifoRate),
         ] {
             let c = EdgeConfig::parse(&format!("policy = \"{name}\"\n"), "e").unwrap();
             assert_eq!(c.policy, policy);

@@ -13,7 +13,7 @@ use http::HeaderMap;
 use cdn_http::metrics::NodeMetrics;
 
 use crate::cache::Cache;
-use crate::config::{EdgeConfig, Policy};
+use crate::config::EdgeConfig;
 use crate::fill::{FillSource, Filler};
 use crate::origin::OriginClient;
 use crate::peer::{self, Peers};
@@ -38,8 +38,7 @@ impl Edge {
     /// peers (must run inside a tokio runtime).
     pub fn new(cfg: EdgeConfig, metrics: Arc<NodeMetrics>) -> anyhow::Result<Arc<Self>> {
         // The arena only pays with the lane reading chunks without waiting (S3-FIFO).
-        let lane_reads =
-            cfg.express && matches!(cfg.policy, Policy::S3Fifo | Policy::GroupedS3Fifo);
+        let lane_reads = cfg.express && cfg.policy.is_s3fifo();
         if cfg.sendfile && !lane_reads {
             tracing::warn!(
                 express = cfg.express,

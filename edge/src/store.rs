@@ -249,6 +249,11 @@ impl ChunkCache {
                 Box::new(chunk_weight),
                 RandomState::new(),
             ))),
+            Policy::S3FifoRate => ChunkInner::S3Fifo(Arc::new(S3FifoCache::with_rates(
+                capacity,
+                Box::new(chunk_weight),
+                RandomState::new(),
+            ))),
         };
         ChunkCache { inner }
     }
@@ -256,6 +261,7 @@ impl ChunkCache {
     pub fn policy(&self) -> Policy {
         match &self.inner {
             ChunkInner::Moka(_, p) => *p,
+            ChunkInner::S3Fifo(c) if c.has_rates() => Policy::S3FifoRate,
             ChunkInner::S3Fifo(c) if c.is_grouped() => Policy::GroupedS3Fifo,
             ChunkInner::S3Fifo(_) => Policy::S3Fifo,
         }
@@ -676,11 +682,12 @@ mod tests {
         );
     }
 
-    const POLICIES: [Policy; 4] = [
+    const POLICIES: [Policy; 5] = [
         Policy::TinyLfu,
         Policy::Lru,
         Policy::S3Fifo,
         Policy::GroupedS3Fifo,
+        Policy::S3FifoRate,
     ];
 
     fn key(name: &str, index: u64) -> ChunkKey {
@@ -701,7 +708,7 @@ mod tests {
             let chunk = Bytes::from(vec![7u8; 1 << 20]);
             for index in 0..32 {
                 store.chunks.insert(key("k", index), chunk.clone()).await;
-                if matches!(policy, Policy::S3Fifo | Policy::GroupedS3Fifo) {
+                if policy.is_s3fifo() {
                     // Evicted synchronously: within capacity after every insert.
                     assert!(
                         store.chunks.weighted_size() <= store.capacity() - meta_budget(8 << 20)

@@ -93,10 +93,14 @@ pub enum PolicyKind {
     Rate,
     /// Experiment (issue #18): S3-FIFO, with the rate order among chunks past the first.
     S3fifoRate,
+    /// The edge's `Store` with its `s3-fifo-rate`.
+    EdgeS3fifoRate,
+    /// The edge's `s3-fifo-rate` cache weighted by object size alone (calibration).
+    EdgeS3fifoRateRaw,
 }
 
 impl PolicyKind {
-    pub const ALL: [PolicyKind; 17] = [
+    pub const ALL: [PolicyKind; 19] = [
         PolicyKind::Fifo,
         PolicyKind::Lru,
         PolicyKind::Sieve,
@@ -114,6 +118,8 @@ impl PolicyKind {
         PolicyKind::EdgeGroupedRaw,
         PolicyKind::Rate,
         PolicyKind::S3fifoRate,
+        PolicyKind::EdgeS3fifoRate,
+        PolicyKind::EdgeS3fifoRateRaw,
     ];
 
     /// A cache of this policy holding `capacity` (units or bytes). `seed` feeds the sampling
@@ -144,6 +150,10 @@ impl PolicyKind {
             PolicyKind::EdgeGroupedRaw => Box::new(EdgeGroupedRaw::new(capacity)),
             PolicyKind::Rate => Box::new(RateSampled::new(capacity)),
             PolicyKind::S3fifoRate => Box::new(S3Fifo::with_rate_chunks(capacity)),
+            PolicyKind::EdgeS3fifoRate => {
+                Box::new(EdgeStorePolicy::new(cdn_edge::Policy::S3FifoRate, capacity))
+            }
+            PolicyKind::EdgeS3fifoRateRaw => Box::new(EdgeGroupedRaw::rated(capacity)),
         }
     }
 
@@ -162,6 +172,8 @@ impl PolicyKind {
                 | PolicyKind::Grouped
                 | PolicyKind::EdgeGrouped
                 | PolicyKind::EdgeGroupedRaw
+                | PolicyKind::EdgeS3fifoRate
+                | PolicyKind::EdgeS3fifoRateRaw
         )
     }
 
@@ -175,6 +187,7 @@ impl PolicyKind {
                 | PolicyKind::EdgeLru
                 | PolicyKind::EdgeS3fifo
                 | PolicyKind::EdgeGrouped
+                | PolicyKind::EdgeS3fifoRate
         )
     }
 
@@ -197,6 +210,8 @@ impl PolicyKind {
             PolicyKind::EdgeGroupedRaw => "edge-grouped-S3-FIFO-raw",
             PolicyKind::Rate => "rate-sampled",
             PolicyKind::S3fifoRate => "S3-FIFO+rate",
+            PolicyKind::EdgeS3fifoRate => "edge-S3-FIFO+rate",
+            PolicyKind::EdgeS3fifoRateRaw => "edge-S3-FIFO+rate-raw",
         }
     }
 }
