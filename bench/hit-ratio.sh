@@ -51,10 +51,11 @@ done
 
 # Decision workloads: video sessions (1 MiB chunks, abandonment, churn) and Zipf objects
 # with a video size mix (chunks, partial chunks, small objects) and churn. Every policy runs,
-# including the edge's own store (edge-tinylfu, edge-lru, edge-s3fifo, edge-grouped) and its
-# S3-FIFOs weighted by size alone (edge-s3fifo-raw, edge-grouped-raw), and the harness's
-# expected-rate experiment (rate); the video workloads carry each chunk's object, which only
-# the grouped policies and rate use.
+# including the edge's own store (edge-tinylfu, edge-lru, edge-s3fifo, edge-grouped,
+# edge-s3fifo-rate) and its S3-FIFOs weighted by size alone (edge-s3fifo-raw,
+# edge-grouped-raw, edge-s3fifo-rate-raw), and the harness's expected-rate policies (rate,
+# s3fifo-rate); the video workloads carry each chunk's object, which only the grouped and
+# rate policies use.
 for a in 0.6 0.8 1.0; do
   run "video-a$a" --workload video --alpha "$a" --videos 2000 --requests 2000000 \
     --chunk-bytes 1048576 --median-chunks 150 --abandon 0.02 --sessions 64 \
@@ -69,7 +70,7 @@ done
 for seed in 1 2; do
   run "video-a0.8-seed$seed" --workload video --alpha 0.8 --seed "$seed" \
     --churn-every 200 --unit bytes --sizes 0.01,0.1 \
-    --policies s3fifo,moka-tinylfu,moka-lru,edge-tinylfu,edge-lru,edge-s3fifo,edge-s3fifo-raw,grouped,edge-grouped,edge-grouped-raw,rate,s3fifo-rate
+    --policies s3fifo,moka-tinylfu,moka-lru,edge-tinylfu,edge-lru,edge-s3fifo,edge-s3fifo-raw,grouped,edge-grouped,edge-grouped-raw,rate,s3fifo-rate,edge-s3fifo-rate,edge-s3fifo-rate-raw
 done
 
 echo

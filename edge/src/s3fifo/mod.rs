@@ -36,10 +36,20 @@
 //! handle and the index) and 8 more per ghost entry; about 100 bytes per group with a chunk
 //! cached or in the ghost.
 //!
+//! With rates (`S3FifoCache::with_rates`, the edge's `s3-fifo-rate` policy; [`rate`]):
+//! grouped keys at index 0 are cached as by S3-FIFO; the chunks past the first skip small,
+//! enter main and join a pool, and when main's CLOCK reaches a pooled chunk with no hits
+//! left, the pooled chunk of the lowest expected request rate among 32 sampled leaves
+//! instead. The harness's `S3-FIFO+rate` is the reference (the edge also forgets a group's
+//! session rate with the group). Costs: 8 bytes per pooled chunk (its place in the pool), a
+//! decayed count per group (24 bytes with its lock), 32 KiB of reach counters per cache.
+//!
 //! Invalidated entries are dropped from the map (their values freed) at once and marked dead
 //! in their queue, which skips them later and is compacted when they outnumber the living.
 //! The ghost holds only (hash, weight) pairs, outside the weighted size: at most
-//! 0.9 × capacity ÷ the smallest weight entries of about 40 bytes each.
+//! 0.9 × capacity ÷ the smallest weight entries of about 40 bytes each. Every node carries
+//! 8 bytes for the rate order (its birth on the clock, its place in the pool) whatever the
+//! mode.
 
 use std::borrow::Borrow;
 use std::collections::{HashMap, VecDeque};
@@ -76,8 +86,9 @@ struct Node<K> {
     index: u32,
     /// The key's group, in a grouped cache.
     group: Option<Arc<GroupCell>>,
-    /// The clock when the entry came (`s3-fifo-rate`: the age of evicted chunks).
-    born: u64,
+    /// The clock's low 32 bits when the entry came (`s3-fifo-rate`: the age of evicted
+    /// chunks, wrapping as the readers' clocks do).
+    born: u32,
     /// Its place in the chunk pool (`s3-fifo-rate`), [`rate::NO_SLOT`] when in none.
     slot: AtomicU32,
 }
@@ -579,7 +590,7 @@ where
             queue: AtomicU8::new(DEAD),
             index,
             group,
-            born: self.clock.load(Relaxed),
+            born: self.clock.load(Relaxed) as u32,
             slot: rate::no_slot(),
         });
         self.shard(hash).write().insert(
@@ -797,7 +808,7 @@ where
                 let Some(victim) = pool.lowest(|n| self.rate_of(rates, n, now)) else {
                     return;
                 };
-                rates.set_half(pool.evicted(now.saturating_sub(victim.born)));
+                rates.set_half(pool.evicted(u64::from((now as u32).wrapping_sub(victim.born))));
                 q.forget(&victim);
                 q.dead += 1;
                 self.unmap(&victim);
