@@ -278,13 +278,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_edges_grouped_s3fifo_hits_exactly_as_the_reference() {
-        use crate::policies::GroupedS3Fifo;
+    /// Video sessions: chunks of 200 videos, read in order by 16 interleaved viewers.
+    fn sessions() -> crate::trace::Trace {
         use crate::synth::{Churn, VideoSpec, video};
-        // Video sessions (chunks of videos, read in order by interleaved viewers) at three
-        // cache sizes; and the same ids without groups.
-        let trace = video(&VideoSpec {
+        video(&VideoSpec {
             videos: 200,
             requests: 60_000,
             alpha: 0.8,
@@ -295,7 +292,15 @@ mod tests {
             churn: Churn { every: 50, top: 5 },
             seed: 9,
         })
-        .expect("trace");
+        .expect("trace")
+    }
+
+    #[test]
+    fn the_edges_grouped_s3fifo_hits_exactly_as_the_reference() {
+        use crate::policies::GroupedS3Fifo;
+        // Video sessions (chunks of videos, read in order by interleaved viewers) at three
+        // cache sizes; and the same ids without groups.
+        let trace = sessions();
         let working_set = trace.stats().working_set_bytes;
         for share in [0.01, 0.05, 0.2] {
             let capacity = (working_set as f64 * share) as u64;
@@ -332,22 +337,10 @@ mod tests {
     #[test]
     fn the_edges_s3fifo_rate_hits_near_the_reference_and_above_s3fifo() {
         use crate::policies::S3Fifo;
-        use crate::synth::{Churn, VideoSpec, video};
         // The edge forgets a group's session rate once none of its keys is cached or in
         // the ghost (the reference remembers every group), and counts a miss's read after
         // its evictions (the reference before), so the two differ: here the edge hits more.
-        let trace = video(&VideoSpec {
-            videos: 200,
-            requests: 60_000,
-            alpha: 0.8,
-            chunk_bytes: 1_000,
-            median_chunks: 30.0,
-            abandon: 0.05,
-            concurrent: 16,
-            churn: Churn { every: 50, top: 5 },
-            seed: 9,
-        })
-        .expect("trace");
+        let trace = sessions();
         let working_set = trace.stats().working_set_bytes;
         let total: u64 = trace.requests.iter().map(|r| r.size).sum();
         for share in [0.01, 0.05, 0.2] {
