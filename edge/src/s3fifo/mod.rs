@@ -797,20 +797,20 @@ where
                 q.main.push_front(node);
             } else if let Some(rates) = &self.rates
                 && node.slot.load(Relaxed) != rate::NO_SLOT
+                && let Some(pool) = &mut q.pool
             {
-                // A chunk past the first: the lowest-rate one leaves (perhaps this one), and
-                // the hand moves on.
-                q.main.push_front(node);
+                // A chunk past the first: the lowest-rate one leaves (perhaps this one; the
+                // pool holds at least this one), and the hand moves on.
                 let now = self.clock.load(Relaxed);
-                let Some(pool) = &mut q.pool else {
-                    return;
-                };
-                let Some(victim) = pool.lowest(|n| self.rate_of(rates, n, now)) else {
-                    return;
-                };
+                let victim = pool
+                    .lowest(|n| self.rate_of(rates, n, now))
+                    .unwrap_or_else(|| node.clone());
                 rates.set_half(pool.evicted(u64::from((now as u32).wrapping_sub(victim.born))));
+                if !Arc::ptr_eq(&victim, &node) {
+                    q.main.push_front(node);
+                    q.dead += 1;
+                }
                 q.forget(&victim);
-                q.dead += 1;
                 self.unmap(&victim);
                 q.release(&victim);
                 q.compact();

@@ -125,10 +125,16 @@ impl<K> Pool<K> {
         self.nodes.len()
     }
 
+    /// Takes `node` in, unless the pool already holds `NO_SLOT` nodes (the node is then
+    /// evicted as any other in main).
     pub(super) fn add(&mut self, node: Arc<Node<K>>) {
-        // The pool holds fewer nodes than the cache's entries, which fit in memory.
-        node.slot
-            .store(u32::try_from(self.nodes.len()).unwrap_or(NO_SLOT), Relaxed);
+        let Ok(slot) = u32::try_from(self.nodes.len()) else {
+            return;
+        };
+        if slot == NO_SLOT {
+            return;
+        }
+        node.slot.store(slot, Relaxed);
         self.nodes.push(node);
     }
 
