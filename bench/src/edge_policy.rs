@@ -343,6 +343,7 @@ mod tests {
         let trace = sessions();
         let working_set = trace.stats().working_set_bytes;
         let total: u64 = trace.requests.iter().map(|r| r.size).sum();
+        let mut edge_hit_bytes = Vec::new();
         for share in [0.01, 0.05, 0.2] {
             let capacity = (working_set as f64 * share) as u64;
             let mut policies: [Box<dyn CachePolicy>; 3] = [
@@ -362,6 +363,7 @@ mod tests {
                     }
                 }
             }
+            edge_hit_bytes.push(hit_bytes[1]);
             let [reference, edge, s3fifo] = hit_bytes.map(|b| b as f64 / total as f64);
             // Byte hit ratios here: edge .1878 / .3615 / .6056, reference .1685 / .3506 /
             // .6039, S3-FIFO .1495 / .3372 / .5733.
@@ -374,6 +376,8 @@ mod tests {
                 "{share}: edge {edge:.4}, S3-FIFO {s3fifo:.4}"
             );
         }
+        // Pinned: the edge's policy on this trace, byte hits at the three sizes.
+        assert_eq!(edge_hit_bytes, [11_130_522, 21_425_351, 35_887_186]);
     }
 
     #[test]
