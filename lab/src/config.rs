@@ -90,6 +90,9 @@ pub struct EdgeDefaults {
     pub capacity: String,
     /// Chunk size, e.g. `1MiB`.
     pub chunk_size: String,
+    /// Each edge's eviction policy (`s3-fifo`, `grouped-s3-fifo`, `s3-fifo-rate`,
+    /// `tiny-lfu`, `lru`), as an edge's `policy`.
+    pub policy: cdn_edge::Policy,
 }
 
 impl Default for EdgeDefaults {
@@ -97,6 +100,7 @@ impl Default for EdgeDefaults {
         EdgeDefaults {
             capacity: "256MiB".into(),
             chunk_size: "1MiB".into(),
+            policy: cdn_edge::config::EdgeConfig::default().policy,
         }
     }
 }

@@ -39,6 +39,7 @@ pub(crate) fn edge_config(plan: &Plan, i: usize, w: &EdgeWiring) -> EdgeConfig {
         cache_key_base: Some(CACHE_KEY_BASE.into()),
         capacity: plan.capacity,
         chunk_size: plan.chunk_size,
+        policy: plan.file.edges.policy,
         drain_secs: 2,
         cors_any_origin: true,
         ..EdgeConfig::default()
@@ -162,7 +163,8 @@ mod tests {
     #[test]
     fn an_edges_file_reads_back_as_the_config_it_was_written_from() {
         let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
-        let file = LabFile::load(&root.join("testdata/lab.toml")).expect("lab file");
+        let mut file = LabFile::load(&root.join("testdata/lab.toml")).expect("lab file");
+        file.edges.policy = cdn_edge::Policy::S3FifoRate;
         let plan = file.plan(PortMode::Auto).expect("plan");
         let origin: SocketAddr = "127.0.0.1:9001".parse().expect("addr");
         let listen: SocketAddr = "127.0.0.1:9002".parse().expect("addr");
@@ -202,8 +204,8 @@ mod tests {
         assert_eq!(got.tls.listen, Some(https));
         assert!(got.alt_svc_request_port && got.cors_any_origin && got.http3_on_https);
         assert_eq!(
-            (got.capacity, got.chunk_size),
-            (plan.capacity, plan.chunk_size)
+            (got.capacity, got.chunk_size, got.policy),
+            (plan.capacity, plan.chunk_size, cdn_edge::Policy::S3FifoRate)
         );
         if plan.file.peering.enabled {
             assert_eq!(got.peer_listen, Some(listen));

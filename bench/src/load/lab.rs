@@ -100,9 +100,17 @@ pub(super) fn lab_file(args: &LoadArgs, mode: Mode, dir: &Path) -> anyhow::Resul
         links.insert("origin_uplink_mbps".into(), V::from(m));
     }
     t.insert("links".into(), V::Table(links));
-    if let Some(c) = &args.capacity {
+    if args.capacity.is_some() || args.policy.is_some() {
         let mut edges = section(&mut t, "edges")?;
-        edges.insert("capacity".into(), V::from(c.clone()));
+        if let Some(c) = &args.capacity {
+            edges.insert("capacity".into(), V::from(c.clone()));
+        }
+        if let Some(p) = args.policy {
+            let name = clap::ValueEnum::to_possible_value(&p)
+                .map(|v| v.get_name().to_string())
+                .unwrap_or_default();
+            edges.insert("policy".into(), V::from(name));
+        }
         t.insert("edges".into(), V::Table(edges));
     }
     let mut origin = section(&mut t, "origin")?;
@@ -246,6 +254,8 @@ mod tests {
             "500",
             "--capacity",
             "64MiB",
+            "--policy",
+            "s3-fifo-rate",
         ]);
         let text = lab_file(&a, Mode::Cdn, Path::new("/tmp/x")).unwrap();
         let f: cdn_lab::config::LabFile = cdn_http::config::parse_toml(&text, "gen").unwrap();
@@ -253,6 +263,7 @@ mod tests {
         assert_eq!(f.links.base_rtt_ms, 0.0);
         assert_eq!(f.links.client_mbps, 500.0);
         assert_eq!(f.edges.capacity, "64MiB");
+        assert_eq!(f.edges.policy, cdn_edge::Policy::S3FifoRate);
         assert!(f.origin.root.is_absolute());
         let text = lab_file(&a, Mode::CdnPeers, Path::new("/tmp/x")).unwrap();
         let f: cdn_lab::config::LabFile = cdn_http::config::parse_toml(&text, "gen").unwrap();

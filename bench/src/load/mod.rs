@@ -125,6 +125,10 @@ pub struct LoadArgs {
     /// Override each edge's cache capacity, e.g. 64MiB.
     #[arg(long)]
     pub capacity: Option<String>,
+    /// Override each edge's eviction policy (s3-fifo, grouped-s3-fifo, s3-fifo-rate,
+    /// tiny-lfu, lru).
+    #[arg(long)]
+    pub policy: Option<cdn_edge::Policy>,
     /// The `cdn` binary that runs the lab (default: this one).
     #[arg(long)]
     pub cdn_bin: Option<PathBuf>,
