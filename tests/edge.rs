@@ -602,6 +602,14 @@ async fn memory_stays_within_capacity_after_filling_four_times_over() {
         );
         let reported = metric_sum(&edge.url(), "cdn_edge_cache_bytes").await;
         assert!(reported <= capacity as f64, "{policy:?}");
+        // s3-fifo-rate learned its memory from the chunks it evicted (200,000 requests
+        // before the first); the other policies have none to report.
+        let half_life = metric_sum(&edge.url(), "cdn_edge_cache_rate_half_life_requests").await;
+        if policy == cdn_edge::Policy::S3FifoRate {
+            assert!(half_life > 0.0 && half_life < 200_000.0, "{half_life}");
+        } else {
+            assert_eq!(half_life, 0.0, "{policy:?}");
+        }
         edge.stop().await;
     }
     origin.stop().await;

@@ -45,6 +45,7 @@ pub async fn healthz(State(edge): State<Arc<Edge>>) -> Response {
 pub async fn metrics(State(edge): State<Arc<Edge>>) -> Response {
     let bytes = edge.store().weighted_size().await;
     let objects = edge.store().object_count();
+    let half_life = edge.store().rate_half_life();
     let peer_tables = edge.peers.as_ref().map(|p| p.table_sizes());
     edge.metrics.with(|| {
         for t in peer_tables.iter().flatten() {
@@ -55,6 +56,9 @@ pub async fn metrics(State(edge): State<Arc<Edge>>) -> Response {
         metrics::gauge!("cdn_edge_cache_bytes").set(bytes as f64);
         metrics::gauge!("cdn_edge_cache_capacity_bytes").set(edge.store().capacity() as f64);
         metrics::gauge!("cdn_edge_cache_objects").set(objects as f64);
+        if let Some(half) = half_life {
+            metrics::gauge!(crate::metric_names::CACHE_RATE_HALF_LIFE_REQUESTS).set(half);
+        }
         metrics::gauge!(crate::metric_names::ARENA_BYTES).set(edge.store().arena_bytes() as f64);
         metrics::gauge!("cdn_edge_inflight_requests")
             .set(edge.inflight.load(Ordering::Relaxed) as f64);

@@ -10,6 +10,9 @@ pub const BYTES_SERVED_TOTAL: &str = "cdn_edge_bytes_served_total";
 pub const CACHE_BYTES: &str = "cdn_edge_cache_bytes";
 pub const CACHE_CAPACITY_BYTES: &str = "cdn_edge_cache_capacity_bytes";
 pub const CACHE_OBJECTS: &str = "cdn_edge_cache_objects";
+/// With `policy = "s3-fifo-rate"`: how long the policy remembers an object's session starts
+/// (the half-life of its rate estimate, in requests; 8 mean eviction ages of chunks).
+pub const CACHE_RATE_HALF_LIFE_REQUESTS: &str = "cdn_edge_cache_rate_half_life_requests";
 pub const COALESCED_WAITS_TOTAL: &str = "cdn_edge_coalesced_waits_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "cdn_edge_config_reloads_total";
 pub const DNS_LOOKUPS_TOTAL: &str = "cdn_edge_dns_lookups_total";

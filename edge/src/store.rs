@@ -343,6 +343,14 @@ impl ChunkCache {
         }
     }
 
+    /// With `s3-fifo-rate`: the half-life of the session rates, in requests.
+    pub fn rate_half_life(&self) -> Option<f64> {
+        match &self.inner {
+            ChunkInner::S3Fifo(c) => c.rate_half_life(),
+            ChunkInner::Moka(..) => None,
+        }
+    }
+
     /// Chunks held (moka: approximate until `run_pending_tasks`).
     pub fn entry_count(&self) -> u64 {
         match &self.inner {
@@ -450,6 +458,11 @@ impl Store {
     /// Where `bytes` lie in the arena's files, when they are part of a chunk held there.
     pub fn file_span(&self, bytes: &[u8]) -> Option<crate::arena::FileSpan> {
         self.arena.as_ref()?.locate(bytes)
+    }
+
+    /// With `s3-fifo-rate`: the half-life of the session rates, in requests.
+    pub fn rate_half_life(&self) -> Option<f64> {
+        self.chunks.rate_half_life()
     }
 
     /// Bytes of memory the arena's files hold (shared memory: outside anonymous RSS).

@@ -662,6 +662,12 @@ where
         self.rates.is_some()
     }
 
+    /// How long the rate order remembers a session start: the half-life of λ, in requests
+    /// (with rates only).
+    pub fn rate_half_life(&self) -> Option<f64> {
+        self.rates.as_ref().map(|r| r.half())
+    }
+
     /// Sum of the weights held; never more than the capacity once an insert has returned.
     pub fn weighted_size(&self) -> u64 {
         self.weighted.load(Relaxed)

@@ -54,8 +54,13 @@ impl Rates {
         }
     }
 
-    fn half(&self) -> f64 {
+    /// The half-life of λ, in requests: 8 mean eviction ages of chunks once one left.
+    pub(super) fn half(&self) -> f64 {
         f64::from_bits(self.half.load(Relaxed))
+    }
+
+    pub(super) fn set_half(&self, half: f64) {
+        self.half.store(half.to_bits(), Relaxed);
     }
 
     /// A read of chunk `index` of the group whose starts are `starts` at `now`;
@@ -192,12 +197,6 @@ impl<K> Pool<K> {
     #[cfg(test)]
     pub(super) fn nodes(&self) -> impl Iterator<Item = (usize, &Arc<Node<K>>)> {
         self.nodes.iter().enumerate()
-    }
-}
-
-impl Rates {
-    pub(super) fn set_half(&self, half: f64) {
-        self.half.store(half.to_bits(), Relaxed);
     }
 }
 
