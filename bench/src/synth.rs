@@ -101,7 +101,9 @@ struct Popularity {
     zipf: Zipf<f64>,
     churn: Churn,
     draws: u64,
-    /// Each churn event: (the draw it came with, 1-based; the rank it entered at, 0-based).
+    /// What the caller counts time in (video: requests generated so far), for `events`.
+    at: u64,
+    /// Each churn event: (`at` when it came, the rank it entered at, 0-based).
     events: Vec<(u64, usize)>,
 }
 
@@ -116,6 +118,7 @@ impl Popularity {
             zipf,
             churn,
             draws: 0,
+            at: 0,
             events: Vec::new(),
         })
     }
@@ -128,7 +131,7 @@ impl Popularity {
             self.ranks.pop();
             self.ranks.insert(pos, self.next_item);
             self.next_item += 1;
-            self.events.push((self.draws, pos));
+            self.events.push((self.at, pos));
         }
         let rank = (self.zipf.sample(rng) as usize).clamp(1, self.ranks.len());
         self.ranks[rank - 1]
@@ -220,24 +223,21 @@ pub fn video_with_churn(spec: &VideoSpec) -> anyhow::Result<(Trace, ChurnLog)> {
             (chunks, r.random_range(1..=chunk_bytes))
         })
     };
-    // The number of requests generated before each draw (draw d at draw_at[d - 1]).
-    let mut draw_at: Vec<u64> = Vec::new();
-    let mut new_session = |rng: &mut StdRng,
-                           info: &mut dyn FnMut(u64) -> (u64, u64),
-                           draw_at: &mut Vec<u64>,
-                           generated: usize| {
-        draw_at.push(generated as u64);
-        let video = pop.draw(rng);
-        let (len, _) = info(video);
-        let chunk = if rng.random_bool(0.1) {
-            rng.random_range(0..len)
-        } else {
-            0
+    // `generated`: the requests so far, the time of any churn this draw brings.
+    let mut new_session =
+        |rng: &mut StdRng, info: &mut dyn FnMut(u64) -> (u64, u64), generated: usize| {
+            pop.at = generated as u64;
+            let video = pop.draw(rng);
+            let (len, _) = info(video);
+            let chunk = if rng.random_bool(0.1) {
+                rng.random_range(0..len)
+            } else {
+                0
+            };
+            Session { video, chunk, len }
         };
-        Session { video, chunk, len }
-    };
     let mut sessions: Vec<Session> = (0..spec.concurrent.max(1))
-        .map(|_| new_session(&mut rng, &mut info, &mut draw_at, 0))
+        .map(|_| new_session(&mut rng, &mut info, 0))
         .collect();
     let mut requests = Vec::with_capacity(spec.requests as usize);
     while (requests.len() as u64) < spec.requests {
@@ -256,16 +256,10 @@ pub fn video_with_churn(spec: &VideoSpec) -> anyhow::Result<(Trace, ChurnLog)> {
         });
         s.chunk += 1;
         if s.chunk >= s.len || rng.random_bool(spec.abandon) {
-            sessions[i] = new_session(&mut rng, &mut info, &mut draw_at, requests.len());
+            sessions[i] = new_session(&mut rng, &mut info, requests.len());
         }
     }
-    let log = ChurnLog {
-        events: pop
-            .events
-            .iter()
-            .map(|&(draw, pos)| (draw_at[(draw - 1) as usize], pos))
-            .collect(),
-    };
+    let log = ChurnLog { events: pop.events };
     let churn = if spec.churn.every > 0 {
         format!(
             ", churn 1 per {} sessions into top {}",

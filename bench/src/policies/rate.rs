@@ -328,10 +328,6 @@ impl RateSampled {
             let half = self.half();
             let reach = self.reach(e.index);
             let mut rate = lambda * std::f64::consts::LN_2 / half;
-            #[cfg(test)]
-            if let Some(t) = &self.truth {
-                rate = t.rate(e.group);
-            }
             if self.knobs.long > 0 && self.oracle.is_none() {
                 let long = half * self.knobs.long as f64;
                 let slow = g.long_starts
@@ -344,6 +340,11 @@ impl RateSampled {
                     let w = self.knobs.blend as f64 / 100.0;
                     (1.0 - w) * rate + w * slow
                 };
+            }
+            // The true rates replace any estimate (and its blend).
+            #[cfg(test)]
+            if let Some(t) = &self.truth {
+                rate = t.rate(e.group);
             }
             let mut s = rate * reach;
             let window = self.gap.window(ACTIVE);

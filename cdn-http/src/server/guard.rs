@@ -3,11 +3,11 @@
 //! 431, a body announced or found over `max_body_bytes` with 413 (the application reads the
 //! body through a limit, so nothing past it reaches the application), a missing, repeated
 //! or invalid Host, or one that differs from an h2 or h3 `:authority` ([`host_ok`]) and
-//! the target `*` with any method
-//! but OPTIONS with 400; every such answer is a [`refusal`] that closes an HTTP/1
-//! connection. `OPTIONS *` is answered here (200, no content). The express lane applies the
-//! same Host rule before it answers anything itself; the edge's HTTP/3 requests get the
-//! same [`refusal`] and [`limited_body`].
+//! the target `*` with any method but OPTIONS with 400; every such answer is a [`refusal`]
+//! that closes an HTTP/1 connection. `OPTIONS *` is answered here (200, no content). The
+//! express lane applies the same Host rule before it answers anything itself; the edge's
+//! HTTP/3 requests get the same checks of the head ([`head_refusal`]), [`refusal`] and
+//! [`limited_body`].
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -33,30 +33,18 @@ pub(super) async fn guarded(
 ) -> Result<Response, Infallible> {
     let version = req.version();
     let asterisk = req.uri().path() == "*";
-    let refused = if uri_len(req.uri()) > limits.max_uri_bytes {
-        Some((StatusCode::URI_TOO_LONG, "request target too long\n"))
-    } else if req.headers().len() > limits.max_headers
-        || header_bytes(req.headers()) > limits.max_header_bytes
-    {
-        Some((
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "request header fields too large\n",
-        ))
-    } else if req.body().size_hint().lower() > limits.max_body_bytes {
-        Some((StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"))
-    } else if asterisk && req.method() != http::Method::OPTIONS {
-        Some((
-            StatusCode::BAD_REQUEST,
-            "the request target * is for OPTIONS only\n",
-        ))
-    } else if !host_ok(version, req.uri(), req.headers()) {
-        Some((
-            StatusCode::BAD_REQUEST,
-            "one valid Host field is required (in HTTP/2, naming the :authority)\n",
-        ))
-    } else {
-        None
-    };
+    let refused = head_refusal(version, req.uri(), req.headers(), &limits).or_else(|| {
+        if req.body().size_hint().lower() > limits.max_body_bytes {
+            Some((StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"))
+        } else if asterisk && req.method() != http::Method::OPTIONS {
+            Some((
+                StatusCode::BAD_REQUEST,
+                "the request target * is for OPTIONS only\n",
+            ))
+        } else {
+            None
+        }
+    });
     if let Some((status, why)) = refused {
         let peer = req
             .extensions()
@@ -93,6 +81,33 @@ pub(super) async fn guarded(
         ));
     }
     Ok(resp)
+}
+
+/// What a request's head breaks, whatever carries it (TCP here, QUIC in the edge's HTTP/3):
+/// a target over `max_uri_bytes` (414), too many or too large fields (431), the Host rules
+/// of [`host_ok`] (400); `None` when it breaks none.
+pub fn head_refusal(
+    version: Version,
+    uri: &http::Uri,
+    headers: &http::HeaderMap,
+    limits: &Limits,
+) -> Option<(StatusCode, &'static str)> {
+    if uri_len(uri) > limits.max_uri_bytes {
+        Some((StatusCode::URI_TOO_LONG, "request target too long\n"))
+    } else if headers.len() > limits.max_headers || header_bytes(headers) > limits.max_header_bytes
+    {
+        Some((
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request header fields too large\n",
+        ))
+    } else if !host_ok(version, uri, headers) {
+        Some((
+            StatusCode::BAD_REQUEST,
+            "one valid Host field is required (beside :authority, naming the same host)\n",
+        ))
+    } else {
+        None
+    }
 }
 
 /// `body` ending in an error after `max` bytes, and the flag that says it did: an

@@ -55,7 +55,7 @@ use conn_io::{
 };
 use express::{Express, Lane, Outcome, Rewind};
 use guard::guarded;
-pub use guard::{host_ok, limited_body, refusal};
+pub use guard::{head_refusal, host_ok, limited_body, refusal};
 
 /// How a node serves connections.
 #[derive(Clone)]

@@ -53,7 +53,7 @@ use tower::ServiceExt;
 
 use ::h3::error::Code;
 use ::h3::server::{RequestResolver, RequestStream};
-use cdn_http::limits::{Limits, header_bytes, uri_len};
+use cdn_http::limits::Limits;
 use cdn_http::metrics::NodeMetrics;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -551,31 +551,21 @@ async fn request<S: App>(
     drop(kept);
 }
 
-/// The answer of a limit the request crosses, if any (as `cdn_http::server` does on TCP).
+/// The answer of a limit the request crosses, if any: the head's as `cdn_http::server` checks
+/// it on TCP, then the announced body length.
 fn refused(req: &http::Request<()>, limits: &Limits) -> Option<Response> {
-    let (status, why) = if uri_len(req.uri()) > limits.max_uri_bytes {
-        (StatusCode::URI_TOO_LONG, "request target too long\n")
-    } else if req.headers().len() > limits.max_headers
-        || header_bytes(req.headers()) > limits.max_header_bytes
-    {
-        (
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "request header fields too large\n",
-        )
-    } else if content_length(req.headers()).is_some_and(|n| n > limits.max_body_bytes) {
-        (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
-    } else if req.headers().get_all(header::CONTENT_LENGTH).iter().count() > 0
-        && content_length(req.headers()).is_none()
-    {
-        (StatusCode::BAD_REQUEST, "invalid Content-Length\n")
-    } else if !cdn_http::server::host_ok(http::Version::HTTP_3, req.uri(), req.headers()) {
-        (
-            StatusCode::BAD_REQUEST,
-            "one valid Host field, the same as :authority, is required\n",
-        )
-    } else {
-        return None;
-    };
+    let head =
+        cdn_http::server::head_refusal(http::Version::HTTP_3, req.uri(), req.headers(), limits);
+    let (status, why) = head.or_else(|| {
+        let length = content_length(req.headers());
+        if length.is_some_and(|n| n > limits.max_body_bytes) {
+            Some((StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"))
+        } else if length.is_none() && req.headers().contains_key(header::CONTENT_LENGTH) {
+            Some((StatusCode::BAD_REQUEST, "invalid Content-Length\n"))
+        } else {
+            None
+        }
+    })?;
     tracing::info!(target: "cdn_http::limits", status = status.as_u16(), "http3 request refused");
     Some(refusal(status, why))
 }

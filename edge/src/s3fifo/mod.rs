@@ -12,7 +12,7 @@
 //! - Objects heavier than small go straight to main (libCacheSim and the harness's reference
 //!   policy do not admit them; an edge whose small queue is smaller than a chunk must still
 //!   cache); objects heavier than main are not admitted. On every workload where no object
-//!   outweighs small, the hits are exactly those of the reference (`bench/src/policies.rs`).
+//!   outweighs small, the hits are exactly those of the reference (`bench/src/policies/mod.rs`).
 //!
 //! Concurrency: entries live in a sharded map (`RwLock<HashMap>` per shard). A hit takes one
 //! shard's read lock, clones the value and bumps an atomic frequency; it never waits for the
@@ -150,17 +150,19 @@ impl GroupCell {
         None
     }
 
+    /// The indices the readers active within `window` of `now` last read.
+    fn active_readers(&self, now: u32, window: u64) -> impl Iterator<Item = u32> + '_ {
+        self.readers.iter().filter_map(move |r| {
+            let v = r.load(Relaxed);
+            let (i, t) = unpack(v);
+            (v != 0 && u64::from(now.wrapping_sub(t)) <= window).then_some(i)
+        })
+    }
+
     /// Whether a reader active within `window` is at most [`AHEAD`] places behind `index`.
     fn awaits(&self, index: u32, now: u32, window: u64) -> bool {
-        index > 0
-            && self.readers.iter().any(|r| {
-                let v = r.load(Relaxed);
-                let (i, t) = unpack(v);
-                v != 0
-                    && u64::from(now.wrapping_sub(t)) <= window
-                    && i < index
-                    && index - i <= AHEAD
-            })
+        self.active_readers(now, window)
+            .any(|i| i < index && index - i <= AHEAD)
     }
 }
 
@@ -591,7 +593,7 @@ where
             index,
             group,
             born: self.clock.load(Relaxed) as u32,
-            slot: rate::no_slot(),
+            slot: AtomicU32::new(rate::NO_SLOT),
         });
         self.shard(hash).write().insert(
             key,
@@ -713,15 +715,9 @@ where
         let Some(g) = &node.group else {
             return 0.0;
         };
-        let gap = self.gap.load(Relaxed);
-        let window = (gap * ACTIVE) >> 4;
-        let now32 = now as u32;
-        let readers = g.readers.iter().filter_map(|r| {
-            let v = r.load(Relaxed);
-            let (i, t) = unpack(v);
-            (v != 0 && u64::from(now32.wrapping_sub(t)) <= window).then_some(i)
-        });
-        rates.score(&g.starts, readers, node.index, now, gap as f64 / 16.0)
+        let readers = g.active_readers(now as u32, self.reader_window());
+        let gap = self.gap.load(Relaxed) as f64 / 16.0;
+        rates.score(&g.starts, readers, node.index, now, gap)
     }
 
     /// Whether an active reader of the node's group is about to reach it (the grouped
@@ -729,9 +725,17 @@ where
     fn awaited(&self, node: &Node<K>) -> bool {
         self.rates.is_none()
             && node.group.as_ref().is_some_and(|g| {
-                let window = (self.gap.load(Relaxed) * ACTIVE) >> 4;
-                g.awaits(node.index, self.clock.load(Relaxed) as u32, window)
+                g.awaits(
+                    node.index,
+                    self.clock.load(Relaxed) as u32,
+                    self.reader_window(),
+                )
             })
+    }
+
+    /// How long a reader stays active: [`ACTIVE`] mean gaps, in `get`s.
+    fn reader_window(&self) -> u64 {
+        (self.gap.load(Relaxed) * ACTIVE) >> 4
     }
 
     fn publish(&self, q: &Queues<K>) {

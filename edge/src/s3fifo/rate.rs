@@ -15,7 +15,7 @@
 //! [`super::GroupCell`]; the pool lives with the queues, under the cache's mutex.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use parking_lot::Mutex;
 
@@ -133,12 +133,10 @@ impl<K> Pool<K> {
     /// Takes `node` in, unless the pool already holds `NO_SLOT` nodes (the node is then
     /// evicted as any other in main).
     pub(super) fn add(&mut self, node: Arc<Node<K>>) {
-        let Ok(slot) = u32::try_from(self.nodes.len()) else {
-            return;
+        let slot = match u32::try_from(self.nodes.len()) {
+            Ok(slot) if slot != NO_SLOT => slot,
+            _ => return,
         };
-        if slot == NO_SLOT {
-            return;
-        }
         node.slot.store(slot, Relaxed);
         self.nodes.push(node);
     }
@@ -198,9 +196,4 @@ impl<K> Pool<K> {
     pub(super) fn nodes(&self) -> impl Iterator<Item = (usize, &Arc<Node<K>>)> {
         self.nodes.iter().enumerate()
     }
-}
-
-/// A fresh slot marker for a node.
-pub(super) fn no_slot() -> AtomicU32 {
-    AtomicU32::new(NO_SLOT)
 }
